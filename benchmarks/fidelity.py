@@ -1,0 +1,56 @@
+"""Cost-model fidelity: predicted vs published for every case the project carries.
+
+Each case is compared on the figure its source publishes, in the source's own convention:
+TFLOP/s per GPU HFU-style (Megatron-LM, FLM-101B) or MFU (llm-foundry). One built-in profile
+per GPU type, the same for every case.
+
+    python benchmarks/fidelity.py [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from planner.case import Case, published_cases
+from planner.search import estimate_case
+
+
+def compare(case: Case) -> dict:
+    result = estimate_case(case)
+    est = result.best
+    if case.measured.tflops_per_gpu_hfu is not None:
+        metric, published, predicted = "tflops_hfu", case.measured.tflops_per_gpu_hfu, est.tflops_per_gpu_hfu
+    elif case.measured.mfu is not None:
+        metric, published, predicted = "mfu", case.measured.mfu, est.mfu
+    else:
+        metric, published, predicted = "iteration_s", case.measured.iteration_s, est.iteration_s
+    return {
+        "case": case.name, "metric": metric, "published": published, "predicted": predicted,
+        "error": predicted / published - 1, "layout": est.layout.describe(),
+        "memory_gib": est.memory_gib_per_gpu,
+    }
+
+
+def main() -> int:
+    start = time.perf_counter()
+    rows = [compare(c) for c in published_cases()]
+    elapsed = time.perf_counter() - start
+    errors = [abs(r["error"]) for r in rows]
+    summary = {"cases": len(rows), "mean_abs_error": sum(errors) / len(errors), "max_abs_error": max(errors),
+               "seconds": elapsed}
+    if "--json" in sys.argv:
+        print(json.dumps({"rows": rows, "summary": summary}, indent=1))
+        return 0
+    print(f"{'case':38} {'metric':10} {'published':>9} {'predicted':>9} {'error':>7}  layout (memory GiB)")
+    for r in rows:
+        print(f"{r['case']:38} {r['metric']:10} {r['published']:9.4g} {r['predicted']:9.4g} "
+              f"{r['error']:+7.1%}  {r['layout']} ({r['memory_gib']:.0f})")
+    print(f"\n{summary['cases']} cases: mean |error| {summary['mean_abs_error']:.1%}, "
+          f"max |error| {summary['max_abs_error']:.1%} ({elapsed:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

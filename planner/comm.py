@@ -1,0 +1,75 @@
+"""Collective communication time: one home for it (as in Calculon's Network.time).
+
+Bus-bandwidth model of NCCL's ring algorithms (nccl-tests PERFORMANCE.md): an all-reduce
+moves 2(n−1)/n of the buffer through each rank, all-gather and reduce-scatter (n−1)/n.
+A group inside one node runs at the NVLink bus bandwidth. A group that spans nodes is
+limited by the NICs its ranks use: NCCL spreads its channels over the NICs of the node, so
+a group with r ranks per node gets r NICs' worth (capped by NVLink).
+
+Ranks are ordered as in Megatron-LM: tp varies fastest, then dp, then pp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from profiles.schema import Profile
+
+Op = Literal["all_reduce", "all_gather", "reduce_scatter", "send_recv"]
+
+_WIRE_FACTOR = {
+    "all_reduce": lambda n: 2 * (n - 1) / n,
+    "all_gather": lambda n: (n - 1) / n,
+    "reduce_scatter": lambda n: (n - 1) / n,
+    "send_recv": lambda n: 1.0,
+}
+
+
+@dataclass(frozen=True)
+class Group:
+    """A communicator: its size, and how many of its ranks share one node."""
+
+    size: int
+    ranks_per_node: int
+
+    @property
+    def spans_nodes(self) -> bool:
+        return self.size > self.ranks_per_node
+
+
+def group(size: int, stride: int, gpus_per_node: int) -> Group:
+    """A group of `size` ranks spaced `stride` apart in the global rank order."""
+    per_node = max(1, min(size, gpus_per_node // stride)) if stride <= gpus_per_node else 1
+    return Group(size=size, ranks_per_node=per_node)
+
+
+class Network:
+    def __init__(self, profile: Profile) -> None:
+        c = profile.collectives
+        self.intra_bw = float(c["intra_node"]["busbw_gbps"]) * 1e9
+        self.intra_lat = float(c["intra_node"]["latency_us"]) * 1e-6
+        self.inter_bw_per_gpu = float(c["inter_node"]["busbw_gbps"]) * 1e9
+        self.inter_lat = float(c["inter_node"]["latency_us"]) * 1e-6
+        self.overlap_slowdown = float(c.get("overlap_slowdown", 0.0))
+
+    def exposed(self, comm_s: float, compute_s: float) -> float:
+        """Time a collective adds when it runs under `compute_s` of compute: the part that does
+        not fit, plus the slowdown of the overlapped part (NCCL kernels take SMs and HBM
+        bandwidth from the compute they hide behind)."""
+        return max(0.0, comm_s - compute_s) + self.overlap_slowdown * min(comm_s, compute_s)
+
+    def bandwidth(self, g: Group) -> float:
+        if not g.spans_nodes:
+            return self.intra_bw
+        return min(self.intra_bw, self.inter_bw_per_gpu * g.ranks_per_node)
+
+    def time(self, op: Op, nbytes: float, g: Group) -> float:
+        """Seconds for one collective over a buffer of nbytes (the full, unsharded size)."""
+        if g.size <= 1 or nbytes <= 0:
+            return 0.0
+        latency = self.inter_lat if g.spans_nodes else self.intra_lat
+        if op == "send_recv":
+            bw = self.inter_bw_per_gpu if g.spans_nodes else self.intra_bw
+            return latency + nbytes / bw
+        return latency + _WIRE_FACTOR[op](g.size) * nbytes / self.bandwidth(g)

@@ -1,0 +1,122 @@
+"""Time of one decoder layer (and of the logits) on one GPU for one micro-batch.
+
+The layer is the Megatron-LM block: LayerNorm → QKV → attention core → output projection →
+residual; LayerNorm → MLP → residual. GEMMs and the attention kernel come from the device
+model; the element-wise kernels are charged by the bytes they move through HBM.
+With tensor parallelism t the GEMMs and the attention heads split t ways; the element-wise
+work outside them splits only under sequence parallelism (Korthikanti et al. 2022, §4.2.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from planner.device import DeviceModel
+from planner.specs import Layout, ModelSpec
+
+
+@dataclass(frozen=True)
+class LayerTime:
+    """Seconds per micro-batch on one GPU, split by kind of work."""
+
+    gemm_fwd: float
+    gemm_bwd: float
+    attn_fwd: float
+    attn_bwd: float
+    mem_fwd: float
+    mem_bwd: float
+
+    @property
+    def forward(self) -> float:
+        return self.gemm_fwd + self.attn_fwd + self.mem_fwd
+
+    @property
+    def backward(self) -> float:
+        return self.gemm_bwd + self.attn_bwd + self.mem_bwd
+
+    @property
+    def attention_core_fwd(self) -> float:
+        return self.attn_fwd
+
+
+# Passes over the b·a·s² score matrix of an unfused attention core (Megatron-LM 2021/2022:
+# fused scale-mask-softmax, then dropout): forward softmax read+write (2) and dropout
+# read+write+1-byte mask (2.5); backward dropout (2.5) and softmax (3).
+_UNFUSED_SCORE_PASSES_FWD = 4.5
+_UNFUSED_SCORE_PASSES_BWD = 5.5
+# Element-wise backward kernels read the saved input and the incoming gradient and write one
+# gradient (plus small reductions): about twice the forward traffic.
+_MEMBOUND_BWD_FACTOR = 2.0
+
+
+def layer_time(dev: DeviceModel, model: ModelSpec, layout: Layout) -> LayerTime:
+    return _layer_time(dev, model, layout.tp, layout.micro_batch, layout.sequence_parallel, layout.attention)
+
+
+@lru_cache(maxsize=65536)
+def _layer_time(dev: DeviceModel, model: ModelSpec, t: int, b: int, sequence_parallel: bool,
+                attention: str) -> LayerTime:
+    s = model.seq
+    tokens = b * s
+    h, f, kv = model.hidden, model.ffn, model.kv_dim
+    local_heads = model.heads // t
+    e = dev.bytes_per_element
+
+    linears = [
+        (h, (h + 2 * kv) // t),                         # QKV, column-parallel
+        (h // t, h),                                    # attention output, row-parallel
+        (h, (model.ffn_matrices - 1) * f // t),         # MLP up (and gate), column-parallel
+        (f // t, h),                                    # MLP down, row-parallel
+    ]
+    gemm_fwd = gemm_bwd = 0.0
+    for d_in, d_out in linears:
+        fwd, bwd = dev.linear_s(tokens, d_in, d_out)
+        gemm_fwd += fwd
+        gemm_bwd += bwd
+
+    if attention == "flash":
+        attn_fwd, attn_bwd = dev.flash_attention_s(b, s, local_heads, model.head_dim)
+    else:
+        batch = b * local_heads
+        d = model.head_dim
+        # QKᵀ (s×d · d×s) and P·V (s×s · s×d); backward two products each.
+        attn_fwd = dev.gemm_s(s, s, d, batch) + dev.gemm_s(s, d, s, batch)
+        attn_bwd = 2 * dev.gemm_s(s, s, d, batch) + 2 * dev.gemm_s(s, d, s, batch)
+        scores = batch * s * s * e
+        attn_fwd += dev.memory_bound_s(_UNFUSED_SCORE_PASSES_FWD * scores, kernels=2)
+        attn_bwd += dev.memory_bound_s(_UNFUSED_SCORE_PASSES_BWD * scores, kernels=2)
+
+    # Elements moved per token by the element-wise kernels of one layer (forward).
+    sp = t if sequence_parallel else 1
+    replicated = (
+        2 * h        # LayerNorm 1: read x, write y
+        + 3 * h      # residual add after attention: read 2, write 1
+        + 2 * h      # LayerNorm 2
+        + 3 * h      # residual add after the MLP
+    ) / sp
+    split = (
+        2 * (h + kv)                                       # rotary on Q and K
+        + (3 * f if model.activation == "swiglu" else 2 * f)  # GeLU: read, write; SwiGLU: 2 reads
+    ) / t
+    mem_bytes = tokens * (replicated + split) * e
+    mem_fwd = dev.memory_bound_s(mem_bytes, kernels=6)
+    mem_bwd = dev.memory_bound_s(_MEMBOUND_BWD_FACTOR * mem_bytes, kernels=8)
+    return LayerTime(gemm_fwd, gemm_bwd, attn_fwd, attn_bwd, mem_fwd, mem_bwd)
+
+
+def logits_time(dev: DeviceModel, model: ModelSpec, layout: Layout) -> tuple[float, float]:
+    """(forward, backward) of the vocabulary-parallel output layer and cross-entropy."""
+    return _logits_time(dev, model, layout.tp, layout.micro_batch)
+
+
+@lru_cache(maxsize=16384)
+def _logits_time(dev: DeviceModel, model: ModelSpec, tp: int, micro_batch: int) -> tuple[float, float]:
+    tokens = micro_batch * model.seq
+    vocab_local = model.vocab / tp
+    fwd, bwd = dev.linear_s(tokens, model.hidden, vocab_local)
+    # Cross-entropy in fp32 over the local logits: max, exp-sum, gather; backward softmax − 1.
+    ce_bytes = tokens * vocab_local * 4
+    fwd += dev.memory_bound_s(3 * ce_bytes, kernels=3)
+    bwd += dev.memory_bound_s(2 * ce_bytes, kernels=2)
+    return fwd, bwd

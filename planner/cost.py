@@ -1,0 +1,200 @@
+"""Step time of a layout from a profile: the cost model's one entry point, estimate_step.
+
+    step = m·(compute + recompute + exposed TP comm) of the slowest pipeline stage
+         + pipeline bubble + pipeline point-to-point + exposed data-parallel comm + optimizer
+
+The parts add up to the total (a test checks it). Sources: Narayanan et al. 2021 (1F1B and
+interleaved bubble (p−1)/(v·m), scatter/gather of pipeline messages), Korthikanti et al.
+2022 (sequence parallelism, selective recompute), ZeRO (Rajbhandari et al. 2020) and
+PyTorch FSDP (Zhao et al. 2023) for sharded data parallelism.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import cache
+
+from planner.comm import Network, group
+from planner.compute import layer_time, logits_time
+from planner.device import DeviceModel
+from planner.flops import step_flops
+from planner.memory import MemoryEstimate, memory_per_gpu, stage_params
+from planner.specs import ClusterSpec, Layout, ModelSpec
+from profiles.schema import Profile
+
+# Adam step per parameter: read fp32 grad, master, m, v (16 B), write master, m, v (12 B)
+# and the bf16 weight (2 B).
+OPTIMIZER_BYTES_PER_PARAM = 30
+GRAD_REDUCE_BYTES = 4        # fp32 gradient reduction (Megatron with bf16, FSDP reduce_dtype)
+WEIGHT_GATHER_BYTES = 2      # bf16 weights
+
+
+@dataclass(frozen=True)
+class StepBreakdown:
+    """Seconds per optimizer step on the critical path; the fields add up to the step."""
+
+    compute_s: float
+    recompute_s: float
+    tp_comm_s: float
+    pp_comm_s: float
+    bubble_s: float
+    dp_comm_s: float
+    optimizer_s: float
+
+    @property
+    def total_s(self) -> float:
+        return (self.compute_s + self.recompute_s + self.tp_comm_s + self.pp_comm_s
+                + self.bubble_s + self.dp_comm_s + self.optimizer_s)
+
+
+@dataclass(frozen=True)
+class StepEstimate:
+    model: ModelSpec
+    cluster: ClusterSpec
+    layout: Layout
+    breakdown: StepBreakdown
+    memory: MemoryEstimate
+    model_flops: float
+    hardware_flops: float
+    profile_name: str
+
+    @property
+    def iteration_s(self) -> float:
+        return self.breakdown.total_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.layout.global_batch * self.model.seq / self.iteration_s
+
+    @property
+    def tflops_per_gpu_mfu(self) -> float:
+        return self.model_flops / self.iteration_s / self.cluster.gpus / 1e12
+
+    @property
+    def tflops_per_gpu_hfu(self) -> float:
+        return self.hardware_flops / self.iteration_s / self.cluster.gpus / 1e12
+
+    @property
+    def mfu(self) -> float:
+        return self.tflops_per_gpu_mfu / self.cluster.gpu.peak_tflops_bf16
+
+    @property
+    def hfu(self) -> float:
+        return self.tflops_per_gpu_hfu / self.cluster.gpu.peak_tflops_bf16
+
+    @property
+    def memory_gib_per_gpu(self) -> float:
+        return self.memory.total_gib
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.total_gib <= self.cluster.gpu.memory_gib
+
+    def to_dict(self) -> dict:
+        return {
+            "iteration_s": self.iteration_s,
+            "tokens_per_s": self.tokens_per_s,
+            "tflops_per_gpu_hfu": self.tflops_per_gpu_hfu,
+            "tflops_per_gpu_mfu": self.tflops_per_gpu_mfu,
+            "mfu": self.mfu,
+            "hfu": self.hfu,
+            "memory_gib_per_gpu": self.memory_gib_per_gpu,
+            "fits": self.fits,
+            "layout": self.layout.to_dict(),
+            "breakdown_s": asdict(self.breakdown),
+            "memory_gib": {**asdict(self.memory), "total_gib": self.memory.total_gib},
+            "profile": self.profile_name,
+        }
+
+
+@cache
+def _models(profile: Profile) -> tuple[DeviceModel, Network]:
+    return DeviceModel(profile), Network(profile)
+
+
+def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profile: Profile) -> StepEstimate:
+    """Predict one optimizer step of `layout` (already validated) on `cluster`."""
+    dev, net = _models(profile)
+    lay = layout
+    t, p, v, m = lay.tp, lay.pp, lay.interleave, lay.micro_batches
+    gpn = cluster.gpus_per_node
+    tp_group = group(t, 1, gpn)
+    dp_group = group(lay.dp, t, gpn)
+    pp_group = group(p, t * lay.dp, gpn)
+
+    lt = layer_time(dev, model, lay)
+    # Tensor-parallel collectives per layer: two all-reduces forward and two backward, or with
+    # sequence parallelism the same volume as all-gather + reduce-scatter pairs.
+    activation_bytes = lay.micro_batch * model.seq * model.hidden * dev.bytes_per_element
+    if lay.sequence_parallel:
+        tp_one = net.time("all_gather", activation_bytes, tp_group) + net.time(
+            "reduce_scatter", activation_bytes, tp_group)
+    else:
+        tp_one = 2 * net.time("all_reduce", activation_bytes, tp_group)
+    tp_fwd = tp_bwd = tp_one
+
+    if lay.recompute == "full":
+        recompute_layer, tp_recompute = lt.forward, tp_fwd
+    elif lay.recompute == "selective":
+        recompute_layer, tp_recompute = lt.attention_core_fwd, 0.0
+    else:
+        recompute_layer, tp_recompute = 0.0, 0.0
+
+    layers_max = math.ceil(model.layers / p)
+    logit_fwd, logit_bwd = logits_time(dev, model, lay)
+    # The last stage carries the output layer too: it is the slowest stage.
+    compute_mb = layers_max * (lt.forward + lt.backward) + logit_fwd + logit_bwd
+    recompute_mb = layers_max * recompute_layer
+    tp_mb = layers_max * (tp_fwd + tp_bwd + tp_recompute)
+    stage_mb = compute_mb + recompute_mb + tp_mb
+    mean_stage_mb = stage_mb - (logit_fwd + logit_bwd) * (p - 1) / p if p > 1 else stage_mb
+
+    # 1F1B fill and drain: (p−1)/v stage-times of a micro-batch (Narayanan et al. 2021, §2.2).
+    bubble = (p - 1) / v * mean_stage_mb if p > 1 else 0.0
+    # Point-to-point: each micro-batch's activation forward and gradient back, per model chunk,
+    # scattered over the tp ranks; the blocking send/recv of Megatron's schedule sits on the
+    # critical path.
+    pp_comm = 0.0
+    if p > 1:
+        msg = activation_bytes / t
+        pp_comm = 2 * v * m * net.time("send_recv", msg, pp_group)
+
+    grads = stage_params(model, lay)
+    dp_comm = 0.0
+    if lay.dp > 1:
+        if lay.zero >= 3:
+            # FSDP: per micro-batch gather weights for forward and backward, reduce-scatter
+            # gradients, prefetched under the micro-batch's compute; the first gather is exposed.
+            per_mb = (2 * net.time("all_gather", grads * WEIGHT_GATHER_BYTES, dp_group)
+                      + net.time("reduce_scatter", grads * GRAD_REDUCE_BYTES, dp_group))
+            first_gather = net.time("all_gather", grads * WEIGHT_GATHER_BYTES / layers_max, dp_group)
+            dp_comm = m * (net.exposed(per_mb, stage_mb) + first_gather)
+        else:
+            reduce_op = "all_reduce" if lay.zero == 0 else "reduce_scatter"
+            grad_sync = net.time(reduce_op, grads * GRAD_REDUCE_BYTES, dp_group)
+            # Bucketed reduction overlaps the last micro-batch's backward, all but the last bucket.
+            window = layers_max * (lt.backward + recompute_layer) * (1 - 1 / layers_max)
+            last_bucket = grad_sync / layers_max
+            dp_comm = last_bucket + net.exposed(grad_sync - last_bucket, window)
+            if lay.zero >= 1:
+                dp_comm += net.time("all_gather", grads * WEIGHT_GATHER_BYTES, dp_group)
+
+    opt_params = grads / (lay.dp if lay.zero >= 1 else 1)
+    optimizer = dev.memory_bound_s(opt_params * OPTIMIZER_BYTES_PER_PARAM, kernels=4)
+
+    breakdown = StepBreakdown(
+        compute_s=m * compute_mb,
+        recompute_s=m * recompute_mb,
+        tp_comm_s=m * tp_mb,
+        pp_comm_s=pp_comm,
+        bubble_s=bubble,
+        dp_comm_s=dp_comm,
+        optimizer_s=optimizer,
+    )
+    model_flops, hardware_flops = step_flops(model, lay.global_batch, lay.recompute)
+    return StepEstimate(
+        model=model, cluster=cluster, layout=lay, breakdown=breakdown,
+        memory=memory_per_gpu(model, lay), model_flops=model_flops,
+        hardware_flops=hardware_flops, profile_name=profile.name,
+    )

@@ -1,0 +1,125 @@
+"""Kernel times on one device, read from a profile.
+
+A GEMM takes the longer of its compute time at a shape-dependent efficiency and its memory
+time (a roofline), plus a launch overhead; the efficiency rises with the smallest GEMM
+dimension, e(d) = e_max · d / (d + k_half), the tile-quantisation effect that Calculon's
+efficiency tables capture. Measured points correct the fitted curve near where they were
+taken (log-space kernel regression on the ratio measured / model), so a measured profile
+is reproduced at its own shapes and the physical model carries it elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+from profiles.schema import Profile
+
+# Bandwidth of the correction kernel, in octaves of each GEMM dimension.
+_KERNEL_OCTAVES = 0.75
+
+
+def _log2(x: float) -> float:
+    return math.log2(max(x, 1.0))
+
+
+@dataclass(frozen=True)
+class _Point:
+    coords: tuple[float, ...]
+    log_ratio: float
+
+
+def _corrections(points: list[_Point], coords: tuple[float, ...]) -> float:
+    """Kernel-weighted mean of log(measured/model) near coords; 0 where nothing was measured."""
+    if not points:
+        return 0.0
+    num = den = 0.0
+    for p in points:
+        d2 = sum((a - b) ** 2 for a, b in zip(p.coords, coords, strict=True))
+        w = math.exp(-d2 / (2 * _KERNEL_OCTAVES**2))
+        num += w * p.log_ratio
+        den += w
+    # Fade to the bare model when the nearest measurement is far away.
+    return num / den * min(1.0, den)
+
+
+class DeviceModel:
+    """Kernel-time model of one device (per GPU), built once per profile."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.peak_flops = profile.peak_tflops * 1e12
+        self.hbm_bytes_s = profile.hbm_gbps * 1e9
+        g = profile.gemm
+        self.e_max = float(g["e_max"])
+        self.k_half = float(g["k_half"])
+        self.gemm_overhead_s = float(g["overhead_us"]) * 1e-6
+        a = profile.attention
+        self.attn_fwd_eff = float(a["fwd_eff"])
+        self.attn_bwd_eff = float(a["bwd_eff"])
+        mb = profile.memory_bound
+        self.membw_bytes_s = float(mb["bandwidth_gbps"]) * 1e9
+        self.mem_overhead_s = float(mb["overhead_us"]) * 1e-6
+        self.bytes_per_element = {"bf16": 2, "fp16": 2, "fp32": 4}[profile.dtype]
+
+    # --- GEMM -----------------------------------------------------------------
+    def gemm_model_s(self, m: float, n: float, k: float, batch: float = 1) -> float:
+        flops = 2.0 * m * n * k * batch
+        d = min(m, n, k)
+        eff = self.e_max * d / (d + self.k_half)
+        compute = flops / (self.peak_flops * eff)
+        memory = self.bytes_per_element * (m * k + k * n + m * n) * batch / self.hbm_bytes_s
+        return max(compute, memory) + self.gemm_overhead_s
+
+    @cached_property
+    def _gemm_points(self) -> list[_Point]:
+        out = []
+        for p in self.profile.gemm["points"]:
+            model = self.gemm_model_s(p["m"], p["n"], p["k"], p.get("batch", 1))
+            coords = (_log2(p["m"]), _log2(p["n"]), _log2(p["k"]))
+            out.append(_Point(coords, math.log(p["time_s"] / model)))
+        return out
+
+    def gemm_s(self, m: float, n: float, k: float, batch: float = 1) -> float:
+        """Time of a (batch of) m×k · k×n product(s)."""
+        base = self.gemm_model_s(m, n, k, batch)
+        corr = _corrections(self._gemm_points, (_log2(m), _log2(n), _log2(k))) if batch == 1 else 0.0
+        return base * math.exp(corr)
+
+    def linear_s(self, tokens: float, d_in: float, d_out: float) -> tuple[float, float]:
+        """(forward, backward) of a linear layer: y = xW; backward = dgrad + wgrad."""
+        fwd = self.gemm_s(tokens, d_out, d_in)
+        bwd = self.gemm_s(tokens, d_in, d_out) + self.gemm_s(d_in, d_out, tokens)
+        return fwd, bwd
+
+    # --- attention ------------------------------------------------------------
+    @cached_property
+    def _attn_points(self) -> tuple[list[_Point], list[_Point]]:
+        fwd, bwd = [], []
+        for p in self.profile.attention["points"]:
+            f_model, b_model = self._flash_model_s(p["batch"], p["seq"], p["heads"], p["head_dim"])
+            coords = (_log2(p["seq"]), _log2(p["head_dim"]), _log2(p["batch"] * p["heads"]))
+            fwd.append(_Point(coords, math.log(p["fwd_s"] / f_model)))
+            bwd.append(_Point(coords, math.log(p["bwd_s"] / b_model)))
+        return fwd, bwd
+
+    def _flash_model_s(self, batch: float, seq: float, heads: float, head_dim: float) -> tuple[float, float]:
+        # A causal flash kernel executes half of QKᵀ and of ·V: 2·b·s²·h of 4·b·s²·h;
+        # its backward five such products (FlashAttention-2, Dao 2023) = 2.5 × forward.
+        fwd_flops = 2.0 * batch * seq * seq * heads * head_dim
+        fwd = fwd_flops / (self.peak_flops * self.attn_fwd_eff) + self.gemm_overhead_s
+        bwd = 2.5 * fwd_flops / (self.peak_flops * self.attn_bwd_eff) + 2 * self.gemm_overhead_s
+        return fwd, bwd
+
+    def flash_attention_s(self, batch: float, seq: float, heads: float, head_dim: float) -> tuple[float, float]:
+        """(forward, backward) of causal scaled_dot_product_attention on the local heads."""
+        f, b = self._flash_model_s(batch, seq, heads, head_dim)
+        coords = (_log2(seq), _log2(head_dim), _log2(batch * heads))
+        pf, pb = self._attn_points
+        return f * math.exp(_corrections(pf, coords)), b * math.exp(_corrections(pb, coords))
+
+    # --- memory-bound ---------------------------------------------------------
+    def memory_bound_s(self, nbytes: float, kernels: int = 1) -> float:
+        """Element-wise kernels that move nbytes through HBM."""
+        return nbytes / self.membw_bytes_s + kernels * self.mem_overhead_s

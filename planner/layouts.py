@@ -1,0 +1,92 @@
+"""Generators of valid parallel layouts, apart from the cost model (as Calculon keeps them).
+
+A partial layout fixes some fields; every other field is enumerated over the values that
+can work for the model and cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from planner.specs import AttentionKernel, ClusterSpec, Layout, ModelSpec
+
+
+@dataclass(frozen=True)
+class PartialLayout:
+    """Fields left None are for the search to choose."""
+
+    global_batch: int
+    tp: int | None = None
+    pp: int | None = None
+    dp: int | None = None
+    micro_batch: int | None = None
+    recompute: str | None = None
+    sequence_parallel: bool | None = None
+    interleave: int | None = None
+    zero: int | None = None
+    attention: AttentionKernel = "flash"
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def tensor_parallel_degrees(model: ModelSpec, cluster: ClusterSpec) -> list[int]:
+    """tp must divide heads, kv heads, the FFN and the GPU count, and stay inside a node."""
+    return [
+        t for t in divisors(cluster.gpus)
+        if t <= cluster.gpus_per_node and model.heads % t == 0 and model.n_kv_heads % t == 0
+        and model.ffn % t == 0
+    ]
+
+
+def candidate_layouts(model: ModelSpec, cluster: ClusterSpec, part: PartialLayout) -> Iterator[Layout]:
+    """Every layout consistent with `part` that passes validate_layout's structural rules."""
+    n = cluster.gpus
+    tps = [part.tp] if part.tp else tensor_parallel_degrees(model, cluster)
+    for tp in tps:
+        if n % tp:
+            continue
+        pps = [part.pp] if part.pp else [p for p in divisors(n // tp) if p <= model.layers]
+        for pp in pps:
+            if n % (tp * pp):
+                continue
+            dp = n // (tp * pp)
+            if part.dp and part.dp != dp:
+                continue
+            per_replica = part.global_batch // dp if part.global_batch % dp == 0 else 0
+            if not per_replica:
+                continue
+            mbs = [part.micro_batch] if part.micro_batch else divisors(per_replica)
+            for mb in mbs:
+                if per_replica % mb:
+                    continue
+                m = per_replica // mb
+                if part.interleave:
+                    vs = [part.interleave]
+                elif pp > 1 and m % pp == 0:
+                    vs = [v for v in divisors(model.layers // pp) if model.layers % pp == 0] or [1]
+                else:
+                    vs = [1]
+                sps = [part.sequence_parallel] if part.sequence_parallel is not None else (
+                    [False, True] if tp > 1 else [False])
+                zeros = [part.zero] if part.zero is not None else ([0, 1, 2, 3] if pp == 1 else [0, 1, 2])
+                recomputes = [part.recompute] if part.recompute else ["none", "selective", "full"]
+                for v in vs:
+                    if v > 1 and (pp == 1 or m % pp):
+                        continue
+                    for sp in sps:
+                        if sp and tp == 1:
+                            continue
+                        for zero in zeros:
+                            if zero == 3 and pp > 1:
+                                continue
+                            for rc in recomputes:
+                                if rc == "selective" and part.attention == "flash" and not part.recompute:
+                                    # Flash attention never stores the s×s scores: selective = none.
+                                    continue
+                                yield Layout(tp=tp, pp=pp, dp=dp, micro_batch=mb,
+                                             global_batch=part.global_batch, recompute=rc,
+                                             sequence_parallel=bool(sp), interleave=v, zero=zero,
+                                             attention=part.attention)

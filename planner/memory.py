@@ -1,0 +1,106 @@
+"""Memory per GPU: model states by ZeRO stage and activations by recompute mode.
+
+Model states follow ZeRO (Rajbhandari et al. 2020) for mixed-precision Adam: 2 bytes of
+bf16 weights, 4 of fp32 gradients (Megatron's main_grad) and 12 of optimizer state (fp32
+master copy, Adam m and v) per parameter. Activations follow Korthikanti et al. 2022, §4,
+generalised to any FFN width, SwiGLU and grouped-query attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from planner.specs import BYTES_PER_GIB, Layout, ModelSpec
+
+WEIGHT_BYTES = 2
+GRAD_BYTES = 4
+OPTIMIZER_BYTES = 12
+# CUDA context, NCCL buffers and allocator fragmentation.
+FRAMEWORK_FIXED_GIB = 2.0
+FRAMEWORK_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights_gib: float
+    grads_gib: float
+    optimizer_gib: float
+    activations_gib: float
+    logits_gib: float
+    framework_gib: float
+
+    @property
+    def total_gib(self) -> float:
+        return (self.weights_gib + self.grads_gib + self.optimizer_gib + self.activations_gib
+                + self.logits_gib + self.framework_gib)
+
+
+def stage_params(model: ModelSpec, layout: Layout) -> float:
+    """Parameters on the GPU that holds the most: the first pipeline stage, with the embedding
+    (pipeline stages round up their share of layers), split over tp."""
+    layers = math.ceil(model.layers / layout.pp)
+    embedding = model.vocab * model.hidden
+    if layout.pp == 1:
+        embedding = model.embedding_params()
+    return (layers * model.layer_params() + embedding) / layout.tp
+
+
+def activation_bytes_per_layer(model: ModelSpec, layout: Layout) -> float:
+    """Bytes one layer keeps for backward, for one micro-batch (Korthikanti et al. 2022, eq. 1–5)."""
+    s, b, h, t = model.seq, layout.micro_batch, model.hidden, layout.tp
+    a, f, kv = model.heads, model.ffn, model.kv_dim
+    sbh = s * b * h
+    if layout.recompute == "full":
+        # Only the layer input is stored (2sbh, split by t under sequence parallelism).
+        return 2 * sbh / (t if layout.sequence_parallel else 1)
+    # Inputs to the two LayerNorms (4sbh) and the two dropout masks (2sbh): replicated unless SP.
+    replicated = 6 * sbh
+    # Attention: QKV input 2sbh, Q and K 2sb(h+kv), V 2sb·kv, output-projection input 2sbh;
+    # MLP: input 2sbh, activation input(s) and output-layer input.
+    ffn_inputs = 2 * s * b * f * (3 if model.activation == "swiglu" else 2)
+    split = 2 * sbh + 2 * s * b * (h + kv) + 2 * s * b * kv + 2 * sbh + 2 * sbh + ffn_inputs
+    # Unfused attention stores softmax output (2), dropout mask (1) and its output (2): 5as²b.
+    scores = 5 * a * s * s * b if (layout.attention == "unfused" and layout.recompute == "none") else 0
+    # Flash attention keeps its log-sum-exp instead (fp32, a·s·b).
+    lse = 4 * a * s * b if layout.attention == "flash" else 0
+    if layout.sequence_parallel:
+        return (replicated + split + scores + lse) / t
+    return replicated + (split + scores + lse) / t
+
+
+def micro_batches_in_flight(layout: Layout) -> float:
+    """Micro-batches whose activations the first stage holds at peak: p under 1F1B (times
+    1 + (p−1)/(p·v) when interleaved, Narayanan et al. 2021 §2.2.2), at most m."""
+    p, v, m = layout.pp, layout.interleave, layout.micro_batches
+    if p == 1:
+        return 1.0
+    in_flight = p * (1 + (p - 1) / (p * v)) if v > 1 else p
+    return min(in_flight, m)
+
+
+def memory_per_gpu(model: ModelSpec, layout: Layout) -> MemoryEstimate:
+    params = stage_params(model, layout)
+    dp = layout.dp
+    weights = params * WEIGHT_BYTES / (dp if layout.zero >= 3 else 1)
+    grads = params * GRAD_BYTES / (dp if layout.zero >= 2 else 1)
+    optimizer = params * OPTIMIZER_BYTES / (dp if layout.zero >= 1 else 1)
+
+    layers = math.ceil(model.layers / layout.pp)
+    per_layer = activation_bytes_per_layer(model, layout)
+    activations = per_layer * layers * micro_batches_in_flight(layout)
+    if layout.recompute == "full":
+        # One layer is live at full size while it is recomputed during backward.
+        activations += activation_bytes_per_layer(model, layout.with_(recompute="none"))
+    if layout.zero >= 3:
+        # FSDP keeps the gathered weights of the current and the prefetched layer.
+        weights += 2 * model.layer_params() * WEIGHT_BYTES / layout.tp
+
+    # The last stage materialises fp32 logits and their gradient for one micro-batch.
+    tokens = layout.micro_batch * model.seq
+    logits = 2 * tokens * model.vocab / layout.tp * 4
+
+    states = weights + grads + optimizer + activations + logits
+    framework = FRAMEWORK_FIXED_GIB * BYTES_PER_GIB + FRAMEWORK_FRACTION * states
+    g = BYTES_PER_GIB
+    return MemoryEstimate(weights / g, grads / g, optimizer / g, activations / g, logits / g, framework / g)

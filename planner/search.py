@@ -1,0 +1,92 @@
+"""Layout search: enumerate valid layouts → drop those that do not fit → keep the fastest.
+
+Memory is checked before the step time (it is the cheaper of the two), and what was
+rejected is counted by reason, so a refusal can say why nothing fits.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from planner.case import Case
+from planner.cost import StepEstimate, estimate_step
+from planner.errors import Infeasible
+from planner.layouts import PartialLayout, candidate_layouts
+from planner.memory import memory_per_gpu
+from planner.specs import ClusterSpec, Layout, ModelSpec, validate_layout
+from profiles.schema import Profile, builtin_profile
+
+
+@dataclass
+class SearchResult:
+    best: StepEstimate
+    considered: int
+    rejected: Counter = field(default_factory=Counter)
+    smallest_memory_gib: float = 0.0
+
+
+def search_layout(model: ModelSpec, cluster: ClusterSpec, part: PartialLayout, profile: Profile) -> SearchResult:
+    """The fastest layout that fits, among all that `part` allows."""
+    best: StepEstimate | None = None
+    rejected: Counter = Counter()
+    considered = 0
+    smallest = (float("inf"), None)
+    capacity = cluster.gpu.memory_gib
+    for layout in candidate_layouts(model, cluster, part):
+        considered += 1
+        try:
+            validate_layout(model, cluster, layout)
+        except Infeasible:
+            rejected["invalid"] += 1
+            continue
+        except ValueError:
+            rejected["invalid"] += 1
+            continue
+        mem = memory_per_gpu(model, layout).total_gib
+        if mem < smallest[0]:
+            smallest = (mem, layout)
+        if mem > capacity:
+            rejected["memory"] += 1
+            continue
+        est = estimate_step(model, cluster, layout, profile)
+        if best is None or est.iteration_s < best.iteration_s:
+            best = est
+    if best is None:
+        if considered == 0 or smallest[1] is None:
+            raise Infeasible(
+                f"No valid parallel layout exists for this model on {cluster.gpus} GPUs with global batch "
+                f"{part.global_batch}; change the GPU count or the batch."
+            )
+        lay: Layout = smallest[1]
+        raise Infeasible(
+            f"No layout fits in {capacity:g} GiB per GPU: the smallest needs {smallest[0]:.1f} GiB "
+            f"({lay.describe()}); use more GPUs, a GPU with more memory, or a smaller model."
+        )
+    return SearchResult(best=best, considered=considered, rejected=rejected, smallest_memory_gib=smallest[0])
+
+
+def estimate_case(case: Case, profile: Profile | None = None) -> SearchResult:
+    """Estimate a case file: its fixed fields as given, its null fields searched."""
+    model, cluster = case.model_spec(), case.cluster_spec()
+    profile = profile or builtin_profile(cluster.gpu.key)
+    par = case.parallel
+    part = PartialLayout(
+        global_batch=par.global_batch, tp=par.tp, pp=par.pp, dp=par.dp, micro_batch=par.micro_batch,
+        recompute=par.recompute, sequence_parallel=par.sequence_parallel, interleave=par.interleave,
+        zero=par.zero, attention=case.software.attention,
+    )
+    if None not in (par.tp, par.pp, par.dp, par.micro_batch, par.recompute, par.zero):
+        layout = Layout(tp=par.tp, pp=par.pp, dp=par.dp, micro_batch=par.micro_batch,
+                        global_batch=par.global_batch, recompute=par.recompute,
+                        sequence_parallel=bool(par.sequence_parallel), interleave=par.interleave or 1,
+                        zero=par.zero, attention=case.software.attention)
+        validate_layout(model, cluster, layout)
+        est = estimate_step(model, cluster, layout, profile)
+        if not est.fits:
+            raise Infeasible(
+                f"The layout does not fit: it needs {est.memory_gib_per_gpu:.1f} GiB per GPU but a "
+                f"{cluster.gpu.key} has {cluster.gpu.memory_gib:g} GiB; add tp/pp, zero or recompute."
+            )
+        return SearchResult(best=est, considered=1)
+    return search_layout(model, cluster, part, profile)

@@ -1,0 +1,1 @@
+"""Discrete-event simulation (simpy) of a step and of a whole run."""

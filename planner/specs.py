@@ -1,0 +1,241 @@
+"""The things the cost model talks about: model shape, GPU, cluster and parallel layout.
+
+Each spec checks itself where it is built and says in one sentence which field is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from functools import cache
+from importlib import resources
+from typing import Literal
+
+from planner.errors import FlmplanError, InvalidLayout
+
+Activation = Literal["gelu", "swiglu"]
+Recompute = Literal["none", "selective", "full"]
+AttentionKernel = Literal["flash", "unfused"]
+
+BYTES_PER_GIB = 2**30
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer (GPT / FLM style)."""
+
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    vocab: int
+    seq: int
+    kv_heads: int | None = None
+    activation: Activation = "gelu"
+    tied_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "hidden", "heads", "ffn", "vocab", "seq"):
+            if getattr(self, name) <= 0:
+                raise FlmplanError(f"model.{name} must be a positive integer, got {getattr(self, name)}.")
+        if self.hidden % self.heads:
+            raise FlmplanError(f"model.heads = {self.heads} must divide model.hidden = {self.hidden}.")
+        if self.kv_heads is not None and (self.kv_heads <= 0 or self.heads % self.kv_heads):
+            raise FlmplanError(f"model.kv_heads = {self.kv_heads} must divide model.heads = {self.heads}.")
+        if self.activation not in ("gelu", "swiglu"):
+            raise FlmplanError(f"model.activation must be 'gelu' or 'swiglu', got {self.activation!r}.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.kv_heads or self.heads
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of K (and of V): smaller than hidden under grouped-query attention."""
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def ffn_matrices(self) -> int:
+        """GeLU MLP: up and down; SwiGLU: gate, up and down."""
+        return 3 if self.activation == "swiglu" else 2
+
+    def layer_params(self) -> int:
+        """Weights and biases of one block: attention, MLP, two LayerNorms."""
+        h, f = self.hidden, self.ffn
+        attention = h * (h + 2 * self.kv_dim) + (h + 2 * self.kv_dim) + h * h + h
+        mlp = self.ffn_matrices * h * f + (f * (self.ffn_matrices - 1) + h)
+        layernorms = 2 * 2 * h
+        return attention + mlp + layernorms
+
+    def embedding_params(self) -> int:
+        """Token embedding (and the output head, unless tied) plus the final LayerNorm."""
+        head = 0 if self.tied_embeddings else self.vocab * self.hidden
+        return self.vocab * self.hidden + head + 2 * self.hidden
+
+    def params(self) -> int:
+        return self.layers * self.layer_params() + self.embedding_params()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Price:
+    usd_per_gpu_hour: float
+    date: str
+    source: str
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One GPU type of the catalog (planner/data/gpus.json)."""
+
+    key: str
+    name: str
+    peak_tflops_bf16: float
+    memory_gib: float
+    hbm_tbps: float
+    nvlink_gbps: float
+    network_gbps: float
+    gpus_per_node: int
+    price: Price
+
+
+@cache
+def gpu_catalog() -> dict[str, GpuSpec]:
+    raw = json.loads(resources.files("planner").joinpath("data/gpus.json").read_text())
+    return {
+        key: GpuSpec(key=key, **{**g, "price": Price(**g["price"])}) for key, g in raw["gpus"].items()
+    }
+
+
+def get_gpu(key: str) -> GpuSpec:
+    catalog = gpu_catalog()
+    if key not in catalog:
+        raise FlmplanError(f"Unknown GPU {key!r}; choose one of: {', '.join(catalog)}.")
+    return catalog[key]
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    gpu: GpuSpec
+    gpus: int
+    gpus_per_node: int = 8
+
+    def __post_init__(self) -> None:
+        if self.gpus <= 0:
+            raise FlmplanError(f"cluster.gpus must be positive, got {self.gpus}.")
+        if self.gpus_per_node <= 0:
+            raise FlmplanError(f"cluster.gpus_per_node must be positive, got {self.gpus_per_node}.")
+        if self.gpus > self.gpus_per_node and self.gpus % self.gpus_per_node:
+            raise FlmplanError(
+                f"cluster.gpus = {self.gpus} is not a whole number of nodes of {self.gpus_per_node} GPUs."
+            )
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.gpus // self.gpus_per_node)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A 3-D parallel layout (Megatron-LM conventions) plus recompute and sharding.
+
+    interleave is the number of model chunks per pipeline stage (virtual stages, v);
+    zero is the ZeRO stage: 1 = sharded optimizer (Megatron's distributed optimizer),
+    2 = + sharded gradients, 3 = + sharded weights (FSDP FULL_SHARD).
+    """
+
+    tp: int
+    pp: int
+    dp: int
+    micro_batch: int
+    global_batch: int
+    recompute: Recompute = "none"
+    sequence_parallel: bool = False
+    interleave: int = 1
+    zero: int = 1
+    attention: AttentionKernel = "flash"
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches per pipeline per step (m in Narayanan et al. 2021)."""
+        return self.global_batch // (self.micro_batch * self.dp)
+
+    def with_(self, **changes) -> Layout:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("extra")
+        return d
+
+    def describe(self) -> str:
+        parts = [f"tp{self.tp}", f"pp{self.pp}", f"dp{self.dp}", f"mb{self.micro_batch}"]
+        if self.interleave > 1:
+            parts.append(f"v{self.interleave}")
+        if self.sequence_parallel:
+            parts.append("sp")
+        parts += [f"zero{self.zero}", f"rc:{self.recompute}"]
+        return " ".join(parts)
+
+
+def validate_layout(model: ModelSpec, cluster: ClusterSpec, layout: Layout) -> None:
+    """Refuse a layout that cannot run, naming the field and the numbers."""
+    lay = layout
+    for name in ("tp", "pp", "dp", "micro_batch", "global_batch", "interleave"):
+        if getattr(lay, name) < 1:
+            raise InvalidLayout(f"parallel.{name} must be at least 1, got {getattr(lay, name)}.")
+    if lay.gpus != cluster.gpus:
+        raise InvalidLayout(
+            f"parallel: tp·pp·dp = {lay.tp}·{lay.pp}·{lay.dp} = {lay.gpus} ≠ {cluster.gpus} GPUs of the cluster."
+        )
+    if model.heads % lay.tp:
+        raise InvalidLayout(f"parallel.tp = {lay.tp} does not divide the {model.heads} attention heads.")
+    if model.n_kv_heads % lay.tp:
+        raise InvalidLayout(f"parallel.tp = {lay.tp} does not divide the {model.n_kv_heads} key/value heads.")
+    if model.ffn % lay.tp:
+        raise InvalidLayout(f"parallel.tp = {lay.tp} does not divide model.ffn = {model.ffn}.")
+    if lay.tp > cluster.gpus_per_node:
+        raise InvalidLayout(
+            f"parallel.tp = {lay.tp} is larger than a node ({cluster.gpus_per_node} GPUs); "
+            "tensor parallelism needs NVLink."
+        )
+    if lay.pp > model.layers:
+        raise InvalidLayout(f"parallel.pp = {lay.pp} is larger than the {model.layers} layers.")
+    if lay.pp * lay.interleave > model.layers:
+        raise InvalidLayout(
+            f"parallel.interleave = {lay.interleave} with pp = {lay.pp} needs "
+            f"{lay.pp * lay.interleave} layer chunks but the model has {model.layers} layers."
+        )
+    if lay.interleave > 1 and lay.pp == 1:
+        raise InvalidLayout("parallel.interleave > 1 needs pipeline parallelism (pp ≥ 2).")
+    if lay.global_batch % (lay.micro_batch * lay.dp):
+        raise InvalidLayout(
+            f"parallel.global_batch = {lay.global_batch} is not divisible by "
+            f"micro_batch·dp = {lay.micro_batch}·{lay.dp} = {lay.micro_batch * lay.dp}."
+        )
+    if lay.interleave > 1 and lay.micro_batches % lay.pp:
+        raise InvalidLayout(
+            f"parallel.interleave needs the {lay.micro_batches} micro-batches per pipeline "
+            f"to be a multiple of pp = {lay.pp}."
+        )
+    if lay.recompute not in ("none", "selective", "full"):
+        raise InvalidLayout(f"parallel.recompute must be none, selective or full, got {lay.recompute!r}.")
+    if lay.zero not in (0, 1, 2, 3):
+        raise InvalidLayout(f"parallel.zero must be 0, 1, 2 or 3, got {lay.zero}.")
+    if lay.zero == 3 and lay.pp > 1:
+        raise InvalidLayout("parallel.zero = 3 (fully sharded weights) is not combined with pp > 1 here.")
+    if lay.sequence_parallel and lay.tp == 1:
+        raise InvalidLayout("parallel.sequence_parallel needs tp ≥ 2.")
+    if lay.attention not in ("flash", "unfused"):
+        raise InvalidLayout(f"attention kernel must be 'flash' or 'unfused', got {lay.attention!r}.")

@@ -1,0 +1,149 @@
+"""The profile file: what a device delivers for the decoder core, measured or derived.
+
+Pure Python on purpose (no pydantic, numpy or torch): the profiler writes it on bare GPU
+images and the planner reads it without torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "flmplan-profile"
+SCHEMA_VERSION = 1
+SOURCES = ("measured", "derived")
+DTYPES = ("bf16", "fp16", "fp32")
+BYTES_PER_ELEMENT = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+class ProfileError(ValueError):
+    """A file that is not a usable profile; the message says why and what to do."""
+
+
+@dataclass(eq=False)
+class Profile:
+    """Tables of one device type. Times in seconds, bandwidths in GB/s, throughputs in TFLOP/s.
+
+    gemm:        e_max, k_half, overhead_us (the fitted shape model) and measured points
+                 {m, n, k, time_s};
+    attention:   fwd_eff, bwd_eff (fraction of peak on the FLOPs the kernel executes) and
+                 points {batch, seq, heads, head_dim, causal, fwd_s, bwd_s};
+    memory_bound: bandwidth_gbps, overhead_us and points {op, bytes, time_s};
+    collectives: intra_node / inter_node: {busbw_gbps, latency_us, points {op, ranks, bytes, time_s}};
+                 inter_node busbw_gbps is per GPU (its own NIC);
+    layers:      whole-layer ground truth {hidden, heads, ffn, seq, micro_batch, forward_s,
+                 backward_s, backward_recompute_s}.
+    """
+
+    name: str
+    source: str
+    dtype: str
+    device: dict[str, Any]
+    gemm: dict[str, Any]
+    attention: dict[str, Any]
+    memory_bound: dict[str, Any]
+    collectives: dict[str, Any]
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    date: str = ""
+    host: str = ""
+    software: dict[str, Any] = field(default_factory=dict)
+    references: list[str] = field(default_factory=list)
+    notes: str = ""
+
+    @property
+    def peak_tflops(self) -> float:
+        return float(self.device["peak_tflops"])
+
+    @property
+    def hbm_gbps(self) -> float:
+        return float(self.device["hbm_gbps"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "version": SCHEMA_VERSION, **asdict(self)}
+
+
+_REQUIRED = {
+    "device": ("name", "kind", "count", "peak_tflops", "hbm_gbps"),
+    "gemm": ("e_max", "k_half", "overhead_us", "points"),
+    "attention": ("fwd_eff", "bwd_eff", "points"),
+    "memory_bound": ("bandwidth_gbps", "overhead_us", "points"),
+}
+
+
+def profile_from_dict(raw: Any, origin: str = "profile") -> Profile:
+    """Validate a decoded JSON document and build the Profile, or say what is wrong."""
+    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
+        raise ProfileError(f"{origin} is not an flmplan profile (no \"schema\": \"{SCHEMA}\"); "
+                           "make one with `flmplan profile`.")
+    if raw.get("version") != SCHEMA_VERSION:
+        raise ProfileError(f"{origin} has profile schema version {raw.get('version')!r} but this flmplan "
+                           f"reads version {SCHEMA_VERSION}; measure it again with `flmplan profile`.")
+    if raw.get("source") not in SOURCES:
+        raise ProfileError(f"{origin}: source must be one of {SOURCES}, got {raw.get('source')!r}.")
+    if raw.get("dtype") not in DTYPES:
+        raise ProfileError(f"{origin}: dtype must be one of {DTYPES}, got {raw.get('dtype')!r}.")
+    for section, keys in _REQUIRED.items():
+        block = raw.get(section)
+        if not isinstance(block, dict):
+            raise ProfileError(f"{origin} has no {section!r} table; it is truncated or not a profile.")
+        missing = [k for k in keys if k not in block]
+        if missing:
+            raise ProfileError(f"{origin}: the {section!r} table lacks {', '.join(missing)}.")
+    coll = raw.get("collectives")
+    if not isinstance(coll, dict) or not all(
+        isinstance(coll.get(k), dict) and "busbw_gbps" in coll[k] and "latency_us" in coll[k]
+        for k in ("intra_node", "inter_node")
+    ):
+        raise ProfileError(f"{origin}: the 'collectives' table needs intra_node and inter_node "
+                           "entries with busbw_gbps and latency_us.")
+    for section, key in (("device", "peak_tflops"), ("device", "hbm_gbps"), ("gemm", "e_max"),
+                         ("attention", "fwd_eff"), ("attention", "bwd_eff"),
+                         ("memory_bound", "bandwidth_gbps")):
+        value = raw[section][key]
+        if not isinstance(value, int | float) or value <= 0:
+            raise ProfileError(f"{origin}: {section}.{key} must be a positive number, got {value!r}.")
+    fields = {k: v for k, v in raw.items() if k not in ("schema", "version")}
+    try:
+        return Profile(**fields)
+    except TypeError as err:
+        raise ProfileError(f"{origin} has fields this flmplan does not know ({err}).") from None
+
+
+def load_profile(path: str | Path) -> Profile:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ProfileError(f"Cannot read profile {path}: {err.strerror}.") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ProfileError(f"Profile {path} is not valid JSON (line {err.lineno}: {err.msg}).") from None
+    return profile_from_dict(raw, origin=f"Profile {path}")
+
+
+def save_profile(profile: Profile, path: str | Path) -> Path:
+    """Write atomically: a reader never sees half a profile."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(profile.to_json(), indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def builtin_profile_names() -> list[str]:
+    folder = resources.files("profiles").joinpath("data")
+    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def builtin_profile(name: str) -> Profile:
+    """A profile shipped with flmplan, by name (for derived ones: the GPU catalog key)."""
+    names = builtin_profile_names()
+    if name not in names:
+        raise ProfileError(f"No built-in profile {name!r}; shipped: {', '.join(names)}.")
+    raw = json.loads(resources.files("profiles").joinpath(f"data/{name}.json").read_text())
+    return profile_from_dict(raw, origin=f"built-in profile {name}")

@@ -1,0 +1,1 @@
+"""flmplan runtime: execute a plan with torch.distributed."""
