@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from planner.specs import AttentionKernel, ClusterSpec, Layout, ModelSpec
+from planner.errors import InvalidLayout
+from planner.specs import AttentionKernel, ClusterSpec, Layout, ModelSpec, validate_layout
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,23 @@ def candidate_layouts(model: ModelSpec, cluster: ClusterSpec, part: PartialLayou
                                              global_batch=part.global_batch, recompute=rc,
                                              sequence_parallel=bool(sp), interleave=v, zero=zero,
                                              attention=part.attention)
+
+
+def check_fixed_fields(model: ModelSpec, cluster: ClusterSpec, part: PartialLayout) -> None:
+    """Refuse, naming the field, a partial layout whose given fields cannot work whatever the
+    search chooses for the others."""
+    tp, pp = part.tp or 1, part.pp or 1
+    if cluster.gpus % (tp * pp):
+        raise InvalidLayout(f"parallel: tp·pp = {tp}·{pp} = {tp * pp} does not divide the {cluster.gpus} GPUs.")
+    dp = part.dp or cluster.gpus // (tp * pp)
+    mb, v = part.micro_batch or 1, part.interleave or 1
+    batch_fixed = part.micro_batch is not None and (part.dp is not None or None not in (part.tp, part.pp))
+    probe = Layout(
+        tp=tp, pp=pp, dp=dp, micro_batch=mb,
+        # Where the search still picks dp or micro_batch, only the other fields are checked here.
+        global_batch=part.global_batch if batch_fixed else mb * dp * pp,
+        recompute=part.recompute or "none", sequence_parallel=bool(part.sequence_parallel and tp > 1),
+        interleave=v, zero=part.zero if part.zero is not None else (1 if pp > 1 else 0),
+        attention=part.attention,
+    )
+    validate_layout(model, cluster, probe)

@@ -54,12 +54,13 @@ def activation_bytes_per_layer(model: ModelSpec, layout: Layout) -> float:
     if layout.recompute == "full":
         # Only the layer input is stored (2sbh, split by t under sequence parallelism).
         return 2 * sbh / (t if layout.sequence_parallel else 1)
-    # Inputs to the two LayerNorms (4sbh) and the two dropout masks (2sbh): replicated unless SP.
-    replicated = 6 * sbh
-    # Attention: QKV input 2sbh, Q and K 2sb(h+kv), V 2sb·kv, output-projection input 2sbh;
-    # MLP: input 2sbh, activation input(s) and output-layer input.
+    # Replicated over tp unless SP: the two LayerNorm inputs (4sbh), the two dropout masks (2sbh)
+    # and the inputs of the QKV and MLP-up GEMMs (4sbh).
+    replicated = 10 * sbh
+    # Split over tp: Q and K 2sb(h+kv), V 2sb·kv, output-projection input 2sbh, and the MLP's
+    # activation input(s) and down-projection input.
     ffn_inputs = 2 * s * b * f * (3 if model.activation == "swiglu" else 2)
-    split = 2 * sbh + 2 * s * b * (h + kv) + 2 * s * b * kv + 2 * sbh + 2 * sbh + ffn_inputs
+    split = 2 * s * b * (h + kv) + 2 * s * b * kv + 2 * sbh + ffn_inputs
     # Unfused attention stores softmax output (2), dropout mask (1) and its output (2): 5as²b.
     scores = 5 * a * s * s * b if (layout.attention == "unfused" and layout.recompute == "none") else 0
     # Flash attention keeps its log-sum-exp instead (fp32, a·s·b).

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from planner.case import Case
 from planner.cost import StepEstimate, estimate_step
-from planner.errors import Infeasible
-from planner.layouts import PartialLayout, candidate_layouts
+from planner.errors import Infeasible, InvalidLayout
+from planner.layouts import PartialLayout, candidate_layouts, check_fixed_fields
 from planner.memory import memory_per_gpu
 from planner.specs import ClusterSpec, Layout, ModelSpec, validate_layout
 from profiles.schema import Profile, builtin_profile
@@ -28,6 +28,7 @@ class SearchResult:
 
 def search_layout(model: ModelSpec, cluster: ClusterSpec, part: PartialLayout, profile: Profile) -> SearchResult:
     """The fastest layout that fits, among all that `part` allows."""
+    check_fixed_fields(model, cluster, part)
     best: StepEstimate | None = None
     rejected: Counter = Counter()
     considered = 0
@@ -37,10 +38,7 @@ def search_layout(model: ModelSpec, cluster: ClusterSpec, part: PartialLayout, p
         considered += 1
         try:
             validate_layout(model, cluster, layout)
-        except Infeasible:
-            rejected["invalid"] += 1
-            continue
-        except ValueError:
+        except InvalidLayout:
             rejected["invalid"] += 1
             continue
         mem = memory_per_gpu(model, layout).total_gib

@@ -1,0 +1,27 @@
+"""Shared fixtures: the FLM-101B shapes and a ready A800 cluster."""
+
+import pytest
+
+from planner.specs import ClusterSpec, Layout, ModelSpec, get_gpu
+
+
+@pytest.fixture
+def flm101b() -> ModelSpec:
+    # FLM-101B final shape (ANCHORS: 80 × 10240, 80 heads, FFN 4h, padded vocab 100352).
+    return ModelSpec(layers=80, hidden=10240, heads=80, ffn=40960, vocab=100352, seq=2048)
+
+
+@pytest.fixture
+def gpt_small() -> ModelSpec:
+    return ModelSpec(layers=24, hidden=2048, heads=16, ffn=8192, vocab=50304, seq=2048)
+
+
+@pytest.fixture
+def a800_192() -> ClusterSpec:
+    return ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=192, gpus_per_node=8)
+
+
+@pytest.fixture
+def flm_layout() -> Layout:
+    return Layout(tp=4, pp=4, dp=12, micro_batch=1, global_batch=2160, recompute="selective",
+                  sequence_parallel=True, zero=1)

@@ -1,0 +1,73 @@
+"""`flmplan estimate` through typer's CliRunner: output keys, and clear errors with exit 2."""
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from planner.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+KEYS = ("iteration_s", "tokens_per_s", "tflops_per_gpu_hfu", "tflops_per_gpu_mfu", "mfu", "hfu",
+        "memory_gib_per_gpu", "layout", "breakdown_s", "chosen")
+
+
+def test_estimate_json_has_the_design_keys():
+    r = runner.invoke(app, ["estimate", str(ROOT / "examples/flm101b-101B.json"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    for k in KEYS:
+        assert k in out
+    assert set(out["chosen"]) == {"micro_batch", "recompute", "interleave"}
+    assert 120 < out["tflops_per_gpu_hfu"] < 220
+
+
+def test_estimate_table_for_people():
+    r = runner.invoke(app, ["estimate", str(ROOT / "examples/megatron-18B.json")])
+    assert r.exit_code == 0, r.output
+    assert "Where the step goes" in r.stdout and "bubble" in r.stdout
+
+
+def _run_bad(tmp_path, text):
+    f = tmp_path / "case.json"
+    f.write_text(text)
+    return runner.invoke(app, ["estimate", str(f)])
+
+
+def test_malformed_case_is_one_sentence_and_exit_2(tmp_path):
+    r = _run_bad(tmp_path, "{not json")
+    assert r.exit_code == 2
+    assert "is not valid JSON" in r.output and "Traceback" not in r.output
+
+
+def test_case_with_wrong_field(tmp_path):
+    case = json.loads((ROOT / "examples/megatron-18B.json").read_text())
+    case["parallel"]["tp"] = 5
+    r = _run_bad(tmp_path, json.dumps(case))
+    assert r.exit_code == 2
+    assert "tp·pp = 5·1" in r.output and "Traceback" not in r.output
+
+
+def test_case_with_unknown_key(tmp_path):
+    case = json.loads((ROOT / "examples/megatron-18B.json").read_text())
+    case["parallel"]["pipeline"] = 2
+    r = _run_bad(tmp_path, json.dumps(case))
+    assert r.exit_code == 2 and "parallel.pipeline" in r.output
+
+
+def test_case_that_does_not_fit(tmp_path):
+    case = json.loads((ROOT / "examples/flm101b-101B.json").read_text())
+    case["parallel"].update(tp=1, pp=1, dp=192, micro_batch=1, recompute="full", zero=0, global_batch=192,
+                            sequence_parallel=False)
+    r = _run_bad(tmp_path, json.dumps(case))
+    assert r.exit_code == 2 and "does not fit" in r.output and "GiB" in r.output
+
+
+def test_missing_file_and_unknown_gpu(tmp_path):
+    r = runner.invoke(app, ["estimate", str(tmp_path / "nope.json")])
+    assert r.exit_code == 2 and "Cannot read case file" in r.output
+    case = json.loads((ROOT / "examples/megatron-18B.json").read_text())
+    case["cluster"]["gpu"] = "tpu-v5"
+    r = _run_bad(tmp_path, json.dumps(case))
+    assert r.exit_code == 2 and "Unknown GPU 'tpu-v5'" in r.output

@@ -1,0 +1,73 @@
+"""Memory per GPU against Korthikanti et al. 2022 and the published layouts."""
+
+import pytest
+
+from planner.case import published_cases
+from planner.errors import Infeasible
+from planner.layouts import PartialLayout
+from planner.memory import activation_bytes_per_layer, memory_per_gpu, micro_batches_in_flight
+from planner.search import estimate_case, search_layout
+from planner.specs import ClusterSpec, Layout, get_gpu
+from profiles.schema import builtin_profile
+
+
+def _layout(**kw) -> Layout:
+    base = dict(tp=1, pp=1, dp=1, micro_batch=1, global_batch=1, attention="unfused")
+    return Layout(**{**base, **kw})
+
+
+def test_activations_korthikanti_eq(gpt_small):
+    s, b, h, a = 2048, 1, 2048, 16
+    sbh = s * b * h
+    # No parallelism: sbh·(34 + 5·a·s/h) bytes (Korthikanti et al. 2022, eq. 1).
+    assert activation_bytes_per_layer(gpt_small, _layout()) == pytest.approx(sbh * (34 + 5 * a * s / h))
+    # Tensor parallel t = 4: sbh·(10 + 24/t + 5as/(ht)) (eq. 2).
+    t = 4
+    got = activation_bytes_per_layer(gpt_small, _layout(tp=t))
+    assert got == pytest.approx(sbh * (10 + 24 / t + 5 * a * s / (h * t)))
+    # + sequence parallel: sbh/t·(34 + 5as/h) (eq. 4).
+    got = activation_bytes_per_layer(gpt_small, _layout(tp=t, sequence_parallel=True))
+    assert got == pytest.approx(sbh / t * (34 + 5 * a * s / h))
+    # Selective recompute with SP: 34·sbh/t (eq. 5); full: 2sbh/t.
+    got = activation_bytes_per_layer(gpt_small, _layout(tp=t, sequence_parallel=True, recompute="selective"))
+    assert got == pytest.approx(34 * sbh / t)
+    got = activation_bytes_per_layer(gpt_small, _layout(tp=t, sequence_parallel=True, recompute="full"))
+    assert got == pytest.approx(2 * sbh / t)
+
+
+def test_in_flight_micro_batches():
+    assert micro_batches_in_flight(_layout(pp=4, global_batch=16)) == 4
+    # Interleaved: p·(1 + (p−1)/(p·v)) = 4·(1 + 3/8) = 5.5.
+    assert micro_batches_in_flight(_layout(pp=4, interleave=2, global_batch=16)) == pytest.approx(5.5)
+    # Never more than the micro-batches there are.
+    assert micro_batches_in_flight(_layout(pp=4, global_batch=2)) == 2
+
+
+def test_model_states_by_zero_stage(flm101b):
+    base = dict(tp=8, pp=1, dp=24, micro_batch=1, global_batch=24, recompute="full")
+    m0 = memory_per_gpu(flm101b, Layout(**base, zero=0))
+    m1 = memory_per_gpu(flm101b, Layout(**base, zero=1))
+    m3 = memory_per_gpu(flm101b, Layout(**base, zero=3))
+    assert m1.optimizer_gib == pytest.approx(m0.optimizer_gib / 24)
+    assert m1.grads_gib == m0.grads_gib
+    assert m3.grads_gib == pytest.approx(m0.grads_gib / 24)
+    # 16 bytes per parameter without sharding: 2 + 4 + 12.
+    params = flm101b.params() / 8
+    assert (m0.weights_gib + m0.grads_gib + m0.optimizer_gib) * 2**30 == pytest.approx(params * 18, rel=1e-3)
+
+
+def test_published_layouts_fit_in_80gb():
+    for case in published_cases():
+        est = estimate_case(case).best
+        assert est.memory_gib_per_gpu <= est.cluster.gpu.memory_gib, case.name
+
+
+def test_101b_without_model_parallelism_is_refused_with_the_figure(flm101b):
+    cluster = ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=192)
+    profile = builtin_profile("a800-80gb")
+    # Megatron-style (weights replicated over data parallelism, zero ≤ 2): 203 GB of bf16 weights alone.
+    part = PartialLayout(global_batch=2304, tp=1, pp=1, zero=1)
+    with pytest.raises(Infeasible, match=r"No layout fits in 80 GiB per GPU: the smallest needs \d+\.\d GiB"):
+        search_layout(flm101b, cluster, part, profile)
+    # Fully sharded (FSDP, zero 3) over 192 GPUs it does fit: 16 bytes × 101.7B / 192 ≈ 8 GiB of states.
+    assert search_layout(flm101b, cluster, PartialLayout(global_batch=2304, tp=1, pp=1), profile).best.fits
