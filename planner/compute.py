@@ -48,6 +48,9 @@ _UNFUSED_SCORE_PASSES_BWD = 5.5
 # Element-wise backward kernels read the saved input and the incoming gradient and write one
 # gradient (plus small reductions): about twice the forward traffic.
 _MEMBOUND_BWD_FACTOR = 2.0
+# Element-wise kernels launched per layer forward: 2 LayerNorms, 2 residual adds, the
+# activation, rotary on Q and K (8 small kernels each in eager PyTorch) and one layout copy.
+_ELEMENTWISE_KERNELS_FWD = 22
 
 
 def layer_time(dev: DeviceModel, model: ModelSpec, layout: Layout) -> LayerTime:
@@ -87,21 +90,22 @@ def _layer_time(dev: DeviceModel, model: ModelSpec, t: int, b: int, sequence_par
         attn_fwd += dev.memory_bound_s(_UNFUSED_SCORE_PASSES_FWD * scores, kernels=2)
         attn_bwd += dev.memory_bound_s(_UNFUSED_SCORE_PASSES_BWD * scores, kernels=2)
 
-    # Elements moved per token by the element-wise kernels of one layer (forward).
+    # Elements moved per token by the element-wise kernels of one layer (forward), by op, each
+    # charged at that op's achieved bandwidth. LayerNorms and residual adds work on the full
+    # hidden width (split only under sequence parallelism); rotary and the activation on the
+    # local heads and neurons.
     sp = t if sequence_parallel else 1
-    replicated = (
-        2 * h        # LayerNorm 1: read x, write y
-        + 3 * h      # residual add after attention: read 2, write 1
-        + 2 * h      # LayerNorm 2
-        + 3 * h      # residual add after the MLP
-    ) / sp
-    split = (
-        2 * (h + kv)                                       # rotary on Q and K
-        + (3 * f if model.activation == "swiglu" else 2 * f)  # GeLU: read, write; SwiGLU: 2 reads
-    ) / t
-    mem_bytes = tokens * (replicated + split) * e
-    mem_fwd = dev.memory_bound_s(mem_bytes, kernels=6)
-    mem_bwd = dev.memory_bound_s(_MEMBOUND_BWD_FACTOR * mem_bytes, kernels=8)
+    elements = {
+        "layernorm": 2 * (2 * h) / sp,                  # two LayerNorms: read x, write y
+        "residual_add": 2 * (3 * h) / sp,               # two adds: read 2, write 1
+        "rotary": 2 * (h + kv) / t,                     # Q and K: read, write
+        "gelu": (3 * f if model.activation == "swiglu" else 2 * f) / t,
+    }
+    mem_fwd = sum(dev.memory_bound_s(tokens * n * e, op=op) for op, n in elements.items())
+    mem_bwd = sum(dev.memory_bound_s(_MEMBOUND_BWD_FACTOR * tokens * n * e, op=op) for op, n in elements.items())
+    launches = _ELEMENTWISE_KERNELS_FWD - len(elements)
+    mem_fwd += dev.memory_bound_s(0, kernels=launches)
+    mem_bwd += dev.memory_bound_s(0, kernels=2 * launches)
     return LayerTime(gemm_fwd, gemm_bwd, attn_fwd, attn_bwd, mem_fwd, mem_bwd)
 
 

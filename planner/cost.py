@@ -58,6 +58,7 @@ class StepEstimate:
     model_flops: float
     hardware_flops: float
     profile_name: str
+    peak_tflops: float
 
     @property
     def iteration_s(self) -> float:
@@ -77,11 +78,11 @@ class StepEstimate:
 
     @property
     def mfu(self) -> float:
-        return self.tflops_per_gpu_mfu / self.cluster.gpu.peak_tflops_bf16
+        return self.tflops_per_gpu_mfu / self.peak_tflops
 
     @property
     def hfu(self) -> float:
-        return self.tflops_per_gpu_hfu / self.cluster.gpu.peak_tflops_bf16
+        return self.tflops_per_gpu_hfu / self.peak_tflops
 
     @property
     def memory_gib_per_gpu(self) -> float:
@@ -196,5 +197,5 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     return StepEstimate(
         model=model, cluster=cluster, layout=lay, breakdown=breakdown,
         memory=memory_per_gpu(model, lay), model_flops=model_flops,
-        hardware_flops=hardware_flops, profile_name=profile.name,
+        hardware_flops=hardware_flops, profile_name=profile.name, peak_tflops=profile.peak_tflops,
     )

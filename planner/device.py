@@ -24,6 +24,16 @@ def _log2(x: float) -> float:
     return math.log2(max(x, 1.0))
 
 
+def gemm_roofline_s(m: float, n: float, k: float, batch: float, peak_flops: float, hbm_bytes_s: float,
+                    bytes_per_element: int, e_max: float, k_half: float, overhead_s: float) -> float:
+    """max(compute at e(d) = e_max·d/(d + k_half), memory traffic) + launch overhead."""
+    flops = 2.0 * m * n * k * batch
+    d = min(m, n, k)
+    compute = flops / (peak_flops * e_max * d / (d + k_half))
+    memory = bytes_per_element * (m * k + k * n + m * n) * batch / hbm_bytes_s
+    return max(compute, memory) + overhead_s
+
+
 @dataclass(frozen=True)
 class _Point:
     coords: tuple[float, ...]
@@ -61,16 +71,13 @@ class DeviceModel:
         mb = profile.memory_bound
         self.membw_bytes_s = float(mb["bandwidth_gbps"]) * 1e9
         self.mem_overhead_s = float(mb["overhead_us"]) * 1e-6
+        self.op_bytes_s = {op: float(gbps) * 1e9 for op, gbps in mb.get("ops", {}).items()}
         self.bytes_per_element = {"bf16": 2, "fp16": 2, "fp32": 4}[profile.dtype]
 
     # --- GEMM -----------------------------------------------------------------
     def gemm_model_s(self, m: float, n: float, k: float, batch: float = 1) -> float:
-        flops = 2.0 * m * n * k * batch
-        d = min(m, n, k)
-        eff = self.e_max * d / (d + self.k_half)
-        compute = flops / (self.peak_flops * eff)
-        memory = self.bytes_per_element * (m * k + k * n + m * n) * batch / self.hbm_bytes_s
-        return max(compute, memory) + self.gemm_overhead_s
+        return gemm_roofline_s(m, n, k, batch, self.peak_flops, self.hbm_bytes_s, self.bytes_per_element,
+                               self.e_max, self.k_half, self.gemm_overhead_s)
 
     @cached_property
     def _gemm_points(self) -> list[_Point]:
@@ -120,6 +127,8 @@ class DeviceModel:
         return f * math.exp(_corrections(pf, coords)), b * math.exp(_corrections(pb, coords))
 
     # --- memory-bound ---------------------------------------------------------
-    def memory_bound_s(self, nbytes: float, kernels: int = 1) -> float:
-        """Element-wise kernels that move nbytes through HBM."""
-        return nbytes / self.membw_bytes_s + kernels * self.mem_overhead_s
+    def memory_bound_s(self, nbytes: float, kernels: int = 1, op: str | None = None) -> float:
+        """Element-wise kernels that move nbytes through memory, at the op's own measured
+        bandwidth where the profile has one (LayerNorm, GeLU, residual add, rotary)."""
+        bandwidth = self.op_bytes_s.get(op, self.membw_bytes_s) if op else self.membw_bytes_s
+        return nbytes / bandwidth + kernels * self.mem_overhead_s

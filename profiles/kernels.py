@@ -1,0 +1,83 @@
+"""Kernel measurements: the GEMMs of a decoder layer, attention, and the memory-bound ops.
+
+Shapes follow Megatron-LM's layer under tensor parallelism t: QKV (T × h → 3h/t), attention
+output (T × h/t → h), MLP up (T × h → f/t) and down (T × f/t → h), each forward (y = xW),
+backward-data (dx = dy·Wᵀ) and backward-weight (dW = xᵀ·dy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from profiles.timing import time_fn
+
+
+# Which GEMM of a linear layer y = x·Wᵀ (nn.Linear keeps W as out × in): forward x·Wᵀ,
+# backward-data dy·W, backward-weight dyᵀ·x. The operands' memory layouts are those autograd uses.
+PASSES = ("forward", "backward_data", "backward_weight")
+
+
+def layer_gemm_shapes(hidden: int, tokens: int, tp: int, ffn_mult: int = 4) -> set[tuple[int, int, int, str]]:
+    """(m, n, k, pass) of every GEMM in one layer's forward and backward at this split, keyed as
+    the cost model asks for them: forward (T, out, in), data (T, in, out), weight (in, out, T)."""
+    h, f = hidden, ffn_mult * hidden
+    shapes = set()
+    for d_in, d_out in ((h, 3 * h // tp), (h // tp, h), (h, f // tp), (f // tp, h)):
+        shapes.add((tokens, d_out, d_in, "forward"))
+        shapes.add((tokens, d_in, d_out, "backward_data"))
+        shapes.add((d_in, d_out, tokens, "backward_weight"))
+    return shapes
+
+
+def measure_gemm(m: int, n: int, k: int, kind: str, device: torch.device, dtype: torch.dtype, reps: int) -> float:
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    if kind == "forward":             # x (m × k) · Wᵀ, W stored n × k
+        a, b = rand(m, k), rand(n, k).t()
+    elif kind == "backward_data":     # dy (m × k) · W, W stored k × n
+        a, b = rand(m, k), rand(k, n)
+    else:                             # dW (n × m) = dyᵀ · x with dy (k × n), x (k × m)
+        a, b = rand(k, n).t(), rand(k, m)
+    return time_fn(lambda: torch.mm(a, b), device, warmup=1, reps=reps)
+
+
+def measure_attention(batch: int, seq: int, heads: int, head_dim: int, device: torch.device,
+                      dtype: torch.dtype, reps: int) -> tuple[float, float]:
+    """(forward, backward) seconds of causal scaled_dot_product_attention (flash where available)."""
+    shape = (batch, heads, seq, head_dim)
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    fwd = time_fn(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), device, warmup=1, reps=reps)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    grad = torch.randn_like(out)
+
+    def backward() -> None:
+        torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
+
+    bwd = time_fn(backward, device, warmup=1, reps=reps)
+    return fwd, bwd
+
+
+def memory_bound_ops(tokens: int, hidden: int, device: torch.device, dtype: torch.dtype) -> Iterable[tuple]:
+    """(name, bytes moved, callable) for LayerNorm, GeLU, residual add and rotary."""
+    e = torch.finfo(dtype).bits // 8
+    x = torch.randn(tokens, hidden, device=device, dtype=dtype)
+    y = torch.randn_like(x)
+    w = torch.ones(hidden, device=device, dtype=dtype)
+    b = torch.zeros(hidden, device=device, dtype=dtype)
+    half = hidden // 2
+    cos = torch.randn(tokens, half, device=device, dtype=dtype)
+    sin = torch.randn_like(cos)
+    n = tokens * hidden
+
+    def rotary() -> torch.Tensor:
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+    yield "layernorm", 2 * n * e, lambda: F.layer_norm(x, (hidden,), w, b)
+    yield "gelu", 2 * n * e, lambda: F.gelu(x, approximate="tanh")
+    yield "residual_add", 3 * n * e, lambda: x + y
+    yield "rotary", 2 * n * e, rotary

@@ -1,0 +1,190 @@
+"""The sweep behind `flmplan profile`: measure, fit, and build a Profile.
+
+Only torch, numpy-free standard library and rich are used here, so the sweep runs on bare
+GPU images (no simpy, plotly or pydantic).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import socket
+from dataclasses import dataclass, field
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from profiles import fit
+from profiles.collectives import measure_collectives
+from profiles.kernels import layer_gemm_shapes, measure_attention, measure_gemm, memory_bound_ops
+from profiles.layer import measure_layer
+from profiles.schema import Profile, ProfileError
+from profiles.timing import DTYPES, time_fn
+
+
+@dataclass
+class Sweep:
+    """What to measure. `quick` on a CPU stays under two minutes on two cores."""
+
+    hiddens: list[int]
+    tokens: list[int]
+    tps: list[int]
+    attention: list[tuple[int, int, int, int]]        # batch, seq, heads, head_dim
+    memory_bound: list[tuple[int, int]]               # tokens, hidden
+    layers: list[tuple[int, int, int, int]]           # hidden, heads, seq, micro_batch
+    collective_bytes: list[int] = field(default_factory=list)
+    reps: int = 3
+
+
+def default_sweep(device: torch.device, quick: bool) -> Sweep:
+    if device.type == "cpu" and quick:
+        return Sweep(
+            hiddens=[256, 512, 768, 1024], tokens=[256, 512], tps=[1, 2],
+            attention=[(b, s, h, 64) for b in (1, 2) for s in (128, 256) for h in (4, 8, 16)],
+            memory_bound=[(256, 512), (512, 768), (1024, 1024)],
+            layers=[(256, 4, 256, 2), (512, 8, 256, 2), (768, 12, 256, 2), (1024, 16, 256, 2)],
+            collective_bytes=[1 << 20, 8 << 20], reps=5,
+        )
+    if device.type == "cpu":
+        return Sweep(
+            hiddens=[256, 512, 1024, 2048], tokens=[256, 1024, 2048], tps=[1, 2, 4],
+            attention=[(b, s, h, d) for b in (1, 4) for s in (256, 512, 1024) for h in (8, 16) for d in (64, 128)],
+            memory_bound=[(512, 512), (1024, 1024), (2048, 2048), (4096, 2048)],
+            layers=[(256, 4, 256, 4), (512, 8, 512, 2), (1024, 16, 512, 2), (2048, 16, 1024, 1)],
+            collective_bytes=[1 << 18, 1 << 20, 8 << 20, 64 << 20], reps=5,
+        )
+    if quick:
+        return Sweep(
+            hiddens=[2048, 4096, 8192], tokens=[4096, 8192], tps=[1, 2, 4, 8],
+            attention=[(b, s, h, 128) for b in (1, 4) for s in (2048, 4096) for h in (16, 32)],
+            memory_bound=[(8192, 4096), (16384, 8192), (32768, 8192)],
+            layers=[(2048, 16, 2048, 2), (4096, 32, 2048, 2), (8192, 64, 2048, 1)],
+            collective_bytes=[1 << 20, 64 << 20, 512 << 20], reps=10,
+        )
+    return Sweep(
+        hiddens=[1024, 2048, 4096, 6144, 8192, 12288], tokens=[2048, 4096, 8192, 16384], tps=[1, 2, 4, 8],
+        attention=[(b, s, h, d) for b in (1, 4) for s in (1024, 2048, 4096, 8192) for h in (16, 32, 64)
+                   for d in (64, 128)],
+        memory_bound=[(4096, 4096), (8192, 8192), (16384, 8192), (32768, 12288)],
+        layers=[(2048, 16, 2048, 2), (4096, 32, 2048, 2), (6144, 48, 2048, 1), (8192, 64, 2048, 1)],
+        collective_bytes=[1 << 16, 1 << 20, 16 << 20, 128 << 20, 1 << 30], reps=20,
+    )
+
+
+def _catalog_entry(device_name: str):
+    """The GPU catalog entry whose name matches this device (for its data-sheet peak)."""
+    from planner.specs import gpu_catalog
+
+    name = device_name.lower().replace("-", " ")
+    for key, gpu in gpu_catalog().items():
+        family, size = key.split("-")[0], key.split("-")[1] if "-" in key else ""
+        if family in name and (not size or size.removesuffix("gb") in name or key == "h100-80gb"):
+            return gpu
+    return None
+
+
+def run_profile(device_kind: str = "cpu", dtype: str | None = None, quick: bool = False, nproc: int = 2,
+                name: str | None = None, console: Console | None = None, sweep: Sweep | None = None) -> Profile:
+    if device_kind == "cuda" and not torch.cuda.is_available():
+        raise ProfileError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
+    device = torch.device("cuda", 0) if device_kind == "cuda" else torch.device("cpu")
+    dtype = dtype or ("bf16" if device.type == "cuda" else "fp32")
+    if dtype not in DTYPES:
+        raise ProfileError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    tdtype = DTYPES[dtype]
+    elem = torch.finfo(tdtype).bits // 8
+    sweep = sweep or default_sweep(device, quick)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        platform.processor() or platform.machine())
+    if device.type == "cpu":
+        device_name = f"CPU {device_name} ({torch.get_num_threads()} threads)"
+    count = torch.cuda.device_count() if device.type == "cuda" else 1
+
+    gemm_shapes = sorted({s for h in sweep.hiddens for t in sweep.tokens for tp in sweep.tps
+                          if (h // tp) % 64 == 0 or tp == 1 for s in layer_gemm_shapes(h, t, tp)})
+    multi = device.type == "cpu" and nproc > 1 or device.type == "cuda" and count > 1
+    steps = len(gemm_shapes) + len(sweep.attention) + len(sweep.memory_bound) + len(sweep.layers) + int(multi)
+    console = console or Console(stderr=True)
+    gemm_points, attn_points, mem_points, layer_points, coll_points = [], [], [], [], []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("GEMMs", total=steps)
+        for m, n, k, kind in gemm_shapes:
+            t = measure_gemm(m, n, k, kind, device, tdtype, sweep.reps)
+            gemm_points.append({"m": m, "n": n, "k": k, "pass": kind, "time_s": t,
+                                "tflops": 2 * m * n * k / t / 1e12})
+            progress.advance(task)
+        progress.update(task, description="attention")
+        for b, s, h, d in sweep.attention:
+            f, bw = measure_attention(b, s, h, d, device, tdtype, sweep.reps)
+            attn_points.append({"batch": b, "seq": s, "heads": h, "head_dim": d, "causal": True,
+                                "fwd_s": f, "bwd_s": bw})
+            progress.advance(task)
+        progress.update(task, description="memory-bound ops")
+        for tokens, hidden in sweep.memory_bound:
+            for op, nbytes, fn in memory_bound_ops(tokens, hidden, device, tdtype):
+                t = time_fn(fn, device, warmup=1, reps=sweep.reps)
+                mem_points.append({"op": op, "bytes": nbytes, "time_s": t, "gbps": nbytes / t / 1e9})
+            progress.advance(task)
+        progress.update(task, description="whole layers")
+        for hidden, heads, seq, mb in sweep.layers:
+            layer_points.append(measure_layer(hidden, heads, seq, mb, device, tdtype, sweep.reps + 2))
+            progress.advance(task)
+        if multi:
+            progress.update(task, description="collectives")
+            ranks = count if device.type == "cuda" else nproc
+            coll_points = measure_collectives(ranks, "nccl" if device.type == "cuda" else "gloo",
+                                              sweep.collective_bytes)
+            progress.advance(task)
+
+    gpu = _catalog_entry(device_name) if device.type == "cuda" else None
+    measured_peak = max(p["tflops"] for p in gemm_points)
+    peak = gpu.peak_tflops_bf16 if gpu and dtype in ("bf16", "fp16") else measured_peak
+    mem_fit = fit.fit_memory_bound(mem_points)
+    hbm = gpu.hbm_tbps * 1000 if gpu else mem_fit["bandwidth_gbps"]
+    gemm_fit = fit.fit_gemm(gemm_points, peak * 1e12, hbm * 1e9, elem)
+    attn_fit = fit.fit_attention(attn_points, peak * 1e12)
+    collectives = _collectives(coll_points, gpu)
+    return Profile(
+        name=name or _default_name(device_name, dtype),
+        source="measured",
+        dtype=dtype,
+        date=dt.date.today().isoformat(),
+        host=socket.gethostname(),
+        device={"name": device_name, "kind": device.type, "count": count, "peak_tflops": round(peak, 4),
+                "hbm_gbps": round(hbm, 2), "measured_gemm_max_tflops": round(measured_peak, 4),
+                "peak_source": "GPU catalog data sheet" if gpu else "fastest measured GEMM"},
+        software={"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+                  "threads": torch.get_num_threads(), "quick": quick},
+        gemm={**gemm_fit, "points": gemm_points},
+        attention={**attn_fit, "points": attn_points},
+        memory_bound={**mem_fit, "points": mem_points},
+        collectives=collectives,
+        layers=layer_points,
+        references=[],
+        notes="Measured by `flmplan profile`; fitted parameters are the cost model's curve through the points.",
+    )
+
+
+def _collectives(points: list[dict], gpu) -> dict:
+    if points:
+        intra = {**fit.fit_collective(points), "points": points}
+        note = "measured between the processes of this machine; inter-node assumed equal (one machine)"
+        return {"intra_node": intra, "inter_node": {**fit.fit_collective(points), "points": []},
+                "overlap_slowdown": 0.3, "note": note}
+    if gpu is not None:
+        return {"intra_node": {"busbw_gbps": round(0.8 * gpu.nvlink_gbps / 2, 1), "latency_us": 15.0, "points": []},
+                "inter_node": {"busbw_gbps": round(0.85 * gpu.network_gbps / 8, 2), "latency_us": 30.0,
+                               "points": []},
+                "overlap_slowdown": 0.3, "note": "one device: collectives from the GPU catalog, not measured"}
+    return {"intra_node": {"busbw_gbps": 1.0, "latency_us": 100.0, "points": []},
+            "inter_node": {"busbw_gbps": 1.0, "latency_us": 100.0, "points": []},
+            "overlap_slowdown": 0.3, "note": "one process: collectives not measured (use --nproc 2 or more)"}
+
+
+def _default_name(device_name: str, dtype: str) -> str:
+    slug = "".join(c if c.isalnum() else "-" for c in device_name.lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return f"{slug[:40]}-{dtype}"

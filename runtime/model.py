@@ -1,0 +1,213 @@
+"""The FLM-style decoder in one readable file (nanoGPT's shape, FLM-101B's choices).
+
+Pre-LayerNorm blocks, tanh-GeLU MLP, rotary position embedding with optional xPos
+(Sun et al. 2022), tied input/output embeddings, optional µP multipliers (Yang et al. 2021;
+FLM-101B: base width 256, output multiplier 2.0).
+
+Every place that Masked Structural Growth (Yao et al., ICLR 2024) needs a mask has one,
+`None` unless a growth is ramping: the residual stream (`hidden_mask`), FFN neurons
+(`ffn_mask`), attention heads (`head_mask`) and whole blocks (`depth_gate`). With the masks at
+0 on new units the grown model computes exactly what the old one did.
+
+The model knows nothing of parallelism (torchtitan's rule); `runtime/parallel.py` applies it.
+Blocks live in a ModuleDict keyed by their global index, so a pipeline stage can drop the
+blocks it does not own and keep the checkpoint names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DecoderConfig:
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    vocab: int
+    seq: int
+    kv_heads: int | None = None
+    rope_theta: float = 10000.0
+    xpos: bool = True
+    xpos_scale_base: float = 512.0
+    ln_eps: float = 1e-5
+    init_std: float = 0.02
+    # µP: output logits × output_mult / width_mult, attention scale 1/d instead of 1/√d.
+    mup: bool = False
+    mup_width_mult: float = 1.0
+    mup_output_mult: float = 1.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.kv_heads or self.heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class MaskedLayerNorm(nn.Module):
+    """LayerNorm whose statistics and output are weighted by a feature mask c (MSG §3.2):
+    mean = Σc·x / Σc, var = Σc·(x − mean)² / Σc, y = c · LN(x). Plain LayerNorm when c is None."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        n = mask.sum()
+        mean = (x * mask).sum(-1, keepdim=True) / n
+        var = (((x - mean) ** 2) * mask).sum(-1, keepdim=True) / n
+        y = (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        return y * mask
+
+
+def rotary_tables(cfg: DecoderConfig, seq: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """cos, sin (seq, head_dim/2) and the xPos scales for q and k (Sun et al. 2022, eq. 9)."""
+    half = cfg.head_dim // 2
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, half, device=device, dtype=torch.float32) / half))
+    pos = torch.arange(seq, device=device, dtype=torch.float32)
+    angles = torch.outer(pos, inv_freq)
+    cos, sin = angles.cos(), angles.sin()
+    if cfg.xpos:
+        zeta = (torch.arange(0, half, device=device, dtype=torch.float32) / half + 0.4) / 1.4
+        power = (pos - seq // 2)[:, None] / cfg.xpos_scale_base
+        q_scale, k_scale = zeta**power, zeta ** (-power)
+    else:
+        q_scale = k_scale = torch.ones_like(cos)
+    return cos, sin, q_scale, k_scale
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x1, x2) of each head by the position angle, then apply the xPos scale."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    c, s, z = cos[: x.shape[-2]], sin[: x.shape[-2]], scale[: x.shape[-2]]
+    r1 = (x1 * c - x2 * s) * z
+    r2 = (x1 * s + x2 * c) * z
+    return torch.stack((r1, r2), dim=-1).flatten(-2)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.n_heads, self.n_kv = cfg.heads, cfg.n_kv_heads
+        self.head_dim = cfg.head_dim
+        self.q = nn.Linear(cfg.hidden, cfg.heads * cfg.head_dim)
+        self.k = nn.Linear(cfg.hidden, self.n_kv * cfg.head_dim)
+        self.v = nn.Linear(cfg.hidden, self.n_kv * cfg.head_dim)
+        self.o = nn.Linear(cfg.heads * cfg.head_dim, cfg.hidden)
+        self.head_mask: torch.Tensor | None = None   # (heads,), MSG head growth
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        B, T, _ = x.shape
+        d = self.head_dim
+        # Local head counts: under tensor parallelism the projections hold a slice of the heads.
+        q = self.q(x).view(B, T, -1, d).transpose(1, 2)        # (B, nh, T, hs)
+        k = self.k(x).view(B, T, -1, d).transpose(1, 2)        # (B, nkv, T, hs)
+        v = self.v(x).view(B, T, -1, d).transpose(1, 2)
+        if self.head_mask is not None:
+            q = q * self.head_mask.view(1, -1, 1, 1)
+            kv_mask = self.head_mask.view(-1, q.shape[1] // k.shape[1])[:, 0].view(1, -1, 1, 1)
+            k, v = k * kv_mask, v * kv_mask
+        cos, sin, q_scale, k_scale = rope
+        q, k = apply_rotary(q, cos, sin, q_scale), apply_rotary(k, cos, sin, k_scale)
+        scale = 1.0 / d if self.cfg.mup else 1.0 / math.sqrt(d)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                           enable_gqa=k.shape[1] != q.shape[1])
+        y = y.transpose(1, 2).reshape(B, T, -1)
+        return self.o(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.hidden, cfg.ffn)
+        self.down = nn.Linear(cfg.ffn, cfg.hidden)
+        self.ffn_mask: torch.Tensor | None = None    # (ffn,), MSG FFN growth: GeLU((xW+b) ⊙ c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)
+        if self.ffn_mask is not None:
+            h = h * self.ffn_mask
+        return self.down(F.gelu(h, approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.ln1 = MaskedLayerNorm(cfg.hidden, cfg.ln_eps)
+        self.attn = Attention(cfg)
+        self.ln2 = MaskedLayerNorm(cfg.hidden, cfg.ln_eps)
+        self.mlp = MLP(cfg)
+        self.depth_gate: float | None = None          # MSG depth growth: c·Block(h) + (1 − c)·h
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...], hidden_mask: torch.Tensor | None) -> torch.Tensor:
+        y = x + _masked(self.attn(self.ln1(x, hidden_mask), rope), hidden_mask)
+        y = y + _masked(self.mlp(self.ln2(y, hidden_mask)), hidden_mask)
+        if self.depth_gate is not None:
+            y = self.depth_gate * y + (1.0 - self.depth_gate) * x
+        return y
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x if mask is None else x * mask
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
+        self.blocks = nn.ModuleDict({str(i): Block(cfg) for i in range(cfg.layers)})
+        self.ln_f = MaskedLayerNorm(cfg.hidden, cfg.ln_eps)
+        self.hidden_mask: torch.Tensor | None = None  # (hidden,), MSG width growth
+        self.takes_tokens = True                       # False on pipeline stages after the first
+        self.init_weights()
+
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """GPT-2 style init; output projections scaled by 1/√(2·layers)."""
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.zeros_(p) if name.endswith("bias") else nn.init.ones_(p)
+                continue
+            s = std / math.sqrt(2 * self.cfg.layers) if name.endswith(("o.weight", "down.weight")) else std
+            with torch.no_grad():
+                p.normal_(0.0, s, generator=generator)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T) → logits (B, T, vocab). A pipeline stage without the embedding takes the
+        hidden states (B, T, hidden) instead, and one without ln_f returns hidden states."""
+        x = _masked(self.embed(tokens), self.hidden_mask) if self.takes_tokens else tokens
+        rope = rotary_tables(self.cfg, x.shape[1], x.device)
+        for block in self.blocks.values():
+            x = block(x, rope, self.hidden_mask)
+        if self.ln_f is None:
+            return x
+        x = self.ln_f(x, self.hidden_mask)
+        # Tied embeddings: a last pipeline stage keeps its own copy of `embed` for this.
+        logits = F.linear(x, self.embed.weight)
+        if self.cfg.mup:
+            logits = logits * (self.cfg.mup_output_mult / self.cfg.mup_width_mult)
+        return logits
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))

@@ -1,0 +1,98 @@
+"""The profiler on tiny shapes, the profile schema, and refusal of profiles that do not fit."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from planner.cli import app
+from planner.device import DeviceModel
+from profiles.run import Sweep, run_profile
+from profiles.schema import ProfileError, builtin_profile, builtin_profile_names, load_profile, save_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = Sweep(hiddens=[64, 128], tokens=[64], tps=[1, 2], attention=[(1, 64, 2, 32), (2, 64, 2, 32)],
+             memory_bound=[(64, 64), (128, 128)], layers=[(64, 2, 32, 1)], reps=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    prof = run_profile("cpu", quick=True, nproc=1, sweep=TINY)
+    return save_profile(prof, tmp_path_factory.mktemp("p") / "tiny.json")
+
+
+def test_profiler_writes_a_valid_measured_profile(tiny_profile):
+    prof = load_profile(tiny_profile)
+    assert prof.source == "measured" and prof.dtype == "fp32" and prof.device["kind"] == "cpu"
+    assert prof.software["torch"] and prof.date and prof.host
+    # Every GEMM of a layer: 4 linears × 3 passes at hidden 64 and 128, tp 1 and 2.
+    assert len(prof.gemm["points"]) > 30
+    assert {p["pass"] for p in prof.gemm["points"]} == {"forward", "backward_data", "backward_weight"}
+    assert 0 < prof.gemm["e_max"] <= 1 and prof.attention["fwd_eff"] > 0
+    assert set(prof.memory_bound["ops"]) == {"layernorm", "gelu", "residual_add", "rotary"}
+    layer = prof.layers[0]
+    assert layer["forward_s"] > 0 and layer["backward_recompute_s"] > 0
+    # The device model reproduces a measured GEMM near its own point.
+    dev = DeviceModel(prof)
+    p = prof.gemm["points"][0]
+    assert dev.gemm_s(p["m"], p["n"], p["k"]) == pytest.approx(p["time_s"], rel=0.5)
+
+
+@pytest.mark.multiprocess
+def test_gloo_collectives_between_two_processes():
+    from profiles.collectives import measure_collectives
+
+    rows = measure_collectives(2, "gloo", [1 << 16], reps=1)
+    assert {r["op"] for r in rows} == {"all_reduce", "all_gather", "reduce_scatter", "send_recv"}
+    assert all(r["busbw_gbps"] > 0 and r["ranks"] == 2 for r in rows)
+
+
+def test_builtin_profiles_are_derived_with_references():
+    names = builtin_profile_names()
+    for key in ("a100-40gb", "a100-80gb", "a800-80gb", "h100-80gb", "h200-141gb", "b200"):
+        assert key in names
+        prof = builtin_profile(key)
+        assert prof.source == "derived" and prof.references
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{oops", "is not valid JSON"),
+        ('{"hello": 1}', "is not an flmplan profile"),
+        ('{"schema": "flmplan-profile", "version": 7}', "schema version 7"),
+    ],
+)
+def test_malformed_profiles_are_refused(tmp_path, text, message):
+    f = tmp_path / "p.json"
+    f.write_text(text)
+    with pytest.raises(ProfileError, match=message):
+        load_profile(f)
+
+
+def test_truncated_profile_names_the_missing_table(tmp_path, tiny_profile):
+    raw = json.loads(Path(tiny_profile).read_text())
+    del raw["attention"]
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(raw))
+    with pytest.raises(ProfileError, match="no 'attention' table"):
+        load_profile(f)
+
+
+def test_estimate_refuses_a_profile_of_another_dtype(tiny_profile):
+    runner = CliRunner()
+    case = str(ROOT / "examples/megatron-18B.json")
+    r = runner.invoke(app, ["estimate", case, "--profile", str(tiny_profile)])
+    assert r.exit_code == 2 and "measured in fp32 but the plan trains in bf16" in r.output
+    r = runner.invoke(app, ["estimate", case, "--profile", str(tiny_profile), "--dtype", "fp32", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["profile"] == load_profile(tiny_profile).name
+
+
+def test_profile_cli_rejects_bad_flags():
+    runner = CliRunner()
+    r = runner.invoke(app, ["profile", "--device", "tpu"])
+    assert r.exit_code == 2 and "--device must be cuda or cpu" in r.output
+    r = runner.invoke(app, ["profile", "--dtype", "int4", "--quick"])
+    assert r.exit_code == 2 and "--dtype must be one of" in r.output
