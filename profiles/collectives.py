@@ -43,37 +43,7 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
     device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if backend == "nccl":
         torch.cuda.set_device(device)
-    rows = []
-    for nbytes in sizes:
-        numel = max(nproc, nbytes // 4) // nproc * nproc
-        buf = torch.ones(numel, device=device)
-        shard = torch.ones(numel // nproc, device=device)
-        peer = rank ^ 1
-
-        def send_recv() -> None:
-            if peer >= nproc:
-                return
-            if rank % 2 == 0:
-                dist.send(buf, peer)
-                dist.recv(buf, peer)
-            else:
-                dist.recv(buf, peer)
-                dist.send(buf, peer)
-
-        ops = {
-            "all_reduce": lambda: dist.all_reduce(buf),
-            "all_gather": lambda: _all_gather(buf, shard),
-            "reduce_scatter": lambda: _reduce_scatter(shard, buf),
-            "send_recv": send_recv,
-        }
-        for op, fn in ops.items():
-            dist.barrier()
-            t = time_fn(fn, device, warmup=1, reps=reps)
-            if op == "send_recv":
-                t /= 2  # a round trip is two transfers
-            size = numel * 4
-            rows.append({"op": op, "ranks": nproc, "bytes": size, "time_s": t,
-                         "busbw_gbps": bus_factor(op, nproc) * size / t / 1e9})
+    rows = [row for nbytes in sizes for row in _measure_size(rank, nproc, nbytes, device, reps)]
     if rank == 0:
         import json
 
@@ -81,6 +51,40 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
             json.dump(rows, f)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _measure_size(rank: int, nproc: int, nbytes: int, device: torch.device, reps: int) -> list[dict]:
+    numel = max(nproc, nbytes // 4) // nproc * nproc
+    buf = torch.ones(numel, device=device)
+    shard = torch.ones(numel // nproc, device=device)
+    peer = rank ^ 1
+
+    def send_recv() -> None:
+        if peer >= nproc:
+            return
+        if rank % 2 == 0:
+            dist.send(buf, peer)
+            dist.recv(buf, peer)
+        else:
+            dist.recv(buf, peer)
+            dist.send(buf, peer)
+
+    ops = {
+        "all_reduce": lambda: dist.all_reduce(buf),
+        "all_gather": lambda: _all_gather(buf, shard),
+        "reduce_scatter": lambda: _reduce_scatter(shard, buf),
+        "send_recv": send_recv,
+    }
+    rows = []
+    for op, fn in ops.items():
+        dist.barrier()
+        t = time_fn(fn, device, warmup=1, reps=reps)
+        if op == "send_recv":
+            t /= 2  # a round trip is two transfers
+        size = numel * 4
+        rows.append({"op": op, "ranks": nproc, "bytes": size, "time_s": t,
+                     "busbw_gbps": bus_factor(op, nproc) * size / t / 1e9})
+    return rows
 
 
 def measure_collectives(nproc: int, backend: str, sizes: list[int], reps: int = 3) -> list[dict]:

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from profiles.timing import time_fn
 
-
 # Which GEMM of a linear layer y = x·Wᵀ (nn.Linear keeps W as out × in): forward x·Wᵀ,
 # backward-data dy·W, backward-weight dyᵀ·x. The operands' memory layouts are those autograd uses.
 PASSES = ("forward", "backward_data", "backward_weight")

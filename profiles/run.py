@@ -103,7 +103,7 @@ def run_profile(device_kind: str = "cpu", dtype: str | None = None, quick: bool 
 
     gemm_shapes = sorted({s for h in sweep.hiddens for t in sweep.tokens for tp in sweep.tps
                           if (h // tp) % 64 == 0 or tp == 1 for s in layer_gemm_shapes(h, t, tp)})
-    multi = device.type == "cpu" and nproc > 1 or device.type == "cuda" and count > 1
+    multi = (device.type == "cpu" and nproc > 1) or (device.type == "cuda" and count > 1)
     steps = len(gemm_shapes) + len(sweep.attention) + len(sweep.memory_bound) + len(sweep.layers) + int(multi)
     console = console or Console(stderr=True)
     gemm_points, attn_points, mem_points, layer_points, coll_points = [], [], [], [], []

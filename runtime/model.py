@@ -155,7 +155,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.depth_gate: float | None = None          # MSG depth growth: c·Block(h) + (1 − c)·h
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...], hidden_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...],
+                hidden_mask: torch.Tensor | None) -> torch.Tensor:
         y = x + _masked(self.attn(self.ln1(x, hidden_mask), rope), hidden_mask)
         y = y + _masked(self.mlp(self.ln2(y, hidden_mask)), hidden_mask)
         if self.depth_gate is not None:
