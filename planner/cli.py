@@ -113,5 +113,98 @@ def estimate(
         print_estimate(stdout, case, result)
 
 
+@app.command()
+@_user_errors
+def simulate(
+    budget: Annotated[float, typer.Option(help="Budget in US dollars.")] = 100_000,
+    gpu: Annotated[str, typer.Option(help="GPU type (catalog key).")] = "a800-80gb",
+    price: Annotated[float | None, typer.Option(help="USD per GPU-hour (default: the catalog's dated price; "
+                                                     "for a800-80gb $1.00, the price FLM-101B's figures imply).")] = None,
+    max_gpus: Annotated[int, typer.Option(help="Largest cluster to rent, in GPUs (whole nodes).")] = 192,
+    target_size: Annotated[str, typer.Option(help="Smallest final model, e.g. 101B.")] = "101B",
+    schedule: Annotated[str, typer.Option(help="auto (search) or flm (FLM-101B's own 16B→51B→101B).")] = "auto",
+    max_days: Annotated[float, typer.Option(help="Deadline for the whole run, in days.")] = 60.0,
+    global_batch: Annotated[int, typer.Option(help="Sequences per optimizer step.")] = 2304,
+    grow_steps: Annotated[int, typer.Option(help="MSG mask-ramp steps after each growth.")] = 5000,
+    loss_law: Annotated[str, typer.Option(help="chinchilla, besiroglu, or a JSON file of constants.")] = "chinchilla",
+    carryover: Annotated[float, typer.Option(help="Equal-loss carry-over efficiency across a growth.")] = 1.0,
+    ramp_efficiency: Annotated[float, typer.Option(help="Share of mask-ramp tokens that count.")] = 0.5,
+    attention: Annotated[str | None, typer.Option(help="flash or unfused (default flash; unfused with "
+                                                       "--schedule flm, as FLM-101B's run).")] = None,
+    profile: Annotated[Path | None, typer.Option(help="Profile JSON (default: built-in one of the GPU).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the plan here (plan.json).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+    report: Annotated[Path | None, typer.Option(help="Write an HTML report (plotly) here.")] = None,
+    confidence: Annotated[float | None, typer.Option(help="Fit the budget at this quantile of the simulated "
+                                                          "cost (e.g. 0.9) instead of the failure-free cost.")] = None,
+    failure_rate: Annotated[float, typer.Option(help="Node failures per 1000 node-days.")] = 5.0,
+    restart_min: Annotated[float, typer.Option(help="Detection + restart time after a failure, minutes.")] = 10.0,
+    checkpoint_min: Annotated[float, typer.Option(help="Time to write a checkpoint, minutes.")] = 5.0,
+    checkpoint_interval_min: Annotated[float | None, typer.Option(
+        help="Minutes between checkpoints (default: Daly's optimum).")] = None,
+    checkpoint_rule: Annotated[str, typer.Option(help="daly or young, when no interval is given.")] = "daly",
+    spare_fraction: Annotated[float, typer.Option(help="Spare nodes as a fraction of the nodes.")] = 0.05,
+    spot_per_day: Annotated[float, typer.Option(help="Spot preemptions per day (0: on-demand).")] = 0.0,
+    spot_notice_min: Annotated[float, typer.Option(help="Preemption notice, minutes.")] = 2.0,
+    trials: Annotated[int, typer.Option(help="Monte Carlo trials of the run.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the run simulation.")] = 0,
+) -> None:
+    """Plan growth stages, layouts and cluster for a budget; simulate the run with failures."""
+    from planner.loss import GrowthLossModel, load_law
+    from planner.plan import save_plan
+    from planner.report import print_plan
+    from planner.schedule import Settings
+    from planner.sim.run import FailureModel
+    from planner.simulate import parse_size, plan_budget
+    from planner.specs import get_gpu
+
+    spec = get_gpu(gpu)
+    if schedule not in ("auto", "flm"):
+        raise typer.BadParameter(f"must be auto or flm, got {schedule!r}", param_hint="--schedule")
+    kernel = attention or ("unfused" if schedule == "flm" else "flash")
+    if kernel not in ("flash", "unfused"):
+        raise typer.BadParameter(f"must be flash or unfused, got {kernel!r}", param_hint="--attention")
+    settings = Settings(gpu=spec, price_per_gpu_hour=spec.price.usd_per_gpu_hour if price is None else price,
+                        max_gpus=max_gpus, target_params=parse_size(target_size), budget_usd=budget,
+                        global_batch=global_batch, grow_steps=grow_steps, max_days=max_days, attention=kernel)
+    loss_model = GrowthLossModel(law=load_law(loss_law), carryover=carryover, ramp_efficiency=ramp_efficiency)
+    failures = FailureModel(
+        failures_per_1000_node_days=failure_rate, restart_min=restart_min, checkpoint_min=checkpoint_min,
+        checkpoint_interval_min=checkpoint_interval_min, interval_rule=checkpoint_rule, spare_fraction=spare_fraction,
+        spot_preemptions_per_day=spot_per_day, spot_notice_min=spot_notice_min)
+    prof = _load_profile_for(spec.key, profile)
+    result = plan_budget(settings, prof, loss_model, schedule, failures=failures, trials=trials, seed=seed,
+                         confidence=confidence, gantt=report is not None)
+    if out:
+        save_plan(result.plan, out)
+    if report:
+        from planner.report_html import write_report
+
+        write_report(result, report)
+    if as_json:
+        print(json.dumps(result.plan.to_json(), indent=1))
+        return
+    print_plan(stdout, result.plan, searched=len(result.searched))
+    for path, what in ((out, "plan"), (report, "report")):
+        if path:
+            stdout.print(f"wrote {what} {path}")
+
+
+@app.command()
+@_user_errors
+def export(
+    plan_file: Annotated[Path, typer.Argument(help="A plan written by `flmplan simulate --out`.")],
+    to: Annotated[str, typer.Option("--to", help="megatron, torchtitan or slurm.")] = "megatron",
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the exported files.")] = Path("export"),
+) -> None:
+    """Write the plan as Megatron-LM arguments, torchtitan configs or a SLURM script, per stage."""
+    from planner.export import export_plan
+    from planner.plan import load_plan
+
+    plan = load_plan(plan_file)
+    for path in export_plan(plan, to, out_dir, plan_path=str(plan_file)):
+        stdout.print(f"wrote {path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -114,7 +114,16 @@ def _models(profile: Profile) -> tuple[DeviceModel, Network]:
     return DeviceModel(profile), Network(profile)
 
 
-def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profile: Profile) -> StepEstimate:
+def compute_lower_bound_s(model: ModelSpec, layout: Layout, profile: Profile) -> float:
+    """A floor under estimate_step's total: the slowest stage's layer compute alone, every other
+    part being ≥ 0. The layout search uses it to skip layouts that cannot win."""
+    dev, _ = _models(profile)
+    lt = layer_time(dev, model, layout)
+    return layout.micro_batches * math.ceil(model.layers / layout.pp) * (lt.forward + lt.backward)
+
+
+def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profile: Profile,
+                  memory: MemoryEstimate | None = None) -> StepEstimate:
     """Predict one optimizer step of `layout` (already validated) on `cluster`."""
     dev, net = _models(profile)
     lay = layout
@@ -174,10 +183,13 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
         else:
             reduce_op = "all_reduce" if lay.zero == 0 else "reduce_scatter"
             grad_sync = net.time(reduce_op, grads * GRAD_REDUCE_BYTES, dp_group)
-            # Bucketed reduction overlaps the last micro-batch's backward, all but the last bucket.
+            # Bucketed reduction overlaps the backward it follows, all but the last bucket: once
+            # per step after gradient accumulation (zero 0/1), or after every micro-batch when
+            # the gradients themselves are sharded (zero 2).
             window = layers_max * (lt.backward + recompute_layer) * (1 - 1 / layers_max)
             last_bucket = grad_sync / layers_max
-            dp_comm = last_bucket + net.exposed(grad_sync - last_bucket, window)
+            syncs = m if lay.zero == 2 else 1
+            dp_comm = syncs * (last_bucket + net.exposed(grad_sync - last_bucket, window))
             if lay.zero >= 1:
                 dp_comm += net.time("all_gather", grads * WEIGHT_GATHER_BYTES, dp_group)
 
@@ -196,6 +208,6 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     model_flops, hardware_flops = step_flops(model, lay.global_batch, lay.recompute)
     return StepEstimate(
         model=model, cluster=cluster, layout=lay, breakdown=breakdown,
-        memory=memory_per_gpu(model, lay), model_flops=model_flops,
+        memory=memory or memory_per_gpu(model, lay), model_flops=model_flops,
         hardware_flops=hardware_flops, profile_name=profile.name, peak_tflops=profile.peak_tflops,
     )

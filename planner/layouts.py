@@ -1,7 +1,12 @@
 """Generators of valid parallel layouts, apart from the cost model (as Calculon keeps them).
 
 A partial layout fixes some fields; every other field is enumerated over the values that
-can work for the model and cluster.
+can work for the model and cluster. Choices that another dominates (as fast or faster, no
+more memory) are left out of an open search: zero 0 (zero 1 moves less data — reduce-scatter
++ all-gather of bf16 weights instead of an fp32 all-reduce — and needs less memory),
+tp > 1 without sequence parallelism (the same communication volume, less memory and less
+element-wise work with it), and selective recompute under flash attention (nothing of s²
+size is stored, so it equals none).
 """
 
 from __future__ import annotations
@@ -27,6 +32,16 @@ class PartialLayout:
     interleave: int | None = None
     zero: int | None = None
     attention: AttentionKernel = "flash"
+    # A narrower space for the growth planner's first pass: micro-batches 1/2/4/8, at most two
+    # model chunks per stage, zero 1 or 3. The chosen schedule is refined with the full space.
+    coarse: bool = False
+
+
+# Model chunks per pipeline stage the search tries (Megatron-LM runs use 1–4, rarely 8), and
+# the largest micro-batch it tries when none is given (beyond 16 sequences of 2048 the GEMMs
+# are saturated and only memory grows).
+MAX_INTERLEAVE = 8
+MAX_OPEN_MICRO_BATCH = 16
 
 
 def divisors(n: int) -> list[int]:
@@ -59,20 +74,22 @@ def candidate_layouts(model: ModelSpec, cluster: ClusterSpec, part: PartialLayou
             per_replica = part.global_batch // dp if part.global_batch % dp == 0 else 0
             if not per_replica:
                 continue
-            mbs = [part.micro_batch] if part.micro_batch else divisors(per_replica)
+            mbs = [part.micro_batch] if part.micro_batch else [
+                b for b in divisors(per_replica)
+                if b <= MAX_OPEN_MICRO_BATCH and (not part.coarse or b in (1, 2, 4, 8))]
             for mb in mbs:
                 if per_replica % mb:
                     continue
                 m = per_replica // mb
                 if part.interleave:
                     vs = [part.interleave]
-                elif pp > 1 and m % pp == 0:
-                    vs = [v for v in divisors(model.layers // pp) if model.layers % pp == 0] or [1]
+                elif pp > 1 and m % pp == 0 and model.layers % pp == 0:
+                    vs = [v for v in divisors(model.layers // pp) if v <= (2 if part.coarse else MAX_INTERLEAVE)]
                 else:
                     vs = [1]
-                sps = [part.sequence_parallel] if part.sequence_parallel is not None else (
-                    [False, True] if tp > 1 else [False])
-                zeros = [part.zero] if part.zero is not None else ([0, 1, 2, 3] if pp == 1 else [0, 1, 2])
+                sps = [part.sequence_parallel] if part.sequence_parallel is not None else [tp > 1]
+                zeros = [part.zero] if part.zero is not None else (
+                    [z for z in (1, 2, 3) if not part.coarse or z != 2] if pp == 1 else [1] if part.coarse else [1, 2])
                 recomputes = [part.recompute] if part.recompute else ["none", "selective", "full"]
                 for v in vs:
                     if v > 1 and (pp == 1 or m % pp):

@@ -69,3 +69,88 @@ def print_estimate(console: Console, case: Case, result: SearchResult) -> None:
 
 def _fmt(value: float | None, pattern: str) -> str:
     return pattern.format(value) if value is not None else ""
+
+
+def print_plan(console: Console, plan, searched: int = 0) -> None:
+    """The plan for people: stages, totals, alternatives and baselines, and the assumptions."""
+    c = plan.cluster
+    console.print(
+        f"[bold]{plan.name}[/] for {c.gpus} × {c.gpu} at ${c.price_per_gpu_hour:g}/GPU-hour "
+        f"({c.price_source or 'catalog'}{', ' + c.price_date if c.price_date else ''}); objective: {plan.objective}"
+        + (f"; {searched} schedules searched" if searched else "")
+    )
+    t = Table(title="Stages", header_style="bold")
+    for col in ("stage", "layers×hidden", "grown by", "tokens", "layout", "TFLOP/s", "MFU", "mem GiB", "days",
+                "cost", "loss"):
+        t.add_column(col, justify="left" if col in ("stage", "layers×hidden", "grown by", "layout") else "right")
+    for k, st in enumerate(plan.stages):
+        m, p = st.model, st.predicted
+        grown = "+".join({"hidden": "width", "layers": "depth"}[d] for d in st.growth.dims
+                         if d in ("hidden", "layers")) if st.growth else ""
+        t.add_row(f"{k + 1}. {st.name}", f"{m.layers}×{m.hidden}", grown, f"{st.tokens / 1e9:,.1f}B",
+                  _layout_text(st.layout), f"{p.tflops_per_gpu_hfu:.0f}", f"{p.mfu:.1%}",
+                  f"{p.memory_gib_per_gpu:.0f}", f"{p.days:.2f}", f"${p.cost_usd:,.0f}",
+                  f"{p.loss_end:.3f}" if p.loss_end is not None else "")
+    tot = plan.totals
+    t.add_row("[bold]total[/]", "", "", f"{tot.tokens / 1e9:,.1f}B", "", "", "", "", f"{tot.days:.2f}",
+              f"${tot.cost_usd:,.0f}", f"{tot.predicted_loss:.3f}")
+    console.print(t)
+    console.print("[dim]TFLOP/s per GPU HFU-style (recompute counted); MFU counts model FLOPs only.[/]")
+    if plan.simulation:
+        print_simulation(console, plan.simulation)
+    rows = [(a, "alternative") for a in plan.alternatives] + [(b, "baseline") for b in plan.baselines]
+    if rows:
+        b = Table(title="Alternatives and baselines (same hardware and price)", header_style="bold")
+        for col in ("", "stages", "GPUs", "tokens", "days", "cost", "loss"):
+            b.add_column(col, justify="left" if col in ("", "stages") else "right")
+        b.add_row("[bold]this plan[/]", " → ".join(f"{s.name}" for s in plan.stages), str(plan.cluster.gpus),
+                  f"{tot.tokens / 1e9:,.1f}B", f"{tot.days:.2f}", f"${tot.cost_usd:,.0f}",
+                  f"{tot.predicted_loss:.3f}")
+        for row, kind in rows:
+            b.add_row(f"{row.name}" + (" (alt.)" if kind == "alternative" else ""),
+                      " → ".join(x.split(" (")[-1].rstrip(")") for x in row.shapes), str(row.gpus),
+                      f"{row.tokens / 1e9:,.1f}B", f"{row.days:.2f}", f"${row.cost_usd:,.0f}",
+                      f"{row.predicted_loss:.3f}")
+        console.print(b)
+    lm = plan.assumptions.get("loss_model", {})
+    law = lm.get("law", {})
+    console.print(
+        f"[dim]Assumptions (a model, not a measurement): loss {law.get('name')} scaling law "
+        f"L = {law.get('E')} + {law.get('A')}/N^{law.get('alpha')} + {law.get('B')}/D^{law.get('beta')}; "
+        f"equal-loss continuation after growth (carry-over {lm.get('carryover')}, mask ramp counts "
+        f"{lm.get('ramp_efficiency')}); {plan.assumptions.get('grow_steps')} mask-ramp steps + "
+        f"{plan.assumptions.get('min_steps_after_growth')} after each growth; deadline "
+        f"{plan.assumptions.get('max_days')} days; step times from profile {plan.profile.get('name')} "
+        f"({plan.profile.get('source')}).[/]"
+    )
+
+
+def print_simulation(console: Console, sim: dict) -> None:
+    t = Table(title=f"Run simulation: {sim['trials']} trials with failures, checkpoints and restarts",
+              header_style="bold")
+    for col in ("", "P50", "P90", "failure-free"):
+        t.add_column(col, justify="right" if col else "left")
+    t.add_row("days", f"{sim['days_p50']:.2f}", f"{sim['days_p90']:.2f}", f"{sim['days_ideal']:.2f}")
+    for name, days in sim.get("stage_days_p50", {}).items():
+        t.add_row(f"  stage {name} days", f"{days:.2f}", "", "")
+    t.add_row("cost (spares included)", f"${sim['cost_p50']:,.0f}", f"${sim['cost_p90']:,.0f}",
+              f"${sim['cost_ideal']:,.0f}")
+    console.print(t)
+    console.print(
+        f"failures per run: mean {sim['failures_mean']:.1f} (P90 {sim['failures_p90']:.0f}); effective training "
+        f"time {sim['ettr_mean']:.1%}; P(cost ≤ budget) = {sim['p_within_budget']:.0%}; checkpoint every "
+        f"{sim['checkpoint_interval_min']:.0f} min ({sim['checkpoint_rule']}), {sim['failures_per_1000_node_days']:g} "
+        f"failures per 1000 node-days, restart {sim['restart_min']:g} min, {sim['spare_nodes']} spare node(s)"
+    )
+
+
+def _layout_text(lay) -> str:
+    parts = [f"{lay.tp}·{lay.pp}·{lay.dp} mb{lay.micro_batch}"]
+    if lay.interleave > 1:
+        parts.append(f"v{lay.interleave}")
+    if lay.sequence_parallel:
+        parts.append("sp")
+    parts.append(f"z{lay.zero}")
+    if lay.recompute != "none":
+        parts.append(f"rc:{lay.recompute}")
+    return " ".join(parts)

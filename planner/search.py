@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from planner.case import Case
-from planner.cost import StepEstimate, estimate_step
+from planner.cost import StepEstimate, compute_lower_bound_s, estimate_step
 from planner.errors import Infeasible, InvalidLayout
 from planner.layouts import PartialLayout, candidate_layouts, check_fixed_fields
 from planner.memory import memory_per_gpu
@@ -31,23 +31,31 @@ def search_layout(model: ModelSpec, cluster: ClusterSpec, part: PartialLayout, p
     check_fixed_fields(model, cluster, part)
     best: StepEstimate | None = None
     rejected: Counter = Counter()
-    considered = 0
     smallest = (float("inf"), None)
     capacity = cluster.gpu.memory_gib
+    candidates = []
     for layout in candidate_layouts(model, cluster, part):
-        considered += 1
         try:
             validate_layout(model, cluster, layout)
         except InvalidLayout:
             rejected["invalid"] += 1
             continue
-        mem = memory_per_gpu(model, layout).total_gib
+        candidates.append((compute_lower_bound_s(model, layout, profile), layout))
+    considered = len(candidates) + rejected["invalid"]
+    # Cheapest floor first: once the floor passes the best step found, nothing left can win.
+    candidates.sort(key=lambda c: c[0])
+    for i, (floor, layout) in enumerate(candidates):
+        if best is not None and floor >= best.iteration_s:
+            rejected["bounded"] += len(candidates) - i
+            break
+        memory = memory_per_gpu(model, layout)
+        mem = memory.total_gib
         if mem < smallest[0]:
             smallest = (mem, layout)
         if mem > capacity:
             rejected["memory"] += 1
             continue
-        est = estimate_step(model, cluster, layout, profile)
+        est = estimate_step(model, cluster, layout, profile, memory)
         if best is None or est.iteration_s < best.iteration_s:
             best = est
     if best is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Literal
 
@@ -45,15 +45,15 @@ class ModelSpec:
         if self.activation not in ("gelu", "swiglu"):
             raise FlmplanError(f"model.activation must be 'gelu' or 'swiglu', got {self.activation!r}.")
 
-    @property
+    @cached_property
     def head_dim(self) -> int:
         return self.hidden // self.heads
 
-    @property
+    @cached_property
     def n_kv_heads(self) -> int:
         return self.kv_heads or self.heads
 
-    @property
+    @cached_property
     def kv_dim(self) -> int:
         """Width of K (and of V): smaller than hidden under grouped-query attention."""
         return self.n_kv_heads * self.head_dim
@@ -63,6 +63,7 @@ class ModelSpec:
         """GeLU MLP: up and down; SwiGLU: gate, up and down."""
         return 3 if self.activation == "swiglu" else 2
 
+    @cache  # noqa: B019 - specs are immutable and few; the planner asks for these millions of times
     def layer_params(self) -> int:
         """Weights and biases of one block: attention, MLP, two LayerNorms."""
         h, f = self.hidden, self.ffn
@@ -76,6 +77,7 @@ class ModelSpec:
         head = 0 if self.tied_embeddings else self.vocab * self.hidden
         return self.vocab * self.hidden + head + 2 * self.hidden
 
+    @cache  # noqa: B019
     def params(self) -> int:
         return self.layers * self.layer_params() + self.embedding_params()
 

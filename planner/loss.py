@@ -1,0 +1,116 @@
+"""A loss model for growth: a scaling law L(N, D) and equal-loss continuation across a growth.
+
+L(N, D) = E + A/N^α + B/D^β (Hoffmann et al. 2022, eq. 2; Besiroglu et al. 2024 re-fit).
+After a growth the larger model continues on its own curve from the point of equal loss
+(Staged Training, Shen et al. 2022, §3): it starts as if it had already seen D_eq tokens,
+L(N′, D_eq) = L_before. Two knobs say how good the carry-over is: `carryover` scales D_eq
+(1 = perfect equal-loss continuation), `ramp_efficiency` is the share of the MSG mask-ramp
+tokens that count for the grown model (the new units are only partly on). These are a model
+of training, not a measurement, and every plan states them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from planner.errors import FlmplanError
+
+
+@dataclass(frozen=True)
+class ScalingLaw:
+    name: str
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    source: str = ""
+
+    def loss(self, params, tokens):
+        """L(N, D); numbers or numpy arrays of D."""
+        return self.E + self.A / params**self.alpha + self.B / np.maximum(tokens, 1.0) ** self.beta
+
+    def tokens_for_loss(self, params, loss):
+        """D with L(N, D) = loss; infinite when N cannot reach that loss with any data."""
+        excess = np.asarray(loss - self.E - self.A / params**self.alpha, dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.where(excess > 0, (self.B / np.where(excess > 0, excess, 1.0)) ** (1 / self.beta), np.inf)
+        return float(d) if d.ndim == 0 else d
+
+    def compute_optimal(self, flops: float) -> tuple[float, float]:
+        """(N, D) minimising L at C = 6·N·D (Hoffmann et al. 2022, eq. 4)."""
+        a, b = self.alpha, self.beta
+        G = (a * self.A / (b * self.B)) ** (1 / (a + b))
+        n = G * (flops / 6) ** (b / (a + b))
+        return n, flops / (6 * n)
+
+
+CHINCHILLA = ScalingLaw("chinchilla", E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28,
+                        source="Hoffmann et al. 2022 (arXiv 2203.15556), eq. 10")
+BESIROGLU = ScalingLaw("besiroglu", E=1.82, A=482.0, B=2085.4, alpha=0.3478, beta=0.3658,
+                       source="Besiroglu et al. 2024 (arXiv 2404.10102), Chinchilla re-fit")
+LAWS = {law.name: law for law in (CHINCHILLA, BESIROGLU)}
+
+
+def load_law(name_or_path: str) -> ScalingLaw:
+    """A built-in law by name, or constants from a JSON file {E, A, B, alpha, beta}."""
+    if name_or_path in LAWS:
+        return LAWS[name_or_path]
+    path = Path(name_or_path)
+    if not path.exists():
+        raise FlmplanError(f"Unknown loss law {name_or_path!r}: use {', '.join(LAWS)} or a JSON file of constants.")
+    try:
+        raw = json.loads(path.read_text())
+        return ScalingLaw(name=raw.get("name", path.stem), E=float(raw["E"]), A=float(raw["A"]), B=float(raw["B"]),
+                          alpha=float(raw["alpha"]), beta=float(raw["beta"]), source=raw.get("source", str(path)))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise FlmplanError(f"Loss-law file {path} needs numbers E, A, B, alpha and beta ({err}).") from None
+
+
+@dataclass(frozen=True)
+class GrowthLossModel:
+    law: ScalingLaw = CHINCHILLA
+    carryover: float = 1.0
+    ramp_efficiency: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.carryover <= 1 or not 0 <= self.ramp_efficiency <= 1:
+            raise FlmplanError("carry-over efficiency must be in (0, 1] and ramp efficiency in [0, 1].")
+
+    def stage_losses(self, params: list[float], tokens, ramp_tokens: list[float]) -> list:
+        """Loss at the end of each stage. Stage k trains params[k] for tokens[k] (a number, or a
+        numpy array to evaluate many token splits at once), of which the first ramp_tokens[k]
+        run under the growth mask."""
+        losses: list = []
+        for k, (n, d) in enumerate(zip(params, tokens, strict=True)):
+            if k == 0:
+                effective = d
+            else:
+                # Equal-loss continuation on the grown model's curve (Shen et al. 2022).
+                d_eq = self.law.tokens_for_loss(n, losses[-1])
+                ramp = np.minimum(ramp_tokens[k], d)
+                effective = self.carryover * d_eq + self.ramp_efficiency * ramp + (d - ramp)
+            losses.append(self.law.loss(n, effective))
+        return losses
+
+    def trajectory(self, params: list[float], tokens: list[float], ramp_tokens: list[float],
+                   points: int = 24) -> tuple[list[float], list[float]]:
+        """(cumulative training FLOPs 6·N·D, loss) through the stages, for plotting."""
+        flops, losses = [], []
+        done = 0.0
+        for k in range(len(params)):
+            for f in np.linspace(0, 1, points)[1:]:
+                partial = [*tokens[:k], tokens[k] * f]
+                losses.append(float(self.stage_losses(params[: k + 1], partial, ramp_tokens[: k + 1])[-1]))
+                flops.append(done + 6 * params[k] * tokens[k] * f)
+            done += 6 * params[k] * tokens[k]
+        return flops, losses
+
+    def describe(self) -> dict:
+        return {"law": asdict(self.law), "carryover": self.carryover, "ramp_efficiency": self.ramp_efficiency,
+                "note": "L(N, D) = E + A/N^alpha + B/D^beta; after a growth the model continues from the point "
+                        "of equal loss on the larger model's curve (Staged Training). A model, not a measurement."}

@@ -1,0 +1,178 @@
+"""plan.json: the one contract between the planner and the runtime (DESIGN.md).
+
+Versioned, validated on load (unknown keys refused), readable by a person.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from planner.errors import FlmplanError
+from planner.specs import ModelSpec
+
+PLAN_SCHEMA = "flmplan-plan"
+PLAN_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PlanModel(_Strict):
+    layers: int = Field(gt=0)
+    hidden: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    kv_heads: int | None = None
+    ffn: int = Field(gt=0)
+    vocab: int = Field(gt=0)
+    seq: int = Field(gt=0)
+    activation: Literal["gelu", "swiglu"] = "gelu"
+    tied_embeddings: bool = True
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(**self.model_dump())
+
+
+class PlanLayout(_Strict):
+    tp: int = Field(ge=1)
+    pp: int = Field(ge=1)
+    dp: int = Field(ge=1)
+    micro_batch: int = Field(ge=1)
+    global_batch: int = Field(ge=1)
+    recompute: Literal["none", "selective", "full"] = "none"
+    sequence_parallel: bool = False
+    interleave: int = Field(default=1, ge=1)
+    zero: Literal[0, 1, 2, 3] = 1
+    attention: Literal["flash", "unfused"] = "flash"
+
+
+class PlanGrowth(_Strict):
+    operator: Literal["msg"] = "msg"
+    from_stage: int = Field(ge=0)
+    dims: dict[Literal["hidden", "ffn", "heads", "layers"], list[int]]
+    grow_steps: int = Field(ge=0)
+    lr_rewarm_steps: int = Field(default=100, ge=0)
+
+
+class PlanPredicted(_Strict):
+    step_s: float
+    tflops_per_gpu_hfu: float
+    tflops_per_gpu_mfu: float
+    mfu: float
+    days: float
+    cost_usd: float
+    memory_gib_per_gpu: float
+    loss_end: float | None = None
+
+
+class PlanStage(_Strict):
+    name: str
+    model: PlanModel
+    tokens: float = Field(gt=0)
+    steps: int = Field(gt=0)
+    lr: float = Field(default=3e-4, gt=0)
+    layout: PlanLayout
+    growth: PlanGrowth | None = None
+    predicted: PlanPredicted
+
+
+class PlanCluster(_Strict):
+    gpu: str
+    gpus: int = Field(gt=0)
+    gpus_per_node: int = Field(default=8, gt=0)
+    price_per_gpu_hour: float = Field(gt=0)
+    price_date: str = ""
+    price_source: str = ""
+
+
+class PlanTotals(_Strict):
+    days: float
+    cost_usd: float
+    tokens: float
+    predicted_loss: float
+    gpu_hours: float
+
+
+class PlanBaseline(_Strict):
+    name: str
+    shapes: list[str]
+    tokens: float
+    days: float
+    cost_usd: float
+    predicted_loss: float
+    compute_flops: float
+    gpus: int
+
+
+class Plan(_Strict):
+    schema_: Literal["flmplan-plan"] = Field(default=PLAN_SCHEMA, alias="schema")
+    version: Literal[1] = PLAN_VERSION
+    created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    name: str = "plan"
+    objective: str = ""
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    profile: dict = Field(default_factory=dict)
+    cluster: PlanCluster
+    stages: list[PlanStage] = Field(min_length=1)
+    totals: PlanTotals
+    baselines: list[PlanBaseline] = Field(default_factory=list)
+    alternatives: list[PlanBaseline] = Field(default_factory=list)
+    assumptions: dict = Field(default_factory=dict)
+    simulation: dict | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _first_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    where = ".".join(str(x) for x in e["loc"]) or "the top level"
+    return f"{where}: {e['msg']}"
+
+
+def plan_from_dict(raw: object, origin: str = "plan") -> Plan:
+    if isinstance(raw, dict) and raw.get("schema") != PLAN_SCHEMA:
+        raise FlmplanError(f"{origin} is not an flmplan plan (no \"schema\": \"{PLAN_SCHEMA}\"); "
+                           "make one with `flmplan simulate --out plan.json`.")
+    if isinstance(raw, dict) and raw.get("version") != PLAN_VERSION:
+        raise FlmplanError(f"{origin} has plan version {raw.get('version')!r}; this flmplan reads version "
+                           f"{PLAN_VERSION}. Plan it again with `flmplan simulate`.")
+    try:
+        plan = Plan.model_validate(raw)
+    except ValidationError as err:
+        raise FlmplanError(f"{origin} is not a valid plan ({_first_error(err)}).") from None
+    for k, st in enumerate(plan.stages):
+        try:
+            st.model.spec()
+        except FlmplanError as err:
+            raise FlmplanError(f"{origin}, stage {k} ({st.name}): {err}") from None
+        if k > 0 and st.growth is None:
+            raise FlmplanError(f"{origin}, stage {k} ({st.name}) has no growth from the stage before it.")
+    return plan
+
+
+def load_plan(path: str | Path) -> Plan:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as err:
+        raise FlmplanError(f"Cannot read plan {path}: {err.strerror}.") from None
+    except json.JSONDecodeError as err:
+        raise FlmplanError(f"Plan {path} is not valid JSON (line {err.lineno}: {err.msg}).") from None
+    return plan_from_dict(raw, origin=f"Plan {path}")
+
+
+def save_plan(plan: Plan, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(plan.to_json(), indent=1) + "\n")
+    tmp.replace(path)
+    return path

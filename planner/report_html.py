@@ -1,0 +1,136 @@
+"""The plan as an HTML page (plotly): timeline, cost breakdown, loss against compute, the
+plans searched, and (with the run simulation) each stage's pipeline Gantt and the cost histogram."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+from planner.loss import GrowthLossModel, ScalingLaw
+from planner.schedule import Schedule
+
+_PART_NAMES = {"compute_s": "compute", "recompute_s": "recompute", "tp_comm_s": "TP comm", "pp_comm_s": "PP comm",
+               "bubble_s": "pipeline bubble", "dp_comm_s": "DP comm", "optimizer_s": "optimizer"}
+_COLORS = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D"]
+
+
+def timeline(s: Schedule) -> go.Figure:
+    fig = go.Figure()
+    start = 0.0
+    for k, (st, days) in enumerate(zip(s.stages, s.stage_days(), strict=True)):
+        label = f"{st.model.params() / 1e9:.1f}B ({st.model.layers}×{st.model.hidden})"
+        fig.add_trace(go.Bar(x=[days], y=["stages"], base=[start], orientation="h", name=label,
+                             marker_color=_COLORS[k % len(_COLORS)], text=f"{label}<br>{days:.1f} d",
+                             textposition="inside", hovertemplate=f"{label}: day %{{base:.1f}} + %{{x:.2f}} d"))
+        start += days + (s.settings.transition_hours / 24 if k < len(s.stages) - 1 else 0)
+    fig.update_layout(title="Stage timeline (failure-free)", xaxis_title="days", barmode="stack", height=260,
+                      showlegend=False)
+    return fig
+
+
+def cost_breakdown(s: Schedule) -> go.Figure:
+    fig = go.Figure()
+    names = [f"{st.model.params() / 1e9:.1f}B" for st in s.stages]
+    price = s.settings.price_per_gpu_hour * s.gpus / 3600
+    for i, (part, label) in enumerate(_PART_NAMES.items()):
+        values = [st.breakdown.get(part, 0.0) * st.steps(st.layout.global_batch) * price for st in s.stages]
+        fig.add_trace(go.Bar(x=names, y=values, name=label, marker_color=_COLORS[i % len(_COLORS)]))
+    fig.update_layout(title="Where the money goes, per stage", yaxis_title="USD", barmode="stack", height=380)
+    return fig
+
+
+def loss_vs_compute(main: Schedule, others: list[Schedule], loss_model) -> go.Figure:
+    fig = go.Figure()
+    for k, s in enumerate([main, *others]):
+        params = [st.model.params() for st in s.stages]
+        flops, losses = loss_model.trajectory(params, [st.tokens for st in s.stages], s.ramp_tokens)
+        fig.add_trace(go.Scatter(x=flops, y=losses, mode="lines", name=("this plan: " if k == 0 else "") + s.name,
+                                 line={"width": 4 if k == 0 else 2, "color": _COLORS[k % len(_COLORS)]}))
+    fig.update_layout(title="Predicted loss against training compute (loss model; not a measurement)",
+                      xaxis_title="training FLOPs (6·N·D)", yaxis_title="predicted loss", xaxis_type="log",
+                      height=420)
+    return fig
+
+
+def searched_plans(main: Schedule, searched: list[Schedule]) -> go.Figure:
+    fig = go.Figure()
+    if searched:
+        fig.add_trace(go.Scatter(
+            x=[s.cost_usd for s in searched], y=[s.loss for s in searched], mode="markers", name="plans searched",
+            marker={"size": 6, "color": [len(s.stages) for s in searched], "colorscale": "Viridis",
+                    "colorbar": {"title": "stages"}, "opacity": 0.6},
+            text=[" → ".join(f"{st.model.params() / 1e9:.0f}B" for st in s.stages) + f", {s.gpus} GPUs"
+                  for s in searched],
+            hovertemplate="%{text}<br>$%{x:,.0f}, loss %{y:.4f}"))
+    fig.add_trace(go.Scatter(x=[main.cost_usd], y=[main.loss], mode="markers", name="chosen",
+                             marker={"size": 16, "symbol": "star", "color": "#E45756"}))
+    fig.update_layout(title="Cost against predicted loss over the plans searched", xaxis_title="USD (failure-free)",
+                      yaxis_title="predicted final loss", height=420,
+                      legend={"orientation": "h", "y": 1.08, "x": 0.0})
+    return fig
+
+
+def pipeline_gantt(stage_name: str, rows: list[dict], note: str = "") -> go.Figure:
+    """One step of a pipeline stage layout: who computes what when (from the simpy step simulation)."""
+    fig = go.Figure()
+    colors = {"forward": "#4C78A8", "backward": "#F58518", "p2p": "#9D755D", "dp_reduce": "#54A24B"}
+    for kind, color in colors.items():
+        mine = [r for r in rows if r["kind"] == kind]
+        if not mine:
+            continue
+        fig.add_trace(go.Bar(
+            x=[r["end_s"] - r["start_s"] for r in mine], y=[f"stage {r['stage']}" for r in mine],
+            base=[r["start_s"] for r in mine], orientation="h", marker_color=color, name=kind,
+            text=[str(r.get("micro_batch", "")) if kind in ("forward", "backward") else "" for r in mine],
+            textposition="inside", insidetextanchor="middle",
+            hovertemplate=kind + " %{text}: %{base:.3f} s + %{x:.3f} s<extra></extra>"))
+    stages = len({r["stage"] for r in rows})
+    fig.update_layout(title=f"One optimizer step of the {stage_name} stage, simulated{note}", xaxis_title="seconds",
+                      barmode="overlay", height=160 + 36 * stages, yaxis={"autorange": "reversed"},
+                      legend={"orientation": "h", "y": -0.35})
+    return fig
+
+
+def cost_histogram(costs: list[float], budget: float) -> go.Figure:
+    fig = go.Figure(go.Histogram(x=costs, nbinsx=40, marker_color="#4C78A8", name="simulated runs"))
+    fig.add_vline(x=budget, line_dash="dash", line_color="#E45756", annotation_text="budget")
+    fig.update_layout(title="Cost of the whole run over the Monte Carlo trials (failures, restarts, checkpoints)",
+                      xaxis_title="USD", yaxis_title="trials", height=380)
+    return fig
+
+
+def write_report(result, path: str | Path) -> Path:
+    """result: planner.simulate.PlanResult."""
+    plan, main = result.plan, result.main
+    lm = plan.assumptions["loss_model"]
+    loss_model = GrowthLossModel(law=ScalingLaw(**lm["law"]), carryover=lm["carryover"],
+                                 ramp_efficiency=lm["ramp_efficiency"])
+    figures = [timeline(main), cost_breakdown(main),
+               loss_vs_compute(main, result.alternatives + result.baselines, loss_model)]
+    if result.searched:
+        figures.append(searched_plans(main, result.searched))
+    sim = plan.simulation or {}
+    for name, (rows, note) in result.timelines.items():
+        figures.append(pipeline_gantt(name, rows, note))
+    if result.costs:
+        figures.append(cost_histogram(result.costs, plan.assumptions["budget_usd"]))
+    tot = plan.totals
+    head = (f"<h1>{html.escape(plan.name)}: {plan.cluster.gpus} × {html.escape(plan.cluster.gpu)} at "
+            f"${plan.cluster.price_per_gpu_hour:g}/GPU-hour</h1>"
+            f"<p>{len(plan.stages)} stages, {tot.tokens / 1e9:,.1f}B tokens, {tot.days:.1f} days, "
+            f"${tot.cost_usd:,.0f} failure-free; predicted loss {tot.predicted_loss:.3f}"
+            + (f"; simulated with failures: P50 {sim['days_p50']:.1f} days / ${sim['cost_p50']:,.0f}, "
+               f"P90 {sim['days_p90']:.1f} days / ${sim['cost_p90']:,.0f}" if sim else "")
+            + f". Profile {html.escape(plan.profile.get('name', ''))} ({html.escape(plan.profile.get('source', ''))})."
+            "</p><p><i>Losses come from a scaling-law model with equal-loss continuation across growth; "
+            "they are a model, not a measurement.</i></p>")
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>flmplan report</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}</style></head><body>"
+            + head + "".join(parts) + "</body></html>")
+    path = Path(path)
+    path.write_text(page)
+    return path
+

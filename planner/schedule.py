@@ -1,0 +1,361 @@
+"""Growth-schedule search: stages, shapes, tokens, layouts and cluster size for a budget.
+
+For every final shape of at least the target size, every chain of MSG-reachable stage shapes
+(1–4 stages) and every cluster size (whole nodes up to --max-gpus), each stage gets its
+fastest layout from the layout search, and the tokens are split between the stages to
+minimise the predicted final loss with the failure-free cost within the budget (a small
+convex problem per chain, solved with SLSQP). The FLM-101B schedule, the target trained from
+scratch and the compute-optimal fixed-size model are costed on the same hardware and price.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize
+
+from planner.errors import FlmplanError, Infeasible
+from planner.growth import final_shapes, growth_between, growth_chains, shape, smallest_shape
+from planner.layouts import PartialLayout
+from planner.loss import GrowthLossModel
+from planner.search import search_layout
+from planner.specs import ClusterSpec, GpuSpec, Layout, ModelSpec
+from profiles.schema import Profile
+
+SECONDS_PER_DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    gpu: GpuSpec
+    price_per_gpu_hour: float
+    max_gpus: int
+    target_params: float
+    budget_usd: float
+    global_batch: int = 2304
+    grow_steps: int = 5000
+    min_steps_after_growth: int = 1000
+    min_first_stage_steps: int = 2000
+    transition_hours: float = 0.5
+    max_days: float = 60.0
+    max_stages: int = 4
+    cost_factor: float = 1.0      # > 1 to fit the budget at a failure-inflated cost (P90)
+    attention: str = "flash"      # the kernel the run will use (FLM-101B's own run: "unfused")
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.budget_usd, int | float) and math.isfinite(self.budget_usd)) or self.budget_usd <= 0:
+            raise FlmplanError(f"--budget must be a positive number of dollars, got {self.budget_usd}.")
+        if self.price_per_gpu_hour <= 0:
+            raise FlmplanError(f"--price must be positive, got {self.price_per_gpu_hour}.")
+        if self.max_gpus < 1:
+            raise FlmplanError(f"--max-gpus must be at least 1, got {self.max_gpus}.")
+        if self.target_params <= 0:
+            raise FlmplanError(f"--target-size must be positive, got {self.target_params}.")
+
+
+@dataclass
+class StageRun:
+    """One stage, costed: its shape, layout estimate and tokens."""
+
+    model: ModelSpec
+    layout: Layout
+    step_s: float
+    tflops_hfu: float
+    tflops_mfu: float
+    mfu: float
+    memory_gib: float
+    tokens: float = 0.0
+    loss_end: float = 0.0
+    breakdown: dict = field(default_factory=dict)
+
+    def steps(self, global_batch: int) -> int:
+        return math.ceil(self.tokens / (global_batch * self.model.seq))
+
+    def days(self, global_batch: int) -> float:
+        return self.steps(global_batch) * self.step_s / SECONDS_PER_DAY
+
+
+@dataclass
+class Schedule:
+    name: str
+    stages: list[StageRun]
+    gpus: int
+    settings: Settings
+    loss: float
+    ramp_tokens: list[float] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> float:
+        return sum(s.tokens for s in self.stages)
+
+    def stage_days(self) -> list[float]:
+        return [s.days(s.layout.global_batch) for s in self.stages]
+
+    @property
+    def transitions(self) -> int:
+        return len(self.stages) - 1
+
+    @property
+    def days(self) -> float:
+        return sum(self.stage_days()) + self.transitions * self.settings.transition_hours / 24
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.days * 24 * self.gpus
+
+    @property
+    def cost_usd(self) -> float:
+        return self.gpu_hours * self.settings.price_per_gpu_hour
+
+    @property
+    def compute_flops(self) -> float:
+        return sum(6 * s.model.params() * s.tokens for s in self.stages)
+
+
+class Planner:
+    """Holds the caches of one `simulate` call: a layout search per (shape, GPUs, batch)."""
+
+    def __init__(self, settings: Settings, profile: Profile, loss_model: GrowthLossModel) -> None:
+        self.s = settings
+        self.profile = profile
+        self.loss_model = loss_model
+        self._stage_cache: dict[tuple, StageRun | None] = {}
+        self.evaluated: list[Schedule] = []
+        self.polish = True
+
+    # --- stages ---------------------------------------------------------------
+    def stage(self, model: ModelSpec, gpus: int, global_batch: int | None = None,
+              part: PartialLayout | None = None, coarse: bool = False) -> StageRun | None:
+        batch = global_batch or self.s.global_batch
+        key = (model, gpus, batch, part, coarse)
+        if key not in self._stage_cache:
+            cluster = ClusterSpec(gpu=self.s.gpu, gpus=gpus, gpus_per_node=self.s.gpu.gpus_per_node)
+            try:
+                part = part or PartialLayout(global_batch=batch, attention=self.s.attention, coarse=coarse)
+                result = search_layout(model, cluster, part, self.profile)
+            except (Infeasible, FlmplanError):
+                self._stage_cache[key] = None
+            else:
+                e = result.best
+                self._stage_cache[key] = StageRun(
+                    model=model, layout=e.layout, step_s=e.iteration_s, tflops_hfu=e.tflops_per_gpu_hfu,
+                    tflops_mfu=e.tflops_per_gpu_mfu, mfu=e.mfu, memory_gib=e.memory_gib_per_gpu,
+                    breakdown=e.to_dict()["breakdown_s"])
+        cached = self._stage_cache[key]
+        return None if cached is None else StageRun(**{**cached.__dict__})
+
+    def usd_per_token(self, st: StageRun, gpus: int) -> float:
+        tokens_per_step = st.layout.global_batch * st.model.seq
+        return st.step_s / tokens_per_step * gpus * self.s.price_per_gpu_hour / 3600 * self.s.cost_factor
+
+    def min_tokens(self, k: int, st: StageRun) -> float:
+        steps = self.s.min_first_stage_steps if k == 0 else self.s.grow_steps + self.s.min_steps_after_growth
+        return steps * st.layout.global_batch * st.model.seq
+
+    # --- one chain --------------------------------------------------------------
+    def schedule_for(self, chain: list[ModelSpec], gpus: int, name: str = "growth",
+                     coarse: bool = False) -> Schedule | None:
+        stages = [self.stage(m, gpus, coarse=coarse) for m in chain]
+        if any(s is None for s in stages):
+            return None
+        price = np.array([self.usd_per_token(s, gpus) for s in stages])
+        seconds = np.array([s.step_s / (s.layout.global_batch * s.model.seq) for s in stages])
+        d_min = np.array([self.min_tokens(k, s) for k, s in enumerate(stages)])
+        transition_h = (len(chain) - 1) * self.s.transition_hours
+        spare = self.s.budget_usd - transition_h * gpus * self.s.price_per_gpu_hour - float(price @ d_min)
+        spare_s = self.s.max_days * SECONDS_PER_DAY - transition_h * 3600 - float(seconds @ d_min)
+        if spare < 0 or spare_s < 0:
+            return None
+        tokens = d_min + self._split(chain, stages, price, seconds, d_min, spare, spare_s)
+        for st, d in zip(stages, tokens, strict=True):
+            per_step = st.layout.global_batch * st.model.seq
+            st.tokens = float(math.floor(d / per_step) * per_step)   # whole steps, never over budget
+        return self._finish(name, stages, gpus)
+
+    def _split(self, chain, stages, price, seconds, d_min, spare, spare_s) -> np.ndarray:
+        """Extra tokens per stage (beyond the minima) that minimise the final loss for `spare`
+        dollars and `spare_s` seconds of the deadline."""
+        k = len(chain)
+        # Tokens if all the spare went to one stage: the budget or the deadline binds first.
+        scale = np.minimum(spare / price, spare_s / seconds)
+        if k == 1:
+            return scale
+        params = [m.params() for m in chain]
+        ramps = self.ramps(stages)
+
+        # Shares of the spare money on a simplex grid (all splits at once, vectorised), then a
+        # local SLSQP polish from the best grid point; the deadline is a second linear constraint.
+        money_tokens = spare / price
+        grid = _simplex_grid(k, 12 if k <= 3 else 8)
+        extra = grid * money_tokens
+        ok = extra @ seconds <= spare_s
+        losses = np.asarray(self.loss_model.stage_losses(params, list((d_min + extra).T), ramps)[-1])
+        losses = np.where(ok, losses, np.inf)
+        start = grid[int(np.argmin(losses))]
+        if not self.polish:
+            return start * money_tokens
+
+        def final_loss(shares: np.ndarray) -> float:
+            d = d_min + np.clip(shares, 0, 1) * money_tokens
+            return float(self.loss_model.stage_losses(params, list(d), ramps)[-1])
+
+        res = minimize(final_loss, start, method="SLSQP", bounds=[(0, 1)] * k,
+                       constraints=[{"type": "ineq", "fun": lambda x: 1 - x.sum()},
+                                    {"type": "ineq", "fun": lambda x: spare_s - float(seconds @ (x * money_tokens))}],
+                       options={"ftol": 1e-10, "maxiter": 100})
+        best = np.clip(res.x, 0, 1) if res.fun <= final_loss(start) else start
+        return best * money_tokens
+
+    def ramps(self, stages: list[StageRun]) -> list[float]:
+        return [0.0] + [self.s.grow_steps * s.layout.global_batch * s.model.seq for s in stages[1:]]
+
+    def _finish(self, name: str, stages: list[StageRun], gpus: int) -> Schedule:
+        params = [s.model.params() for s in stages]
+        losses = self.loss_model.stage_losses(params, [s.tokens for s in stages], self.ramps(stages))
+        for st, loss in zip(stages, losses, strict=True):
+            st.loss_end = float(loss)
+        return Schedule(name=name, stages=stages, gpus=gpus, settings=self.s, loss=float(losses[-1]),
+                        ramp_tokens=self.ramps(stages))
+
+    # --- the search -------------------------------------------------------------
+    def cluster_sizes(self) -> list[int]:
+        gpn = self.s.gpu.gpus_per_node
+        top = self.s.max_gpus if self.s.max_gpus < gpn else self.s.max_gpus // gpn * gpn
+        sizes = {top}
+        for f in (2, 4):
+            g = top // f // gpn * gpn
+            if g >= gpn:
+                sizes.add(g)
+        return sorted(sizes, reverse=True)
+
+    def search(self, base: ModelSpec) -> tuple[Schedule, Schedule]:
+        """(lowest predicted loss, most tokens) among the growth schedules that fit the budget."""
+        finals = final_shapes(base, self.s.target_params)
+        sizes = self.cluster_sizes()
+        fits_anywhere = False
+        for final in finals:
+            for gpus in sizes:
+                if self.stage(final, gpus, coarse=True) is None:
+                    continue
+                fits_anywhere = True
+                self.polish = False
+                for chain in growth_chains(final, self.s.max_stages):
+                    sched = self.schedule_for(chain, gpus, name=f"{len(chain)}-stage growth", coarse=True)
+                    if sched is not None:
+                        self.evaluated.append(sched)
+        if not fits_anywhere:
+            raise Infeasible(
+                f"No model of {self.s.target_params / 1e9:.0f}B parameters fits on {self.s.max_gpus} × "
+                f"{self.s.gpu.key}; raise --max-gpus, pick a GPU with more memory, or lower --target-size."
+            )
+        if not self.evaluated:
+            raise Infeasible(
+                f"A budget of ${self.s.budget_usd:,.0f} buys no plan that reaches "
+                f"{self.s.target_params / 1e9:.0f}B on {self.s.gpu.key} at ${self.s.price_per_gpu_hour:g}/GPU-hour; "
+                f"the smallest that would work is about ${self.smallest_budget(finals, sizes):,.0f}."
+            )
+        self.polish = True
+        best = min(self.evaluated, key=lambda s: (s.loss, s.days))
+        most = max(self.evaluated, key=lambda s: (s.tokens, -s.loss))
+        return self.refine(best), self.refine(most)
+
+    def refine(self, sched: Schedule) -> Schedule:
+        """The same chain with every stage's layout from the full search, tokens split again."""
+        fine = self.schedule_for([st.model for st in sched.stages], sched.gpus, sched.name)
+        return fine if fine is not None and fine.loss <= sched.loss else sched
+
+    def smallest_budget(self, finals: list[ModelSpec], sizes: list[int]) -> float:
+        """The cost of the cheapest schedule at its minimum tokens."""
+        cheapest = math.inf
+        for final in finals:
+            for gpus in sizes:
+                for chain in growth_chains(final, self.s.max_stages):
+                    stages = [self.stage(m, gpus, coarse=True) for m in chain]
+                    if any(s is None for s in stages):
+                        continue
+                    cost = sum(self.usd_per_token(s, gpus) * self.min_tokens(k, s) for k, s in enumerate(stages))
+                    cost += (len(chain) - 1) * self.s.transition_hours * gpus * self.s.price_per_gpu_hour
+                    cheapest = min(cheapest, cost)
+        return cheapest
+
+    # --- baselines --------------------------------------------------------------
+    def fixed(self, name: str, chain: list[ModelSpec], tokens: list[float], gpus: int,
+              parts: list[PartialLayout | None] | None = None, batches: list[int] | None = None) -> Schedule | None:
+        parts = parts or [None] * len(chain)
+        batches = batches or [self.s.global_batch] * len(chain)
+        stages = [self.stage(m, gpus, b, p) for m, b, p in zip(chain, batches, parts, strict=True)]
+        if any(s is None for s in stages):
+            return None
+        for st, d in zip(stages, tokens, strict=True):
+            per_step = st.layout.global_batch * st.model.seq
+            st.tokens = float(math.floor(d / per_step) * per_step) or float(per_step)
+        return self._finish(name, stages, gpus)
+
+    def scratch_for_money(self, final: ModelSpec, gpus: int) -> Schedule | None:
+        st = self.stage(final, gpus)
+        if st is None:
+            return None
+        return self.fixed("target from scratch, same money", [final],
+                          [self.s.budget_usd / self.usd_per_token(st, gpus)], gpus)
+
+    def compute_optimal(self, base: ModelSpec, gpus: int) -> Schedule | None:
+        """The fixed-size model of the family with the lowest predicted loss for the budget."""
+        best = None
+        for target in (1e9, 2e9, 4e9, 8e9, 12e9, 16e9, 24e9, 32e9, 48e9, 64e9, 101e9, 128e9, 256e9):
+            for m in [smallest_shape(base, target)]:
+                st = self.stage(m, gpus)
+                if st is None:
+                    continue
+                sched = self.fixed("compute-optimal fixed size", [m],
+                                   [self.s.budget_usd / self.usd_per_token(st, gpus)], gpus)
+                if sched and (best is None or sched.loss < best.loss):
+                    best = sched
+        return best
+
+
+def _simplex_grid(k: int, n: int) -> np.ndarray:
+    """All share vectors of k non-negative multiples of 1/n summing to 1."""
+    if k == 1:
+        return np.ones((1, 1))
+    rows = [(i, *rest) for i in range(n + 1) for rest in _compositions(k - 1, n - i)]
+    return np.array(rows, dtype=float) / n
+
+
+def _compositions(k: int, n: int) -> list[tuple[int, ...]]:
+    if k == 1:
+        return [(n,)]
+    return [(i, *rest) for i in range(n + 1) for rest in _compositions(k - 1, n - i)]
+
+
+FLM_SCHEDULE = {
+    # FLM-101B (arXiv 2309.03852): stage shapes as assumed in the calibration cases (16B and 51B
+    # are not published), tokens, batch and tp/pp per stage; 192 GPUs.
+    "shapes": [(40, 5632), (40, 10240), (80, 10240)],
+    "tokens": [245.37e9, 39.64e9, 26.54e9],
+    "global_batch": [2304, 2304, 2160],
+    "tp_pp": [(2, 1), (4, 2), (4, 4)],
+    "gpus": 192,
+    "days": [9.63, 5.37, 6.54],
+}
+
+
+def flm_base() -> ModelSpec:
+    """FLM-101B's final shape (ANCHORS): 80 × 10240, 80 heads, FFN 4h, padded vocab, seq 2048."""
+    return ModelSpec(layers=80, hidden=10240, heads=80, ffn=40960, vocab=100352, seq=2048)
+
+
+def flm_schedule(planner: Planner) -> Schedule | None:
+    base = flm_base()
+    chain = [shape(base, layers, hidden) for layers, hidden in FLM_SCHEDULE["shapes"]]
+    for a, b in zip(chain, chain[1:], strict=False):
+        growth_between(a, b, 0)
+    gpus = FLM_SCHEDULE["gpus"] if planner.s.max_gpus >= FLM_SCHEDULE["gpus"] else planner.cluster_sizes()[0]
+    same_layout = gpus == FLM_SCHEDULE["gpus"]
+    parts = [PartialLayout(global_batch=b, tp=tp, pp=pp, sequence_parallel=True, zero=1,
+                           attention=planner.s.attention)
+             if same_layout else None
+             for (tp, pp), b in zip(FLM_SCHEDULE["tp_pp"], FLM_SCHEDULE["global_batch"], strict=True)]
+    return planner.fixed("FLM-101B schedule", chain, FLM_SCHEDULE["tokens"], gpus, parts,
+                         FLM_SCHEDULE["global_batch"])

@@ -1,0 +1,217 @@
+"""`flmplan simulate` as a library call: plan the growth schedule, cost the baselines, and
+write it all into a Plan (the run simulation of planner/sim adds its spread)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from planner.cost import estimate_step
+from planner.errors import FlmplanError
+from planner.growth import growth_between
+from planner.loss import GrowthLossModel
+from planner.plan import (
+    Plan,
+    PlanBaseline,
+    PlanCluster,
+    PlanGrowth,
+    PlanLayout,
+    PlanModel,
+    PlanPredicted,
+    PlanStage,
+    PlanTotals,
+)
+from planner.schedule import Planner, Schedule, Settings, flm_base, flm_schedule
+from planner.sim.pipeline import simulate_estimate
+from planner.sim.run import FailureModel, RunSummary, StageWork, monte_carlo
+from planner.specs import ClusterSpec
+from profiles.schema import Profile
+
+# FLM-101B's learning rates per stage (ANCHORS); other plans scale them by 1/√(params/16B).
+FLM_LR = [4e-4, 3.4e-4, 2e-4]
+
+
+@dataclass
+class PlanResult:
+    plan: Plan
+    main: Schedule
+    baselines: list[Schedule]
+    alternatives: list[Schedule]
+    searched: list[Schedule]
+    costs: list[float] = field(default_factory=list)
+    timelines: dict[str, tuple[list[dict], str]] = field(default_factory=dict)
+
+
+def parse_size(text: str) -> float:
+    """'101B', '7.5b', '350M', '1e11' → parameters."""
+    t = text.strip().upper()
+    scale = {"B": 1e9, "M": 1e6, "T": 1e12}.get(t[-1:], 1.0)
+    try:
+        value = float(t[:-1] if t[-1:] in "BMT" else t) * scale
+    except ValueError:
+        raise FlmplanError(f"--target-size must look like 101B or 350M, got {text!r}.") from None
+    if value <= 0:
+        raise FlmplanError(f"--target-size must be positive, got {text!r}.")
+    return value
+
+
+def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossModel, schedule: str = "auto",
+                failures: FailureModel | None = None, trials: int = 1000, seed: int = 0,
+                confidence: float | None = None, gantt: bool = False) -> PlanResult:
+    """Plan, then simulate the run with failures. With `confidence` (say 0.9) the plan is made
+    again until its simulated cost at that quantile fits the budget, not only its failure-free one."""
+    failures = failures or FailureModel()
+    if confidence is not None and not 0.5 <= confidence < 1:
+        raise FlmplanError(f"--confidence must be between 0.5 and 1, got {confidence}.")
+    result = _plan_once(settings, profile, loss_model, schedule)
+    summary = simulate_schedule(result.main, failures, trials, seed)
+    for _ in range(4):
+        if confidence is None or schedule == "flm":
+            break
+        quantile_cost = summary.quantile([t.cost_usd for t in summary.trials], confidence)
+        if quantile_cost <= settings.budget_usd:
+            break
+        factor = settings.cost_factor * quantile_cost / settings.budget_usd * 1.002
+        settings = dataclasses.replace(settings, cost_factor=factor)
+        result = _plan_once(settings, profile, loss_model, schedule)
+        summary = simulate_schedule(result.main, failures, trials, seed)
+    sim = summary.to_dict(keep_costs=False)
+    if confidence is not None:
+        sim["confidence"] = confidence
+        sim["cost_at_confidence"] = summary.quantile([t.cost_usd for t in summary.trials], confidence)
+    result.plan.simulation = sim
+    result.plan.assumptions["cost_factor"] = settings.cost_factor
+    result.costs = [t.cost_usd for t in summary.trials]
+    if gantt:
+        result.timelines = pipeline_timelines(result.main, profile)
+    return result
+
+
+def _plan_once(settings: Settings, profile: Profile, loss_model: GrowthLossModel, schedule: str) -> PlanResult:
+    planner = Planner(settings, profile, loss_model)
+    base = flm_base()
+    flm = flm_schedule(planner)
+    if schedule == "flm":
+        if flm is None:
+            raise FlmplanError("FLM-101B's schedule does not fit this cluster; use --schedule auto.")
+        main, alternatives, searched = flm, [], []
+    elif schedule == "auto":
+        main, most = planner.search(base)
+        alternatives = [most] if most.stages != main.stages else []
+        for a in alternatives:
+            a.name = "most tokens for the money"
+        searched = planner.evaluated
+    else:
+        raise FlmplanError(f"--schedule must be auto or flm, got {schedule!r}.")
+    final = main.stages[-1].model
+    baselines = [b for b in (
+        flm if schedule != "flm" else None,
+        planner.scratch_for_money(final, main.gpus),
+        planner.fixed("target from scratch, same tokens", [final], [main.tokens], main.gpus),
+        planner.compute_optimal(base, main.gpus),
+    ) if b is not None]
+    plan = build_plan(main, settings, profile, loss_model, baselines, alternatives,
+                      objective="FLM-101B's own schedule" if schedule == "flm" else
+                      "lowest predicted final loss within the budget")
+    return PlanResult(plan=plan, main=main, baselines=baselines, alternatives=alternatives, searched=searched)
+
+
+def stage_works(s: Schedule) -> list[StageWork]:
+    transition = s.settings.transition_hours * 3600
+    return [StageWork(name=f"{st.model.params() / 1e9:.1f}B", work_s=st.steps(st.layout.global_batch) * st.step_s,
+                      transition_s=transition if k < len(s.stages) - 1 else 0.0)
+            for k, st in enumerate(s.stages)]
+
+
+def simulate_schedule(s: Schedule, fm: FailureModel, trials: int, seed: int) -> RunSummary:
+    gpn = s.settings.gpu.gpus_per_node
+    return monte_carlo(stage_works(s), max(1, s.gpus // gpn), min(gpn, s.gpus), s.settings.price_per_gpu_hour, fm,
+                       trials, seed, s.settings.budget_usd)
+
+
+def pipeline_timelines(s: Schedule, profile: Profile, max_micro_batches: int = 16) -> dict:
+    """The simulated pipeline schedule of one step of each stage (fewer micro-batches when
+    there are many, so that the picture reads)."""
+    out = {}
+    for st in s.stages:
+        lay = st.layout
+        m = lay.micro_batches
+        shown = m
+        if m > max_micro_batches:
+            shown = max(lay.pp, max_micro_batches // lay.pp * lay.pp)
+        shown_layout = lay.with_(global_batch=shown * lay.micro_batch * lay.dp)
+        cluster = ClusterSpec(gpu=s.settings.gpu, gpus=s.gpus, gpus_per_node=s.settings.gpu.gpus_per_node)
+        est = estimate_step(st.model, cluster, shown_layout, profile)
+        sim = simulate_estimate(est, profile)
+        note = f" ({shown} of its {m} micro-batches shown)" if shown != m else ""
+        out[f"{st.model.params() / 1e9:.1f}B"] = (sim.timeline, note)
+    return out
+
+
+def _stage_lr(k: int, params: float, schedule: Schedule) -> float:
+    if schedule.name == "FLM-101B schedule" and k < len(FLM_LR):
+        return FLM_LR[k]
+    return round(4e-4 / math.sqrt(max(params / 16e9, 1.0)), 6)
+
+
+def summary(s: Schedule) -> PlanBaseline:
+    return PlanBaseline(
+        name=s.name, shapes=[f"{st.model.layers}×{st.model.hidden} ({st.model.params() / 1e9:.1f}B)" for st in s.stages],
+        tokens=s.tokens, days=s.days, cost_usd=s.cost_usd, predicted_loss=s.loss, compute_flops=s.compute_flops,
+        gpus=s.gpus,
+    )
+
+
+def build_plan(s: Schedule, settings: Settings, profile: Profile, loss_model: GrowthLossModel,
+               baselines: list[Schedule], alternatives: list[Schedule], objective: str) -> Plan:
+    gpu = settings.gpu
+    stages = []
+    for k, st in enumerate(s.stages):
+        m = st.model
+        growth = None
+        if k > 0:
+            g = growth_between(s.stages[k - 1].model, m, k - 1)
+            growth = PlanGrowth(**g.to_dict(settings.grow_steps))
+        days = st.days(st.layout.global_batch)
+        stages.append(PlanStage(
+            name=f"{m.params() / 1e9:.1f}B",
+            model=PlanModel(**m.to_dict()),
+            tokens=st.tokens,
+            steps=st.steps(st.layout.global_batch),
+            lr=_stage_lr(k, m.params(), s),
+            layout=PlanLayout(**st.layout.to_dict()),
+            growth=growth,
+            predicted=PlanPredicted(
+                step_s=st.step_s, tflops_per_gpu_hfu=st.tflops_hfu, tflops_per_gpu_mfu=st.tflops_mfu, mfu=st.mfu,
+                days=days, cost_usd=days * 24 * s.gpus * settings.price_per_gpu_hour,
+                memory_gib_per_gpu=st.memory_gib, loss_end=st.loss_end),
+        ))
+    return Plan(
+        name=s.name,
+        objective=objective,
+        profile={"name": profile.name, "source": profile.source, "date": profile.date},
+        cluster=PlanCluster(gpu=gpu.key, gpus=s.gpus, gpus_per_node=gpu.gpus_per_node,
+                            price_per_gpu_hour=settings.price_per_gpu_hour,
+                            price_date=gpu.price.date if settings.price_per_gpu_hour == gpu.price.usd_per_gpu_hour else "",
+                            price_source=gpu.price.source if settings.price_per_gpu_hour == gpu.price.usd_per_gpu_hour
+                            else "given with --price"),
+        stages=stages,
+        totals=PlanTotals(days=s.days, cost_usd=s.cost_usd, tokens=s.tokens, predicted_loss=s.loss,
+                          gpu_hours=s.gpu_hours),
+        baselines=[summary(b) for b in baselines],
+        alternatives=[summary(a) for a in alternatives],
+        assumptions={
+            "loss_model": loss_model.describe(),
+            "grow_steps": settings.grow_steps,
+            "min_steps_after_growth": settings.min_steps_after_growth,
+            "min_first_stage_steps": settings.min_first_stage_steps,
+            "transition_hours": settings.transition_hours,
+            "max_days": settings.max_days,
+            "budget_usd": settings.budget_usd,
+            "cost_factor": settings.cost_factor,
+            "attention_kernel": settings.attention,
+            "costs": "failure-free step times from the cost model and profile; growth transitions at "
+                     f"{settings.transition_hours} h each",
+        },
+    )
