@@ -118,8 +118,9 @@ def estimate(
 def simulate(
     budget: Annotated[float, typer.Option(help="Budget in US dollars.")] = 100_000,
     gpu: Annotated[str, typer.Option(help="GPU type (catalog key).")] = "a800-80gb",
-    price: Annotated[float | None, typer.Option(help="USD per GPU-hour (default: the catalog's dated price; "
-                                                     "for a800-80gb $1.00, the price FLM-101B's figures imply).")] = None,
+    price: Annotated[float | None, typer.Option(
+        help="USD per GPU-hour (default: the catalog's dated price; for a800-80gb $1.00, the price FLM-101B's "
+             "figures imply).")] = None,
     max_gpus: Annotated[int, typer.Option(help="Largest cluster to rent, in GPUs (whole nodes).")] = 192,
     target_size: Annotated[str, typer.Option(help="Smallest final model, e.g. 101B.")] = "101B",
     schedule: Annotated[str, typer.Option(help="auto (search) or flm (FLM-101B's own 16B→51B→101B).")] = "auto",

@@ -60,8 +60,8 @@ def torchtitan_toml(plan: Plan, k: int) -> str:
     return (
         f"# Stage {k + 1} ({st.name}) of plan '{plan.name}': torchtitan job config (v0.2.x keys)\n"
         f"[job]\ndescription = \"flmplan stage {k + 1}: {st.name}\"\n\n"
-        f"[model]\nname = \"llama3\"\nflavor = \"flmplan-stage{k + 1}\"  # {st.model.layers} layers × {st.model.hidden}, "
-        f"{st.model.heads} heads, ffn {st.model.ffn}\n\n"
+        f"[model]\nname = \"llama3\"\nflavor = \"flmplan-stage{k + 1}\""
+        f"  # {st.model.layers} layers × {st.model.hidden}, {st.model.heads} heads, ffn {st.model.ffn}\n\n"
         f"[training]\nlocal_batch_size = {lay.global_batch // lay.dp}\nglobal_batch_size = {lay.global_batch}\n"
         f"seq_len = {st.model.seq}\nsteps = {st.steps}\nmixed_precision_param = \"bfloat16\"\n\n"
         f"[optimizer]\nname = \"AdamW\"\nlr = {st.lr:g}\n\n"

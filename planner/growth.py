@@ -70,7 +70,7 @@ def shape(base: ModelSpec, layers: int, hidden: int) -> ModelSpec:
     ratio = base.ffn / base.hidden
     heads = hidden // base.head_dim
     kv = None if base.kv_heads is None else max(1, heads * base.kv_heads // base.heads)
-    return ModelSpec(layers=layers, hidden=hidden, heads=heads, kv_heads=kv, ffn=int(round(ratio * hidden)),
+    return ModelSpec(layers=layers, hidden=hidden, heads=heads, kv_heads=kv, ffn=round(ratio * hidden),
                      vocab=base.vocab, seq=base.seq, activation=base.activation,
                      tied_embeddings=base.tied_embeddings)
 

@@ -10,6 +10,7 @@ scratch and the compute-optimal fixed-size model are costed on the same hardware
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -349,7 +350,7 @@ def flm_base() -> ModelSpec:
 def flm_schedule(planner: Planner) -> Schedule | None:
     base = flm_base()
     chain = [shape(base, layers, hidden) for layers, hidden in FLM_SCHEDULE["shapes"]]
-    for a, b in zip(chain, chain[1:], strict=False):
+    for a, b in itertools.pairwise(chain):
         growth_between(a, b, 0)
     gpus = FLM_SCHEDULE["gpus"] if planner.s.max_gpus >= FLM_SCHEDULE["gpus"] else planner.cluster_sizes()[0]
     same_layout = gpus == FLM_SCHEDULE["gpus"]

@@ -157,7 +157,8 @@ def _stage_lr(k: int, params: float, schedule: Schedule) -> float:
 
 def summary(s: Schedule) -> PlanBaseline:
     return PlanBaseline(
-        name=s.name, shapes=[f"{st.model.layers}×{st.model.hidden} ({st.model.params() / 1e9:.1f}B)" for st in s.stages],
+        name=s.name,
+        shapes=[f"{st.model.layers}×{st.model.hidden} ({st.model.params() / 1e9:.1f}B)" for st in s.stages],
         tokens=s.tokens, days=s.days, cost_usd=s.cost_usd, predicted_loss=s.loss, compute_flops=s.compute_flops,
         gpus=s.gpus,
     )
@@ -166,6 +167,7 @@ def summary(s: Schedule) -> PlanBaseline:
 def build_plan(s: Schedule, settings: Settings, profile: Profile, loss_model: GrowthLossModel,
                baselines: list[Schedule], alternatives: list[Schedule], objective: str) -> Plan:
     gpu = settings.gpu
+    catalog_price = settings.price_per_gpu_hour == gpu.price.usd_per_gpu_hour
     stages = []
     for k, st in enumerate(s.stages):
         m = st.model
@@ -193,9 +195,8 @@ def build_plan(s: Schedule, settings: Settings, profile: Profile, loss_model: Gr
         profile={"name": profile.name, "source": profile.source, "date": profile.date},
         cluster=PlanCluster(gpu=gpu.key, gpus=s.gpus, gpus_per_node=gpu.gpus_per_node,
                             price_per_gpu_hour=settings.price_per_gpu_hour,
-                            price_date=gpu.price.date if settings.price_per_gpu_hour == gpu.price.usd_per_gpu_hour else "",
-                            price_source=gpu.price.source if settings.price_per_gpu_hour == gpu.price.usd_per_gpu_hour
-                            else "given with --price"),
+                            price_date=gpu.price.date if catalog_price else "",
+                            price_source=gpu.price.source if catalog_price else "given with --price"),
         stages=stages,
         totals=PlanTotals(days=s.days, cost_usd=s.cost_usd, tokens=s.tokens, predicted_loss=s.loss,
                           gpu_hours=s.gpu_hours),

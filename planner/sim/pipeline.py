@@ -84,10 +84,7 @@ def schedule_order(stage: int, p: int, v: int, m: int) -> list[tuple[str, int, i
         chunk, mb = fwd_id(k)
         return v - 1 - chunk, mb
 
-    if v == 1:
-        warmup = min(p - stage - 1, m)
-    else:
-        warmup = min((p - stage - 1) * 2 + (v - 1) * p, total)
+    warmup = min(p - stage - 1, m) if v == 1 else min((p - stage - 1) * 2 + (v - 1) * p, total)
     order: list[tuple[str, int, int]] = [("forward", *fwd_id(k)) for k in range(warmup)]
     f, bk = warmup, 0
     while f < total:
