@@ -1,0 +1,155 @@
+"""`flmplan simulate` and `flmplan export`: the plan contract, the FLM-101B reproduction, the
+budget constraint, and one clear sentence with exit 2 for bad input."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from planner.cli import app
+from planner.plan import load_plan
+
+runner = CliRunner()
+PAPER_DAYS = [9.63, 5.37, 6.54]
+
+
+@pytest.fixture(scope="module")
+def flm_plan(tmp_path_factory):
+    out = tmp_path_factory.mktemp("flm") / "plan.json"
+    args = ["simulate", "--budget", "100000", "--schedule", "flm", "--out", str(out), "--trials", "300"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    return load_plan(out)
+
+
+@pytest.fixture(scope="module")
+def auto_plan(tmp_path_factory):
+    out = tmp_path_factory.mktemp("auto") / "plan.json"
+    r = runner.invoke(app, ["simulate", "--budget", "100000", "--out", str(out), "--trials", "200"])
+    assert r.exit_code == 0, r.output
+    return load_plan(out)
+
+
+def test_flm_schedule_reproduces_the_paper(flm_plan):
+    sim = flm_plan.simulation
+    # Whole run with failures (P50) within 10 % of 21.54 days; cost within 10 % of $100K at $1/GPU-hour.
+    assert sim["days_p50"] == pytest.approx(21.54, rel=0.10)
+    assert sim["cost_p50"] == pytest.approx(100_000, rel=0.10)
+    stage_days = list(sim["stage_days_p50"].values())
+    # 16B and 101B stages within 10 % of the paper; the 51B stage is the paper's own outlier
+    # (its 160 TFLOP/s and 5.37 days disagree by 12 %): within 20 % (see BENCHMARKS.md).
+    assert stage_days[0] == pytest.approx(PAPER_DAYS[0], rel=0.10)
+    assert stage_days[1] == pytest.approx(PAPER_DAYS[1], rel=0.20)
+    assert stage_days[2] == pytest.approx(PAPER_DAYS[2], rel=0.10)
+    scratch = next(b for b in flm_plan.baselines if b.name == "target from scratch, same tokens")
+    assert scratch.tokens == pytest.approx(311.55e9, rel=0.01)
+    # Failure-free here; the paper's ≈ 76.7 days extrapolate its own wall-clock stage.
+    assert scratch.days == pytest.approx(76.7, rel=0.10)
+
+
+def test_auto_plan_reaches_the_target_within_budget_and_beats_flm(auto_plan, flm_plan):
+    assert auto_plan.stages[-1].model.spec().params() >= 101e9
+    assert auto_plan.totals.cost_usd <= 100_000
+    assert sum(s.predicted.cost_usd for s in auto_plan.stages) <= 100_000
+    flm = next(b for b in auto_plan.baselines if b.name == "FLM-101B schedule")
+    assert auto_plan.totals.predicted_loss <= flm.predicted_loss
+    assert {b.name for b in auto_plan.baselines} >= {"target from scratch, same money", "compute-optimal fixed size"}
+    for k, st in enumerate(auto_plan.stages):
+        assert (st.growth is None) == (k == 0)
+        assert st.layout.tp * st.layout.pp * st.layout.dp == auto_plan.cluster.gpus
+        # A grown stage trains through its mask ramp and some steps after it.
+        if st.growth:
+            assert st.steps >= st.growth.grow_steps + 1000
+
+
+@pytest.mark.parametrize("budget", [30_000, 250_000])
+def test_budget_constraint_holds(budget):
+    r = runner.invoke(app, ["simulate", "--budget", str(budget), "--json", "--trials", "50"])
+    assert r.exit_code == 0, r.output
+    plan = json.loads(r.stdout)
+    assert plan["totals"]["cost_usd"] <= budget
+    for key in ("step_s", "tflops_per_gpu_hfu", "mfu", "days", "cost_usd", "memory_gib_per_gpu"):
+        assert key in plan["stages"][0]["predicted"]
+    assert {"gpu", "gpus", "price_per_gpu_hour"} <= set(plan["cluster"])
+    assert {"days", "cost_usd", "tokens", "predicted_loss"} <= set(plan["totals"])
+
+
+def test_confidence_fits_the_budget_at_p90():
+    r = runner.invoke(app, ["simulate", "--budget", "100000", "--json", "--confidence", "0.9", "--trials", "200",
+                            "--failure-rate", "20"])
+    assert r.exit_code == 0, r.output
+    sim = json.loads(r.stdout)["simulation"]
+    assert sim["cost_at_confidence"] <= 100_000
+    assert sim["cost_p90"] <= 100_000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "0"], "--budget must be a positive number"),
+        (["--budget", "-5"], "--budget must be a positive number"),
+        (["--budget", "500"], "buys no plan that reaches 101B"),
+        (["--gpu", "v100"], "Unknown GPU 'v100'"),
+        (["--target-size", "1T", "--max-gpus", "8"], "No model of 1000B parameters fits on 8"),
+        (["--target-size", "big"], "--target-size must look like 101B"),
+        (["--confidence", "1.5"], "--confidence must be between"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(args, message):
+    r = runner.invoke(app, ["simulate", *args, "--trials", "20"])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+
+
+def test_budget_that_is_not_a_number():
+    r = runner.invoke(app, ["simulate", "--budget", "lots"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_small_budget_names_the_smallest_that_works():
+    r = runner.invoke(app, ["simulate", "--budget", "500", "--trials", "20"])
+    assert "the smallest that would work is about $" in r.output
+
+
+def test_export_formats(tmp_path, flm_plan):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(flm_plan.to_json()))
+    r = runner.invoke(app, ["export", str(path), "--to", "megatron", "--out-dir", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    args = (tmp_path / "m" / "stage3.megatron.args").read_text()
+    for flag in ("--tensor-model-parallel-size 4", "--pipeline-model-parallel-size 4", "--sequence-parallel",
+                 "--global-batch-size 2160", "--use-distributed-optimizer", "--num-layers 80"):
+        assert flag in args
+    r = runner.invoke(app, ["export", str(path), "--to", "torchtitan", "--out-dir", str(tmp_path / "t")])
+    toml = (tmp_path / "t" / "stage2.torchtitan.toml").read_text()
+    assert "tensor_parallel_degree = 4" in toml and "pipeline_parallel_degree = 2" in toml
+    import tomllib
+
+    cfg = tomllib.loads(toml)
+    par = cfg["parallelism"]
+    assert par["data_parallel_replicate_degree"] * par["data_parallel_shard_degree"] * 4 * 2 == 192
+    r = runner.invoke(app, ["export", str(path), "--to", "slurm", "--out-dir", str(tmp_path / "s")])
+    script = (tmp_path / "s" / "flmplan.sbatch").read_text()
+    assert "#SBATCH --nodes=24" in script and "--rdzv-backend=c10d" in script and "torchrun" in script
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{nope", "is not valid JSON"),
+        ('{"schema": "other"}', "is not an flmplan plan"),
+        ('{"schema": "flmplan-plan", "version": 1, "stages": []}', "is not a valid plan"),
+    ],
+)
+def test_export_refuses_malformed_plans(tmp_path, text, message):
+    f = tmp_path / "plan.json"
+    f.write_text(text)
+    r = runner.invoke(app, ["export", str(f), "--to", "slurm"])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+
+
+def test_export_unknown_target(tmp_path, flm_plan):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(flm_plan.to_json()))
+    r = runner.invoke(app, ["export", str(path), "--to", "nemo"])
+    assert r.exit_code == 2 and "--to must be one of" in r.output
