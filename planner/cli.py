@@ -207,5 +207,60 @@ def export(
         stdout.print(f"wrote {path}")
 
 
+@app.command()
+@_user_errors
+def run(
+    plan_file: Annotated[Path, typer.Argument(help="A plan (flmplan simulate --out), or runtime/data/*.json.")],
+    nproc: Annotated[int, typer.Option(help="Processes on this machine (torchrun --nproc-per-node).")] = 4,
+    scale: Annotated[str, typer.Option(help="'tiny' maps every stage to a CPU-sized model with the same growth "
+                                           "steps; 'full' runs the plan as written.")] = "full",
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics.jsonl.")] = Path("runs/latest"),
+    data: Annotated[list[Path] | None, typer.Option(help="Text files or folders, or a .bin of uint16 tokens "
+                                                         "(default: the Python standard library's sources).")] = None,
+    steps: Annotated[int, typer.Option(help="With --scale tiny: optimizer steps per stage.")] = 40,
+    max_restarts: Annotated[int, typer.Option(help="torchrun restarts after a failure (resumes from the "
+                                                   "newest good checkpoint).")] = 0,
+) -> None:
+    """Execute a plan with torch.distributed under torchrun --standalone (see the README for clusters)."""
+    import os
+    import subprocess
+
+    from planner.errors import FlmplanError
+    from planner.plan import load_plan
+
+    plan = load_plan(plan_file)
+    if scale not in ("tiny", "full"):
+        raise FlmplanError(f"--scale must be tiny or full, got {scale!r}.")
+    if nproc < 1:
+        raise FlmplanError(f"--nproc must be at least 1, got {nproc}.")
+    raw = plan.to_json()
+    if scale == "tiny":
+        from runtime.scale import tiny_plan
+
+        raw = tiny_plan(raw, nproc, steps)
+    for k, st in enumerate(raw["stages"]):
+        lay = st["layout"]
+        if lay["tp"] * lay["pp"] * lay["dp"] != nproc:
+            raise FlmplanError(
+                f"Stage {k + 1} needs tp·pp·dp = {lay['tp']}·{lay['pp']}·{lay['dp']} = "
+                f"{lay['tp'] * lay['pp'] * lay['dp']} processes but --nproc is {nproc}; use --scale tiny to map "
+                "the plan onto this machine, or run it on its cluster with the torchrun line in the README."
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    run_plan = out / "plan.json"
+    run_plan.write_text(json.dumps(raw, indent=1))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           f"--max-restarts={max_restarts}", "-m", "runtime.train", "--plan", str(run_plan), "--out", str(out)]
+    if data:
+        cmd += ["--data", *map(str, data)]
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1",
+           "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    stdout.print(f"[bold]{raw['name']}[/]: {len(raw['stages'])} stages on {nproc} processes → {out}")
+    code = subprocess.call(cmd, env=env)
+    if code != 0 or not (out / "DONE.json").exists():
+        raise FlmplanError(f"The run stopped (exit code {code}) before finishing; start the same command again "
+                           f"to resume from the newest good checkpoint in {out / 'checkpoints'}.")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

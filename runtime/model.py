@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -33,6 +34,7 @@ class DecoderConfig:
     vocab: int
     seq: int
     kv_heads: int | None = None
+    head_dim: int | None = None      # default hidden // heads; MSG keeps it fixed when heads grow
     rope_theta: float = 10000.0
     xpos: bool = True
     xpos_scale_base: float = 512.0
@@ -43,9 +45,9 @@ class DecoderConfig:
     mup_width_mult: float = 1.0
     mup_output_mult: float = 1.0
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
+    def __post_init__(self) -> None:
+        if self.head_dim is None:
+            self.head_dim = self.hidden // self.heads
 
     @property
     def n_kv_heads(self) -> int:
@@ -154,9 +156,16 @@ class Block(nn.Module):
         self.ln2 = MaskedLayerNorm(cfg.hidden, cfg.ln_eps)
         self.mlp = MLP(cfg)
         self.depth_gate: float | None = None          # MSG depth growth: c·Block(h) + (1 − c)·h
+        self.recompute = False                         # full activation recompute (set from the layout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...],
                 hidden_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, rope, hidden_mask, use_reentrant=False)
+        return self._forward(x, rope, hidden_mask)
+
+    def _forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...],
+                 hidden_mask: torch.Tensor | None) -> torch.Tensor:
         y = x + _masked(self.attn(self.ln1(x, hidden_mask), rope), hidden_mask)
         y = y + _masked(self.mlp(self.ln2(y, hidden_mask)), hidden_mask)
         if self.depth_gate is not None:

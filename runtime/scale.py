@@ -1,0 +1,54 @@
+"""Map a plan onto this machine: each stage becomes a small model with the same growth steps
+(width and/or depth, in the same order) and a layout that fits the local processes."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+TINY = {"hidden": 128, "layers": 4, "head_dim": 16, "seq": 64, "vocab": 256, "batch": 16, "steps": 40,
+        "grow_steps": 8}
+
+
+def _tiny_layout(layout: dict, nproc: int, global_batch: int) -> dict:
+    """Keep the plan's kinds of parallelism, at degree 2 where the processes allow."""
+    tp = 2 if layout["tp"] > 1 and nproc % 2 == 0 else 1
+    pp = 2 if layout["pp"] > 1 and (nproc // tp) % 2 == 0 else 1
+    dp = nproc // (tp * pp)
+    micro = max(1, global_batch // (dp * max(2, 2 * pp)))
+    return {**layout, "tp": tp, "pp": pp, "dp": dp, "micro_batch": micro, "global_batch": global_batch,
+            "interleave": 1, "attention": "flash"}
+
+
+def tiny_plan(plan: dict, nproc: int, steps: int = TINY["steps"]) -> dict:
+    """A copy of `plan` whose stages are CPU-sized, in the same plan contract."""
+    out = copy.deepcopy(plan)
+    final = plan["stages"][-1]["model"]
+    hd = TINY["head_dim"]
+    prev = None
+    for k, st in enumerate(out["stages"]):
+        m = st["model"]
+        heads = max(2, round(TINY["hidden"] * m["hidden"] / final["hidden"] / hd / 2) * 2)
+        layers = max(1, round(TINY["layers"] * m["layers"] / final["layers"]))
+        hidden = heads * hd
+        st["model"] = {**m, "layers": layers, "hidden": hidden, "heads": heads, "kv_heads": None,
+                       "ffn": hidden * m["ffn"] // m["hidden"], "vocab": TINY["vocab"], "seq": TINY["seq"]}
+        st["layout"] = _tiny_layout(st["layout"], nproc, TINY["batch"])
+        st["steps"] = steps + (TINY["grow_steps"] if k else 0)
+        st["tokens"] = float(st["steps"] * TINY["batch"] * TINY["seq"])
+        st["lr"] = 3e-3
+        if st.get("growth"):
+            dims = {}
+            for d, key in (("hidden", "hidden"), ("ffn", "ffn"), ("heads", "heads"), ("layers", "layers")):
+                if prev[key] != st["model"][key]:
+                    dims[d] = [prev[key], st["model"][key]]
+            st["growth"] = {**st["growth"], "dims": dims, "grow_steps": TINY["grow_steps"], "lr_rewarm_steps": 4}
+        prev = st["model"]
+    out["name"] = f"{plan.get('name', 'plan')} (tiny scale for {nproc} CPU processes)"
+    out["dtype"] = "fp32"
+    out["cluster"] = {**out["cluster"], "gpus": nproc}
+    return out
+
+
+def steps_for_tokens(tokens: float, batch: int, seq: int) -> int:
+    return max(1, math.ceil(tokens / (batch * seq)))
