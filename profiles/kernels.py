@@ -31,17 +31,32 @@ def layer_gemm_shapes(hidden: int, tokens: int, tp: int, ffn_mult: int = 4) -> s
     return shapes
 
 
+# Operands are rotated through enough copies to exceed the caches, as in a real layer where
+# each GEMM's inputs were last touched by other kernels.
+ROTATE_BYTES = 64 << 20
+MAX_COPIES = 8
+
+
 def measure_gemm(m: int, n: int, k: int, kind: str, device: torch.device, dtype: torch.dtype, reps: int) -> float:
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, device=device, dtype=dtype)
 
-    if kind == "forward":             # x (m × k) · Wᵀ, W stored n × k
-        a, b = rand(m, k), rand(n, k).t()
-    elif kind == "backward_data":     # dy (m × k) · W, W stored k × n
-        a, b = rand(m, k), rand(k, n)
-    else:                             # dW (n × m) = dyᵀ · x with dy (k × n), x (k × m)
-        a, b = rand(k, n).t(), rand(k, m)
-    return time_fn(lambda: torch.mm(a, b), device, warmup=1, reps=reps)
+    def operands() -> tuple[torch.Tensor, torch.Tensor]:
+        if kind == "forward":             # x (m × k) · Wᵀ, W stored n × k
+            return rand(m, k), rand(n, k).t()
+        if kind == "backward_data":       # dy (m × k) · W, W stored k × n
+            return rand(m, k), rand(k, n)
+        return rand(k, n).t(), rand(k, m)  # dW (n × m) = dyᵀ · x with dy (k × n), x (k × m)
+
+    size = (m * k + k * n) * torch.finfo(dtype).bits // 8
+    copies = [operands() for _ in range(max(1, min(MAX_COPIES, ROTATE_BYTES // max(size, 1))))]
+    turn = iter(range(1 << 30))
+
+    def run() -> torch.Tensor:
+        a, b = copies[next(turn) % len(copies)]
+        return torch.mm(a, b)
+
+    return time_fn(run, device, warmup=1, reps=reps)
 
 
 def measure_attention(batch: int, seq: int, heads: int, head_dim: int, device: torch.device,

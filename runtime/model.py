@@ -157,6 +157,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.depth_gate: float | None = None          # MSG depth growth: c·Block(h) + (1 − c)·h
         self.recompute = False                         # full activation recompute (set from the layout)
+        self.sp_group = None                           # sequence parallelism: the tensor-parallel group
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...],
                 hidden_mask: torch.Tensor | None) -> torch.Tensor:
@@ -166,8 +167,12 @@ class Block(nn.Module):
 
     def _forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...],
                  hidden_mask: torch.Tensor | None) -> torch.Tensor:
-        y = x + _masked(self.attn(self.ln1(x, hidden_mask), rope), hidden_mask)
-        y = y + _masked(self.mlp(self.ln2(y, hidden_mask)), hidden_mask)
+        # Under sequence parallelism x is this rank's slice of the sequence: LayerNorms and
+        # residuals work on it, attention and the MLP on the gathered sequence, and their
+        # row-parallel outputs come back reduce-scattered (Korthikanti et al. 2022, §4.2.2).
+        g = self.sp_group
+        y = x + _masked(self.attn(gather_sequence(self.ln1(x, hidden_mask), g), rope), hidden_mask)
+        y = y + _masked(self.mlp(gather_sequence(self.ln2(y, hidden_mask), g)), hidden_mask)
         if self.depth_gate is not None:
             y = self.depth_gate * y + (1.0 - self.depth_gate) * x
         return y
@@ -175,6 +180,55 @@ class Block(nn.Module):
 
 def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else x * mask
+
+
+class _GatherSequence(torch.autograd.Function):
+    """Forward: all-gather the sequence slices. Backward: keep this rank's slice of the gradient,
+    which is already summed over the group by the column-parallel layers that consumed the
+    gathered tensor (their input gradient is all-reduced)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.group = group
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _slice(grad, ctx.group).contiguous(), None
+
+
+class _ScatterSequence(torch.autograd.Function):
+    """Forward: this rank's slice of a sequence every rank holds whole. Backward: all-gather, so
+    the producer (the embedding) gets the whole sequence's gradient on every rank."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        return _slice(x, group).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _GatherSequence.forward(ctx, grad, ctx.group), None
+
+
+def _slice(x: torch.Tensor, group) -> torch.Tensor:
+    import torch.distributed as dist
+
+    return x.chunk(dist.get_world_size(group), dim=1)[dist.get_rank(group)]
+
+
+def gather_sequence(x: torch.Tensor, group) -> torch.Tensor:
+    """The whole sequence from its tensor-parallel slices (identity without sequence parallelism)."""
+    return x if group is None else _GatherSequence.apply(x, group)
+
+
+def scatter_sequence(x: torch.Tensor, group) -> torch.Tensor:
+    """This rank's slice of the sequence (identity without sequence parallelism)."""
+    return x if group is None else _ScatterSequence.apply(x, group)
 
 
 class Decoder(nn.Module):
@@ -186,6 +240,7 @@ class Decoder(nn.Module):
         self.ln_f = MaskedLayerNorm(cfg.hidden, cfg.ln_eps)
         self.hidden_mask: torch.Tensor | None = None  # (hidden,), MSG width growth
         self.takes_tokens = True                       # False on pipeline stages after the first
+        self.sp_group = None                           # sequence parallelism: the tensor-parallel group
         self.init_weights()
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
@@ -202,13 +257,17 @@ class Decoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T) → logits (B, T, vocab). A pipeline stage without the embedding takes the
         hidden states (B, T, hidden) instead, and one without ln_f returns hidden states."""
-        x = _masked(self.embed(tokens), self.hidden_mask) if self.takes_tokens else tokens
-        rope = rotary_tables(self.cfg, x.shape[1], x.device)
+        if self.takes_tokens:
+            x = scatter_sequence(_masked(self.embed(tokens), self.hidden_mask), self.sp_group)
+        else:
+            x = tokens
+        sp = 1 if self.sp_group is None else torch.distributed.get_world_size(self.sp_group)
+        rope = rotary_tables(self.cfg, x.shape[1] * sp, x.device)
         for block in self.blocks.values():
             x = block(x, rope, self.hidden_mask)
         if self.ln_f is None:
             return x
-        x = self.ln_f(x, self.hidden_mask)
+        x = gather_sequence(self.ln_f(x, self.hidden_mask), self.sp_group)
         # Tied embeddings: a last pipeline stage keeps its own copy of `embed` for this.
         logits = F.linear(x, self.embed.weight)
         if self.cfg.mup:

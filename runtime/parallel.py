@@ -2,15 +2,16 @@
 
 - tensor parallel: Megatron's split with `parallelize_module` (Q, K, V and MLP-up column-wise,
   attention output and MLP-down row-wise); the embedding, LayerNorms and masks stay replicated
-  (masks of heads and FFN neurons are sliced to the local shard);
+  (masks of heads and FFN neurons are sliced to the local shard); with sequence parallelism the
+  LayerNorms and residuals work on a slice of the sequence (runtime/model.py gathers it before
+  attention and the MLP, and the row-parallel outputs are reduce-scattered);
 - pipeline parallel: the Decoder is cut into pp·v chunks (blocks keep their global names), run
   by torch.distributed.pipelining's 1F1B or interleaved 1F1B; the tied embedding of the first
   and last stage is kept in sync by an all-reduce of its gradient between them (as Megatron);
 - data parallel: FSDP2 `fully_shard` (zero 3; zero 1–2 keep weights gathered between forward
   and backward) or `replicate` (zero 0).
 
-Sequence parallelism is run as tensor parallelism with the same math (see the closing notes in
-BENCHMARKS.md); NCCL on GPUs, gloo on CPU.
+NCCL on GPUs, gloo on CPU.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Shard
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from runtime.model import Decoder, causal_lm_loss
@@ -127,9 +128,24 @@ class ParallelModel:
             dist.all_reduce(local, group=self.mesh.get_group("pp"))
             if self.tied_group is not None:
                 self._sync_tied_embedding()
+        if lay.sequence_parallel and lay.tp > 1:
+            self._sync_sequence_parallel_grads()
         if lay.dp > 1:
             dist.all_reduce(local, op=dist.ReduceOp.AVG, group=self.mesh.get_group("dp"))
         return local
+
+    def _sync_sequence_parallel_grads(self) -> None:
+        """LayerNorm weights, replicated over tp, saw only this rank's slice of the sequence under
+        sequence parallelism: sum their gradients over the tp group (as Megatron). The embedding
+        gets the whole sequence's gradient through scatter_sequence's backward."""
+        group = self.mesh.get_group("tp")
+        for c in self.chunks:
+            for name, p in c.named_parameters():
+                module = name.rsplit(".", 1)[0]
+                if p.grad is None or name.startswith("embed.") or any(module.endswith(k) for k in TP_PLAN):
+                    continue
+                g = p.grad
+                dist.all_reduce(g.to_local() if isinstance(g, DTensor) else g, group=group)
 
     def _sync_tied_embedding(self) -> None:
         for c in self.chunks:
@@ -186,12 +202,17 @@ def split_for_pipeline(full: Decoder, chunk_ids: list[int], total_chunks: int) -
     return chunks
 
 
-def apply_tp(chunk: Decoder, tp_mesh: DeviceMesh) -> None:
-    plan = {k: ColwiseParallel() if v == "col" else RowwiseParallel() for k, v in TP_PLAN.items()}
+def apply_tp(chunk: Decoder, tp_mesh: DeviceMesh, sequence_parallel: bool) -> None:
+    # With sequence parallelism the row-parallel outputs are reduce-scattered along the sequence.
+    row = RowwiseParallel(output_layouts=Shard(1)) if sequence_parallel else RowwiseParallel()
+    plan = {k: ColwiseParallel() if v == "col" else row for k, v in TP_PLAN.items()}
     rank, size = tp_mesh.get_local_rank(), tp_mesh.size()
+    group = tp_mesh.get_group() if sequence_parallel else None
+    chunk.sp_group = group
     for block in chunk.blocks.values():
         parallelize_module(block, tp_mesh, plan)
         block.tp_shard = (rank, size)
+        block.sp_group = group
 
 
 def apply_dp(chunk: Decoder, dp_mesh: DeviceMesh, zero: int) -> nn.Module:
@@ -221,7 +242,7 @@ def parallelize(full: Decoder, layout: Layout, mesh: DeviceMesh, device: torch.d
         for block in c.blocks.values():
             block.recompute = layout.recompute == "full"
         if layout.tp > 1:
-            apply_tp(c, mesh["tp"])
+            apply_tp(c, mesh["tp"], layout.sequence_parallel)
         if layout.dp > 1:
             apply_dp(c, mesh["dp"], layout.zero)
     pm = ParallelModel(layout=layout, mesh=mesh, chunks=chunks, chunk_ids=chunk_ids, device=device)

@@ -1,0 +1,69 @@
+"""The runtime on this machine: tokens/s and MFU of the tiny plan, and each layout's overhead
+against a single process on the same model, batch and data (fp32, gloo).
+
+    python benchmarks/runtime_layouts.py [--steps 12]
+
+MFU is relative to the device's own measured fp32 matmul rate (runtime/train.py). On a
+2-core CPU, processes share the cores: a layout's "overhead" is its step time over the
+single process's, for the same total work, so it shows the cost of the collectives and the
+pipeline bubble, not a speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYOUTS = {
+    "single process": (1, {}),
+    "FSDP dp=2 (zero 3)": (2, {"dp": 2, "zero": 3}),
+    "tensor parallel tp=2": (2, {"tp": 2}),
+    "pipeline pp=2 (1F1B)": (2, {"pp": 2}),
+    "pipeline pp=2 interleaved v=2": (2, {"pp": 2, "interleave": 2}),
+    "tp=2 × pp=2": (4, {"tp": 2, "pp": 2}),
+    "FSDP dp=4": (4, {"dp": 4}),
+}
+
+
+def run(layout: dict, nproc: int, steps: int, folder: Path) -> list[dict]:
+    plan = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
+    st = plan["stages"][0]
+    st["model"].update(layers=4, hidden=256, heads=8, ffn=1024, seq=128)
+    st["layout"].update(micro_batch=4, global_batch=16, **layout)
+    st["steps"] = steps
+    path = folder / "plan.json"
+    path.write_text(json.dumps(plan))
+    out = folder / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
+           "runtime.train", "--plan", str(path), "--out", str(out), "--checkpoint-every", str(10 * steps)]
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=12)
+    args = ap.parse_args()
+    base = None
+    print(f"{'layout':32} {'procs':>5} {'step s':>8} {'tokens/s':>9} {'MFU':>6} {'overhead':>9} {'final loss':>10}")
+    for name, (nproc, layout) in LAYOUTS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = run(layout, nproc, args.steps, Path(tmp))
+        steady = rows[2:]   # skip warm-up steps
+        step_s = statistics.median(r["step_s"] for r in steady)
+        tps = statistics.median(r["tokens_per_s"] for r in steady)
+        mfu = statistics.median(r["mfu"] for r in steady)
+        base = base or step_s
+        print(f"{name:32} {nproc:5d} {step_s:8.3f} {tps:9,.0f} {mfu:6.1%} {step_s / base:8.2f}× {rows[-1]['loss']:10.4f}")
+
+
+if __name__ == "__main__":
+    main()
