@@ -25,6 +25,7 @@ LAYOUTS = {
     "single process": (1, {}),
     "FSDP dp=2 (zero 3)": (2, {"dp": 2, "zero": 3}),
     "tensor parallel tp=2": (2, {"tp": 2}),
+    "tp=2 + sequence parallel": (2, {"tp": 2, "sequence_parallel": True}),
     "pipeline pp=2 (1F1B)": (2, {"pp": 2}),
     "pipeline pp=2 interleaved v=2": (2, {"pp": 2, "interleave": 2}),
     "tp=2 × pp=2": (4, {"tp": 2, "pp": 2}),
@@ -62,7 +63,8 @@ def main() -> None:
         tps = statistics.median(r["tokens_per_s"] for r in steady)
         mfu = statistics.median(r["mfu"] for r in steady)
         base = base or step_s
-        print(f"{name:32} {nproc:5d} {step_s:8.3f} {tps:9,.0f} {mfu:6.1%} {step_s / base:8.2f}× {rows[-1]['loss']:10.4f}")
+        print(f"{name:32} {nproc:5d} {step_s:8.3f} {tps:9,.0f} {mfu:6.1%} {step_s / base:8.2f}× "
+              f"{rows[-1]['loss']:10.4f}")
 
 
 if __name__ == "__main__":
