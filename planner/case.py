@@ -14,13 +14,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from planner.errors import FlmplanError
 from planner.specs import ClusterSpec, ModelSpec, get_gpu
+from profiles.schema import read_json
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Validated data that refuses unknown keys."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class CaseModel(_Strict):
+class CaseModel(Strict):
+    """A model shape as case files and plans write it (planner.specs.ModelSpec checks the rest)."""
+
     layers: int = Field(gt=0)
     hidden: int = Field(gt=0)
     heads: int = Field(gt=0)
@@ -31,14 +36,17 @@ class CaseModel(_Strict):
     activation: Literal["gelu", "swiglu"] = "gelu"
     tied_embeddings: bool = True
 
+    def spec(self) -> ModelSpec:
+        return ModelSpec(**self.model_dump())
 
-class CaseCluster(_Strict):
+
+class CaseCluster(Strict):
     gpu: str
     gpus: int = Field(gt=0)
     gpus_per_node: int = Field(default=8, gt=0)
 
 
-class CaseParallel(_Strict):
+class CaseParallel(Strict):
     tp: int | None = None
     pp: int | None = None
     dp: int | None = None
@@ -50,20 +58,20 @@ class CaseParallel(_Strict):
     zero: Literal[0, 1, 2, 3] | None = None
 
 
-class CaseSoftware(_Strict):
+class CaseSoftware(Strict):
     """Facts about the training software that change kernel costs (not fitted constants)."""
 
     attention: Literal["flash", "unfused"] = "flash"
     note: str = ""
 
 
-class CaseMeasured(_Strict):
+class CaseMeasured(Strict):
     tflops_per_gpu_hfu: float | None = None
     iteration_s: float | None = None
     mfu: float | None = None
 
 
-class Case(_Strict):
+class Case(Strict):
     name: str = "case"
     source: str = ""
     note: str = ""
@@ -74,14 +82,15 @@ class Case(_Strict):
     measured: CaseMeasured = CaseMeasured()
 
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(**self.model.model_dump())
+        return self.model.spec()
 
     def cluster_spec(self) -> ClusterSpec:
         gpu = get_gpu(self.cluster.gpu)
         return ClusterSpec(gpu=gpu, gpus=self.cluster.gpus, gpus_per_node=self.cluster.gpus_per_node)
 
 
-def _first_error(err: ValidationError) -> str:
+def first_error(err: ValidationError) -> str:
+    """The first validation problem as 'where: what'."""
     e = err.errors()[0]
     where = ".".join(str(x) for x in e["loc"]) or "the top level"
     return f"{where}: {e['msg']}"
@@ -91,18 +100,11 @@ def case_from_dict(raw: object, origin: str = "case") -> Case:
     try:
         return Case.model_validate(raw)
     except ValidationError as err:
-        raise FlmplanError(f"{origin} is not a valid case file ({_first_error(err)}).") from None
+        raise FlmplanError(f"{origin} is not a valid case file ({first_error(err)}).") from None
 
 
 def load_case(path: str | Path) -> Case:
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as err:
-        raise FlmplanError(f"Cannot read case file {path}: {err.strerror}.") from None
-    except json.JSONDecodeError as err:
-        raise FlmplanError(f"Case file {path} is not valid JSON (line {err.lineno}: {err.msg}).") from None
-    return case_from_dict(raw, origin=f"Case file {path}")
+    return case_from_dict(read_json(path, "case file", FlmplanError), origin=f"Case file {path}")
 
 
 def published_cases() -> list[Case]:

@@ -10,35 +10,20 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
+from planner.case import CaseModel, Strict, first_error
 from planner.errors import FlmplanError
-from planner.specs import ModelSpec
+from profiles.schema import read_json
 
 PLAN_SCHEMA = "flmplan-plan"
 PLAN_VERSION = 1
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+PlanModel = CaseModel
 
 
-class PlanModel(_Strict):
-    layers: int = Field(gt=0)
-    hidden: int = Field(gt=0)
-    heads: int = Field(gt=0)
-    kv_heads: int | None = None
-    ffn: int = Field(gt=0)
-    vocab: int = Field(gt=0)
-    seq: int = Field(gt=0)
-    activation: Literal["gelu", "swiglu"] = "gelu"
-    tied_embeddings: bool = True
-
-    def spec(self) -> ModelSpec:
-        return ModelSpec(**self.model_dump())
-
-
-class PlanLayout(_Strict):
+class PlanLayout(Strict):
     tp: int = Field(ge=1)
     pp: int = Field(ge=1)
     dp: int = Field(ge=1)
@@ -51,7 +36,7 @@ class PlanLayout(_Strict):
     attention: Literal["flash", "unfused"] = "flash"
 
 
-class PlanGrowth(_Strict):
+class PlanGrowth(Strict):
     operator: Literal["msg"] = "msg"
     from_stage: int = Field(ge=0)
     dims: dict[Literal["hidden", "ffn", "heads", "layers"], list[int]]
@@ -59,7 +44,7 @@ class PlanGrowth(_Strict):
     lr_rewarm_steps: int = Field(default=100, ge=0)
 
 
-class PlanPredicted(_Strict):
+class PlanPredicted(Strict):
     step_s: float
     tflops_per_gpu_hfu: float
     tflops_per_gpu_mfu: float
@@ -70,7 +55,7 @@ class PlanPredicted(_Strict):
     loss_end: float | None = None
 
 
-class PlanStage(_Strict):
+class PlanStage(Strict):
     name: str
     model: PlanModel
     tokens: float = Field(gt=0)
@@ -81,7 +66,7 @@ class PlanStage(_Strict):
     predicted: PlanPredicted
 
 
-class PlanCluster(_Strict):
+class PlanCluster(Strict):
     gpu: str
     gpus: int = Field(gt=0)
     gpus_per_node: int = Field(default=8, gt=0)
@@ -90,7 +75,7 @@ class PlanCluster(_Strict):
     price_source: str = ""
 
 
-class PlanTotals(_Strict):
+class PlanTotals(Strict):
     days: float
     cost_usd: float
     tokens: float
@@ -98,7 +83,7 @@ class PlanTotals(_Strict):
     gpu_hours: float
 
 
-class PlanBaseline(_Strict):
+class PlanBaseline(Strict):
     name: str
     shapes: list[str]
     tokens: float
@@ -109,7 +94,7 @@ class PlanBaseline(_Strict):
     gpus: int
 
 
-class Plan(_Strict):
+class Plan(Strict):
     schema_: Literal["flmplan-plan"] = Field(default=PLAN_SCHEMA, alias="schema")
     version: Literal[1] = PLAN_VERSION
     created: str = Field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
@@ -131,12 +116,6 @@ class Plan(_Strict):
         return self.model_dump(mode="json", by_alias=True)
 
 
-def _first_error(err: ValidationError) -> str:
-    e = err.errors()[0]
-    where = ".".join(str(x) for x in e["loc"]) or "the top level"
-    return f"{where}: {e['msg']}"
-
-
 def plan_from_dict(raw: object, origin: str = "plan") -> Plan:
     if isinstance(raw, dict) and raw.get("schema") != PLAN_SCHEMA:
         raise FlmplanError(f"{origin} is not an flmplan plan (no \"schema\": \"{PLAN_SCHEMA}\"); "
@@ -147,7 +126,7 @@ def plan_from_dict(raw: object, origin: str = "plan") -> Plan:
     try:
         plan = Plan.model_validate(raw)
     except ValidationError as err:
-        raise FlmplanError(f"{origin} is not a valid plan ({_first_error(err)}).") from None
+        raise FlmplanError(f"{origin} is not a valid plan ({first_error(err)}).") from None
     for k, st in enumerate(plan.stages):
         try:
             st.model.spec()
@@ -159,14 +138,7 @@ def plan_from_dict(raw: object, origin: str = "plan") -> Plan:
 
 
 def load_plan(path: str | Path) -> Plan:
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as err:
-        raise FlmplanError(f"Cannot read plan {path}: {err.strerror}.") from None
-    except json.JSONDecodeError as err:
-        raise FlmplanError(f"Plan {path} is not valid JSON (line {err.lineno}: {err.msg}).") from None
-    return plan_from_dict(raw, origin=f"Plan {path}")
+    return plan_from_dict(read_json(path, "plan", FlmplanError), origin=f"Plan {path}")
 
 
 def save_plan(plan: Plan, path: str | Path) -> Path:

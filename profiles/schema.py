@@ -112,17 +112,21 @@ def profile_from_dict(raw: Any, origin: str = "profile") -> Profile:
         raise ProfileError(f"{origin} has fields this flmplan does not know ({err}).") from None
 
 
-def load_profile(path: str | Path) -> Profile:
+def read_json(path: str | Path, what: str, error: type[Exception]) -> Any:
+    """A JSON document from a file, or `error` with one sentence saying why not."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
-        raise ProfileError(f"Cannot read profile {path}: {err.strerror}.") from None
+        raise error(f"Cannot read {what} {path}: {err.strerror}.") from None
     try:
-        raw = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as err:
-        raise ProfileError(f"Profile {path} is not valid JSON (line {err.lineno}: {err.msg}).") from None
-    return profile_from_dict(raw, origin=f"Profile {path}")
+        raise error(f"{what[0].upper()}{what[1:]} {path} is not valid JSON (line {err.lineno}: {err.msg}).") from None
+
+
+def load_profile(path: str | Path) -> Profile:
+    return profile_from_dict(read_json(path, "profile", ProfileError), origin=f"Profile {path}")
 
 
 def save_profile(profile: Profile, path: str | Path) -> Path:
