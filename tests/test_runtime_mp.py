@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.multiprocess
 
 
-def torchrun(plan: dict, out: Path, nproc: int, env: dict | None = None, timeout: int = 300) -> int:
+def torchrun(plan: dict, out: Path, nproc: int, env: dict | None = None, timeout: int = 300,
+             output: list | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     plan_path = out.parent / f"{out.name}.plan.json"
     plan_path.write_text(json.dumps(plan))
@@ -23,6 +24,8 @@ def torchrun(plan: dict, out: Path, nproc: int, env: dict | None = None, timeout
     r = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0 and not (env or {}).get("FLMPLAN_KILL_AT"):
         print(r.stdout[-4000:], r.stderr[-4000:])
+    if output is not None:
+        output.append(r.stdout + r.stderr)
     return r.returncode
 
 
@@ -93,8 +96,12 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(two_stage, tmp
     bogus.mkdir()
     (bogus / "manifest.json").write_text(json.dumps({"global_step": 10**6, "files": {"__0_0.distcp": "0"}}))
     (bogus / "__0_0.distcp").write_text("truncated")
-    r = torchrun(plan, out, 4, env=env)
+    printed: list[str] = []
+    r = torchrun(plan, out, 4, env=env, output=printed)
     assert r == 0 and (out / "DONE.json").exists()
+    # The bad checkpoint is named, with what is wrong with it, and the one before it is used.
+    assert "stage1-step0000099 is unusable" in printed[0] and "does not match its checksum" in printed[0]
+    assert "resuming from stage1-step0000005" in printed[0]
     assert newest.name == "stage1-step0000005"
     final = losses(out, 1)[-1]
     assert final == pytest.approx(losses(reference, 1)[-1], abs=1e-5)

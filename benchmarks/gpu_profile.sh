@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The one prepared script for a lent GPU machine (Python 3.12, torch ≥ 2.11, numpy, typer, rich):
+# measure the GPU's profile, then check the cost model against the whole layers it measured.
+#   bash benchmarks/gpu_profile.sh            (results in $OUT, or ./gpu-profile)
+# Commit the profile as profiles/data/<gpu>-measured.json and record the GEMM ceiling
+# (device.measured_gemm_max_tflops against the 989 TFLOP/s peak) and the layer errors in BENCHMARKS.md.
+set -euo pipefail
+out=${OUT:-gpu-profile}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$out/nvidia-smi.csv" || true
+timeout 420 python -m planner.cli profile --device cuda --quick --out "$out/profile.json" 2> "$out/profile.log"
+python benchmarks/layer_fidelity.py "$out/profile.json" > "$out/layer_fidelity.txt"
+python - "$out/profile.json" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+d = p["device"]
+print(f"{d['name']}: best bf16 GEMM {d['measured_gemm_max_tflops']:.0f} TFLOP/s of {d['peak_tflops']:.0f} peak "
+      f"({d['measured_gemm_max_tflops'] / d['peak_tflops']:.1%}); fitted e_max {p['gemm']['e_max']:.3f}")
+PY
+cat "$out/layer_fidelity.txt"
