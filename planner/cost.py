@@ -110,14 +110,14 @@ class StepEstimate:
 
 
 @cache
-def _models(profile: Profile) -> tuple[DeviceModel, Network]:
+def device_models(profile: Profile) -> tuple[DeviceModel, Network]:
     return DeviceModel(profile), Network(profile)
 
 
 def compute_lower_bound_s(model: ModelSpec, layout: Layout, profile: Profile) -> float:
     """A floor under estimate_step's total: the slowest stage's layer compute alone, every other
     part being ≥ 0. The layout search uses it to skip layouts that cannot win."""
-    dev, _ = _models(profile)
+    dev, _ = device_models(profile)
     lt = layer_time(dev, model, layout)
     return layout.micro_batches * math.ceil(model.layers / layout.pp) * (lt.forward + lt.backward)
 
@@ -125,7 +125,7 @@ def compute_lower_bound_s(model: ModelSpec, layout: Layout, profile: Profile) ->
 def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profile: Profile,
                   memory: MemoryEstimate | None = None) -> StepEstimate:
     """Predict one optimizer step of `layout` (already validated) on `cluster`."""
-    dev, net = _models(profile)
+    dev, net = device_models(profile)
     lay = layout
     t, p, v, m = lay.tp, lay.pp, lay.interleave, lay.micro_batches
     gpn = cluster.gpus_per_node

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner.errors import FlmplanError
-from planner.plan import Plan, PlanStage
+from planner.plan import Plan
 
 TARGETS = ("megatron", "torchtitan", "slurm")
 
@@ -117,6 +117,3 @@ def export_plan(plan: Plan, target: str, out_dir: Path, plan_path: str = "plan.j
         written.append(path)
     return written
 
-
-def describe_stage(st: PlanStage) -> str:
-    return f"{st.name}: {st.model.layers}×{st.model.hidden}, {st.tokens / 1e9:.1f}B tokens"

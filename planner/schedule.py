@@ -124,7 +124,6 @@ class Planner:
         self.loss_model = loss_model
         self._stage_cache: dict[tuple, StageRun | None] = {}
         self.evaluated: list[Schedule] = []
-        self.polish = True
 
     # --- stages ---------------------------------------------------------------
     def stage(self, model: ModelSpec, gpus: int, global_batch: int | None = None,
@@ -169,15 +168,15 @@ class Planner:
         spare_s = self.s.max_days * SECONDS_PER_DAY - transition_h * 3600 - float(seconds @ d_min)
         if spare < 0 or spare_s < 0:
             return None
-        tokens = d_min + self._split(chain, stages, price, seconds, d_min, spare, spare_s)
+        tokens = d_min + self._split(chain, stages, price, seconds, d_min, spare, spare_s, polish=not coarse)
         for st, d in zip(stages, tokens, strict=True):
             per_step = st.layout.global_batch * st.model.seq
             st.tokens = float(math.floor(d / per_step) * per_step)   # whole steps, never over budget
         return self._finish(name, stages, gpus)
 
-    def _split(self, chain, stages, price, seconds, d_min, spare, spare_s) -> np.ndarray:
+    def _split(self, chain, stages, price, seconds, d_min, spare, spare_s, polish: bool) -> np.ndarray:
         """Extra tokens per stage (beyond the minima) that minimise the final loss for `spare`
-        dollars and `spare_s` seconds of the deadline."""
+        dollars and `spare_s` seconds of the deadline; `polish` refines the grid optimum locally."""
         k = len(chain)
         # Tokens if all the spare went to one stage: the budget or the deadline binds first.
         scale = np.minimum(spare / price, spare_s / seconds)
@@ -195,7 +194,7 @@ class Planner:
         losses = np.asarray(self.loss_model.stage_losses(params, list((d_min + extra).T), ramps)[-1])
         losses = np.where(ok, losses, np.inf)
         start = grid[int(np.argmin(losses))]
-        if not self.polish:
+        if not polish:
             return start * money_tokens
 
         def final_loss(shares: np.ndarray) -> float:
@@ -241,7 +240,6 @@ class Planner:
                 if self.stage(final, gpus, coarse=True) is None:
                     continue
                 fits_anywhere = True
-                self.polish = False
                 for chain in growth_chains(final, self.s.max_stages):
                     sched = self.schedule_for(chain, gpus, name=f"{len(chain)}-stage growth", coarse=True)
                     if sched is not None:
@@ -257,7 +255,6 @@ class Planner:
                 f"{self.s.target_params / 1e9:.0f}B on {self.s.gpu.key} at ${self.s.price_per_gpu_hour:g}/GPU-hour; "
                 f"the smallest that would work is about ${self.smallest_budget(finals, sizes):,.0f}."
             )
-        self.polish = True
         best = min(self.evaluated, key=lambda s: (s.loss, s.days))
         most = max(self.evaluated, key=lambda s: (s.tokens, -s.loss))
         return self.refine(best), self.refine(most)

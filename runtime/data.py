@@ -11,7 +11,6 @@ permutation, epoch after epoch; its position (sequences consumed) is all a check
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +79,3 @@ class Sampler:
         self.position += global_batch
         x = torch.from_numpy(np.stack(rows))
         return x[:, :-1].contiguous(), x[:, 1:].contiguous()
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(self.tokens[:4096].tobytes()).hexdigest()[:16]

@@ -274,9 +274,6 @@ class Decoder(nn.Module):
             logits = logits * (self.cfg.mup_output_mult / self.cfg.mup_width_mult)
         return logits
 
-    def param_count(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 TINY = {"hidden": 128, "layers": 4, "head_dim": 16, "seq": 64, "vocab": 256, "batch": 16, "steps": 40,
         "grow_steps": 8}
@@ -49,6 +48,3 @@ def tiny_plan(plan: dict, nproc: int, steps: int = TINY["steps"]) -> dict:
     out["cluster"] = {**out["cluster"], "gpus": nproc}
     return out
 
-
-def steps_for_tokens(tokens: float, batch: int, seq: int) -> int:
-    return max(1, math.ceil(tokens / (batch * seq)))

@@ -81,7 +81,6 @@ class Run:
             self.device = torch.device("cuda", local)
         else:
             self.device = torch.device("cpu")
-        self.dtype = torch.float32
         tokens, self.data_desc = load_tokens(args.data)
         self.tokens = tokens
         self.peak = measured_peak_flops(self.device, torch.bfloat16 if self.device.type == "cuda" else torch.float32)

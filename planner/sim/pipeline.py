@@ -19,7 +19,7 @@ import simpy
 
 from planner.comm import group
 from planner.compute import layer_time, logits_time
-from planner.cost import StepEstimate, _models
+from planner.cost import StepEstimate, device_models
 from profiles.schema import Profile
 
 
@@ -46,7 +46,7 @@ class StepSimulation:
 
 def pass_times(est: StepEstimate, profile: Profile) -> PassTimes:
     """Per-pass durations of a costed layout, the same terms estimate_step adds up."""
-    dev, net = _models(profile)
+    dev, net = device_models(profile)
     model, lay = est.model, est.layout
     p, v = lay.pp, lay.interleave
     lt = layer_time(dev, model, lay)
