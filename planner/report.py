@@ -80,21 +80,24 @@ def print_plan(console: Console, plan, searched: int = 0) -> None:
         + (f"; {searched} schedules searched" if searched else "")
     )
     t = Table(title="Stages", header_style="bold")
-    for col in ("stage", "layers×hidden", "grown by", "tokens", "layout", "TFLOP/s", "MFU", "mem GiB", "days",
-                "cost", "loss"):
-        t.add_column(col, justify="left" if col in ("stage", "layers×hidden", "grown by", "layout") else "right")
+    for col in ("stage", "layers×hidden", "grown by", "tokens", "days", "cost", "loss"):
+        t.add_column(col, justify="left" if col in ("stage", "layers×hidden", "grown by") else "right")
+    lay_t = Table(title="Parallel layout per stage (tp·pp·dp)", header_style="bold")
+    for col in ("stage", "layout", "TFLOP/s", "MFU", "memory", "step"):
+        lay_t.add_column(col, justify="left" if col in ("stage", "layout") else "right")
     for k, st in enumerate(plan.stages):
         m, p = st.model, st.predicted
         grown = "+".join({"hidden": "width", "layers": "depth"}[d] for d in st.growth.dims
                          if d in ("hidden", "layers")) if st.growth else ""
         t.add_row(f"{k + 1}. {st.name}", f"{m.layers}×{m.hidden}", grown, f"{st.tokens / 1e9:,.1f}B",
-                  _layout_text(st.layout), f"{p.tflops_per_gpu_hfu:.0f}", f"{p.mfu:.1%}",
-                  f"{p.memory_gib_per_gpu:.0f}", f"{p.days:.2f}", f"${p.cost_usd:,.0f}",
-                  f"{p.loss_end:.3f}" if p.loss_end is not None else "")
+                  f"{p.days:.2f}", f"${p.cost_usd:,.0f}", f"{p.loss_end:.3f}" if p.loss_end is not None else "")
+        lay_t.add_row(f"{k + 1}. {st.name}", _layout_text(st.layout), f"{p.tflops_per_gpu_hfu:.0f}", f"{p.mfu:.1%}",
+                      f"{p.memory_gib_per_gpu:.0f} GiB", f"{p.step_s:.1f} s")
     tot = plan.totals
-    t.add_row("[bold]total[/]", "", "", f"{tot.tokens / 1e9:,.1f}B", "", "", "", "", f"{tot.days:.2f}",
-              f"${tot.cost_usd:,.0f}", f"{tot.predicted_loss:.3f}")
+    t.add_row("[bold]total[/]", "", "", f"{tot.tokens / 1e9:,.1f}B", f"{tot.days:.2f}", f"${tot.cost_usd:,.0f}",
+              f"{tot.predicted_loss:.3f}")
     console.print(t)
+    console.print(lay_t)
     console.print("[dim]TFLOP/s per GPU HFU-style (recompute counted); MFU counts model FLOPs only.[/]")
     if plan.simulation:
         print_simulation(console, plan.simulation)
@@ -102,7 +105,8 @@ def print_plan(console: Console, plan, searched: int = 0) -> None:
     if rows:
         b = Table(title="Alternatives and baselines (same hardware and price)", header_style="bold")
         for col in ("", "stages", "GPUs", "tokens", "days", "cost", "loss"):
-            b.add_column(col, justify="left" if col in ("", "stages") else "right")
+            b.add_column(col, justify="left" if col in ("", "stages") else "right",
+                         ratio=2 if col in ("", "stages") else None)
         b.add_row("[bold]this plan[/]", " → ".join(f"{s.name}" for s in plan.stages), str(plan.cluster.gpus),
                   f"{tot.tokens / 1e9:,.1f}B", f"{tot.days:.2f}", f"${tot.cost_usd:,.0f}",
                   f"{tot.predicted_loss:.3f}")
@@ -142,6 +146,9 @@ def print_simulation(console: Console, sim: dict) -> None:
         f"{sim['checkpoint_interval_min']:.0f} min ({sim['checkpoint_rule']}), {sim['failures_per_1000_node_days']:g} "
         f"failures per 1000 node-days, restart {sim['restart_min']:g} min, {sim['spare_nodes']} spare node(s)"
     )
+    if sim["p_within_budget"] < 0.5 and "confidence" not in sim:
+        console.print("[yellow]With failures and spare nodes this plan more likely than not overruns the budget; "
+                      "`--confidence 0.9` plans so that 90 % of simulated runs fit it.[/]")
 
 
 def _layout_text(lay) -> str:
