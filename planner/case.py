@@ -59,9 +59,14 @@ class CaseParallel(Strict):
 
 
 class CaseSoftware(Strict):
-    """Facts about the training software that change kernel costs (not fitted constants)."""
+    """Facts about the training software that change kernel costs (not fitted constants).
 
-    attention: Literal["flash", "unfused"] = "flash"
+    attention: "flash" or "unfused" (the s×s scores through HBM). Left out, it is "unfused" when
+    the case asks for selective recompute — which exists to avoid storing those scores
+    (Korthikanti et al. 2022) and means nothing under flash attention — and "flash" otherwise.
+    """
+
+    attention: Literal["flash", "unfused"] | None = None
     note: str = ""
 
 
@@ -83,6 +88,11 @@ class Case(Strict):
 
     def model_spec(self) -> ModelSpec:
         return self.model.spec()
+
+    def attention_kernel(self) -> str:
+        if self.software.attention is not None:
+            return self.software.attention
+        return "unfused" if self.parallel.recompute == "selective" else "flash"
 
     def cluster_spec(self) -> ClusterSpec:
         gpu = get_gpu(self.cluster.gpu)

@@ -80,13 +80,14 @@ def estimate_case(case: Case, profile: Profile | None = None) -> SearchResult:
     part = PartialLayout(
         global_batch=par.global_batch, tp=par.tp, pp=par.pp, dp=par.dp, micro_batch=par.micro_batch,
         recompute=par.recompute, sequence_parallel=par.sequence_parallel, interleave=par.interleave,
-        zero=par.zero, attention=case.software.attention,
+        zero=par.zero, attention=case.attention_kernel(),
     )
-    if None not in (par.tp, par.pp, par.dp, par.micro_batch, par.recompute, par.zero):
+    if None not in (par.tp, par.pp, par.dp, par.micro_batch, par.recompute, par.zero, par.interleave,
+                    par.sequence_parallel):
         layout = Layout(tp=par.tp, pp=par.pp, dp=par.dp, micro_batch=par.micro_batch,
                         global_batch=par.global_batch, recompute=par.recompute,
                         sequence_parallel=bool(par.sequence_parallel), interleave=par.interleave or 1,
-                        zero=par.zero, attention=case.software.attention)
+                        zero=par.zero, attention=case.attention_kernel())
         validate_layout(model, cluster, layout)
         est = estimate_step(model, cluster, layout, profile)
         if not est.fits:

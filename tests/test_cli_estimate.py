@@ -59,7 +59,7 @@ def test_case_with_unknown_key(tmp_path):
 def test_case_that_does_not_fit(tmp_path):
     case = json.loads((ROOT / "examples/flm101b-101B.json").read_text())
     case["parallel"].update(tp=1, pp=1, dp=192, micro_batch=1, recompute="full", zero=0, global_batch=192,
-                            sequence_parallel=False)
+                            sequence_parallel=False, interleave=1)
     r = _run_bad(tmp_path, json.dumps(case))
     assert r.exit_code == 2 and "does not fit" in r.output and "GiB" in r.output
 
@@ -71,3 +71,17 @@ def test_missing_file_and_unknown_gpu(tmp_path):
     case["cluster"]["gpu"] = "tpu-v5"
     r = _run_bad(tmp_path, json.dumps(case))
     assert r.exit_code == 2 and "Unknown GPU 'tpu-v5'" in r.output
+
+
+def test_selective_recompute_implies_unfused_attention_unless_said(tmp_path):
+    case = json.loads((ROOT / "examples/megatron-18B.json").read_text())
+    case["parallel"].update(recompute="selective", micro_batch=1, interleave=1, sequence_parallel=True)
+    del case["software"]
+    f = tmp_path / "case.json"
+    f.write_text(json.dumps(case))
+    r = runner.invoke(app, ["estimate", str(f), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["layout"]["attention"] == "unfused"
+    case["software"] = {"attention": "flash"}
+    f.write_text(json.dumps(case))
+    assert json.loads(runner.invoke(app, ["estimate", str(f), "--json"]).stdout)["layout"]["attention"] == "flash"
