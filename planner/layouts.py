@@ -83,8 +83,10 @@ def candidate_layouts(model: ModelSpec, cluster: ClusterSpec, part: PartialLayou
                 m = per_replica // mb
                 if part.interleave:
                     vs = [part.interleave]
-                elif pp > 1 and m % pp == 0 and model.layers % pp == 0:
-                    vs = [v for v in divisors(model.layers // pp) if v <= (2 if part.coarse else MAX_INTERLEAVE)]
+                elif pp > 1 and m % pp == 0:
+                    # Stages may hold unequal numbers of layers; chunks split the largest stage.
+                    per_stage = -(-model.layers // pp)
+                    vs = [v for v in divisors(per_stage) if v <= (2 if part.coarse else MAX_INTERLEAVE)]
                 else:
                     vs = [1]
                 sps = [part.sequence_parallel] if part.sequence_parallel is not None else [tp > 1]
