@@ -105,3 +105,16 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(two_stage, tmp
     assert newest.name == "stage1-step0000005"
     final = losses(out, 1)[-1]
     assert final == pytest.approx(losses(reference, 1)[-1], abs=1e-5)
+
+
+def test_flmplan_run_scales_the_flm_plan_to_this_machine(tmp_path):
+    """The launcher: FLM-101B's three stages, tiny, under torchrun --standalone."""
+    out = tmp_path / "flm"
+    r = subprocess.run([sys.executable, "-m", "planner.cli", "run", "runtime/data/flm101b_plan.json", "--scale",
+                        "tiny", "--nproc", "2", "--steps", "3", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (out / "DONE.json").exists()
+    ev = events(out)
+    for k in (1, 2):
+        assert abs(ev[("after_growth", k)] - ev[("before_growth", k)]) < 1e-4

@@ -73,3 +73,16 @@ def test_learning_rate_rewarms():
     assert lr_at(0, 100, 1.0, 10) == 0.1
     assert lr_at(9, 100, 1.0, 10) == 1.0
     assert abs(lr_at(100, 100, 1.0, 10) - 0.1) < 1e-9
+
+
+def test_run_refuses_a_plan_that_needs_other_hardware():
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+
+    runner = CliRunner()
+    plan = str(Path(__file__).resolve().parents[1] / "runtime/data/flm101b_plan.json")
+    r = runner.invoke(app, ["run", plan, "--nproc", "4"])
+    assert r.exit_code == 2 and "needs tp·pp·dp = 2·1·96 = 192 processes but --nproc is 4" in r.output
+    r = runner.invoke(app, ["run", plan, "--scale", "huge"])
+    assert r.exit_code == 2 and "--scale must be tiny or full" in r.output
