@@ -6,7 +6,6 @@ Versioned, validated on load (unknown keys refused), readable by a person.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +13,7 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from planner.case import CaseModel, Strict, first_error
 from planner.errors import FlmplanError
-from profiles.schema import read_json
+from profiles.schema import read_json, write_json
 
 PLAN_SCHEMA = "flmplan-plan"
 PLAN_VERSION = 1
@@ -142,9 +141,4 @@ def load_plan(path: str | Path) -> Plan:
 
 
 def save_plan(plan: Plan, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(plan.to_json(), indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json(plan.to_json(), path)

@@ -129,14 +129,18 @@ def load_profile(path: str | Path) -> Profile:
     return profile_from_dict(read_json(path, "profile", ProfileError), origin=f"Profile {path}")
 
 
-def save_profile(profile: Profile, path: str | Path) -> Path:
-    """Write atomically: a reader never sees half a profile."""
+def write_json(document: Any, path: str | Path) -> Path:
+    """Write atomically (temporary file, then rename): a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(profile.to_json(), indent=1) + "\n")
+    tmp.write_text(json.dumps(document, indent=1) + "\n")
     tmp.replace(path)
     return path
+
+
+def save_profile(profile: Profile, path: str | Path) -> Path:
+    return write_json(profile.to_json(), path)
 
 
 def builtin_profile_names() -> list[str]:
