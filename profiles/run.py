@@ -77,11 +77,14 @@ def _catalog_entry(device_name: str):
     from planner.specs import gpu_catalog
 
     name = device_name.lower().replace("-", " ")
+    family_only = None
     for key, gpu in gpu_catalog().items():
-        family, size = key.split("-")[0], key.split("-")[1] if "-" in key else ""
-        if family in name and (not size or size.removesuffix("gb") in name or key == "h100-80gb"):
-            return gpu
-    return None
+        family, _, size = key.partition("-")
+        if family in name.split() or f" {family}" in f" {name}":
+            if size and size.removesuffix("gb") in name:
+                return gpu
+            family_only = family_only or gpu
+    return family_only
 
 
 def run_profile(device_kind: str = "cpu", dtype: str | None = None, quick: bool = False, nproc: int = 2,

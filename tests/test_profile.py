@@ -97,3 +97,12 @@ def test_profile_cli_rejects_bad_flags():
     assert r.exit_code == 2 and "--device must be cuda or cpu" in r.output
     r = runner.invoke(app, ["profile", "--dtype", "int4", "--quick"])
     assert r.exit_code == 2 and "--dtype must be one of" in r.output
+
+
+def test_gpu_names_map_to_the_catalog():
+    from profiles.run import _catalog_entry
+
+    assert _catalog_entry("NVIDIA H100 80GB HBM3").key == "h100-80gb"
+    assert _catalog_entry("NVIDIA H200").key == "h200-141gb"
+    assert _catalog_entry("NVIDIA A100-SXM4-40GB").key == "a100-40gb"
+    assert _catalog_entry("NVIDIA GeForce RTX 4090") is None
