@@ -229,14 +229,19 @@ def apply_dp(chunk: Decoder, dp_mesh: DeviceMesh, zero: int) -> nn.Module:
     return chunk
 
 
-def parallelize(full: Decoder, layout: Layout, mesh: DeviceMesh, device: torch.device) -> ParallelModel:
-    """Cut, shard and wrap `full` (identical on every rank) for this rank of the mesh."""
+def parallelize(full: Decoder, layout: Layout, mesh: DeviceMesh, device: torch.device,
+                seed: int | None = None) -> ParallelModel:
+    """Cut, shard and wrap `full` for this rank of the mesh. `full` is identical on every rank,
+    or built on the meta device (torchtitan's way for models too large to hold whole): then each
+    rank allocates only its shards and initialises them (`seed` keeps the shards consistent)."""
     p, v = layout.pp, layout.interleave
     pp_rank = mesh.get_local_rank("pp")
     chunk_ids = [pp_rank + k * p for k in range(v)] if p > 1 else [0]
     chunks = split_for_pipeline(full, chunk_ids, p * v) if p > 1 else [full]
+    on_meta = next(full.parameters()).is_meta
     for c in chunks:
-        c.to(device)
+        if not on_meta:
+            c.to(device)
         # Full recompute re-runs each block's forward in backward; selective recompute is what a
         # flash-attention kernel does anyway (it never stores the s×s scores).
         for block in c.blocks.values():
@@ -245,6 +250,11 @@ def parallelize(full: Decoder, layout: Layout, mesh: DeviceMesh, device: torch.d
             apply_tp(c, mesh["tp"], layout.sequence_parallel)
         if layout.dp > 1:
             apply_dp(c, mesh["dp"], layout.zero)
+        if on_meta:
+            c.to_empty(device=device)
+            torch.manual_seed(seed or 0)
+            with torch.no_grad():
+                c.init_weights()
     pm = ParallelModel(layout=layout, mesh=mesh, chunks=chunks, chunk_ids=chunk_ids, device=device)
     if p > 1:
         pm.schedule = _pipeline_schedule(pm, p, v)

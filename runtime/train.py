@@ -103,14 +103,26 @@ class Run:
         stage = self.plan["stages"][k]
         layout = Layout.from_plan(stage["layout"])
         mesh = make_mesh(layout, self.device.type)
-        pm = parallelize(full, layout, mesh, self.device)
+        pm = parallelize(full, layout, mesh, self.device, seed=self.args.seed + k)
         optimizers = [torch.optim.AdamW(c.parameters(), lr=stage["lr"], betas=(0.9, 0.95), weight_decay=0.1)
                       for c in pm.chunks]
         return pm, optimizers
 
-    def fresh(self, k: int) -> Decoder:
+    def fresh(self, k: int, meta: bool = False) -> Decoder:
+        """Stage k's model, initialised; on the meta device (no memory) when it is to be sharded
+        as it is allocated (large models)."""
         torch.manual_seed(self.args.seed + k)
+        if meta:
+            with torch.device("meta"):
+                return Decoder(config_of(self.plan["stages"][k]))
         return Decoder(config_of(self.plan["stages"][k]))
+
+    def on_meta(self, k: int) -> bool:
+        """Build on the meta device when the whole model would not be small (params > --meta-above)."""
+        from planner.specs import ModelSpec
+
+        m = self.plan["stages"][k]["model"]
+        return ModelSpec(**m).params() > self.args.meta_above
 
     def grown(self, k: int, previous: Path) -> tuple[Decoder, dict, GrowthState]:
         """Load stage k−1's final checkpoint into a plain model on every rank and grow it."""
@@ -149,12 +161,12 @@ class Run:
         growth: GrowthState | None = None
         grown_state = None
         if resume and start_step > 0:
-            pm, opts = self.build(k, self.fresh(k))
+            pm, opts = self.build(k, self.fresh(k, meta=self.on_meta(k)))
             checkpoint.load(resume[0], pm.chunks, opts)
             if resume[1].get("growth"):
                 growth = GrowthState(**resume[1]["growth"])
         elif k == 0:
-            pm, opts = self.build(k, self.fresh(k))
+            pm, opts = self.build(k, self.fresh(k, meta=self.on_meta(k)))
         else:
             previous = checkpoint.latest_good(self.ckpt_dir, log=self.say)
             full, grown_state, growth = self.grown(k, previous[0])
@@ -249,6 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", nargs="*", default=None)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--checkpoint-every", type=int, default=0)
+    ap.add_argument("--meta-above", type=float, default=2e8,
+                    help="build models with more parameters on the meta device and initialise only the shards")
     args = ap.parse_args(argv)
     if os.environ.get("FLMPLAN_HANG_DUMP_S"):         # debugging aid: stacks of a hung rank
         import faulthandler
