@@ -3,8 +3,9 @@
 For every final shape of at least the target size, every chain of MSG-reachable stage shapes
 (1–4 stages) and every cluster size (whole nodes up to --max-gpus), each stage gets its
 fastest layout from the layout search, and the tokens are split between the stages to
-minimise the predicted final loss with the failure-free cost within the budget (a small
-convex problem per chain, solved with SLSQP). The FLM-101B schedule, the target trained from
+minimise the predicted final loss with the failure-free cost within the budget and the run
+within the deadline (a vectorised grid over the split for every chain, then an SLSQP polish of
+the chosen one). The FLM-101B schedule, the target trained from
 scratch and the compute-optimal fixed-size model are costed on the same hardware and price.
 """
 
@@ -189,10 +190,10 @@ class Planner:
         # local SLSQP polish from the best grid point; the deadline is a second linear constraint.
         money_tokens = spare / price
         grid = _simplex_grid(k, 12 if k <= 3 else 8)
+        # Where a split would run past the deadline, it is shortened to end on it.
+        grid = grid * np.minimum(1.0, spare_s / np.maximum((grid * money_tokens) @ seconds, 1e-30))[:, None]
         extra = grid * money_tokens
-        ok = extra @ seconds <= spare_s
         losses = np.asarray(self.loss_model.stage_losses(params, list((d_min + extra).T), ramps)[-1])
-        losses = np.where(ok, losses, np.inf)
         start = grid[int(np.argmin(losses))]
         if not polish:
             return start * money_tokens

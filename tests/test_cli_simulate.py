@@ -153,3 +153,10 @@ def test_export_unknown_target(tmp_path, flm_plan):
     path.write_text(json.dumps(flm_plan.to_json()))
     r = runner.invoke(app, ["export", str(path), "--to", "nemo"])
     assert r.exit_code == 2 and "--to must be one of" in r.output
+
+
+def test_deadline_is_respected():
+    r = runner.invoke(app, ["simulate", "--budget", "100000", "--max-days", "12", "--json", "--trials", "20"])
+    assert r.exit_code == 0, r.output
+    totals = json.loads(r.stdout)["totals"]
+    assert totals["days"] <= 12.0 and totals["cost_usd"] <= 100_000
