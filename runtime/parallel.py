@@ -26,38 +26,16 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Shard
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from planner.specs import Layout
 from runtime.model import Decoder, causal_lm_loss
 
 TP_PLAN = {"attn.q": "col", "attn.k": "col", "attn.v": "col", "attn.o": "row", "mlp.up": "col", "mlp.down": "row"}
 
 
-@dataclass
-class Layout:
-    tp: int = 1
-    pp: int = 1
-    dp: int = 1
-    micro_batch: int = 1
-    global_batch: int = 1
-    interleave: int = 1
-    zero: int = 3
-    sequence_parallel: bool = False
-    recompute: str = "none"
-
-    @classmethod
-    def from_plan(cls, raw: dict) -> Layout:
-        keys = ("tp", "pp", "dp", "micro_batch", "global_batch", "interleave", "zero", "sequence_parallel",
-                "recompute")
-        return cls(**{k: raw[k] for k in keys if k in raw})
-
-    @property
-    def world(self) -> int:
-        return self.tp * self.pp * self.dp
-
-
 def make_mesh(layout: Layout, device_type: str) -> DeviceMesh:
     world = dist.get_world_size()
-    if layout.world != world:
-        raise ValueError(f"tp·pp·dp = {layout.tp}·{layout.pp}·{layout.dp} = {layout.world} ≠ {world} processes")
+    if layout.gpus != world:
+        raise ValueError(f"tp·pp·dp = {layout.tp}·{layout.pp}·{layout.dp} = {layout.gpus} ≠ {world} processes")
     return init_device_mesh(device_type, (layout.pp, layout.dp, layout.tp), mesh_dim_names=("pp", "dp", "tp"))
 
 

@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from planner.specs import Layout
 from runtime import checkpoint
 from runtime.data import Sampler, load_tokens
 from runtime.grow import GrowthState, apply_masks, grow_decoder, grow_optimizer_state
 from runtime.model import Decoder, DecoderConfig
-from runtime.parallel import Layout, ParallelModel, make_mesh, parallelize
+from runtime.parallel import ParallelModel, make_mesh, parallelize
 
 WARMUP_STEPS = 10
 MIN_LR_FRACTION = 0.1
@@ -101,7 +102,7 @@ class Run:
     # --- building a stage ------------------------------------------------------
     def build(self, k: int, full: Decoder) -> tuple[ParallelModel, list[torch.optim.Optimizer]]:
         stage = self.plan["stages"][k]
-        layout = Layout.from_plan(stage["layout"])
+        layout = Layout(**stage["layout"])
         mesh = make_mesh(layout, self.device.type)
         pm = parallelize(full, layout, mesh, self.device, seed=self.args.seed + k)
         optimizers = [torch.optim.AdamW(c.parameters(), lr=stage["lr"], betas=(0.9, 0.95), weight_decay=0.1)
@@ -157,7 +158,7 @@ class Run:
 
     def run_stage(self, k: int, start_step: int, sampler: Sampler, resume) -> None:
         stage = self.plan["stages"][k]
-        layout = Layout.from_plan(stage["layout"])
+        layout = Layout(**stage["layout"])
         growth: GrowthState | None = None
         grown_state = None
         if resume and start_step > 0:
