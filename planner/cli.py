@@ -54,11 +54,19 @@ def _load_profile_for(gpu_key: str, path: Path | None, dtype: str = "bf16"):
 
     if path is None:
         return builtin_profile(gpu_key)
+    from planner.specs import gpu_for_device
+
     profile = load_profile(path)
     if profile.dtype != dtype:
         raise ProfileError(
             f"Profile {path} was measured in {profile.dtype} but the plan trains in {dtype}; "
             f"measure again with `flmplan profile --dtype {dtype}`."
+        )
+    measured_on = gpu_for_device(profile.device["name"]) if profile.device.get("kind") == "cuda" else None
+    if measured_on is not None and measured_on.key != gpu_key and profile.name != gpu_key:
+        raise ProfileError(
+            f"Profile {path} describes {profile.device['name']} but the plan is for {gpu_key}; "
+            f"pass --gpu {measured_on.key} or a profile of {gpu_key}."
         )
     return profile
 

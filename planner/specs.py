@@ -115,6 +115,20 @@ def gpu_catalog() -> dict[str, GpuSpec]:
     }
 
 
+def gpu_for_device(device_name: str) -> GpuSpec | None:
+    """The catalog GPU a device name (torch.cuda.get_device_name) belongs to: the family and
+    memory size when the name has it, else the family alone; None for other devices."""
+    name = device_name.lower().replace("-", " ")
+    family_only = None
+    for key, gpu in gpu_catalog().items():
+        family, _, size = key.partition("-")
+        if family in name.split() or f" {family}" in f" {name}":
+            if size and size.removesuffix("gb") in name:
+                return gpu
+            family_only = family_only or gpu
+    return family_only
+
+
 def get_gpu(key: str) -> GpuSpec:
     catalog = gpu_catalog()
     if key not in catalog:

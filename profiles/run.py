@@ -15,6 +15,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from planner.specs import gpu_for_device
 from profiles import fit
 from profiles.collectives import measure_collectives
 from profiles.kernels import layer_gemm_shapes, measure_attention, measure_gemm, memory_bound_ops
@@ -72,21 +73,6 @@ def default_sweep(device: torch.device, quick: bool) -> Sweep:
     )
 
 
-def _catalog_entry(device_name: str):
-    """The GPU catalog entry whose name matches this device (for its data-sheet peak)."""
-    from planner.specs import gpu_catalog
-
-    name = device_name.lower().replace("-", " ")
-    family_only = None
-    for key, gpu in gpu_catalog().items():
-        family, _, size = key.partition("-")
-        if family in name.split() or f" {family}" in f" {name}":
-            if size and size.removesuffix("gb") in name:
-                return gpu
-            family_only = family_only or gpu
-    return family_only
-
-
 def run_profile(device_kind: str = "cpu", dtype: str | None = None, quick: bool = False, nproc: int = 2,
                 name: str | None = None, console: Console | None = None, sweep: Sweep | None = None) -> Profile:
     if device_kind == "cuda" and not torch.cuda.is_available():
@@ -141,7 +127,7 @@ def run_profile(device_kind: str = "cpu", dtype: str | None = None, quick: bool 
                                               sweep.collective_bytes)
             progress.advance(task)
 
-    gpu = _catalog_entry(device_name) if device.type == "cuda" else None
+    gpu = gpu_for_device(device_name) if device.type == "cuda" else None
     measured_peak = max(p["tflops"] for p in gemm_points)
     peak = gpu.peak_tflops_bf16 if gpu and dtype in ("bf16", "fp16") else measured_peak
     mem_fit = fit.fit_memory_bound(mem_points)

@@ -100,9 +100,16 @@ def test_profile_cli_rejects_bad_flags():
 
 
 def test_gpu_names_map_to_the_catalog():
-    from profiles.run import _catalog_entry
+    from planner.specs import gpu_for_device
 
-    assert _catalog_entry("NVIDIA H100 80GB HBM3").key == "h100-80gb"
-    assert _catalog_entry("NVIDIA H200").key == "h200-141gb"
-    assert _catalog_entry("NVIDIA A100-SXM4-40GB").key == "a100-40gb"
-    assert _catalog_entry("NVIDIA GeForce RTX 4090") is None
+    assert gpu_for_device("NVIDIA H100 80GB HBM3").key == "h100-80gb"
+    assert gpu_for_device("NVIDIA H200").key == "h200-141gb"
+    assert gpu_for_device("NVIDIA A100-SXM4-40GB").key == "a100-40gb"
+    assert gpu_for_device("NVIDIA GeForce RTX 4090") is None
+
+
+def test_a_gpu_profile_of_another_gpu_is_refused(tmp_path):
+    prof = builtin_profile("h100-80gb")
+    path = save_profile(prof, tmp_path / "h100.json")
+    r = CliRunner().invoke(app, ["simulate", "--profile", str(path), "--trials", "10"])
+    assert r.exit_code == 2 and "describes NVIDIA H100-SXM5-80GB but the plan is for a800-80gb" in r.output
