@@ -26,6 +26,7 @@ class LayerTime:
     attn_bwd: float
     mem_fwd: float
     mem_bwd: float
+    norm_act_fwd: float = 0.0    # the LayerNorms and the activation, forward (selective recompute)
 
     @property
     def forward(self) -> float:
@@ -101,12 +102,14 @@ def _layer_time(dev: DeviceModel, model: ModelSpec, t: int, b: int, sequence_par
         "rotary": 2 * (h + kv) / t,                     # Q and K: read, write
         "gelu": (3 * f if model.activation == "swiglu" else 2 * f) / t,
     }
-    mem_fwd = sum(dev.memory_bound_s(tokens * n * e, op=op) for op, n in elements.items())
+    fwd_by_op = {op: dev.memory_bound_s(tokens * n * e, op=op) for op, n in elements.items()}
+    mem_fwd = sum(fwd_by_op.values())
     mem_bwd = sum(dev.memory_bound_s(_MEMBOUND_BWD_FACTOR * tokens * n * e, op=op) for op, n in elements.items())
     launches = _ELEMENTWISE_KERNELS_FWD - len(elements)
     mem_fwd += dev.memory_bound_s(0, kernels=launches)
     mem_bwd += dev.memory_bound_s(0, kernels=2 * launches)
-    return LayerTime(gemm_fwd, gemm_bwd, attn_fwd, attn_bwd, mem_fwd, mem_bwd)
+    return LayerTime(gemm_fwd, gemm_bwd, attn_fwd, attn_bwd, mem_fwd, mem_bwd,
+                     norm_act_fwd=fwd_by_op["layernorm"] + fwd_by_op["gelu"])
 
 
 def logits_time(dev: DeviceModel, model: ModelSpec, layout: Layout) -> tuple[float, float]:

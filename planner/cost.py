@@ -147,7 +147,8 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     if lay.recompute == "full":
         recompute_layer, tp_recompute = lt.forward, tp_fwd
     elif lay.recompute == "selective":
-        recompute_layer, tp_recompute = lt.attention_core_fwd, 0.0
+        recompute_layer = lt.attention_core_fwd if lay.attention == "unfused" else lt.norm_act_fwd
+        tp_recompute = 0.0
     else:
         recompute_layer, tp_recompute = 0.0, 0.0
 
@@ -205,7 +206,7 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
         dp_comm_s=dp_comm,
         optimizer_s=optimizer,
     )
-    model_flops, hardware_flops = step_flops(model, lay.global_batch, lay.recompute)
+    model_flops, hardware_flops = step_flops(model, lay.global_batch, lay.recompute, lay.attention)
     return StepEstimate(
         model=model, cluster=cluster, layout=lay, breakdown=breakdown,
         memory=memory or memory_per_gpu(model, lay), model_flops=model_flops,

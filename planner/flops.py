@@ -39,23 +39,26 @@ def model_flops_per_token(model: ModelSpec) -> float:
     return 3 * forward_flops_per_token(model)
 
 
-def recompute_flops_per_token(model: ModelSpec, recompute: Recompute) -> float:
-    """What recompute adds to one token's step (Korthikanti et al. 2022, §5):
-    full re-runs every layer's forward (not the logits), selective only the attention core."""
+def recompute_flops_per_token(model: ModelSpec, recompute: Recompute, attention: str = "unfused") -> float:
+    """What recompute adds to one token's step (Korthikanti et al. 2022, §5): full re-runs
+    every layer's forward (not the logits); selective re-runs the attention core when it is
+    unfused, and only element-wise work (LayerNorms, the activation) under flash attention."""
     if recompute == "full":
         return model.layers * (linear_flops_per_token(model) + attention_flops_per_token(model))
-    if recompute == "selective":
+    if recompute == "selective" and attention == "unfused":
         return model.layers * attention_flops_per_token(model)
     return 0.0
 
 
-def hardware_flops_per_token(model: ModelSpec, recompute: Recompute) -> float:
+def hardware_flops_per_token(model: ModelSpec, recompute: Recompute, attention: str = "unfused") -> float:
     """HFU convention: 96·B·s·l·h²·(1 + s/(6h) + V/(16·l·h)) per step for full recompute
     (Narayanan et al. 2021, eq. 3), generalised to GQA, SwiGLU and the other modes."""
-    return model_flops_per_token(model) + recompute_flops_per_token(model, recompute)
+    return model_flops_per_token(model) + recompute_flops_per_token(model, recompute, attention)
 
 
-def step_flops(model: ModelSpec, global_batch: int, recompute: Recompute) -> tuple[float, float]:
+def step_flops(model: ModelSpec, global_batch: int, recompute: Recompute,
+               attention: str = "unfused") -> tuple[float, float]:
     """(model FLOPs, hardware FLOPs) of one optimizer step over the whole cluster."""
     tokens = global_batch * model.seq
-    return tokens * model_flops_per_token(model), tokens * hardware_flops_per_token(model, recompute)
+    return (tokens * model_flops_per_token(model),
+            tokens * hardware_flops_per_token(model, recompute, attention))

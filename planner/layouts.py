@@ -3,10 +3,9 @@
 A partial layout fixes some fields; every other field is enumerated over the values that
 can work for the model and cluster. Choices that another dominates (as fast or faster, no
 more memory) are left out of an open search: zero 0 (zero 1 moves less data — reduce-scatter
-+ all-gather of bf16 weights instead of an fp32 all-reduce — and needs less memory),
-tp > 1 without sequence parallelism (the same communication volume, less memory and less
-element-wise work with it), and selective recompute under flash attention (nothing of s²
-size is stored, so it equals none).
++ all-gather of bf16 weights instead of an fp32 all-reduce — and needs less memory)
+and tp > 1 without sequence parallelism (the same communication volume, less memory and less
+element-wise work with it).
 """
 
 from __future__ import annotations
@@ -103,9 +102,6 @@ def candidate_layouts(model: ModelSpec, cluster: ClusterSpec, part: PartialLayou
                             if zero == 3 and pp > 1:
                                 continue
                             for rc in recomputes:
-                                if rc == "selective" and part.attention == "flash" and not part.recompute:
-                                    # Flash attention never stores the s×s scores: selective = none.
-                                    continue
                                 yield Layout(tp=tp, pp=pp, dp=dp, micro_batch=mb,
                                              global_batch=part.global_batch, recompute=rc,
                                              sequence_parallel=bool(sp), interleave=v, zero=zero,

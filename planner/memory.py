@@ -61,6 +61,12 @@ def activation_bytes_per_layer(model: ModelSpec, layout: Layout) -> float:
     # activation input(s) and down-projection input.
     ffn_inputs = 2 * s * b * f * (3 if model.activation == "swiglu" else 2)
     split = 2 * s * b * (h + kv) + 2 * s * b * kv + 2 * sbh + ffn_inputs
+    if layout.recompute == "selective" and layout.attention == "flash":
+        # Selective recompute under flash attention (Megatron-Core's recompute of LayerNorms and
+        # the activation): the GEMM inputs that are LayerNorm outputs (4sbh) and the MLP-down
+        # input (2sbf) are recomputed from what is kept.
+        replicated -= 4 * sbh
+        split -= 2 * s * b * f
     # Unfused attention stores softmax output (2), dropout mask (1) and its output (2): 5as²b.
     scores = 5 * a * s * s * b if (layout.attention == "unfused" and layout.recompute == "none") else 0
     # Flash attention keeps its log-sum-exp instead (fp32, a·s·b).
