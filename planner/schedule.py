@@ -55,6 +55,12 @@ class Settings:
             raise FlmplanError(f"--max-gpus must be at least 1, got {self.max_gpus}.")
         if self.target_params <= 0:
             raise FlmplanError(f"--target-size must be positive, got {self.target_params}.")
+        if self.global_batch < 1:
+            raise FlmplanError(f"--global-batch must be at least 1 sequence, got {self.global_batch}.")
+        if self.grow_steps < 0:
+            raise FlmplanError(f"--grow-steps must not be negative, got {self.grow_steps}.")
+        if self.max_days <= 0:
+            raise FlmplanError(f"--max-days must be positive, got {self.max_days}.")
 
 
 @dataclass

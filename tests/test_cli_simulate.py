@@ -93,6 +93,10 @@ def test_confidence_fits_the_budget_at_p90():
         (["--target-size", "1T", "--max-gpus", "8"], "No model of 1000B parameters fits on 8"),
         (["--target-size", "big"], "--target-size must look like 101B"),
         (["--confidence", "1.5"], "--confidence must be between"),
+        (["--global-batch", "0"], "--global-batch must be at least 1"),
+        (["--max-days", "0"], "--max-days must be positive"),
+        (["--carryover", "2"], "carry-over efficiency must be in (0, 1]"),
+        (["--loss-law", "kaplan"], "Unknown loss law 'kaplan'"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(args, message):
