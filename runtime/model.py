@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 
 @dataclass
@@ -156,13 +156,16 @@ class Block(nn.Module):
         self.ln2 = MaskedLayerNorm(cfg.hidden, cfg.ln_eps)
         self.mlp = MLP(cfg)
         self.depth_gate: float | None = None          # MSG depth growth: c·Block(h) + (1 − c)·h
-        self.recompute = False                         # full activation recompute (set from the layout)
+        self.recompute = "none"                        # "full" or "selective" (set from the layout)
         self.sp_group = None                           # sequence parallelism: the tensor-parallel group
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...],
                 hidden_mask: torch.Tensor | None) -> torch.Tensor:
-        if self.recompute and torch.is_grad_enabled():
+        if self.recompute == "full" and torch.is_grad_enabled():
             return checkpoint(self._forward, x, rope, hidden_mask, use_reentrant=False)
+        if self.recompute == "selective" and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, rope, hidden_mask, use_reentrant=False,
+                              context_fn=selective_recompute_context)
         return self._forward(x, rope, hidden_mask)
 
     def _forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...],
@@ -176,6 +179,20 @@ class Block(nn.Module):
         if self.depth_gate is not None:
             y = self.depth_gate * y + (1.0 - self.depth_gate) * x
         return y
+
+
+def _keep_gemms_and_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Selective recompute: keep what matrix products and attention computed, recompute the
+    element-wise work (LayerNorms, activation, masks, rotary) in backward — Megatron-Core's
+    selective recompute of LayerNorm and activation."""
+    name = str(op)
+    if "mm" in name or "scaled_dot_product" in name or "all_gather" in name or "reduce_scatter" in name:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def selective_recompute_context():
+    return create_selective_checkpoint_contexts(_keep_gemms_and_attention)
 
 
 def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -220,10 +220,10 @@ def parallelize(full: Decoder, layout: Layout, mesh: DeviceMesh, device: torch.d
     for c in chunks:
         if not on_meta:
             c.to(device)
-        # Full recompute re-runs each block's forward in backward; selective recompute is what a
-        # flash-attention kernel does anyway (it never stores the s×s scores).
+        # Full recompute re-runs each block's forward in backward; selective recompute only its
+        # element-wise work (the attention scores a flash kernel never stores anyway).
         for block in c.blocks.values():
-            block.recompute = layout.recompute == "full"
+            block.recompute = layout.recompute
         if layout.tp > 1:
             apply_tp(c, mesh["tp"], layout.sequence_parallel)
         if layout.dp > 1:

@@ -53,7 +53,10 @@ def test_layouts_give_the_same_losses(tmp_path):
     for name, layout in {"tp2": dict(tp=2), "pp2": dict(pp=2), "fsdp2": dict(dp=2, zero=3),
                          "pp2-interleaved": dict(pp=2, interleave=2, micro_batch=2),
                          "tp2-full-recompute": dict(tp=2, recompute="full"),
-                         "tp2-sequence-parallel": dict(tp=2, sequence_parallel=True)}.items():
+                         "tp2-sequence-parallel": dict(tp=2, sequence_parallel=True),
+                         "fsdp2-selective-recompute": dict(dp=2, zero=3, recompute="selective"),
+                         "tp2-sp-selective-recompute": dict(tp=2, sequence_parallel=True,
+                                                            recompute="selective")}.items():
         out = tmp_path / name
         assert torchrun(one_stage(**layout), out, 2) == 0, name
         assert (out / "DONE.json").exists()
