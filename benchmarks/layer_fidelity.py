@@ -15,8 +15,9 @@ import json
 import sys
 from importlib import resources
 
-from planner.comm import Network, group
+from planner.comm import Network
 from planner.compute import layer_time
+from planner.cost import tp_comm_per_pass_s
 from planner.device import DeviceModel
 from planner.specs import Layout, ModelSpec
 from profiles.schema import Profile, builtin_profile, load_profile
@@ -25,13 +26,7 @@ from profiles.schema import Profile, builtin_profile, load_profile
 def predict_layer(dev: DeviceModel, model: ModelSpec, layout: Layout) -> tuple[float, float, float]:
     """(forward, backward, backward with full recompute) of one layer at this layout, TP included."""
     lt = layer_time(dev, model, layout)
-    tp_time = 0.0
-    if layout.tp > 1:
-        net = Network(dev.profile)
-        g = group(layout.tp, 1, 8)
-        nbytes = layout.micro_batch * model.seq * model.hidden * dev.bytes_per_element
-        tp_time = (net.time("all_gather", nbytes, g) + net.time("reduce_scatter", nbytes, g)
-                   if layout.sequence_parallel else 2 * net.time("all_reduce", nbytes, g))
+    tp_time = tp_comm_per_pass_s(Network(dev.profile), model, layout, dev.bytes_per_element, gpus_per_node=8)
     fwd = lt.forward + tp_time
     bwd = lt.backward + tp_time
     if layout.recompute == "selective":

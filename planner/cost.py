@@ -114,6 +114,19 @@ def device_models(profile: Profile) -> tuple[DeviceModel, Network]:
     return DeviceModel(profile), Network(profile)
 
 
+def tp_comm_per_pass_s(net: Network, model: ModelSpec, layout: Layout, bytes_per_element: int,
+                       gpus_per_node: int) -> float:
+    """Tensor-parallel collectives of one layer's forward (or backward) pass: two all-reduces of
+    the activations, or with sequence parallelism the same volume as all-gather + reduce-scatter
+    (Korthikanti et al. 2022, §4.2.2)."""
+    tp_group = group(layout.tp, 1, gpus_per_node)
+    activation_bytes = layout.micro_batch * model.seq * model.hidden * bytes_per_element
+    if layout.sequence_parallel:
+        return (net.time("all_gather", activation_bytes, tp_group)
+                + net.time("reduce_scatter", activation_bytes, tp_group))
+    return 2 * net.time("all_reduce", activation_bytes, tp_group)
+
+
 def compute_lower_bound_s(model: ModelSpec, layout: Layout, profile: Profile) -> float:
     """A floor under estimate_step's total: the slowest stage's layer compute alone, every other
     part being ≥ 0. The layout search uses it to skip layouts that cannot win."""
@@ -129,20 +142,12 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     lay = layout
     t, p, v, m = lay.tp, lay.pp, lay.interleave, lay.micro_batches
     gpn = cluster.gpus_per_node
-    tp_group = group(t, 1, gpn)
     dp_group = group(lay.dp, t, gpn)
     pp_group = group(p, t * lay.dp, gpn)
 
     lt = layer_time(dev, model, lay)
-    # Tensor-parallel collectives per layer: two all-reduces forward and two backward, or with
-    # sequence parallelism the same volume as all-gather + reduce-scatter pairs.
     activation_bytes = lay.micro_batch * model.seq * model.hidden * dev.bytes_per_element
-    if lay.sequence_parallel:
-        tp_one = net.time("all_gather", activation_bytes, tp_group) + net.time(
-            "reduce_scatter", activation_bytes, tp_group)
-    else:
-        tp_one = 2 * net.time("all_reduce", activation_bytes, tp_group)
-    tp_fwd = tp_bwd = tp_one
+    tp_fwd = tp_bwd = tp_comm_per_pass_s(net, model, lay, dev.bytes_per_element, gpn)
 
     if lay.recompute == "full":
         recompute_layer, tp_recompute = lt.forward, tp_fwd

@@ -157,6 +157,11 @@ class Planner:
         tokens_per_step = st.layout.global_batch * st.model.seq
         return st.step_s / tokens_per_step * gpus * self.s.price_per_gpu_hour / 3600 * self.s.cost_factor
 
+    def floor_cost_usd(self, stages: list[StageRun], gpus: int) -> float:
+        """What a chain costs at its minimum tokens, growth transitions included."""
+        transitions = (len(stages) - 1) * self.s.transition_hours * gpus * self.s.price_per_gpu_hour
+        return transitions + sum(self.usd_per_token(s, gpus) * self.min_tokens(k, s) for k, s in enumerate(stages))
+
     def min_tokens(self, k: int, st: StageRun) -> float:
         steps = self.s.min_first_stage_steps if k == 0 else self.s.grow_steps + self.s.min_steps_after_growth
         return steps * st.layout.global_batch * st.model.seq
@@ -171,7 +176,7 @@ class Planner:
         seconds = np.array([s.step_s / (s.layout.global_batch * s.model.seq) for s in stages])
         d_min = np.array([self.min_tokens(k, s) for k, s in enumerate(stages)])
         transition_h = (len(chain) - 1) * self.s.transition_hours
-        spare = self.s.budget_usd - transition_h * gpus * self.s.price_per_gpu_hour - float(price @ d_min)
+        spare = self.s.budget_usd - self.floor_cost_usd(stages, gpus)
         spare_s = self.s.max_days * SECONDS_PER_DAY - transition_h * 3600 - float(seconds @ d_min)
         if spare < 0 or spare_s < 0:
             return None
@@ -280,9 +285,7 @@ class Planner:
                     stages = [self.stage(m, gpus, coarse=True) for m in chain]
                     if any(s is None for s in stages):
                         continue
-                    cost = sum(self.usd_per_token(s, gpus) * self.min_tokens(k, s) for k, s in enumerate(stages))
-                    cost += (len(chain) - 1) * self.s.transition_hours * gpus * self.s.price_per_gpu_hour
-                    cheapest = min(cheapest, cost)
+                    cheapest = min(cheapest, self.floor_cost_usd(stages, gpus))
         return cheapest
 
     # --- baselines --------------------------------------------------------------
