@@ -5,11 +5,12 @@
 # Commit the profile as profiles/data/<gpu>-measured.json and record the GEMM ceiling
 # (device.measured_gemm_max_tflops against the 989 TFLOP/s peak) and the layer errors in BENCHMARKS.md.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 out=${OUT:-gpu-profile}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$out/nvidia-smi.csv" || true
 timeout 420 python -m planner.cli profile --device cuda --quick --out "$out/profile.json" 2> "$out/profile.log"
-python benchmarks/layer_fidelity.py "$out/profile.json" > "$out/layer_fidelity.txt"
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python benchmarks/layer_fidelity.py "$out/profile.json" > "$out/layer_fidelity.txt"
 python - "$out/profile.json" <<'PY'
 import json, sys
 p = json.load(open(sys.argv[1]))

@@ -228,6 +228,10 @@ def run(
     steps: Annotated[int, typer.Option(help="With --scale tiny: optimizer steps per stage.")] = 40,
     max_restarts: Annotated[int, typer.Option(help="torchrun restarts after a failure (resumes from the "
                                                    "newest good checkpoint).")] = 0,
+    dtype: Annotated[str | None, typer.Option(help="bf16, fp16 or fp32 instead of the plan's dtype (default: the "
+                                                   "plan's on GPUs, fp32 on CPUs).")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile each block "
+                                                 "(default: on with GPUs, off on CPUs).")] = None,
 ) -> None:
     """Execute a plan with torch.distributed under torchrun --standalone (see the README for clusters)."""
     import os
@@ -246,7 +250,15 @@ def run(
         from runtime.scale import tiny_plan
 
         raw = tiny_plan(raw, nproc, steps)
+    if dtype not in (None, "bf16", "fp16", "fp32"):
+        raise FlmplanError(f"--dtype must be bf16, fp16 or fp32, got {dtype!r}.")
+    from runtime.train import config_of
+
     for k, st in enumerate(raw["stages"]):
+        try:
+            config_of(st["model"])
+        except FlmplanError as err:
+            raise FlmplanError(f"Stage {k + 1} ({st['name']}): {err}") from None
         lay = st["layout"]
         if lay["tp"] * lay["pp"] * lay["dp"] != nproc:
             raise FlmplanError(
@@ -261,6 +273,10 @@ def run(
            f"--max-restarts={max_restarts}", "-m", "runtime.train", "--plan", str(run_plan), "--out", str(out)]
     if data:
         cmd += ["--data", *map(str, data)]
+    if dtype:
+        cmd += ["--dtype", dtype]
+    if compile is not None:
+        cmd += ["--compile" if compile else "--no-compile"]
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1",
            "TORCHINDUCTOR_COMPILE_THREADS": "1"}
     stdout.print(f"[bold]{raw['name']}[/]: {len(raw['stages'])} stages on {nproc} processes → {out}")

@@ -37,13 +37,20 @@ class MemoryEstimate:
 
 
 def stage_params(model: ModelSpec, layout: Layout) -> float:
-    """Parameters on the GPU that holds the most: the first pipeline stage, with the embedding
-    (pipeline stages round up their share of layers), split over tp."""
-    layers = math.ceil(model.layers / layout.pp)
-    embedding = model.vocab * model.hidden
+    """Parameters on the GPU that holds the most, as tensor parallelism splits them: weights and
+    the vocabulary-parallel embedding split over tp, LayerNorms and row-parallel biases whole.
+    Under pipeline parallelism the first stage (the embedding, and the remainder of the layers)
+    or the last (its copy of the tied embedding, or the output head, and the final LayerNorm)."""
+    t = layout.tp
+    replicated = model.tp_replicated_layer_params()
+    per_layer = (model.layer_params() - replicated) / t + replicated
+    final_norm = 2 * model.hidden
     if layout.pp == 1:
-        embedding = model.embedding_params()
-    return (layers * model.layer_params() + embedding) / layout.tp
+        return model.layers * per_layer + (model.embedding_params() - final_norm) / t + final_norm
+    embedding = model.vocab * model.hidden / t
+    first = math.ceil(model.layers / layout.pp) * per_layer + embedding
+    last = model.layers // layout.pp * per_layer + embedding + final_norm
+    return max(first, last)
 
 
 def activation_bytes_per_layer(model: ModelSpec, layout: Layout) -> float:

@@ -72,6 +72,12 @@ class ModelSpec:
         layernorms = 2 * 2 * h
         return attention + mlp + layernorms
 
+    def tp_replicated_layer_params(self) -> int:
+        """What tensor parallelism leaves whole on every rank of a block (Megatron, and flmplan's
+        runtime): the two LayerNorms and the biases of the row-parallel attention output and MLP
+        down-projection (added after the reduction)."""
+        return 2 * 2 * self.hidden + 2 * self.hidden
+
     def embedding_params(self) -> int:
         """Token embedding (and the output head, unless tied) plus the final LayerNorm."""
         head = 0 if self.tied_embeddings else self.vocab * self.hidden

@@ -5,7 +5,8 @@ A checkpoint is written to `<tag>.tmp/`, checksummed into a manifest, then renam
 stage, step, tokens, data position, RNG state, layout and SHA-256 of every file. On resume
 the newest checkpoint whose files match their checksums is used; a truncated or corrupted one
 is named and skipped. DCP reshards on load, so a checkpoint saved under one layout loads into
-another (and into a plain single-process model, which is how a stage's model is grown).
+another. Growth reads boxes of the old stage's tensors (`load_regions`), each rank only the
+part that lands in its own shards of the grown model.
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
+from torch.distributed.checkpoint.planner import LoadPlan
+from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -128,19 +135,39 @@ def load(path: Path, chunks: list, optimizers: list) -> None:
         set_optimizer_state_dict(c, o, {k: v for k, v in sd["optim"].items() if k in own}, options=FLAT)
 
 
-def load_full(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict]:
-    """Load into a plain (unsharded) model and optimizer on every rank; return the Adam state
-    keyed by parameter name, as the growth operators want it."""
-    load(path, [model], [optimizer])
-    names = {id(p): n for n, p in model.named_parameters()}
-    return {names[id(p)]: state for p, state in optimizer.state.items()}
+class _RegionLoadPlanner(DefaultLoadPlanner):
+    """Reads, for each requested name, one box [offsets, offsets + sizes) of the saved global
+    tensor into a buffer of that box's size: DCP's resharding read applied to a region instead of
+    a whole shard, so a rank never reads more than it asked for."""
+
+    def __init__(self, regions: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]]) -> None:
+        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+        self.regions = regions
+
+    def create_local_plan(self) -> LoadPlan:
+        items = []
+        for key, (fqn, offsets, sizes) in self.regions.items():
+            md = self.metadata.state_dict_metadata[fqn]
+            chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes))
+            # Read from the saved tensor `fqn` into the buffer `key` (several boxes may share a source).
+            items += [replace(item, dest_index=MetadataIndex(key, item.dest_index.offset, item.dest_index.index))
+                      for item in create_read_items_for_chunk_list(fqn, md, [chunk])]
+        return LoadPlan(items)
+
+    def lookup_tensor(self, index: MetadataIndex) -> torch.Tensor:
+        return self.state_dict[index.fqn]
 
 
-def set_full_optimizer_state(chunk: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                             state: dict[str, dict], lr: float) -> None:
-    """Put a name-keyed full Adam state (from growth) into a (sharded) chunk's optimizer."""
-    names = [n for n, _ in chunk.named_parameters()]
-    group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-    osd = {"state": {n: state[n] for n in names if n in state},
-           "param_groups": [{**group, "lr": lr, "params": names}]}
-    set_optimizer_state_dict(chunk, optimizer, osd, options=StateDictOptions(full_state_dict=True))
+def saved_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Global shape of every tensor in a checkpoint, read from its metadata alone."""
+    md = FileSystemReader(str(path)).read_metadata()
+    return {k: tuple(v.size) for k, v in md.state_dict_metadata.items() if hasattr(v, "size")}
+
+
+def load_regions(path: Path, regions: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]],
+                 dtypes: dict[str, torch.dtype], device: torch.device) -> dict[str, torch.Tensor]:
+    """Boxes of saved tensors (key → (saved name, offsets, sizes)), each rank its own; every rank
+    calls this. How growth reads the old stage without any rank holding the whole model."""
+    buffers = {k: torch.empty(sizes, dtype=dtypes[k], device=device) for k, (_, _, sizes) in regions.items()}
+    dcp.load(buffers, checkpoint_id=str(path), planner=_RegionLoadPlanner(regions))
+    return buffers

@@ -7,16 +7,21 @@ ramps c: 0 → 1 over `grow_steps` optimizer steps, then is removed. New blocks 
 the block before them, blended with identity: h ← c·Block(h) + (1 − c)·h.
 
 The optimizer state is grown the same way: Adam moments of old slices kept, zeros for new
-entries and new blocks, the step count kept.
+entries and new blocks, the step count kept. In a run the operator is applied per shard
+(`grow_sharded`): every rank reads from the old checkpoint only what lands in its shards.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
+from runtime.checkpoint import load_regions, saved_shapes
 from runtime.model import Decoder, DecoderConfig
 
 
@@ -57,18 +62,28 @@ def block_mapping(old_layers: int, new_layers: int) -> dict[int, tuple[int, bool
     return out
 
 
-def _embed(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """`new` (freshly initialised) with `old` written into its leading block."""
-    out = new.detach().clone()
-    out[tuple(slice(0, s) for s in old.shape)] = old.detach()
-    return out
+def overlap(old_shape: tuple[int, ...], offsets: tuple[int, ...], sizes: tuple[int, ...]
+            ) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """MSG's placement rule for one shard: old values fill the leading block of the grown tensor.
+    For a shard of the grown tensor at `offsets` with `sizes`, the (old-tensor slices, shard
+    slices) it receives, or None when the shard lies wholly outside the leading block."""
+    src, dst = [], []
+    for old, off, size in zip(old_shape, offsets, sizes, strict=True):
+        lo, hi = off, min(off + size, old)
+        if hi <= lo:
+            return None
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - off, hi - off))
+    return tuple(src), tuple(dst)
 
 
-def grow_decoder(old: Decoder, cfg: DecoderConfig, grow_steps: int, generator: torch.Generator | None = None
-                 ) -> tuple[Decoder, GrowthState, dict[str, str]]:
-    """A larger Decoder computing exactly what `old` computes (until the masks ramp), and the map
-    new parameter name → old parameter name (for the optimizer state)."""
-    oc = old.cfg
+def is_new_block(name: str, mapping: dict[int, tuple[int, bool]]) -> bool:
+    """A parameter of a block that growth added (a copy: its Adam moments start at zero)."""
+    return name.startswith("blocks.") and mapping[int(name.split(".")[1])][1]
+
+
+def check_growth(oc: DecoderConfig, cfg: DecoderConfig) -> None:
+    """MSG grows; it never shrinks, and keeps the head size, the vocabulary and the GQA groups."""
     if cfg.head_dim != oc.head_dim:
         raise ValueError(f"MSG keeps the head dimension: {oc.head_dim} → {cfg.head_dim} is not a growth.")
     for name in ("layers", "hidden", "heads", "ffn"):
@@ -78,6 +93,22 @@ def grow_decoder(old: Decoder, cfg: DecoderConfig, grow_steps: int, generator: t
         raise ValueError("growth keeps the vocabulary")
     if cfg.heads * oc.n_kv_heads != oc.heads * cfg.n_kv_heads:
         raise ValueError("growth keeps the ratio of query heads to key/value heads (GQA groups)")
+
+
+def growth_state(oc: DecoderConfig, cfg: DecoderConfig, grow_steps: int) -> GrowthState:
+    mapping = block_mapping(oc.layers, cfg.layers)
+    return GrowthState(hidden_old=oc.hidden, hidden_new=cfg.hidden, ffn_old=oc.ffn, ffn_new=cfg.ffn,
+                       heads_old=oc.heads, heads_new=cfg.heads,
+                       new_blocks=[str(j) for j, (_, is_new) in mapping.items() if is_new], grow_steps=grow_steps)
+
+
+def grow_decoder(old: Decoder, cfg: DecoderConfig, grow_steps: int, generator: torch.Generator | None = None
+                 ) -> tuple[Decoder, GrowthState, dict[str, str]]:
+    """A larger Decoder computing exactly what `old` computes (until the masks ramp), and the map
+    new parameter name → old parameter name. The whole-model form of the operator, for models
+    one process holds; `grow_sharded` applies the same rule shard by shard from a checkpoint."""
+    oc = old.cfg
+    check_growth(oc, cfg)
     # µP multipliers stay those of the model before growth, or the logits would change scale.
     cfg = replace(cfg, mup=oc.mup, mup_width_mult=oc.mup_width_mult, mup_output_mult=oc.mup_output_mult)
     new = Decoder(cfg)
@@ -92,12 +123,12 @@ def grow_decoder(old: Decoder, cfg: DecoderConfig, grow_steps: int, generator: t
             if src is None or src not in old_sd:
                 continue
             # Old weights in the leading block; a new block is a copy of the one before it.
-            p.copy_(_embed(old_sd[src], p))
-            if not (name.startswith("blocks.") and mapping[int(name.split(".")[1])][1]):
+            region = overlap(tuple(old_sd[src].shape), (0,) * p.dim(), tuple(p.shape))
+            if region is not None:
+                p[region[1]] = old_sd[src][region[0]]
+            if not is_new_block(name, mapping):
                 name_map[name] = src
-    state = GrowthState(hidden_old=oc.hidden, hidden_new=cfg.hidden, ffn_old=oc.ffn, ffn_new=cfg.ffn,
-                        heads_old=oc.heads, heads_new=cfg.heads,
-                        new_blocks=[str(j) for j, (_, is_new) in mapping.items() if is_new], grow_steps=grow_steps)
+    state = growth_state(oc, cfg, grow_steps)
     apply_masks(new, state, 0.0)
     return new, state, name_map
 
@@ -115,7 +146,9 @@ def _source_name(name: str, mapping: dict[int, tuple[int, bool]]) -> str | None:
 
 def apply_masks(model: nn.Module, state: GrowthState | None, c: float) -> None:
     """Set every MSG mask of `model` for ramp value c; c ≥ 1 (or no growth) removes them.
-    Works on a whole Decoder or a pipeline stage of one (blocks it does not own are absent)."""
+    Works on a whole Decoder or a pipeline stage of one (blocks it does not own are absent).
+    While the ramp runs the masks are updated in place (a compiled block keeps its graph); they
+    are in the forward's compute dtype, so masking does not promote bf16 activations."""
     decoder = model
     blocks = getattr(decoder, "blocks", {})
     if state is None or c >= 1.0:
@@ -127,37 +160,97 @@ def apply_masks(model: nn.Module, state: GrowthState | None, c: float) -> None:
             block.depth_gate = None
         return
     ref = next(decoder.parameters())
+    dtype = getattr(decoder, "compute_dtype", None) or ref.dtype
+    device = ref.device
 
-    def ramp(old: int, new: int) -> torch.Tensor | None:
+    def ramp(current: torch.Tensor | None, old: int, new: int, part: tuple[int, int] = (0, 1)
+             ) -> torch.Tensor | None:
+        """Ones on the `old` units, c on the new ones; `part` = (rank, size) of a tensor-parallel slice."""
         if new == old:
             return None
-        m = torch.full((new,), c, dtype=ref.dtype, device=ref.device)
-        m[:old] = 1.0
-        return m
+        rank, size = part
+        units = torch.arange(new, device=device).chunk(size)[rank]
+        mask = current if current is not None and current.shape == units.shape else torch.empty(
+            units.shape, dtype=dtype, device=device)
+        with torch.no_grad():
+            mask.copy_(torch.where(units < old, 1.0, c))
+        return mask
 
-    decoder.hidden_mask = ramp(state.hidden_old, state.hidden_new)
-    ffn, heads = ramp(state.ffn_old, state.ffn_new), ramp(state.heads_old, state.heads_new)
+    decoder.hidden_mask = ramp(decoder.hidden_mask, state.hidden_old, state.hidden_new)
     for key, block in blocks.items():
         # Under tensor parallelism a block holds a slice of the neurons and heads.
-        rank, size = getattr(block, "tp_shard", (0, 1))
-        block.mlp.ffn_mask = None if ffn is None else ffn.chunk(size)[rank]
-        block.attn.head_mask = None if heads is None else heads.chunk(size)[rank]
-        block.depth_gate = c if key in state.new_blocks else None
+        part = getattr(block, "tp_shard", (0, 1))
+        block.mlp.ffn_mask = ramp(block.mlp.ffn_mask, state.ffn_old, state.ffn_new, part)
+        block.attn.head_mask = ramp(block.attn.head_mask, state.heads_old, state.heads_new, part)
+        if key in state.new_blocks:
+            if block.depth_gate is None:
+                block.depth_gate = torch.empty((), dtype=dtype, device=device)
+            block.depth_gate.fill_(c)
+        else:
+            block.depth_gate = None
 
 
-def grow_optimizer_state(old_state: dict[str, dict], new_params: dict[str, torch.Tensor],
-                         name_map: dict[str, str]) -> dict[str, dict]:
-    """Adam state per parameter name: old moments in the leading block, zeros elsewhere (and for
-    new blocks), the step count kept (MSG §3.4)."""
-    step = next((s["step"] for s in old_state.values() if "step" in s), torch.tensor(0.0))
-    out = {}
-    for name, p in new_params.items():
-        src = name_map.get(name)
-        entry = {"step": step.clone() if torch.is_tensor(step) else torch.tensor(float(step))}
-        for key in ("exp_avg", "exp_avg_sq"):
-            moment = torch.zeros_like(p)
-            if src is not None and src in old_state and key in old_state[src]:
-                moment = _embed(old_state[src][key], moment)
-            entry[key] = moment
-        out[name] = entry
-    return out
+def local_box(t: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...], torch.Tensor]:
+    """(global offsets, sizes, local tensor) of this rank's piece of a parameter or state."""
+    if isinstance(t, DTensor):
+        sizes, offsets = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+        return tuple(offsets), tuple(sizes), t.to_local()
+    return (0,) * t.dim(), tuple(t.shape), t
+
+
+def adam_state(p: torch.Tensor, step: float, fused: bool) -> dict[str, torch.Tensor]:
+    """A fresh AdamW state for `p` at `step`, laid out as torch.optim.AdamW makes its own."""
+    step_t = (torch.tensor(step, dtype=torch.float32, device=p.device) if fused
+              else torch.tensor(step, dtype=torch.float32))
+    return {"step": step_t, "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+            "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+
+
+def grow_sharded(chunks: list[Decoder], optimizers: list[torch.optim.Optimizer], old_checkpoint: Path,
+                 old_cfg: DecoderConfig, grow_steps: int) -> GrowthState:
+    """Grow the previous stage into this rank's already-sharded chunks of the new stage.
+
+    Each rank reads from the old stage's checkpoint only the boxes that land in its own shards
+    (weights, then each Adam moment, one kind at a time), so no rank ever holds the whole old
+    or new model: the peak is this rank's share of the new stage plus one kind of its old share.
+    The rule is `grow_decoder`'s: old values in the leading block, new blocks copy the block
+    before them with zero moments, the step count kept (MSG §3.4)."""
+    cfg = chunks[0].cfg
+    check_growth(old_cfg, cfg)
+    mapping = block_mapping(old_cfg.layers, cfg.layers)
+    shapes = saved_shapes(old_checkpoint)
+    device = next(chunks[0].parameters()).device
+    step_fqn = next(k for k in shapes if k.startswith("optim.state.") and k.endswith(".step"))
+    step = float(load_regions(old_checkpoint, {"step": (step_fqn, (), ())}, {"step": torch.float32},
+                              torch.device("cpu"))["step"])
+    params = []
+    for chunk, opt in zip(chunks, optimizers, strict=True):
+        fused = bool(opt.defaults.get("fused"))
+        for name, p in chunk.named_parameters():
+            opt.state[p] = adam_state(p, step, fused)
+            params.append((name, p, opt))
+    for kind in ("model", "exp_avg", "exp_avg_sq"):
+        regions, targets = {}, {}
+        for i, (name, p, opt) in enumerate(params):
+            src = _source_name(name, mapping)
+            if kind != "model" and is_new_block(name, mapping):
+                continue              # a new block's moments start at zero
+            fqn = f"model.{src}" if kind == "model" else f"optim.state.{src}.{kind}"
+            dest = p if kind == "model" else opt.state[p][kind]
+            offsets, sizes, local = local_box(dest)
+            box = overlap(shapes[fqn], offsets, sizes)
+            if box is None:
+                continue
+            src_box, dst_box = box
+            key = f"{i}:{fqn}"
+            regions[key] = (fqn, tuple(b.start for b in src_box), tuple(b.stop - b.start for b in src_box))
+            targets[key] = (local, dst_box)
+        dtypes = {k: t[0].dtype for k, t in targets.items()}
+        read = load_regions(old_checkpoint, regions, dtypes, device)
+        with torch.no_grad():
+            for key, (local, dst_box) in targets.items():
+                local[dst_box] = read.pop(key)
+    state = growth_state(old_cfg, cfg, grow_steps)
+    for chunk in chunks:
+        apply_masks(chunk, state, 0.0)
+    return state

@@ -9,7 +9,11 @@ Every place that Masked Structural Growth (Yao et al., ICLR 2024) needs a mask h
 (`ffn_mask`), attention heads (`head_mask`) and whole blocks (`depth_gate`). With the masks at
 0 on new units the grown model computes exactly what the old one did.
 
-The model knows nothing of parallelism (torchtitan's rule); `runtime/parallel.py` applies it.
+Masks are tensors updated in place while they ramp, so a compiled block sees the same inputs
+every step (no recompilation) and only two graphs exist: with masks and without.
+
+The model knows nothing of parallelism (torchtitan's rule); `runtime/parallel.py` applies it,
+and the dtype policy (`compute_dtype`: autocast of the forward over fp32 master weights).
 Blocks live in a ModuleDict keyed by their global index, so a pipeline stage can drop the
 blocks it does not own and keep the checkpoint names.
 """
@@ -22,6 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, Replicate
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 
@@ -128,6 +133,7 @@ class Attention(nn.Module):
         cos, sin, q_scale, k_scale = rope
         q, k = apply_rotary(q, cos, sin, q_scale), apply_rotary(k, cos, sin, k_scale)
         scale = 1.0 / d if self.cfg.mup else 1.0 / math.sqrt(d)
+        # The kernel (flash, or the unfused math path) is chosen around the step: parallel.sdpa_backends.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
                                            enable_gqa=k.shape[1] != q.shape[1])
         y = y.transpose(1, 2).reshape(B, T, -1)
@@ -155,7 +161,7 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.ln2 = MaskedLayerNorm(cfg.hidden, cfg.ln_eps)
         self.mlp = MLP(cfg)
-        self.depth_gate: float | None = None          # MSG depth growth: c·Block(h) + (1 − c)·h
+        self.depth_gate: torch.Tensor | None = None   # MSG depth growth: c·Block(h) + (1 − c)·h (0-d)
         self.recompute = "none"                        # "full" or "selective" (set from the layout)
         self.sp_group = None                           # sequence parallelism: the tensor-parallel group
 
@@ -181,14 +187,31 @@ class Block(nn.Module):
         return y
 
 
+def _saved_ops() -> frozenset:
+    """Selective recompute keeps what these ops computed (torchtitan's explicit op list): matrix
+    products, attention kernels and functional collectives. Everything else — the element-wise
+    work of LayerNorms, activation, masks and rotary — is recomputed in backward, Megatron-Core's
+    selective recompute of LayerNorm and activation. (In-place c10d collectives, which write into
+    their arguments, cannot be saved; a sequence-parallel gather is re-run in backward.)"""
+    aten = torch.ops.aten
+    ops = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
+           aten._scaled_dot_product_flash_attention.default,
+           aten._scaled_dot_product_efficient_attention.default,
+           aten._scaled_dot_product_flash_attention_for_cpu.default}
+    for name in ("_scaled_dot_product_cudnn_attention",):
+        if hasattr(aten, name):
+            ops.add(getattr(aten, name).default)
+    fn = getattr(torch.ops, "_c10d_functional", None)
+    if fn is not None:
+        ops |= {fn.all_gather_into_tensor.default, fn.reduce_scatter_tensor.default, fn.all_reduce.default}
+    return frozenset(ops)
+
+
+SELECTIVE_RECOMPUTE_SAVES = _saved_ops()
+
+
 def _keep_gemms_and_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    """Selective recompute: keep what matrix products and attention computed, recompute the
-    element-wise work (LayerNorms, activation, masks, rotary) in backward — Megatron-Core's
-    selective recompute of LayerNorm and activation."""
-    name = str(op)
-    if "mm" in name or "scaled_dot_product" in name or "all_gather" in name or "reduce_scatter" in name:
-        return CheckpointPolicy.MUST_SAVE
-    return CheckpointPolicy.PREFER_RECOMPUTE
+    return CheckpointPolicy.MUST_SAVE if op in SELECTIVE_RECOMPUTE_SAVES else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 def selective_recompute_context():
@@ -258,6 +281,7 @@ class Decoder(nn.Module):
         self.hidden_mask: torch.Tensor | None = None  # (hidden,), MSG width growth
         self.takes_tokens = True                       # False on pipeline stages after the first
         self.sp_group = None                           # sequence parallelism: the tensor-parallel group
+        self.compute_dtype: torch.dtype | None = None  # autocast dtype of the forward (None: the params')
         self.init_weights()
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
@@ -274,6 +298,12 @@ class Decoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T) → logits (B, T, vocab). A pipeline stage without the embedding takes the
         hidden states (B, T, hidden) instead, and one without ln_f returns hidden states."""
+        if self.compute_dtype is None:
+            return self._forward(tokens)
+        with torch.autocast(tokens.device.type, dtype=self.compute_dtype):
+            return self._forward(tokens)
+
+    def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.takes_tokens:
             x = scatter_sequence(_masked(self.embed(tokens), self.hidden_mask), self.sp_group)
         else:
@@ -286,7 +316,12 @@ class Decoder(nn.Module):
             return x
         x = gather_sequence(self.ln_f(x, self.hidden_mask), self.sp_group)
         # Tied embeddings: a last pipeline stage keeps its own copy of `embed` for this.
-        logits = F.linear(x, self.embed.weight)
+        w = self.embed.weight
+        if isinstance(w, DTensor):
+            # Vocabulary-parallel output layer: replicated input, logits split over the vocabulary
+            # (the input's gradient is all-reduced over the group in backward).
+            x = DTensor.from_local(x, w.device_mesh, [Replicate()], run_check=False)
+        logits = F.linear(x, w)
         if self.cfg.mup:
             logits = logits * (self.cfg.mup_output_mult / self.cfg.mup_width_mult)
         return logits

@@ -1,8 +1,9 @@
 """Apply a stage's layout on a DeviceMesh (pp, dp, tp), torchtitan-style, from outside the model.
 
 - tensor parallel: Megatron's split with `parallelize_module` (Q, K, V and MLP-up column-wise,
-  attention output and MLP-down row-wise); the embedding, LayerNorms and masks stay replicated
-  (masks of heads and FFN neurons are sliced to the local shard); with sequence parallelism the
+  attention output and MLP-down row-wise; the tied embedding vocabulary-parallel, so the logits
+  stay split over the vocabulary into a parallel cross-entropy); LayerNorms and masks stay
+  replicated (masks of heads and FFN neurons are sliced to the local shard); with sequence parallelism the
   LayerNorms and residuals work on a slice of the sequence (runtime/model.py gathers it before
   attention and the MLP, and the row-parallel outputs are reduce-scattered);
 - pipeline parallel: the Decoder is cut into pp·v chunks (blocks keep their global names), run
@@ -11,23 +12,32 @@
 - data parallel: FSDP2 `fully_shard` (zero 3; zero 1–2 keep weights gathered between forward
   and backward) or `replicate` (zero 0).
 
+Precision (`Precision`): the parameters, gradients and Adam state are fp32 on every layout (the
+master weights); the forward runs under autocast in bf16 (or fp16 with dynamic loss scaling),
+and where FSDP shards, its MixedPrecisionPolicy gathers bf16 weights and reduces fp32
+gradients. Blocks are compiled one by one (torchtitan's order: TP, recompute, compile, FSDP).
+
 NCCL on GPUs, gloo on CPU.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor, Shard
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, loss_parallel, parallelize_module
 
 from planner.specs import Layout
 from runtime.model import Decoder, causal_lm_loss
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 TP_PLAN = {"attn.q": "col", "attn.k": "col", "attn.v": "col", "attn.o": "row", "mlp.up": "col", "mlp.down": "row"}
 
@@ -40,6 +50,74 @@ def make_mesh(layout: Layout, device_type: str) -> DeviceMesh:
 
 
 @dataclass
+class Precision:
+    """What a run computes in. `compute` is the autocast dtype of the forward (None: fp32
+    throughout); parameters, gradients and optimizer state stay fp32 (master weights). fp16 needs
+    loss scaling: the loss is multiplied by `scale` before backward, a step whose gradients
+    overflow is skipped and the scale halved, and it doubles after `growth_interval` good steps."""
+
+    name: str = "fp32"
+    scale: float = 1.0
+    growth_interval: int = 1000
+    good_steps: int = 0
+
+    @property
+    def compute(self) -> torch.dtype | None:
+        return None if self.name == "fp32" else DTYPES[self.name]
+
+    @property
+    def loss_scaling(self) -> bool:
+        return self.name == "fp16"
+
+    @classmethod
+    def of(cls, name: str) -> Precision:
+        if name not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+        return cls(name=name, scale=2.0**16 if name == "fp16" else 1.0)
+
+    def update(self, overflow: bool) -> None:
+        """Dynamic loss scaling (Micikevicius et al. 2018): halve on overflow, grow when stable."""
+        if not self.loss_scaling:
+            return
+        if overflow:
+            self.scale, self.good_steps = self.scale / 2, 0
+            return
+        self.good_steps += 1
+        if self.good_steps % self.growth_interval == 0:
+            self.scale *= 2
+
+
+def sdpa_backends(device: torch.device, layout: Layout, precision: Precision) -> list:
+    """The attention kernels a step may use. On a GPU in bf16/fp16 the plan's flash attention
+    must run as flash (an error, not a silent fallback to a slower kernel); "unfused" is the math
+    path, which materialises the scores as the planner charges them."""
+    from torch.nn.attention import SDPBackend
+
+    if layout.attention == "unfused":
+        return [SDPBackend.MATH]
+    if device.type == "cuda" and precision.compute is not None:
+        return [SDPBackend.FLASH_ATTENTION]
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def make_optimizer(chunk: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (β = 0.9, 0.95; weight decay 0.1 on matrices only, not on LayerNorms, biases or the
+    embedding, as GPT-3 and Megatron do); the fused kernel on GPUs, foreach on CPUs. Parameters
+    are grouped by kind as well (plain tensors, DTensors of each mesh): the multi-tensor kernels
+    take one kind per call."""
+    groups: dict[tuple, list[nn.Parameter]] = {}
+    for name, p in chunk.named_parameters():
+        decay = p.dim() >= 2 and not name.startswith("embed.")
+        kind = (tuple(p.device_mesh.mesh.flatten().tolist()), p.device_mesh.mesh_dim_names) \
+            if isinstance(p, DTensor) else None
+        groups.setdefault((decay, kind), []).append(p)
+    fused = device.type == "cuda"
+    return torch.optim.AdamW([{"params": ps, "weight_decay": 0.1 if decay else 0.0}
+                              for (decay, _), ps in groups.items()],
+                             lr=lr, betas=(0.9, 0.95), fused=fused, foreach=None if fused else True)
+
+
+@dataclass
 class ParallelModel:
     """The local part of a model under a layout, and how to run one optimizer step's batch."""
 
@@ -48,9 +126,10 @@ class ParallelModel:
     chunks: list[Decoder]
     chunk_ids: list[int]
     device: torch.device
+    precision: Precision
+    attention_backends: list
     schedule: object | None = None
     tied_group: object | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def pp_rank(self) -> int:
@@ -77,31 +156,59 @@ class ParallelModel:
             out.update(dict(c.named_parameters()))
         return out
 
+    def state_bytes(self, optimizers: list[torch.optim.Optimizer]) -> dict[str, int]:
+        """Bytes this rank holds of parameters, gradients and optimizer state (its local shards),
+        to set beside what planner/memory.py charges for the same layout."""
+
+        def nbytes(t: torch.Tensor) -> int:
+            t = t.to_local() if isinstance(t, DTensor) else t
+            return t.numel() * t.element_size()
+
+        params = self.parameters()
+        return {"params": sum(nbytes(p) for p in params),
+                "grads": sum(nbytes(p.grad) for p in params if p.grad is not None),
+                "optimizer": sum(nbytes(v) for o in optimizers for st in o.state.values() for v in st.values()
+                                 if torch.is_tensor(v) and v.dim() > 0)}
+
+    @contextmanager
+    def kernels(self):
+        """The attention kernels of the layout, and the vocabulary-parallel cross-entropy under tp."""
+        from torch.nn.attention import sdpa_kernel
+
+        with sdpa_kernel(self.attention_backends), (loss_parallel() if self.layout.tp > 1 else nullcontext()):
+            yield
+
     def train_batch(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Forward and backward of this rank's share of one global batch; returns the batch's
-        mean loss (the same on every rank)."""
+        """Forward and backward of this rank's share of one global batch, in micro-batches with
+        gradient accumulation; returns the batch's mean loss (the same on every rank) as a device
+        tensor — nothing here waits for the GPU."""
         lay = self.layout
-        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        inputs = inputs.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
         m = inputs.shape[0] // lay.micro_batch
-        if lay.pp == 1:
-            model = self.chunks[0]
-            total = torch.zeros((), device=self.device)
-            for i in range(m):
-                sl = slice(i * lay.micro_batch, (i + 1) * lay.micro_batch)
-                if hasattr(model, "set_requires_gradient_sync"):
-                    model.set_requires_gradient_sync(i == m - 1)
-                loss = causal_lm_loss(model(inputs[sl]), targets[sl])
-                (loss / m).backward()
-                total += loss.detach()
-            local = total / m
-        else:
-            losses: list[torch.Tensor] = []
-            args = (inputs,) if self.is_first else ()
-            if self.is_last:
-                self.schedule.step(*args, target=targets, losses=losses)
+        scale = self.precision.scale
+        with self.kernels():
+            if lay.pp == 1:
+                model = self.chunks[0]
+                total = torch.zeros((), device=self.device)
+                for i in range(m):
+                    sl = slice(i * lay.micro_batch, (i + 1) * lay.micro_batch)
+                    if hasattr(model, "set_requires_gradient_sync"):
+                        model.set_requires_gradient_sync(i == m - 1)
+                    loss = causal_lm_loss(model(inputs[sl]), targets[sl])
+                    (loss * (scale / m)).backward()
+                    total += _plain(loss.detach())
+                local = total / m
             else:
-                self.schedule.step(*args)
-            local = torch.stack(losses).mean().detach() if losses else torch.zeros((), device=self.device)
+                losses: list[torch.Tensor] = []
+                args = (inputs,) if self.is_first else ()
+                self.schedule._loss_fn = _scaled_loss(scale)
+                if self.is_last:
+                    self.schedule.step(*args, target=targets, losses=losses)
+                else:
+                    self.schedule.step(*args)
+                local = (torch.stack([_plain(x.detach()) for x in losses]).mean() / scale if losses
+                         else torch.zeros((), device=self.device))
             # Only the last stage saw the losses: share them along the pipeline.
             dist.all_reduce(local, group=self.mesh.get_group("pp"))
             if self.tied_group is not None:
@@ -131,24 +238,53 @@ class ParallelModel:
                 g = c.embed.weight.grad
                 dist.all_reduce(g.to_local() if isinstance(g, DTensor) else g, group=self.tied_group)
 
-    def clip_grad_norm(self, max_norm: float) -> float:
-        """Global gradient norm over every shard and stage, counting the tied embedding once."""
+    def grad_norm(self) -> torch.Tensor:
+        """Global gradient norm over every shard and stage, as a device tensor (no host sync).
+        Each rank adds the squares of its local pieces, divided by how many ranks hold the same
+        piece (replicated over tp or dp), and one all-reduce over the world sums them; the tied
+        embedding of the last pipeline stage is counted once, on the first."""
         sq = torch.zeros((), device=self.device, dtype=torch.float32)
+        sizes = {"dp": self.layout.dp, "tp": self.layout.tp}
         for c, cid in zip(self.chunks, self.chunk_ids, strict=True):
             for name, p in c.named_parameters():
                 if p.grad is None or (name.startswith("embed.") and self.layout.pp > 1 and cid != 0):
                     continue
-                g = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
-                sq += g.float().pow(2).sum()
-        if self.layout.pp > 1:
-            dist.all_reduce(sq, group=self.mesh.get_group("pp"))
-        norm = float(sq.sqrt())
-        scale = max_norm / (norm + 1e-6)
-        if scale < 1.0:
-            for p in self.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(scale)
-        return norm
+                g = p.grad
+                copies = sizes["dp"] * sizes["tp"]
+                if isinstance(g, DTensor):
+                    # Sharded (Shard, or FSDP's _StridedShard over a tp shard) along a mesh dim: no copies there.
+                    for dim_name, placement in zip(g.device_mesh.mesh_dim_names or (), g.placements, strict=True):
+                        if not isinstance(placement, Replicate) and dim_name in sizes:
+                            copies //= sizes[dim_name]
+                    g = g.to_local()
+                sq += g.float().pow(2).sum() / copies
+        if dist.get_world_size() > 1:
+            dist.all_reduce(sq)
+        return sq.sqrt()
+
+    def clip_and_unscale(self, max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Undo the loss scale and clip to `max_norm` in one multiply; returns (norm of the true
+        gradients, overflow flag), both device tensors. On overflow (fp16) the step must be skipped."""
+        norm = self.grad_norm() / self.precision.scale
+        overflow = ~torch.isfinite(norm)
+        factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0) / self.precision.scale
+        grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+                 for p in self.parameters() if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, factor)
+        return norm, overflow
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """A replicated DTensor (the parallel cross-entropy's loss) as the plain tensor every rank holds."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _scaled_loss(scale: float):
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return causal_lm_loss(logits, targets) * scale
+
+    return loss_fn
 
 
 def chunk_layers(layers: int, chunks: int) -> list[range]:
@@ -180,6 +316,43 @@ def split_for_pipeline(full: Decoder, chunk_ids: list[int], total_chunks: int) -
     return chunks
 
 
+class _SumForward(torch.autograd.Function):
+    """Megatron's reduce-from-tensor-parallel region: all-reduce forward, identity backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        x = x.contiguous()
+        dist.all_reduce(x, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def shard_vocabulary(embed: nn.Embedding, tp_mesh: DeviceMesh) -> None:
+    """Vocabulary-parallel embedding (Shoeybi et al. 2019, Megatron's VocabParallelEmbedding): each
+    rank holds its slice of the rows, looks up the tokens that fall in it (zeros elsewhere), and the
+    partial embeddings are summed over the group. The weight's gradient stays a slice, and the tied
+    output layer (runtime/model.py) yields logits split over the vocabulary."""
+    from torch.distributed.tensor import distribute_tensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    weight = distribute_tensor(embed.weight, tp_mesh, [Shard(0)])
+    embed.weight = nn.Parameter(weight)
+    rows, offset = compute_local_shape_and_global_offset(weight.shape, tp_mesh, weight.placements)
+    start, stop, group = offset[0], offset[0] + rows[0], tp_mesh.get_group()
+
+    def lookup(tokens: torch.Tensor) -> torch.Tensor:
+        w = embed.weight
+        local = w.to_local() if isinstance(w, DTensor) else w
+        outside = (tokens < start) | (tokens >= stop)
+        part = F.embedding((tokens - start).masked_fill(outside, 0), local)
+        return _SumForward.apply(part.masked_fill(outside.unsqueeze(-1), 0.0), group)
+
+    embed.forward = lookup
+
+
 def apply_tp(chunk: Decoder, tp_mesh: DeviceMesh, sequence_parallel: bool) -> None:
     # With sequence parallelism the row-parallel outputs are reduce-scattered along the sequence.
     row = RowwiseParallel(output_layouts=Shard(1)) if sequence_parallel else RowwiseParallel()
@@ -187,28 +360,41 @@ def apply_tp(chunk: Decoder, tp_mesh: DeviceMesh, sequence_parallel: bool) -> No
     rank, size = tp_mesh.get_local_rank(), tp_mesh.size()
     group = tp_mesh.get_group() if sequence_parallel else None
     chunk.sp_group = group
+    if chunk.embed is not None:
+        shard_vocabulary(chunk.embed, tp_mesh)
     for block in chunk.blocks.values():
         parallelize_module(block, tp_mesh, plan)
         block.tp_shard = (rank, size)
         block.sp_group = group
 
 
-def apply_dp(chunk: Decoder, dp_mesh: DeviceMesh, zero: int) -> nn.Module:
+def apply_dp(chunk: Decoder, dp_mesh: DeviceMesh, zero: int, precision: Precision) -> nn.Module:
     if zero == 0:
         from torch.distributed._composable.replicate import replicate
 
         return replicate(chunk, device_mesh=dp_mesh)
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    # Weights gathered in the compute dtype, gradients reduced in fp32 (torchtitan's default).
+    mp = MixedPrecisionPolicy(param_dtype=precision.compute, reduce_dtype=torch.float32)
     reshard = zero >= 3
     for block in chunk.blocks.values():
-        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard)
-    fully_shard(chunk, mesh=dp_mesh, reshard_after_forward=reshard)
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
+    fully_shard(chunk, mesh=dp_mesh, reshard_after_forward=reshard, mp_policy=mp)
     return chunk
 
 
+def apply_compile(chunk: Decoder) -> None:
+    """torch.compile each block's forward (recompute included) in place: the module tree, its
+    parameter names and FSDP's hooks stay as they are; the masks are inputs, so the ramp after a
+    growth recompiles nothing."""
+    for block in chunk.blocks.values():
+        block.forward = torch.compile(block.forward)
+
+
 def parallelize(full: Decoder, layout: Layout, mesh: DeviceMesh, device: torch.device,
-                seed: int | None = None) -> ParallelModel:
+                seed: int | None = None, precision: Precision | None = None,
+                compile: bool = False) -> ParallelModel:
     """Cut, shard and wrap `full` for this rank of the mesh. `full` is identical on every rank,
     or built on the meta device (torchtitan's way for models too large to hold whole): then each
     rank allocates only its shards and initialises them (`seed` keeps the shards consistent)."""
@@ -217,7 +403,9 @@ def parallelize(full: Decoder, layout: Layout, mesh: DeviceMesh, device: torch.d
     chunk_ids = [pp_rank + k * p for k in range(v)] if p > 1 else [0]
     chunks = split_for_pipeline(full, chunk_ids, p * v) if p > 1 else [full]
     on_meta = next(full.parameters()).is_meta
+    precision = precision or Precision()
     for c in chunks:
+        c.compute_dtype = precision.compute
         if not on_meta:
             c.to(device)
         # Full recompute re-runs each block's forward in backward; selective recompute only its
@@ -226,14 +414,17 @@ def parallelize(full: Decoder, layout: Layout, mesh: DeviceMesh, device: torch.d
             block.recompute = layout.recompute
         if layout.tp > 1:
             apply_tp(c, mesh["tp"], layout.sequence_parallel)
+        if compile:
+            apply_compile(c)
         if layout.dp > 1:
-            apply_dp(c, mesh["dp"], layout.zero)
+            apply_dp(c, mesh["dp"], layout.zero, precision)
         if on_meta:
             c.to_empty(device=device)
             torch.manual_seed(seed or 0)
             with torch.no_grad():
                 c.init_weights()
-    pm = ParallelModel(layout=layout, mesh=mesh, chunks=chunks, chunk_ids=chunk_ids, device=device)
+    pm = ParallelModel(layout=layout, mesh=mesh, chunks=chunks, chunk_ids=chunk_ids, device=device,
+                       precision=precision, attention_backends=sdpa_backends(device, layout, precision))
     if p > 1:
         pm.schedule = _pipeline_schedule(pm, p, v)
         pm.tied_group = _tied_group(mesh, p)

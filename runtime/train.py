@@ -4,33 +4,41 @@ Launched by torchrun (one machine or many):
 
     torchrun --standalone --nproc-per-node 4 -m runtime.train --plan plan.json --out runs/x
 
-Rank 0 writes `metrics.jsonl` (keys mirror the plan's `predicted` values: step_s, mfu,
-memory_gib_per_gpu, so measured and predicted join on the stage). A killed run started again
-with the same command resumes from its newest good checkpoint.
+Rank 0 writes `metrics.jsonl`: one record per optimizer step (loss, lr, gradient norm, mask,
+tokens/s, step time, MFU and HFU against the GPU's dense peak, peak memory of the fullest
+rank) with the planner's prediction for the same stage beside it (`predicted_*`), and events
+(growth losses, growth memory). The step never waits for the GPU: losses and norms stay on the
+device and are read every `--log-every` steps, which is also the window the timings average
+over. A killed run started again with the same command resumes from its newest good checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from planner.specs import Layout
+from planner.errors import FlmplanError
+from planner.flops import hardware_flops_per_token, model_flops_per_token
+from planner.specs import Layout, ModelSpec
 from runtime import checkpoint
 from runtime.data import Sampler, load_tokens
-from runtime.grow import GrowthState, apply_masks, grow_decoder, grow_optimizer_state
+from runtime.grow import GrowthState, apply_masks, grow_sharded
 from runtime.model import Decoder, DecoderConfig
-from runtime.parallel import ParallelModel, make_mesh, parallelize
+from runtime.parallel import ParallelModel, Precision, make_mesh, make_optimizer, parallelize
 
 WARMUP_STEPS = 10
 MIN_LR_FRACTION = 0.1
+MAX_GRAD_NORM = 1.0
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -41,15 +49,22 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def config_of(stage: dict) -> DecoderConfig:
-    m = stage["model"]
-    return DecoderConfig(layers=m["layers"], hidden=m["hidden"], heads=m["heads"], kv_heads=m.get("kv_heads"),
-                         ffn=m["ffn"], vocab=m["vocab"], seq=m["seq"], head_dim=m["hidden"] // m["heads"])
+def config_of(model: dict) -> DecoderConfig:
+    """The runtime's model for a plan stage's `model`, or one sentence naming the field it cannot
+    honour (it never trains a different model than the plan describes)."""
+    spec = ModelSpec(**model)
+    if spec.activation != "gelu":
+        raise FlmplanError(f"model.activation = {spec.activation!r}: the runtime trains FLM's GeLU MLP only; "
+                           "plan with activation 'gelu' or export the plan to Megatron-LM or torchtitan.")
+    if not spec.tied_embeddings:
+        raise FlmplanError("model.tied_embeddings = false: the runtime trains tied input/output embeddings "
+                           "(as FLM-101B) only; plan with tied embeddings or export the plan.")
+    return DecoderConfig(layers=spec.layers, hidden=spec.hidden, heads=spec.heads, kv_heads=spec.kv_heads,
+                         ffn=spec.ffn, vocab=spec.vocab, seq=spec.seq, head_dim=spec.head_dim)
 
 
 def measured_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """The device's own matmul rate (what MFU is relative to on a CPU; data-sheet peaks on GPUs
-    are in the planner's catalog)."""
+    """The device's own matmul rate: the MFU denominator on a CPU, which has no data-sheet peak."""
     n = 1024
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
@@ -64,6 +79,40 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
     return 3 * 2 * n**3 / best
 
 
+def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str, str | None]:
+    """(FLOP/s per device that MFU is relative to, where that number comes from, catalog GPU key).
+    A GPU's dense bf16 peak from the data sheet (planner/data/gpus.json), as MFU is defined by
+    Chowdhery et al. 2022; a CPU's (or an unlisted GPU's) own measured 1024³ matmul rate."""
+    if device.type == "cuda":
+        from planner.specs import gpu_for_device
+
+        name = torch.cuda.get_device_name(device)
+        gpu = gpu_for_device(name)
+        if gpu is not None:
+            return gpu.peak_tflops_bf16 * 1e12, f"{gpu.name} dense bf16 peak (data sheet)", gpu.key
+        return measured_peak_flops(device, dtype), f"{name}: measured 1024³ matmul (not in the catalog)", None
+    return measured_peak_flops(device, dtype), f"this CPU's measured 1024³ {str(dtype)[6:]} matmul", None
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak_per_device: float, devices: int) -> float:
+    """Model FLOPs utilisation: achieved model FLOP/s over the devices' peak (Chowdhery et al. 2022)."""
+    return tokens_per_s * flops_per_token / (peak_per_device * devices)
+
+
+def current_rss() -> int:
+    """Resident bytes of this process now (Linux), and reset its high-water mark."""
+    status = Path("/proc/self/status").read_text()
+    rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) * 1024
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")    # resets VmHWM (Linux ≥ 4.0)
+    return rss
+
+
+def peak_rss() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) * 1024
+
+
 class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -71,6 +120,7 @@ class Run:
         from planner.plan import plan_from_dict
 
         plan_from_dict(self.plan, origin=f"Plan {args.plan}")       # validated, as every plan is
+        self.configs = [config_of(st["model"]) for st in self.plan["stages"]]
         self.out = Path(args.out)
         self.ckpt_dir = self.out / "checkpoints"
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -82,9 +132,14 @@ class Run:
             self.device = torch.device("cuda", local)
         else:
             self.device = torch.device("cpu")
+        on_gpu = self.device.type == "cuda"
+        # The plan's dtype on GPUs; fp32 on a CPU unless asked (CPUs have no fast bf16 kernels).
+        self.dtype = args.dtype or (self.plan.get("dtype", "bf16") if on_gpu else "fp32")
+        self.compile = on_gpu if args.compile is None else args.compile
         tokens, self.data_desc = load_tokens(args.data)
         self.tokens = tokens
-        self.peak = measured_peak_flops(self.device, torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        compute = Precision.of(self.dtype).compute or torch.float32
+        self.peak, self.peak_source, self.gpu_key = peak_flops(self.device, compute)
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
         dist.barrier()
@@ -104,36 +159,46 @@ class Run:
         stage = self.plan["stages"][k]
         layout = Layout(**stage["layout"])
         mesh = make_mesh(layout, self.device.type)
-        pm = parallelize(full, layout, mesh, self.device, seed=self.args.seed + k)
-        optimizers = [torch.optim.AdamW(c.parameters(), lr=stage["lr"], betas=(0.9, 0.95), weight_decay=0.1)
-                      for c in pm.chunks]
-        return pm, optimizers
+        pm = parallelize(full, layout, mesh, self.device, seed=self.args.seed + k,
+                         precision=Precision.of(self.dtype), compile=self.compile)
+        return pm, [make_optimizer(c, stage["lr"], self.device) for c in pm.chunks]
 
     def fresh(self, k: int, meta: bool = False) -> Decoder:
         """Stage k's model, initialised; on the meta device (no memory) when it is to be sharded
-        as it is allocated (large models)."""
+        as it is allocated (large models, and every grown stage)."""
         torch.manual_seed(self.args.seed + k)
         if meta:
             with torch.device("meta"):
-                return Decoder(config_of(self.plan["stages"][k]))
-        return Decoder(config_of(self.plan["stages"][k]))
+                return Decoder(self.configs[k])
+        return Decoder(self.configs[k])
 
     def on_meta(self, k: int) -> bool:
         """Build on the meta device when the whole model would not be small (params > --meta-above)."""
-        from planner.specs import ModelSpec
+        return ModelSpec(**self.plan["stages"][k]["model"]).params() > self.args.meta_above
 
-        m = self.plan["stages"][k]["model"]
-        return ModelSpec(**m).params() > self.args.meta_above
-
-    def grown(self, k: int, previous: Path) -> tuple[Decoder, dict, GrowthState]:
-        """Load stage k−1's final checkpoint into a plain model on every rank and grow it."""
-        old = self.fresh(k - 1)
-        opt = torch.optim.AdamW(old.parameters(), lr=1e-3)
-        old_state = checkpoint.load_full(previous, old, opt)
+    def grown(self, k: int, previous: Path) -> tuple[ParallelModel, list, GrowthState]:
+        """Stage k on its own layout, grown from stage k−1's final checkpoint shard by shard: the
+        new model is built on the meta device, each rank allocates its shards and reads into them
+        only the old values that land there."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+        else:
+            before = current_rss()
+        pm, opts = self.build(k, self.fresh(k, meta=True))
         growth = self.plan["stages"][k]["growth"]
-        torch.manual_seed(self.args.seed + 1000 + k)
-        new, state, name_map = grow_decoder(old, config_of(self.plan["stages"][k]), growth["grow_steps"])
-        return new, grow_optimizer_state(old_state, dict(new.named_parameters()), name_map), state
+        state = grow_sharded(pm.chunks, opts, previous, self.configs[k - 1], growth["grow_steps"])
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device) - before
+        else:
+            peak = peak_rss() - before
+        share = pm.state_bytes(opts)
+        rows: list = [None] * dist.get_world_size()
+        dist.all_gather_object(rows, {"peak_bytes": peak, "share_bytes": share["params"] + share["optimizer"]})
+        self.log({"event": "growth_memory", "growth_into_stage": k, "ranks": rows,
+                  "how": "CUDA max_memory_allocated" if self.device.type == "cuda" else "VmHWM − VmRSS before"})
+        return pm, opts, state
 
     # --- the run -----------------------------------------------------------------
     def run(self) -> None:
@@ -145,6 +210,8 @@ class Run:
             if manifest.get("stage_done"):
                 start_stage, start_step = start_stage + 1, 0
             self.say(f"resuming from {path.name}: stage {start_stage + 1}, step {start_step}")
+        self.say(f"dtype {self.dtype}, compile {'on' if self.compile else 'off'}; MFU against {self.peak_source} "
+                 f"({self.peak / 1e12:,.1f} TFLOP/s)")
         sampler = Sampler(self.tokens, seq=self.plan["stages"][0]["model"]["seq"], seed=self.args.seed,
                           position=position)
         for k in range(start_stage, len(self.plan["stages"])):
@@ -160,7 +227,7 @@ class Run:
         stage = self.plan["stages"][k]
         layout = Layout(**stage["layout"])
         growth: GrowthState | None = None
-        grown_state = None
+        grew = False
         if resume and start_step > 0:
             pm, opts = self.build(k, self.fresh(k, meta=self.on_meta(k)))
             checkpoint.load(resume[0], pm.chunks, opts)
@@ -170,20 +237,18 @@ class Run:
             pm, opts = self.build(k, self.fresh(k, meta=self.on_meta(k)))
         else:
             previous = checkpoint.latest_good(self.ckpt_dir, log=self.say)
-            full, grown_state, growth = self.grown(k, previous[0])
-            pm, opts = self.build(k, full)
-            for chunk, opt in zip(pm.chunks, opts, strict=True):
-                checkpoint.set_full_optimizer_state(chunk, opt, grown_state, stage["lr"])
+            pm, opts, growth = self.grown(k, previous[0])
+            grew = True
         steps = stage["steps"]
         warmup = (stage["growth"] or {}).get("lr_rewarm_steps", WARMUP_STEPS) if k else WARMUP_STEPS
         warmup = min(warmup, max(1, steps // 5))
         for chunk in pm.chunks:        # masks sliced to this rank's heads and neurons
             apply_masks(chunk, growth, growth.value(start_step) if growth else 1.0)
-        if grown_state is not None:
-            self.eval_growth(k, pm, sampler, growth, "after_growth")
-        flops_per_token = self.model_flops_per_token(stage)
+        if grew:
+            self.eval_growth(k, pm, sampler, "after_growth")
+        meter = Meter(self, k, stage, layout, steps, start_step)
         self.say(f"stage {k + 1}/{len(self.plan['stages'])} {stage['name']}: {steps} steps, layout "
-                 f"tp{layout.tp} pp{layout.pp} dp{layout.dp} (zero {layout.zero}, interleave {layout.interleave})")
+                 f"{layout.describe()}{meter.predicted_text()}")
         every = self.args.checkpoint_every or max(5, steps // 4)
         for step in range(start_step, steps):
             c = growth.value(step) if growth else 1.0
@@ -193,33 +258,31 @@ class Run:
             for o in opts:
                 for g in o.param_groups:
                     g["lr"] = lr
-            t0 = time.perf_counter()
             x, y = sampler.batch(layout.global_batch, pm.dp_rank, layout.dp)
             loss = pm.train_batch(x, y)
-            norm = pm.clip_grad_norm(1.0)
+            norm, overflow = pm.clip_and_unscale(MAX_GRAD_NORM)
+            skipped = pm.precision.loss_scaling and bool(overflow)   # fp16 only: one host sync
+            if not skipped:
+                for o in opts:
+                    o.step()
             for o in opts:
-                o.step()
                 o.zero_grad(set_to_none=True)
-            step_s = time.perf_counter() - t0
-            tokens = layout.global_batch * stage["model"]["seq"]
-            self.log({"stage": k, "stage_name": stage["name"], "step": step, "loss": float(loss), "lr": lr,
-                      "grad_norm": norm, "mask": c, "tokens_per_s": tokens / step_s, "step_s": step_s,
-                      "mfu": flops_per_token * tokens / step_s / (self.peak * dist.get_world_size()),
-                      "memory_gib_per_gpu": self.memory_gib(), "data_position": sampler.position})
-            if self.rank == 0 and (step % max(1, steps // 10) == 0 or step == steps - 1):
-                print(f"  stage {k + 1} step {step + 1}/{steps}: loss {float(loss):.4f}, {tokens / step_s:,.0f} "
-                      f"tokens/s, mask {c:.2f}", flush=True)
+            pm.precision.update(skipped)
+            meter.step(step, loss, norm, lr, c, sampler.position, skipped, pm.precision.scale)
             done = step == steps - 1
+            if done or (step + 1) % every == 0 or (step + 1) % self.args.log_every == 0:
+                meter.flush()
             if done or (step + 1) % every == 0:
                 self.save(k, step + 1, sampler, pm, opts, growth if c < 1 else None, done)
             kill_at = os.environ.get("FLMPLAN_KILL_AT")     # tests: die here, as a crashed node would
             if kill_at and kill_at == f"{k}:{step + 1}" and self.rank == 0 and not (self.out / "KILLED").exists():
                 (self.out / "KILLED").write_text("")
                 os.kill(os.getpid(), 9)
+        meter.close()
         if k + 1 < len(self.plan["stages"]):
-            self.eval_growth(k + 1, pm, sampler, growth, "before_growth")
+            self.eval_growth(k + 1, pm, sampler, "before_growth")
 
-    def eval_growth(self, k: int, pm: ParallelModel, sampler: Sampler, growth, when: str) -> None:
+    def eval_growth(self, k: int, pm: ParallelModel, sampler: Sampler, when: str) -> None:
         """The loss of a fixed batch just before and just after a growth (nothing is updated)."""
         layout = pm.layout
         probe = Sampler(self.tokens, seq=sampler.seq, seed=self.args.seed + 777)
@@ -234,16 +297,12 @@ class Run:
                     "global_step": sum(s["steps"] for s in self.plan["stages"][:k]) + step,
                     "tokens": sampler.position * sampler.seq, "layout": self.plan["stages"][k]["layout"],
                     "model": self.plan["stages"][k]["model"], "growth": growth.to_dict() if growth else None,
-                    "rng_state": torch.get_rng_state().tolist()[:64], "seed": self.args.seed}
+                    "rng_state": torch.get_rng_state().tolist()[:64], "seed": self.args.seed,
+                    "dtype": self.dtype, "loss_scale": pm.precision.scale}
         checkpoint.save(self.ckpt_dir, f"stage{k}-step{step:07d}", pm.chunks, opts, manifest)
 
-    def model_flops_per_token(self, stage: dict) -> float:
-        from planner.flops import model_flops_per_token
-        from planner.specs import ModelSpec
-
-        return model_flops_per_token(ModelSpec(**{k: v for k, v in stage["model"].items()}))
-
     def memory_gib(self) -> float:
+        """Peak memory of this rank: allocated GPU memory, or the process's peak resident set."""
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**30
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -255,6 +314,106 @@ class Run:
         dist.destroy_process_group()
 
 
+class Meter:
+    """Per-step records of one stage, read from the device once per window; timings are the
+    window's wall time over its steps (the first window includes compilation)."""
+
+    def __init__(self, run: Run, k: int, stage: dict, layout: Layout, steps: int, start_step: int) -> None:
+        self.run, self.k, self.stage, self.layout, self.steps = run, k, stage, layout, steps
+        spec = ModelSpec(**stage["model"])
+        self.tokens_per_step = layout.global_batch * spec.seq
+        self.model_flops = model_flops_per_token(spec)
+        self.hardware_flops = hardware_flops_per_token(spec, layout.recompute, layout.attention)
+        self.predicted = predicted_for(run, stage, layout)
+        self.pending: list[dict] = []
+        self.window_start = time.perf_counter()
+        self.done = start_step
+        self.progress = None
+        if run.rank == 0 and sys.stdout.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn(f"stage {k + 1}"), BarColumn(), TextColumn("{task.completed}/"
+                                     "{task.total}"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+            self.task = self.progress.add_task("", total=steps, completed=start_step, rate="")
+            self.progress.start()
+
+    def predicted_text(self) -> str:
+        p = self.predicted
+        if not p:
+            return ""
+        return (f"; planner predicts {p['predicted_tokens_per_s']:,.0f} tokens/s, MFU {p['predicted_mfu']:.1%} "
+                f"({p['predicted_source']})")
+
+    def step(self, step: int, loss, norm, lr: float, mask: float, position: int, skipped: bool,
+             scale: float) -> None:
+        self.pending.append({"step": step, "loss": loss, "grad_norm": norm, "lr": lr, "mask": mask,
+                             "data_position": position, "skipped": skipped, "scale": scale})
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        run = self.run
+        values = torch.stack([torch.stack([r["loss"].float(), r["grad_norm"].float()]) for r in self.pending]).cpu()
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+        elapsed = time.perf_counter() - self.window_start
+        step_s = elapsed / len(self.pending)
+        tps = self.tokens_per_step / step_s
+        world = dist.get_world_size()
+        memory = torch.tensor(run.memory_gib(), dtype=torch.float64, device=run.device)
+        dist.all_reduce(memory, op=dist.ReduceOp.MAX)
+        for r, (loss, norm) in zip(self.pending, values.tolist(), strict=True):
+            run.log({"stage": self.k, "stage_name": self.stage["name"], "step": r["step"], "loss": loss,
+                     "lr": r["lr"], "grad_norm": norm, "mask": r["mask"], "skipped": r["skipped"],
+                     "tokens_per_s": tps, "step_s": step_s,
+                     "mfu": mfu(tps, self.model_flops, run.peak, world),
+                     "hfu": mfu(tps, self.hardware_flops, run.peak, world),
+                     "memory_gib_per_gpu": float(memory), "data_position": r["data_position"],
+                     "dtype": run.dtype, "compile": run.compile, "loss_scale": r["scale"],
+                     **self.predicted})
+        last = self.pending[-1]["step"] + 1
+        self.done = last
+        text = f"{tps:,.0f} tokens/s, MFU {mfu(tps, self.model_flops, run.peak, world):.1%}, loss {values[-1, 0]:.4f}"
+        if self.progress is not None:
+            self.progress.update(self.task, completed=last, rate=text)
+        elif run.rank == 0:
+            print(f"  stage {self.k + 1} step {last}/{self.steps}: {text}, {float(memory):.1f} GiB", flush=True)
+        self.pending = []
+        self.window_start = time.perf_counter()
+
+    def close(self) -> None:
+        self.flush()
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def predicted_for(run: Run, stage: dict, layout: Layout) -> dict:
+    """The planner's prediction for this stage on this hardware: the plan's own when the run is on
+    the plan's GPU type and size, else the cost model for the GPU at hand (built-in profile);
+    nothing on a CPU, which the planner does not model."""
+    world = dist.get_world_size()
+    if run.gpu_key is None:
+        return {}
+    plan_gpu = run.plan["cluster"]["gpu"]
+    spec = ModelSpec(**stage["model"])
+    tokens = layout.global_batch * spec.seq
+    if plan_gpu == run.gpu_key and layout.gpus == world:
+        p = stage["predicted"]
+        return {"predicted_step_s": p["step_s"], "predicted_tokens_per_s": tokens / p["step_s"],
+                "predicted_mfu": p["mfu"], "predicted_memory_gib_per_gpu": p["memory_gib_per_gpu"],
+                "predicted_source": "the plan"}
+    from planner.cost import estimate_step
+    from planner.specs import ClusterSpec, get_gpu
+    from profiles.schema import builtin_profile
+
+    gpu = get_gpu(run.gpu_key)
+    cluster = ClusterSpec(gpu=gpu, gpus=world, gpus_per_node=min(gpu.gpus_per_node, max(world, 1)))
+    est = estimate_step(spec, cluster, layout, builtin_profile(run.gpu_key))
+    return {"predicted_step_s": est.iteration_s, "predicted_tokens_per_s": est.tokens_per_s,
+            "predicted_mfu": est.mfu, "predicted_memory_gib_per_gpu": est.memory.total_gib,
+            "predicted_source": f"cost model, built-in {run.gpu_key} profile"}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Run an flmplan plan under torchrun.")
     ap.add_argument("--plan", required=True)
@@ -262,6 +421,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", nargs="*", default=None)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--checkpoint-every", type=int, default=0)
+    ap.add_argument("--log-every", type=int, default=10,
+                    help="read losses from the device and write metrics every N steps (the timing window)")
+    ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                    help="override the plan's dtype (default: the plan's on GPUs, fp32 on CPUs)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile each block (default: on with GPUs, off on CPUs)")
     ap.add_argument("--meta-above", type=float, default=2e8,
                     help="build models with more parameters on the meta device and initialise only the shards")
     args = ap.parse_args(argv)

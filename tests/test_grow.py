@@ -1,10 +1,11 @@
 """MSG growth is function-preserving (property-based over shapes) and carries the optimizer."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.grow import GrowthState, apply_masks, block_mapping, grow_decoder, grow_optimizer_state
+from runtime.grow import GrowthState, apply_masks, block_mapping, grow_decoder, grow_sharded
 from runtime.model import Decoder, DecoderConfig
 
 torch.set_default_dtype(torch.float32)
@@ -77,19 +78,55 @@ def test_mask_ramp_and_block_mapping():
     assert [v[1] for v in block_mapping(3, 4).values()].count(True) == 1
 
 
-def test_optimizer_state_is_carried():
+@pytest.fixture(scope="module")
+def process_group(tmp_path_factory):
+    """A one-process gloo group: DCP and the runtime's layouts need one."""
+    import torch.distributed as dist
+
+    store = tmp_path_factory.mktemp("pg") / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_sharded_growth_from_a_checkpoint_preserves_the_function_and_the_optimizer(process_group, tmp_path):
+    """The runtime's path: the old stage saved by DCP, the new one built on the meta device and
+    grown from the checkpoint — same logits as the old model, Adam moments carried."""
+    from planner.specs import Layout
+    from runtime import checkpoint
+    from runtime.parallel import make_mesh, make_optimizer, parallelize
+
     torch.manual_seed(1)
     base = DecoderConfig(layers=1, hidden=16, heads=2, ffn=32, vocab=20, seq=8)
     old = Decoder(base)
     opt = torch.optim.AdamW(old.parameters(), lr=1e-3)
-    old(torch.randint(0, 20, (2, 8))).sum().backward()
+    tokens = torch.randint(0, 20, (2, 8))
+    old(tokens).sum().backward()
     opt.step()
+    opt.zero_grad()
+    checkpoint.save(tmp_path, "old", [old], [opt], {"global_step": 1})
     names = {id(p): n for n, p in old.named_parameters()}
     old_state = {names[id(p)]: s for p, s in opt.state.items()}
-    grown, _, name_map = grow_decoder(old, DecoderConfig(layers=2, hidden=32, heads=4, ffn=64, vocab=20, seq=8), 4)
-    new_state = grow_optimizer_state(old_state, dict(grown.named_parameters()), name_map)
+
+    cfg = DecoderConfig(layers=2, hidden=32, heads=4, ffn=64, vocab=20, seq=8)
+    layout = Layout(tp=1, pp=1, dp=1, micro_batch=2, global_batch=2)
+    with torch.device("meta"):
+        new = Decoder(cfg)
+    pm = parallelize(new, layout, make_mesh(layout, "cpu"), torch.device("cpu"), seed=5)
+    opts = [make_optimizer(c, 1e-3, torch.device("cpu")) for c in pm.chunks]
+    state = grow_sharded(pm.chunks, opts, tmp_path / "old", base, grow_steps=4)
+    grown = pm.chunks[0]
+    with torch.no_grad():
+        assert torch.allclose(grown(tokens), old(tokens), atol=1e-5, rtol=0)
+    assert state.new_blocks == ["1"] and state.hidden_new == 32
+    by_name = {n: opts[0].state[p] for n, p in grown.named_parameters()}
     w = "blocks.0.mlp.up.weight"
-    assert torch.equal(new_state[w]["exp_avg"][:32, :16], old_state[w]["exp_avg"])
-    assert torch.count_nonzero(new_state[w]["exp_avg"][32:]) == 0
-    assert torch.count_nonzero(new_state["blocks.1.mlp.up.weight"]["exp_avg_sq"]) == 0   # a new block
-    assert float(new_state[w]["step"]) == 1.0
+    assert torch.equal(by_name[w]["exp_avg"][:32, :16], old_state[w]["exp_avg"])
+    assert torch.count_nonzero(by_name[w]["exp_avg"][32:]) == 0
+    assert torch.count_nonzero(by_name["blocks.1.mlp.up.weight"]["exp_avg_sq"]) == 0   # a new block
+    assert float(by_name[w]["step"]) == 1.0
+    # The grown model trains: one optimizer step from the carried state runs and changes the weights.
+    before = grown.blocks["0"].mlp.up.weight.detach().clone()
+    grown(tokens).sum().backward()
+    opts[0].step()
+    assert not torch.equal(before, grown.blocks["0"].mlp.up.weight)

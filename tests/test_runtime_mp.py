@@ -36,7 +36,7 @@ def losses(out: Path, stage: int | None = None) -> list[float]:
 
 def events(out: Path) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {(r["event"], r["growth_into_stage"]): r["loss"] for r in rows if "event" in r}
+    return {(r["event"], r["growth_into_stage"]): r["loss"] for r in rows if "event" in r and "loss" in r}
 
 
 def one_stage(**layout) -> dict:
