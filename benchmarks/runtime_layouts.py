@@ -1,9 +1,9 @@
 """The runtime on this machine: tokens/s and MFU of the tiny plan, and each layout's overhead
 against a single process on the same model, batch and data (fp32, gloo).
 
-    python benchmarks/runtime_layouts.py [--steps 12]
+    python benchmarks/runtime_layouts.py [--steps 12] [--dtype fp32|bf16]
 
-MFU is relative to the device's own measured fp32 matmul rate (runtime/train.py). On a
+MFU is relative to the device's own measured matmul rate in the run's dtype (runtime/train.py). On a
 2-core CPU, processes share the cores: a layout's "overhead" is its step time over the
 single process's, for the same total work, so it shows the cost of the collectives and the
 pipeline bubble, not a speed-up.
@@ -33,7 +33,7 @@ LAYOUTS = {
 }
 
 
-def run(layout: dict, nproc: int, steps: int, folder: Path) -> list[dict]:
+def run(layout: dict, nproc: int, steps: int, folder: Path, dtype: str) -> list[dict]:
     plan = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
     st = plan["stages"][0]
     st["model"].update(layers=4, hidden=256, heads=8, ffn=1024, seq=128)
@@ -43,7 +43,8 @@ def run(layout: dict, nproc: int, steps: int, folder: Path) -> list[dict]:
     path.write_text(json.dumps(plan))
     out = folder / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
-           "runtime.train", "--plan", str(path), "--out", str(out), "--checkpoint-every", str(10 * steps)]
+           "runtime.train", "--plan", str(path), "--out", str(out), "--checkpoint-every", str(10 * steps),
+           "--log-every", "1", "--dtype", dtype]
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
@@ -52,12 +53,13 @@ def run(layout: dict, nproc: int, steps: int, folder: Path) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--dtype", default="fp32", help="the runtime's dtype policy (bf16 is slow on CPUs)")
     args = ap.parse_args()
     base = None
     print(f"{'layout':32} {'procs':>5} {'step s':>8} {'tokens/s':>9} {'MFU':>6} {'overhead':>9} {'final loss':>10}")
     for name, (nproc, layout) in LAYOUTS.items():
         with tempfile.TemporaryDirectory() as tmp:
-            rows = run(layout, nproc, args.steps, Path(tmp))
+            rows = run(layout, nproc, args.steps, Path(tmp), args.dtype)
         steady = rows[2:]   # skip warm-up steps
         step_s = statistics.median(r["step_s"] for r in steady)
         tps = statistics.median(r["tokens_per_s"] for r in steady)

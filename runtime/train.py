@@ -265,6 +265,8 @@ class Run:
             if not skipped:
                 for o in opts:
                     o.step()
+            if step == start_step:
+                self.log_state_bytes(k, pm, opts)
             for o in opts:
                 o.zero_grad(set_to_none=True)
             pm.precision.update(skipped)
@@ -281,6 +283,13 @@ class Run:
         meter.close()
         if k + 1 < len(self.plan["stages"]):
             self.eval_growth(k + 1, pm, sampler, "before_growth")
+
+    def log_state_bytes(self, k: int, pm: ParallelModel, opts: list) -> None:
+        """What each rank holds of parameters, gradients and optimizer state, once per stage (after
+        its first step, when all three exist): the figures planner/memory.py predicts."""
+        rows: list = [None] * dist.get_world_size()
+        dist.all_gather_object(rows, pm.state_bytes(opts))
+        self.log({"event": "state_bytes", "stage": k, "ranks": rows})
 
     def eval_growth(self, k: int, pm: ParallelModel, sampler: Sampler, when: str) -> None:
         """The loss of a fixed batch just before and just after a growth (nothing is updated)."""
