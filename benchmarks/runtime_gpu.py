@@ -135,7 +135,7 @@ def reference(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype |
     del model, opt, fwd
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"tokens_per_s": GLOBAL_BATCH * seq / step_s, "memory_gib": memory, "loss": float(loss)}
+    return {"tokens_per_s": GLOBAL_BATCH * seq / step_s, "memory_gib": memory, "loss": float(loss.detach())}
 
 
 # --- the runtime -----------------------------------------------------------------------------
@@ -212,13 +212,15 @@ def main() -> None:
             # The runtime's MFU must equal tokens/s × FLOPs per token ÷ its peak; on a GPU the peak is
             # the data sheet's, so it is recomputed here from the catalog-independent table above.
             check = run["tokens_per_s"] * fpt / peak if peak else float("nan")
-            ok = "ok" if not peak or abs(check - run["mfu"]) <= 1e-3 * check else f"{check:.3f}!"
-            ref_mfu = ref["tokens_per_s"] * fpt / peak if peak else float("nan")
+            ok = "n/a" if not peak else "ok" if abs(check - run["mfu"]) <= 1e-3 * check else f"{check:.3f}!"
+            ref_mfu = f"{ref['tokens_per_s'] * fpt / peak:.1%}" if peak else "—"
+            ref_gib = f"{ref['memory_gib']:.1f}" if gpu else "—"
             pred = run["predicted_tokens_per_s"]
+            pred_text = "—" if pred is None else f"{pred:,.0f}"
             print(f"{name:7} {'compile' if compiled else 'eager':8} {ref['tokens_per_s']:10,.0f} "
-                  f"{run['tokens_per_s']:10,.0f} {run['tokens_per_s'] / ref['tokens_per_s']:8.1%} {ref_mfu:8.1%} "
-                  f"{run['mfu']:8.1%} {ok:>8} {ref['memory_gib']:8.1f} {run['memory_gib']:8.1f} "
-                  f"{pred if pred is None else f'{pred:,.0f}':>13}", flush=True)
+                  f"{run['tokens_per_s']:10,.0f} {run['tokens_per_s'] / ref['tokens_per_s']:8.1%} {ref_mfu:>8} "
+                  f"{run['mfu']:8.1%} {ok:>8} {ref_gib:>8} {run['memory_gib']:8.1f} "
+                  f"{pred_text:>13}", flush=True)
     print(f"runtime: {run['peak_banner'].strip()}")
 
 

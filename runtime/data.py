@@ -67,8 +67,9 @@ class Sampler:
 
     def _index(self, i: int) -> int:
         epoch, k = divmod(i, self.n)
-        perm = np.random.default_rng(self.seed + epoch).permutation(self.n)
-        return int(perm[k])
+        if getattr(self, "_epoch", None) != epoch:          # one permutation per epoch, not per sequence
+            self._epoch, self._perm = epoch, np.random.default_rng(self.seed + epoch).permutation(self.n)
+        return int(self._perm[k])
 
     def batch(self, global_batch: int, dp_rank: int, dp_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This data-parallel rank's share of the next global batch: (inputs, targets)."""

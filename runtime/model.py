@@ -99,9 +99,12 @@ def rotary_tables(cfg: DecoderConfig, seq: int, device: torch.device) -> tuple[t
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x1, x2) of each head by the position angle, then apply the xPos scale."""
+    """Rotate pairs (x1, x2) of each head by the position angle, then apply the xPos scale. The
+    tables (made in fp32) are cast to x's dtype, as Megatron does, so q and k stay in the compute
+    dtype that flash attention needs."""
     x1, x2 = x[..., 0::2], x[..., 1::2]
-    c, s, z = cos[: x.shape[-2]], sin[: x.shape[-2]], scale[: x.shape[-2]]
+    n = x.shape[-2]
+    c, s, z = cos[:n].to(x.dtype), sin[:n].to(x.dtype), scale[:n].to(x.dtype)
     r1 = (x1 * c - x2 * s) * z
     r2 = (x1 * s + x2 * c) * z
     return torch.stack((r1, r2), dim=-1).flatten(-2)

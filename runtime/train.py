@@ -211,7 +211,7 @@ class Run:
                 start_stage, start_step = start_stage + 1, 0
             self.say(f"resuming from {path.name}: stage {start_stage + 1}, step {start_step}")
         self.say(f"dtype {self.dtype}, compile {'on' if self.compile else 'off'}; MFU against {self.peak_source} "
-                 f"({self.peak / 1e12:,.1f} TFLOP/s)")
+                 f"({self.peak / 1e12:.3g} TFLOP/s)")
         sampler = Sampler(self.tokens, seq=self.plan["stages"][0]["model"]["seq"], seed=self.args.seed,
                           position=position)
         for k in range(start_stage, len(self.plan["stages"])):

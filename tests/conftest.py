@@ -25,3 +25,14 @@ def a800_192() -> ClusterSpec:
 def flm_layout() -> Layout:
     return Layout(tp=4, pp=4, dp=12, micro_batch=1, global_batch=2160, recompute="selective",
                   sequence_parallel=True, zero=1)
+
+
+@pytest.fixture(scope="session")
+def process_group(tmp_path_factory):
+    """A one-process gloo group, for the runtime's pieces that need one (DCP, DeviceMesh)."""
+    import torch.distributed as dist
+
+    store = tmp_path_factory.mktemp("pg") / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()

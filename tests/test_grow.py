@@ -1,6 +1,5 @@
 """MSG growth is function-preserving (property-based over shapes) and carries the optimizer."""
 
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -76,17 +75,6 @@ def test_mask_ramp_and_block_mapping():
     assert (s.value(0), s.value(50), s.value(100), s.value(500)) == (0.0, 0.5, 1.0, 1.0)
     assert block_mapping(2, 4) == {0: (0, False), 1: (0, True), 2: (1, False), 3: (1, True)}
     assert [v[1] for v in block_mapping(3, 4).values()].count(True) == 1
-
-
-@pytest.fixture(scope="module")
-def process_group(tmp_path_factory):
-    """A one-process gloo group: DCP and the runtime's layouts need one."""
-    import torch.distributed as dist
-
-    store = tmp_path_factory.mktemp("pg") / "store"
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def test_sharded_growth_from_a_checkpoint_preserves_the_function_and_the_optimizer(process_group, tmp_path):

@@ -16,16 +16,6 @@ from runtime.train import mfu
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def process_group(tmp_path_factory):
-    import torch.distributed as dist
-
-    store = tmp_path_factory.mktemp("pg") / "store"
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 def tiny(precision: Precision):
     cfg = DecoderConfig(layers=2, hidden=32, heads=4, ffn=64, vocab=50, seq=16)
     layout = Layout(tp=1, pp=1, dp=1, micro_batch=2, global_batch=4)
