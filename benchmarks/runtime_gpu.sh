@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check of the runtime (one H100/H200, under 8 minutes): a plain PyTorch loop and
 # `flmplan run` on the same single-GPU shapes (≈0.35B, 0.75B, 1.3B, 2.7B at seq 2048; eager, and
-# compiled at 0.35B and 1.3B), with tokens/s, MFU, peak memory and the planner's prediction.
+# compiled at 1.3B; about 5–6 minutes), with tokens/s, MFU, peak memory and the planner's prediction.
 #   here first:  bash benchmarks/fetch_gpu_wheels.sh
 #   on the GPU:  bash benchmarks/runtime_gpu.sh       (device tool: carry ["benchmarks/wheels"])
 # Results in $OUT (or ./runtime-gpu); record them in BENCHMARKS.md with the card and the date.

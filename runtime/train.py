@@ -274,7 +274,7 @@ class Run:
             done = step == steps - 1
             if done or (step + 1) % every == 0 or (step + 1) % self.args.log_every == 0:
                 meter.flush()
-            if done or (step + 1) % every == 0:
+            if (done or (step + 1) % every == 0) and not self.args.no_checkpoints:
                 self.save(k, step + 1, sampler, pm, opts, growth if c < 1 else None, done)
             kill_at = os.environ.get("FLMPLAN_KILL_AT")     # tests: die here, as a crashed node would
             if kill_at and kill_at == f"{k}:{step + 1}" and self.rank == 0 and not (self.out / "KILLED").exists():
@@ -430,6 +430,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", nargs="*", default=None)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--checkpoint-every", type=int, default=0)
+    ap.add_argument("--no-checkpoints", action="store_true",
+                    help="benchmarks only: write no checkpoint, not even at the end (the run cannot resume "
+                         "and a one-stage plan only)")
     ap.add_argument("--log-every", type=int, default=10,
                     help="read losses from the device and write metrics every N steps (the timing window)")
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
@@ -439,6 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--meta-above", type=float, default=2e8,
                     help="build models with more parameters on the meta device and initialise only the shards")
     args = ap.parse_args(argv)
+    if args.no_checkpoints and len(json.loads(Path(args.plan).read_text()).get("stages", [])) > 1:
+        ap.error("--no-checkpoints runs one-stage plans only: a growth reads the previous stage's checkpoint")
     if os.environ.get("FLMPLAN_HANG_DUMP_S"):         # debugging aid: stacks of a hung rank
         import faulthandler
 
