@@ -232,10 +232,10 @@ def run(
                                                    "plan's on GPUs, fp32 on CPUs).")] = None,
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile each block "
                                                  "(default: on with GPUs, off on CPUs).")] = None,
+    from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Start over when no checkpoint in --out "
+                                               "is usable (by default the run stops and says so).")] = False,
 ) -> None:
     """Execute a plan with torch.distributed under torchrun --standalone (see the README for clusters)."""
-    import os
-    import subprocess
 
     from planner.errors import FlmplanError
     from planner.plan import load_plan
@@ -266,7 +266,56 @@ def run(
                 f"{lay['tp'] * lay['pp'] * lay['dp']} processes but --nproc is {nproc}; use --scale tiny to map "
                 "the plan onto this machine, or run it on its cluster with the torchrun line in the README."
             )
-    out.mkdir(parents=True, exist_ok=True)
+    # The data, before any process starts: it exists, is text (or tokens), and fits the vocabulary.
+    from planner.plan import plan_from_dict
+    from runtime.data import check_tokens, load_tokens
+
+    plan_from_dict(raw, origin=f"Plan {plan_file}" + (" at --scale tiny" if scale == "tiny" else ""))
+    tokens, what = load_tokens(data)
+    first = raw["stages"][0]["model"]
+    check_tokens(tokens, first["vocab"], first["seq"], what)
+    if out.exists() and not out.is_dir():
+        raise FlmplanError(f"--out {out} is a file; give a folder for the run.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FlmplanError(f"--out {out} cannot be created ({err.strerror}).") from None
+    lock = _lock_run_folder(out)
+    try:
+        _launch(raw, out, nproc, max_restarts, data, dtype, compile, from_scratch)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_run_folder(out: Path) -> Path:
+    """One live run per folder: a second `flmplan run` into the same --out is refused (a lock
+    left by a run that died is taken over)."""
+    import os
+
+    from planner.errors import FlmplanError
+
+    lock = out / "RUNNING.lock"
+    try:
+        pid = int(lock.read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        pass                                   # no lock, or its run is gone
+    else:
+        raise FlmplanError(f"Another flmplan run (process {pid}) is writing to {out}; wait for it to finish "
+                           "or choose another --out.")
+    lock.write_text(f"{os.getpid()}\n")
+    return lock
+
+
+def _launch(raw: dict, out: Path, nproc: int, max_restarts: int, data, dtype, compile, from_scratch) -> None:
+    import os
+    import signal
+    import subprocess
+
+    from planner.errors import FlmplanError
+    from runtime.train import ERROR_FILE
+
+    (out / ERROR_FILE).unlink(missing_ok=True)
     run_plan = out / "plan.json"
     run_plan.write_text(json.dumps(raw, indent=1))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
@@ -277,10 +326,33 @@ def run(
         cmd += ["--dtype", dtype]
     if compile is not None:
         cmd += ["--compile" if compile else "--no-compile"]
+    if from_scratch:
+        cmd += ["--from-scratch"]
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1",
            "TORCHINDUCTOR_COMPILE_THREADS": "1"}
     stdout.print(f"[bold]{raw['name']}[/]: {len(raw['stages'])} stages on {nproc} processes → {out}")
-    code = subprocess.call(cmd, env=env)
+    child = subprocess.Popen(cmd, env=env)
+    # A scheduler's SIGTERM (or Ctrl-C) goes to torchrun, which passes it to every worker: they
+    # finish the step in flight, save, and exit; this command then exits as the scheduler expects.
+    received: list[int] = []
+
+    def forward(signum, frame) -> None:
+        received.append(signum)
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        stdout.print(f"Stopped by signal {received[0]}; start the same command again to resume from "
+                     f"{out / 'checkpoints'}.")
+        raise typer.Exit(128 + received[0])
+    error = out / ERROR_FILE
+    if error.exists():
+        raise FlmplanError(error.read_text().strip())
     if code != 0 or not (out / "DONE.json").exists():
         raise FlmplanError(f"The run stopped (exit code {code}) before finishing; start the same command again "
                            f"to resume from the newest good checkpoint in {out / 'checkpoints'}.")

@@ -55,12 +55,31 @@ def growth_between(a: ModelSpec, b: ModelSpec, from_stage: int) -> Growth:
                   heads=pair(a.heads, b.heads), layers=pair(a.layers, b.layers))
 
 
+def msg_problem(a, b) -> str | None:
+    """Why MSG cannot turn shape `a` into shape `b`, or None when it can: it never shrinks, and
+    keeps the head dimension, the vocabulary, the sequence length and the grouping of query heads
+    over key/value heads. Takes any shape with those fields (ModelSpec, the runtime's config)."""
+    if a.head_dim != b.head_dim:
+        return f"the head dimension changes ({a.head_dim} → {b.head_dim})"
+    for name in ("layers", "hidden", "heads", "ffn"):
+        if getattr(b, name) < getattr(a, name):
+            return f"{name} shrinks ({getattr(a, name)} → {getattr(b, name)})"
+    if a.vocab != b.vocab:
+        return f"the vocabulary changes ({a.vocab} → {b.vocab})"
+    if a.seq != b.seq:
+        return f"the sequence length changes ({a.seq} → {b.seq})"
+    if b.heads * a.n_kv_heads != a.heads * b.n_kv_heads:
+        return "the ratio of query heads to key/value heads changes"
+    return None
+
+
 def reachable(a: ModelSpec, b: ModelSpec) -> bool:
-    """True when MSG grows a into b: nothing shrinks, something grows, head dim and vocab fixed."""
-    if a.head_dim != b.head_dim or a.vocab != b.vocab or a.seq != b.seq or a.activation != b.activation:
+    """True when the planner grows a into b with MSG: a growth MSG can do (`msg_problem`), the same
+    activation, something grows, and no dimension more than MAX_GROWTH_FACTOR at once."""
+    if msg_problem(a, b) is not None or a.activation != b.activation:
         return False
     dims = ((a.layers, b.layers), (a.hidden, b.hidden), (a.ffn, b.ffn), (a.heads, b.heads))
-    if any(y < x or y > MAX_GROWTH_FACTOR * x for x, y in dims):
+    if any(y > MAX_GROWTH_FACTOR * x for x, y in dims):
         return False
     return any(y > x for x, y in dims)
 

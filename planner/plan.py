@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from planner.case import CaseModel, Strict, first_error
 from planner.errors import FlmplanError
+from planner.growth import msg_problem
 from profiles.schema import read_json, write_json
 
 PLAN_SCHEMA = "flmplan-plan"
@@ -128,11 +129,19 @@ def plan_from_dict(raw: object, origin: str = "plan") -> Plan:
         raise FlmplanError(f"{origin} is not a valid plan ({first_error(err)}).") from None
     for k, st in enumerate(plan.stages):
         try:
-            st.model.spec()
+            spec = st.model.spec()
         except FlmplanError as err:
             raise FlmplanError(f"{origin}, stage {k} ({st.name}): {err}") from None
         if k > 0 and st.growth is None:
             raise FlmplanError(f"{origin}, stage {k} ({st.name}) has no growth from the stage before it.")
+        if k > 0 and (problem := msg_problem(plan.stages[k - 1].model.spec(), spec)):
+            raise FlmplanError(f"{origin}, stage {k} ({st.name}) cannot be grown from stage {k - 1}: {problem}.")
+        lay = st.layout
+        if lay.global_batch % (lay.micro_batch * lay.dp):
+            raise FlmplanError(
+                f"{origin}, stage {k} ({st.name}): layout.global_batch = {lay.global_batch} is not a multiple of "
+                f"micro_batch·dp = {lay.micro_batch}·{lay.dp}; the sequences left over would never be trained."
+            )
     return plan
 
 

@@ -33,6 +33,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from planner.errors import FlmplanError
+
 MANIFEST = "manifest.json"
 FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
@@ -73,16 +75,35 @@ def save(folder: Path, tag: str, chunks: list, optimizers: list, manifest: dict)
     return final
 
 
-def verify(path: Path) -> str | None:
-    """None if the checkpoint is whole, else what is wrong with it."""
+MANIFEST_KEYS = ("stage", "step", "data_position", "global_step", "files")
+
+
+def read_manifest(path: Path) -> tuple[dict | None, str | None]:
+    """(manifest, None), or (None, what is wrong with it): missing, not JSON, not an object,
+    or without the keys a resume needs."""
     mf = path / MANIFEST
     if not mf.exists():
-        return "it has no manifest (the write did not finish)"
+        return None, "it has no manifest (the write did not finish)"
     try:
         manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError:
-        return "its manifest is not valid JSON"
-    for name, digest in manifest.get("files", {}).items():
+    except (ValueError, OSError):            # not UTF-8, not JSON, unreadable
+        return None, "its manifest is not valid JSON"
+    if not isinstance(manifest, dict):
+        return None, "its manifest is not a JSON object"
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        return None, f"its manifest lacks {', '.join(missing)}"
+    if not isinstance(manifest["files"], dict) or not manifest["files"]:
+        return None, "its manifest lists no files"
+    return manifest, None
+
+
+def verify(path: Path) -> str | None:
+    """None if the checkpoint is whole, else what is wrong with it."""
+    manifest, problem = read_manifest(path)
+    if problem:
+        return problem
+    for name, digest in manifest["files"].items():
         f = path / name
         if not f.exists():
             return f"{name} is missing"
@@ -92,33 +113,42 @@ def verify(path: Path) -> str | None:
 
 
 def checkpoints(folder: Path) -> list[Path]:
-    """Finished checkpoints, newest first (by the global step in their manifest)."""
+    """Finished checkpoints, newest first (by the global step in their manifest; those whose
+    manifest cannot be read last)."""
     if not folder.exists():
         return []
     found = []
     for p in folder.iterdir():
         if p.is_dir() and not p.name.endswith(".tmp"):
-            try:
-                step = json.loads((p / MANIFEST).read_text())["global_step"]
-            except (OSError, json.JSONDecodeError, KeyError):
-                step = -1
+            manifest, _ = read_manifest(p)
+            step = manifest["global_step"] if manifest and isinstance(manifest["global_step"], int) else -1
             found.append((step, p))
     return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]
 
 
-def latest_good(folder: Path, log=print) -> tuple[Path, dict] | None:
-    """The newest checkpoint that verifies, decided on rank 0 and shared with every rank."""
-    choice = [None]
+def latest_good(folder: Path, log=print, from_scratch: bool = False) -> tuple[Path, dict] | None:
+    """The newest checkpoint that verifies, decided on rank 0 and shared with every rank; every
+    unusable one newer than it is named. None when there are no checkpoints; when there are some
+    but none is usable, the run stops (starting over would discard all progress) unless asked
+    to start from scratch."""
+    choice: list = [None]
     if dist.get_rank() == 0:
-        for path in checkpoints(folder):
+        found = checkpoints(folder)
+        for path in found:
             problem = verify(path)
             if problem is None:
-                choice = [(str(path), json.loads((path / MANIFEST).read_text()))]
+                choice = [(str(path), read_manifest(path)[0])]
                 break
-            log(f"checkpoint {path} is unusable: {problem}; falling back to the one before it")
+            log(f"checkpoint {path} is unusable: {problem}; skipping it")
+        else:
+            if found and not from_scratch:
+                choice = [("none", len(found))]
     dist.broadcast_object_list(choice, src=0)
     if choice[0] is None:
         return None
+    if choice[0][0] == "none":
+        raise FlmplanError(f"None of the {choice[0][1]} checkpoints in {folder} is usable (each is named above); "
+                           "restore one, or pass --from-scratch to start the run over.")
     path, manifest = choice[0]
     return Path(path), manifest
 

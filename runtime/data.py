@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from planner.errors import FlmplanError
+
 BYTE_VOCAB = 256
 
 
@@ -34,7 +36,8 @@ def stdlib_text_files(limit_bytes: int = 8 << 20) -> list[Path]:
 
 
 def load_tokens(paths: list[str | Path] | None) -> tuple[np.ndarray, str]:
-    """(tokens, description). Text → bytes; .bin → uint16 tokens."""
+    """(tokens, description). Text → bytes; .bin → uint16 tokens. Refuses, in one sentence, a
+    path that does not exist, a folder with no files, no data, and text that is not UTF-8 text."""
     if not paths:
         files = stdlib_text_files()
         what = f"Python {os.sys.version.split()[0]} standard library ({len(files)} files)"
@@ -42,13 +45,38 @@ def load_tokens(paths: list[str | Path] | None) -> tuple[np.ndarray, str]:
         files = []
         for p in map(Path, paths):
             if not p.exists():
-                raise FileNotFoundError(f"--data {p} does not exist")
-            files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+                raise FlmplanError(f"--data {p} does not exist.")
+            found = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+            if not found:
+                raise FlmplanError(f"--data {p} is a folder with no files in it.")
+            files += found
         what = ", ".join(str(p) for p in paths)
     if len(files) == 1 and files[0].suffix == ".bin":
-        return np.fromfile(files[0], dtype=np.uint16).astype(np.int64), what
+        tokens = np.fromfile(files[0], dtype=np.uint16).astype(np.int64)
+        if tokens.size == 0:
+            raise FlmplanError(f"--data {files[0]} holds no tokens.")
+        return tokens, what
+    if any(f.suffix == ".bin" for f in files):
+        raise FlmplanError("--data takes one .bin file of tokens, or text files, not both or several .bin files.")
     data = b"".join(f.read_bytes() for f in files)
+    if not data:
+        raise FlmplanError(f"--data {what} holds no text (0 bytes).")
+    try:
+        data[:1 << 20].decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise FlmplanError(f"--data {what} is not UTF-8 text (byte {err.start} of the first MiB is not); "
+                           "give text files, or a .bin of uint16 token ids.") from None
     return np.frombuffer(data, dtype=np.uint8).astype(np.int64), what
+
+
+def check_tokens(tokens: np.ndarray, vocab: int, seq: int, what: str) -> None:
+    """Refuse data a plan cannot train on: token ids outside its vocabulary, or less than one
+    sequence (checked before any process starts, not as an IndexError in the embedding)."""
+    top = int(tokens.max())
+    if top >= vocab:
+        raise FlmplanError(f"--data {what} has token id {top}, outside the plan's vocabulary of {vocab}.")
+    if len(tokens) < seq + 1:
+        raise FlmplanError(f"--data {what} has {len(tokens)} tokens, fewer than one sequence of {seq} + 1.")
 
 
 @dataclass

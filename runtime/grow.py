@@ -21,6 +21,8 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
+from planner.errors import FlmplanError
+from planner.growth import msg_problem
 from runtime.checkpoint import load_regions, saved_shapes
 from runtime.model import Decoder, DecoderConfig
 
@@ -83,16 +85,9 @@ def is_new_block(name: str, mapping: dict[int, tuple[int, bool]]) -> bool:
 
 
 def check_growth(oc: DecoderConfig, cfg: DecoderConfig) -> None:
-    """MSG grows; it never shrinks, and keeps the head size, the vocabulary and the GQA groups."""
-    if cfg.head_dim != oc.head_dim:
-        raise ValueError(f"MSG keeps the head dimension: {oc.head_dim} → {cfg.head_dim} is not a growth.")
-    for name in ("layers", "hidden", "heads", "ffn"):
-        if getattr(cfg, name) < getattr(oc, name):
-            raise ValueError(f"MSG cannot shrink {name}: {getattr(oc, name)} → {getattr(cfg, name)}.")
-    if cfg.vocab != oc.vocab:
-        raise ValueError("growth keeps the vocabulary")
-    if cfg.heads * oc.n_kv_heads != oc.heads * cfg.n_kv_heads:
-        raise ValueError("growth keeps the ratio of query heads to key/value heads (GQA groups)")
+    problem = msg_problem(oc, cfg)
+    if problem:
+        raise FlmplanError(f"MSG cannot grow {oc.layers}×{oc.hidden} into {cfg.layers}×{cfg.hidden}: {problem}.")
 
 
 def growth_state(oc: DecoderConfig, cfg: DecoderConfig, grow_steps: int) -> GrowthState:

@@ -15,6 +15,9 @@ def _tiny_layout(layout: dict, nproc: int, global_batch: int) -> dict:
     pp = 2 if layout["pp"] > 1 and (nproc // tp) % 2 == 0 else 1
     dp = nproc // (tp * pp)
     micro = max(1, global_batch // (dp * max(2, 2 * pp)))
+    # Round the batch up to whole micro-batches on every data-parallel rank: no sequence is dropped.
+    unit = micro * dp
+    global_batch = -(-global_batch // unit) * unit
     return {**layout, "tp": tp, "pp": pp, "dp": dp, "micro_batch": micro, "global_batch": global_batch,
             "interleave": 1, "attention": "flash"}
 
@@ -34,7 +37,7 @@ def tiny_plan(plan: dict, nproc: int, steps: int = TINY["steps"]) -> dict:
                        "ffn": hidden * m["ffn"] // m["hidden"], "vocab": TINY["vocab"], "seq": TINY["seq"]}
         st["layout"] = _tiny_layout(st["layout"], nproc, TINY["batch"])
         st["steps"] = steps + (TINY["grow_steps"] if k else 0)
-        st["tokens"] = float(st["steps"] * TINY["batch"] * TINY["seq"])
+        st["tokens"] = float(st["steps"] * st["layout"]["global_batch"] * TINY["seq"])
         st["lr"] = 3e-3
         if st.get("growth"):
             dims = {}

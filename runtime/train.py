@@ -20,6 +20,7 @@ import json
 import math
 import os
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from planner.errors import FlmplanError
 from planner.flops import hardware_flops_per_token, model_flops_per_token
 from planner.specs import Layout, ModelSpec
 from runtime import checkpoint
-from runtime.data import Sampler, load_tokens
+from runtime.data import Sampler, check_tokens, load_tokens
 from runtime.grow import GrowthState, apply_masks, grow_sharded
 from runtime.model import Decoder, DecoderConfig
 from runtime.parallel import ParallelModel, Precision, make_mesh, make_optimizer, parallelize
@@ -113,6 +114,14 @@ def peak_rss() -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) * 1024
 
 
+ERROR_FILE = "ERROR.txt"   # a worker's one-sentence error, for the launcher to show
+PREEMPTED_EXIT = 143      # 128 + SIGTERM: what a scheduler expects of a job it asked to stop
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGINT arrived; the step in flight was finished and saved."""
+
+
 class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -137,13 +146,30 @@ class Run:
         self.dtype = args.dtype or (self.plan.get("dtype", "bf16") if on_gpu else "fp32")
         self.compile = on_gpu if args.compile is None else args.compile
         tokens, self.data_desc = load_tokens(args.data)
+        first = self.plan["stages"][0]["model"]
+        check_tokens(tokens, first["vocab"], first["seq"], self.data_desc)
         self.tokens = tokens
         compute = Precision.of(self.dtype).compute or torch.float32
         self.peak, self.peak_source, self.gpu_key = peak_flops(self.device, compute)
+        # Preemption: a signal only sets a flag; the ranks agree on it after each step over a CPU
+        # (gloo) group, so no rank stops alone and the GPU stream is never synchronised for it.
+        self.signalled = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.flag_group = dist.new_group(backend="gloo") if backend == "nccl" else None
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
         dist.barrier()
         self.metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None  # noqa: SIM115
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signalled = True
+
+    def preempted(self) -> bool:
+        """Whether any rank has been asked to stop (one all-reduce of a CPU scalar)."""
+        flag = torch.tensor([1 if self.signalled else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.flag_group)
+        return bool(flag.item())
 
     def log(self, record: dict) -> None:
         if self.metrics:
@@ -201,9 +227,22 @@ class Run:
         return pm, opts, state
 
     # --- the run -----------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """What a checkpoint must share with the plan that resumes it: each stage's model,
+        layout, steps and growth (not names, predictions or prices)."""
+        import hashlib
+
+        keep = [{key: st.get(key) for key in ("model", "layout", "steps", "growth")} for st in self.plan["stages"]]
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
     def run(self) -> None:
-        resume = checkpoint.latest_good(self.ckpt_dir, log=self.say)
+        resume = checkpoint.latest_good(self.ckpt_dir, log=self.say, from_scratch=self.args.from_scratch)
         start_stage, start_step, position = 0, 0, 0
+        if resume and resume[1].get("plan_fingerprint", self.fingerprint()) != self.fingerprint():
+            raise FlmplanError(f"Checkpoint {resume[0]} was written by a different plan (other shapes, layouts, "
+                               f"steps or growths); resume with that plan, or use a new --out.")
+        self.log({"event": "start", "resume_from": resume[0].name if resume else None,
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "processes": dist.get_world_size()})
         if resume:
             path, manifest = resume
             start_stage, start_step, position = manifest["stage"], manifest["step"], manifest["data_position"]
@@ -236,7 +275,7 @@ class Run:
         elif k == 0:
             pm, opts = self.build(k, self.fresh(k, meta=self.on_meta(k)))
         else:
-            previous = checkpoint.latest_good(self.ckpt_dir, log=self.say)
+            previous = checkpoint.latest_good(self.ckpt_dir, log=self.say, from_scratch=self.args.from_scratch)
             pm, opts, growth = self.grown(k, previous[0])
             grew = True
         steps = stage["steps"]
@@ -272,10 +311,15 @@ class Run:
             pm.precision.update(skipped)
             meter.step(step, loss, norm, lr, c, sampler.position, skipped, pm.precision.scale)
             done = step == steps - 1
-            if done or (step + 1) % every == 0 or (step + 1) % self.args.log_every == 0:
+            stop = self.preempted()
+            if done or stop or (step + 1) % every == 0 or (step + 1) % self.args.log_every == 0:
                 meter.flush()
-            if (done or (step + 1) % every == 0) and not self.args.no_checkpoints:
+            if (done or stop or (step + 1) % every == 0) and not self.args.no_checkpoints:
                 self.save(k, step + 1, sampler, pm, opts, growth if c < 1 else None, done)
+            if stop:
+                self.log({"event": "preempted", "stage": k, "step": step + 1, "saved": not self.args.no_checkpoints})
+                self.say(f"preempted: saved stage {k + 1} at step {step + 1}; the same command resumes there")
+                raise Preempted()
             kill_at = os.environ.get("FLMPLAN_KILL_AT")     # tests: die here, as a crashed node would
             if kill_at and kill_at == f"{k}:{step + 1}" and self.rank == 0 and not (self.out / "KILLED").exists():
                 (self.out / "KILLED").write_text("")
@@ -307,7 +351,7 @@ class Run:
                     "tokens": sampler.position * sampler.seq, "layout": self.plan["stages"][k]["layout"],
                     "model": self.plan["stages"][k]["model"], "growth": growth.to_dict() if growth else None,
                     "rng_state": torch.get_rng_state().tolist()[:64], "seed": self.args.seed,
-                    "dtype": self.dtype, "loss_scale": pm.precision.scale}
+                    "dtype": self.dtype, "loss_scale": pm.precision.scale, "plan_fingerprint": self.fingerprint()}
         checkpoint.save(self.ckpt_dir, f"stage{k}-step{step:07d}", pm.chunks, opts, manifest)
 
     def memory_gib(self) -> float:
@@ -430,6 +474,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", nargs="*", default=None)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--checkpoint-every", type=int, default=0)
+    ap.add_argument("--from-scratch", action="store_true",
+                    help="start over when no checkpoint in --out is usable (by default the run stops)")
     ap.add_argument("--no-checkpoints", action="store_true",
                     help="benchmarks only: write no checkpoint, not even at the end (the run cannot resume "
                          "and a one-stage plan only)")
@@ -449,9 +495,21 @@ def main(argv: list[str] | None = None) -> None:
 
         faulthandler.dump_traceback_later(float(os.environ["FLMPLAN_HANG_DUMP_S"]), exit=True)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
-    run = Run(args)
     try:
+        run = Run(args)
         run.run()
+    except Preempted:
+        run.close()
+        sys.exit(PREEMPTED_EXIT)
+    except FlmplanError as err:
+        # A problem a person must fix (bad data, an unusable checkpoint): one sentence, once, and in
+        # the run folder for `flmplan run` to report instead of advising a resume that cannot help.
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"Error: {err}", file=sys.stderr, flush=True)
+            with contextlib.suppress(OSError):
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                (Path(args.out) / ERROR_FILE).write_text(f"{err}\n")
+        os._exit(2)
     except BaseException:
         # Say what went wrong now: the other ranks may be blocked in a collective.
         import traceback

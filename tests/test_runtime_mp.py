@@ -31,7 +31,7 @@ def torchrun(plan: dict, out: Path, nproc: int, env: dict | None = None, timeout
 
 def losses(out: Path, stage: int | None = None) -> list[float]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "step" in r and (stage is None or r["stage"] == stage)]
+    return [r["loss"] for r in rows if "step" in r and "event" not in r and (stage is None or r["stage"] == stage)]
 
 
 def events(out: Path) -> dict:
@@ -153,7 +153,8 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(two_stage, tmp
     newest = sorted((out / "checkpoints").iterdir())[-1]
     bogus = out / "checkpoints" / "stage1-step0000099"
     bogus.mkdir()
-    (bogus / "manifest.json").write_text(json.dumps({"global_step": 10**6, "files": {"__0_0.distcp": "0"}}))
+    (bogus / "manifest.json").write_text(json.dumps({"stage": 1, "step": 99, "data_position": 0, "global_step": 10**6,
+                                                     "files": {"__0_0.distcp": "0"}}))
     (bogus / "__0_0.distcp").write_text("truncated")
     printed: list[str] = []
     r = torchrun(plan, out, 4, env=env, output=printed)
@@ -192,3 +193,46 @@ def test_large_model_path_builds_on_meta_and_trains(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     got = losses(out)
     assert len(got) == 6 and got[-1] < got[0] and abs(got[0] - 5.55) < 0.3   # ≈ ln 256 at init
+
+
+def test_sigterm_saves_the_step_in_flight_and_resumes_bit_identically(tmp_path):
+    """A scheduler's SIGTERM to `flmplan run`: every rank finishes its step, the run saves it and
+    exits 143; the same command resumes there and ends on the uninterrupted run's loss exactly."""
+    import signal
+    import time
+
+    plan = one_stage(dp=2, zero=3)
+    plan["stages"][0]["steps"] = 40
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+
+    def flmplan_run(out: Path) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "planner.cli", "run", str(path), "--nproc", "2", "--out",
+                                 str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    reference = tmp_path / "reference"
+    assert flmplan_run(reference).wait(timeout=300) == 0
+    out = tmp_path / "preempted"
+    child = flmplan_run(out)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not (out / "metrics.jsonl").exists() or len(losses(out)) < 10):
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=120) == 143
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    stopped = next(r for r in rows if r.get("event") == "preempted")
+    assert 10 <= stopped["step"] < 40 and stopped["saved"]
+    assert (out / "checkpoints" / f"stage0-step{stopped['step']:07d}").exists()
+    assert not (out / "RUNNING.lock").exists()
+    assert flmplan_run(out).wait(timeout=300) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    starts = [r for r in rows if r.get("event") == "start"]
+    assert [s["resume_from"] for s in starts] == [None, f"stage0-step{stopped['step']:07d}"]
+    assert losses(out)[-1] == losses(reference)[-1]
+    # Another plan into the same folder: its checkpoints are refused in one sentence, no resume advice.
+    plan["stages"][0]["steps"] = 41
+    path.write_text(json.dumps(plan))
+    child = flmplan_run(out)
+    printed = child.communicate(timeout=300)[0]
+    assert child.returncode == 2 and "was written by a different plan" in printed
+    assert "start the same command again" not in printed.splitlines()[-1]

@@ -43,12 +43,13 @@ def test_checkpoint_verification_names_the_problem(tmp_path):
     import hashlib
 
     digest = hashlib.sha256(b"abc").hexdigest()
-    (good / "manifest.json").write_text(json.dumps({"global_step": 10, "files": {"__0_0.distcp": digest}}))
+    head = {"stage": 0, "step": 10, "data_position": 160}
+    (good / "manifest.json").write_text(json.dumps({**head, "global_step": 10, "files": {"__0_0.distcp": digest}}))
     assert verify(good) is None
     bad = tmp_path / "stage0-step0000020"
     bad.mkdir()
     (bad / "__0_0.distcp").write_bytes(b"ab")
-    (bad / "manifest.json").write_text(json.dumps({"global_step": 20, "files": {"__0_0.distcp": digest}}))
+    (bad / "manifest.json").write_text(json.dumps({**head, "global_step": 20, "files": {"__0_0.distcp": digest}}))
     assert "does not match its checksum" in verify(bad)
     unfinished = tmp_path / "stage0-step0000030.tmp"
     unfinished.mkdir()
@@ -86,3 +87,96 @@ def test_run_refuses_a_plan_that_needs_other_hardware():
     assert r.exit_code == 2 and "needs tp·pp·dp = 2·1·96 = 192 processes but --nproc is 4" in r.output
     r = runner.invoke(app, ["run", plan, "--scale", "huge"])
     assert r.exit_code == 2 and "--scale must be tiny or full" in r.output
+
+
+def test_every_kind_of_broken_manifest_is_a_bad_checkpoint(tmp_path):
+    """Binary garbage, a JSON list, {} or a manifest without its files: named, never a crash."""
+    cases = {"garbage": (b"\xff\xfe\x00garbage", "not valid JSON"), "list": (b"[1, 2]", "not a JSON object"),
+             "empty": (b"{}", "lacks stage, step, data_position, global_step, files"),
+             "nofiles": (json.dumps({"stage": 0, "step": 5, "data_position": 1, "global_step": 5,
+                                     "files": {}}).encode(), "lists no files")}
+    for name, (content, words) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "manifest.json").write_bytes(content)
+        assert words in verify(folder), name
+    assert sorted(checkpoints(tmp_path)) == sorted(tmp_path / n for n in cases)
+
+
+def test_no_usable_checkpoint_stops_the_run_instead_of_starting_over(process_group, tmp_path):
+    import pytest
+
+    from planner.errors import FlmplanError
+    from runtime.checkpoint import latest_good
+
+    for name in ("stage0-step0000005", "stage0-step0000010"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text("{}")
+    said: list[str] = []
+    with pytest.raises(FlmplanError, match="None of the 2 checkpoints .* is usable.*--from-scratch"):
+        latest_good(tmp_path, log=said.append)
+    assert len(said) == 2 and all("is unusable" in s for s in said)
+    assert latest_good(tmp_path, log=said.append, from_scratch=True) is None
+    assert latest_good(tmp_path / "none-yet", log=said.append) is None       # a new run
+
+
+def test_tiny_scale_never_drops_a_sequence():
+    plan = json.loads((Path(__file__).resolve().parents[1] / "runtime/data/flm101b_plan.json").read_text())
+    for nproc in range(1, 9):
+        for s in tiny_plan(plan, nproc=nproc, steps=4)["stages"]:
+            lay = s["layout"]
+            assert lay["global_batch"] % (lay["micro_batch"] * lay["dp"]) == 0, (nproc, lay)
+
+
+def _run_cli(args: list[str]):
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+
+    return CliRunner().invoke(app, ["run", *args])
+
+
+def test_run_checks_data_plan_and_folder_before_any_process_starts(tmp_path):
+    """Each refused in one sentence, exit 2, nothing launched (no run folder made)."""
+    import os
+
+    import numpy as np
+
+    root = Path(__file__).resolve().parents[1]
+    plan_path = str(root / "runtime/data/tiny_one_stage.json")
+    plan = json.loads(Path(plan_path).read_text())
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "noise.txt").write_bytes(bytes(range(128, 256)) * 100)
+    np.array([1, 2, 300] * 100, dtype=np.uint16).tofile(tmp_path / "ids.bin")
+    (tmp_path / "afile").write_text("x")
+    shrink = json.loads(json.dumps(plan))
+    grown = json.loads(json.dumps(plan["stages"][0]))
+    grown["model"]["hidden"], grown["model"]["heads"] = 32, 2
+    grown["growth"] = {"from_stage": 0, "dims": {"hidden": [64, 32]}, "grow_steps": 2}
+    shrink["stages"].append(grown)
+    (tmp_path / "shrink.json").write_text(json.dumps(shrink))
+    dropping = json.loads(json.dumps(plan))
+    dropping["stages"][0]["layout"].update(micro_batch=3)
+    (tmp_path / "drop.json").write_text(json.dumps(dropping))
+    out = str(tmp_path / "run")
+    cases = [
+        ([plan_path, "--nproc", "1", "--data", str(tmp_path / "missing"), "--out", out], "does not exist"),
+        ([plan_path, "--nproc", "1", "--data", str(tmp_path / "empty"), "--out", out], "a folder with no files"),
+        ([plan_path, "--nproc", "1", "--data", str(tmp_path / "noise.txt"), "--out", out], "is not UTF-8 text"),
+        ([plan_path, "--nproc", "1", "--data", str(tmp_path / "ids.bin"), "--out", out],
+         "token id 300, outside the plan's vocabulary of 256"),
+        ([str(tmp_path / "shrink.json"), "--nproc", "1", "--out", out],
+         "cannot be grown from stage 0: hidden shrinks (64 → 32)"),
+        ([str(tmp_path / "drop.json"), "--nproc", "1", "--out", out], "would never be trained"),
+        ([plan_path, "--nproc", "1", "--out", str(tmp_path / "afile")], "is a file"),
+    ]
+    for args, words in cases:
+        r = _run_cli(args)
+        assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, (words, r.output)
+    assert not (tmp_path / "run").exists()
+    # A second run into a folder a live run holds is refused (this process plays the live run).
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "RUNNING.lock").write_text(f"{os.getpid()}\n")
+    r = _run_cli([plan_path, "--nproc", "1", "--out", str(busy)])
+    assert r.exit_code == 2 and "Another flmplan run" in r.output and not (busy / "plan.json").exists()
