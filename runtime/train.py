@@ -253,6 +253,8 @@ class Run:
                  f"({self.peak / 1e12:.3g} TFLOP/s)")
         sampler = Sampler(self.tokens, seq=self.plan["stages"][0]["model"]["seq"], seed=self.args.seed,
                           position=position)
+        if resume and resume[1].get("stage_done") and start_stage < len(self.plan["stages"]):
+            self.probe_before_growth(start_stage, resume[0], sampler)
         for k in range(start_stage, len(self.plan["stages"])):
             self.run_stage(k, start_step if k == start_stage else 0, sampler, resume)
             resume = None
@@ -320,9 +322,11 @@ class Run:
                 self.log({"event": "preempted", "stage": k, "step": step + 1, "saved": not self.args.no_checkpoints})
                 self.say(f"preempted: saved stage {k + 1} at step {step + 1}; the same command resumes there")
                 raise Preempted()
-            kill_at = os.environ.get("FLMPLAN_KILL_AT")     # tests: die here, as a crashed node would
-            if kill_at and kill_at == f"{k}:{step + 1}" and self.rank == 0 and not (self.out / "KILLED").exists():
-                (self.out / "KILLED").write_text("")
+            # Tests: die here (SIGKILL, as a crashed node would), once per point of a comma-separated list.
+            here = f"{k}:{step + 1}"
+            marker = self.out / f"KILLED-{here.replace(':', '-')}"
+            if here in os.environ.get("FLMPLAN_KILL_AT", "").split(",") and self.rank == 0 and not marker.exists():
+                marker.write_text("")
                 os.kill(os.getpid(), 9)
         meter.close()
         if k + 1 < len(self.plan["stages"]):
@@ -334,6 +338,13 @@ class Run:
         rows: list = [None] * dist.get_world_size()
         dist.all_gather_object(rows, pm.state_bytes(opts))
         self.log({"event": "state_bytes", "stage": k, "ranks": rows})
+
+    def probe_before_growth(self, k: int, finished: Path, sampler: Sampler) -> None:
+        """A run stopped between stages lost the fixed-batch loss before growth k: measure it again
+        from stage k−1's final checkpoint, so every growth keeps its before/after pair."""
+        pm, opts = self.build(k - 1, self.fresh(k - 1, meta=True))
+        checkpoint.load(finished, pm.chunks, opts)
+        self.eval_growth(k, pm, sampler, "before_growth")
 
     def eval_growth(self, k: int, pm: ParallelModel, sampler: Sampler, when: str) -> None:
         """The loss of a fixed batch just before and just after a growth (nothing is updated)."""

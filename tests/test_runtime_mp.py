@@ -145,10 +145,16 @@ def test_two_stage_growth_with_a_layout_change(two_stage):
 def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(two_stage, tmp_path):
     plan, reference = two_stage
     out = tmp_path / "killed"
-    # Rank 0 dies (SIGKILL) in the grown stage at step 8, three steps after its last checkpoint.
-    env = {"FLMPLAN_KILL_AT": "1:8"}
+    # Rank 0 dies (SIGKILL) right after the first stage's last checkpoint, before the probe of the
+    # growth; then in the grown stage at step 8, three steps after its last checkpoint.
+    env = {"FLMPLAN_KILL_AT": "0:16,1:8"}
+    assert torchrun(plan, out, 4, env=env) != 0
+    assert events(out) == {}
     assert torchrun(plan, out, 4, env=env) != 0
     assert not (out / "DONE.json").exists()
+    # The probe before the growth was re-run from the first stage's final checkpoint.
+    ev = events(out)
+    assert abs(ev[("after_growth", 1)] - ev[("before_growth", 1)]) / ev[("before_growth", 1)] < 0.01
     # A half-written checkpoint from the crash must not be used: leave a truncated one behind.
     newest = sorted((out / "checkpoints").iterdir())[-1]
     bogus = out / "checkpoints" / "stage1-step0000099"
