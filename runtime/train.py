@@ -272,6 +272,9 @@ class Run:
         if resume and start_step > 0:
             pm, opts = self.build(k, self.fresh(k, meta=self.on_meta(k)))
             checkpoint.load(resume[0], pm.chunks, opts)
+            # fp16's dynamic loss scale goes on where it was (the resumed steps equal the uninterrupted ones).
+            pm.precision.scale = resume[1].get("loss_scale", pm.precision.scale)
+            pm.precision.good_steps = resume[1].get("loss_scale_good_steps", 0)
             if resume[1].get("growth"):
                 growth = GrowthState(**resume[1]["growth"])
         elif k == 0:
@@ -362,7 +365,8 @@ class Run:
                     "tokens": sampler.position * sampler.seq, "layout": self.plan["stages"][k]["layout"],
                     "model": self.plan["stages"][k]["model"], "growth": growth.to_dict() if growth else None,
                     "rng_state": torch.get_rng_state().tolist()[:64], "seed": self.args.seed,
-                    "dtype": self.dtype, "loss_scale": pm.precision.scale, "plan_fingerprint": self.fingerprint()}
+                    "dtype": self.dtype, "loss_scale": pm.precision.scale,
+                    "loss_scale_good_steps": pm.precision.good_steps, "plan_fingerprint": self.fingerprint()}
         checkpoint.save(self.ckpt_dir, f"stage{k}-step{step:07d}", pm.chunks, opts, manifest)
 
     def memory_gib(self) -> float:
