@@ -247,9 +247,11 @@ def run(
         raise FlmplanError(f"--nproc must be at least 1, got {nproc}.")
     raw = plan.to_json()
     if scale == "tiny":
+        from planner.plan import plan_from_dict
         from runtime.scale import tiny_plan
 
         raw = tiny_plan(raw, nproc, steps)
+        plan_from_dict(raw, origin=f"Plan {plan_file} at --scale tiny")
     if dtype not in (None, "bf16", "fp16", "fp32"):
         raise FlmplanError(f"--dtype must be bf16, fp16 or fp32, got {dtype!r}.")
     from runtime.train import config_of
@@ -267,10 +269,8 @@ def run(
                 "the plan onto this machine, or run it on its cluster with the torchrun line in the README."
             )
     # The data, before any process starts: it exists, is text (or tokens), and fits the vocabulary.
-    from planner.plan import plan_from_dict
     from runtime.data import check_tokens, load_tokens
 
-    plan_from_dict(raw, origin=f"Plan {plan_file}" + (" at --scale tiny" if scale == "tiny" else ""))
     tokens, what = load_tokens(data)
     first = raw["stages"][0]["model"]
     check_tokens(tokens, first["vocab"], first["seq"], what)

@@ -98,11 +98,12 @@ def read_manifest(path: Path) -> tuple[dict | None, str | None]:
     return manifest, None
 
 
-def verify(path: Path) -> str | None:
-    """None if the checkpoint is whole, else what is wrong with it."""
-    manifest, problem = read_manifest(path)
-    if problem:
-        return problem
+def verify(path: Path, manifest: dict | None = None) -> str | None:
+    """None if the checkpoint is whole, else what is wrong with it (`manifest`: already read)."""
+    if manifest is None:
+        manifest, problem = read_manifest(path)
+        if problem:
+            return problem
     for name, digest in manifest["files"].items():
         f = path / name
         if not f.exists():
@@ -135,9 +136,10 @@ def latest_good(folder: Path, log=print, from_scratch: bool = False) -> tuple[Pa
     if dist.get_rank() == 0:
         found = checkpoints(folder)
         for path in found:
-            problem = verify(path)
+            manifest, problem = read_manifest(path)
+            problem = problem or verify(path, manifest)
             if problem is None:
-                choice = [(str(path), read_manifest(path)[0])]
+                choice = [(str(path), manifest)]
                 break
             log(f"checkpoint {path} is unusable: {problem}; skipping it")
         else:

@@ -193,10 +193,10 @@ def local_box(t: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...], torch.
     return (0,) * t.dim(), tuple(t.shape), t
 
 
-def adam_state(p: torch.Tensor, step: float, fused: bool) -> dict[str, torch.Tensor]:
-    """A fresh AdamW state for `p` at `step`, laid out as torch.optim.AdamW makes its own."""
-    step_t = (torch.tensor(step, dtype=torch.float32, device=p.device) if fused
-              else torch.tensor(step, dtype=torch.float32))
+def adam_state(p: torch.Tensor, fused: bool) -> dict[str, torch.Tensor]:
+    """A zero AdamW state for `p`, laid out as torch.optim.AdamW makes its own (the fused kernel
+    keeps the step count on the device)."""
+    step_t = torch.zeros((), dtype=torch.float32, device=p.device if fused else "cpu")
     return {"step": step_t, "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
             "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
@@ -216,16 +216,17 @@ def grow_sharded(chunks: list[Decoder], optimizers: list[torch.optim.Optimizer],
     shapes = saved_shapes(old_checkpoint)
     device = next(chunks[0].parameters()).device
     step_fqn = next(k for k in shapes if k.startswith("optim.state.") and k.endswith(".step"))
-    step = float(load_regions(old_checkpoint, {"step": (step_fqn, (), ())}, {"step": torch.float32},
-                              torch.device("cpu"))["step"])
+    step = torch.zeros(())               # read with the weights: one load per kind, none for it alone
     params = []
     for chunk, opt in zip(chunks, optimizers, strict=True):
         fused = bool(opt.defaults.get("fused"))
         for name, p in chunk.named_parameters():
-            opt.state[p] = adam_state(p, step, fused)
+            opt.state[p] = adam_state(p, fused)
             params.append((name, p, opt))
     for kind in ("model", "exp_avg", "exp_avg_sq"):
         regions, targets = {}, {}
+        if kind == "model":
+            regions["step"], targets["step"] = (step_fqn, (), ()), (step, ())
         for i, (name, p, opt) in enumerate(params):
             src = _source_name(name, mapping)
             if kind != "model" and is_new_block(name, mapping):
@@ -245,6 +246,8 @@ def grow_sharded(chunks: list[Decoder], optimizers: list[torch.optim.Optimizer],
         with torch.no_grad():
             for key, (local, dst_box) in targets.items():
                 local[dst_box] = read.pop(key)
+    for _, p, opt in params:                 # the step count kept (MSG §3.4)
+        opt.state[p]["step"].fill_(float(step))
     state = growth_state(old_cfg, cfg, grow_steps)
     for chunk in chunks:
         apply_masks(chunk, state, 0.0)

@@ -100,18 +100,23 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_per_device: float, dev
     return tokens_per_s * flops_per_token / (peak_per_device * devices)
 
 
-def current_rss() -> int:
-    """Resident bytes of this process now (Linux), and reset its high-water mark."""
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (Linux), in bytes."""
     status = Path("/proc/self/status").read_text()
-    rss = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) * 1024
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(field))) * 1024
+
+
+def current_rss() -> int:
+    """Resident bytes of this process now, and reset its high-water mark."""
+    rss = _status_bytes("VmRSS")
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")    # resets VmHWM (Linux ≥ 4.0)
     return rss
 
 
 def peak_rss() -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) * 1024
+    """Peak resident bytes since start, or since current_rss() last reset the mark."""
+    return _status_bytes("VmHWM")
 
 
 ERROR_FILE = "ERROR.txt"   # a worker's one-sentence error, for the launcher to show
@@ -387,7 +392,7 @@ class Meter:
     window's wall time over its steps (the first window includes compilation)."""
 
     def __init__(self, run: Run, k: int, stage: dict, layout: Layout, steps: int, start_step: int) -> None:
-        self.run, self.k, self.stage, self.layout, self.steps = run, k, stage, layout, steps
+        self.run, self.k, self.stage, self.steps = run, k, stage, steps
         spec = ModelSpec(**stage["model"])
         self.tokens_per_step = layout.global_batch * spec.seq
         self.model_flops = model_flops_per_token(spec)
@@ -395,7 +400,6 @@ class Meter:
         self.predicted = predicted_for(run, stage, layout)
         self.pending: list[dict] = []
         self.window_start = time.perf_counter()
-        self.done = start_step
         self.progress = None
         if run.rank == 0 and sys.stdout.isatty():
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -430,18 +434,18 @@ class Meter:
         world = dist.get_world_size()
         memory = torch.tensor(run.memory_gib(), dtype=torch.float64, device=run.device)
         dist.all_reduce(memory, op=dist.ReduceOp.MAX)
+        model_fu = mfu(tps, self.model_flops, run.peak, world)
         for r, (loss, norm) in zip(self.pending, values.tolist(), strict=True):
             run.log({"stage": self.k, "stage_name": self.stage["name"], "step": r["step"], "loss": loss,
                      "lr": r["lr"], "grad_norm": norm, "mask": r["mask"], "skipped": r["skipped"],
                      "tokens_per_s": tps, "step_s": step_s,
-                     "mfu": mfu(tps, self.model_flops, run.peak, world),
+                     "mfu": model_fu,
                      "hfu": mfu(tps, self.hardware_flops, run.peak, world),
                      "memory_gib_per_gpu": float(memory), "data_position": r["data_position"],
                      "dtype": run.dtype, "compile": run.compile, "loss_scale": r["scale"],
                      **self.predicted})
         last = self.pending[-1]["step"] + 1
-        self.done = last
-        text = f"{tps:,.0f} tokens/s, MFU {mfu(tps, self.model_flops, run.peak, world):.1%}, loss {values[-1, 0]:.4f}"
+        text = f"{tps:,.0f} tokens/s, MFU {model_fu:.1%}, loss {values[-1, 0]:.4f}"
         if self.progress is not None:
             self.progress.update(self.task, completed=last, rate=text)
         elif run.rank == 0:
