@@ -107,7 +107,13 @@ def _status_bytes(field: str) -> int:
 
 
 def current_rss() -> int:
-    """Resident bytes of this process now, and reset its high-water mark."""
+    """Resident bytes of this process now, and reset its high-water mark. Freed heap memory is
+    handed back to the OS first (glibc's malloc_trim), so what comes after — a growth — cannot
+    hide in memory an earlier stage or probe left to the allocator."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     rss = _status_bytes("VmRSS")
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")    # resets VmHWM (Linux ≥ 4.0)
