@@ -13,29 +13,13 @@ import json
 import sys
 import time
 
-from planner.case import Case, published_cases
-from planner.search import estimate_case
-
-
-def compare(case: Case) -> dict:
-    result = estimate_case(case)
-    est = result.best
-    if case.measured.tflops_per_gpu_hfu is not None:
-        metric, published, predicted = "tflops_hfu", case.measured.tflops_per_gpu_hfu, est.tflops_per_gpu_hfu
-    elif case.measured.mfu is not None:
-        metric, published, predicted = "mfu", case.measured.mfu, est.mfu
-    else:
-        metric, published, predicted = "iteration_s", case.measured.iteration_s, est.iteration_s
-    return {
-        "case": case.name, "metric": metric, "published": published, "predicted": predicted,
-        "error": predicted / published - 1, "layout": est.layout.describe(),
-        "memory_gib": est.memory_gib_per_gpu,
-    }
+from planner.case import published_cases
+from planner.search import compare_to_published
 
 
 def main() -> int:
     start = time.perf_counter()
-    rows = [compare(c) for c in published_cases()]
+    rows = [compare_to_published(c) for c in published_cases()]
     elapsed = time.perf_counter() - start
     errors = [abs(r["error"]) for r in rows]
     summary = {"cases": len(rows), "mean_abs_error": sum(errors) / len(errors), "max_abs_error": max(errors),

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def plan_for(layers: tuple[int, int], hidden: tuple[int, int], nproc: int) -> dict:
     plan = json.loads((ROOT / "runtime/data/tiny_two_stage.json").read_text())
     plan["name"] = "growth memory benchmark"
+    plan["cluster"]["gpus"] = nproc
     for k, st in enumerate(plan["stages"]):
         h = hidden[k]
         st["model"] = {"layers": layers[k], "hidden": h, "heads": h // 64, "ffn": 4 * h, "vocab": 256, "seq": 64}

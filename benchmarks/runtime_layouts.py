@@ -38,6 +38,7 @@ def run(layout: dict, nproc: int, steps: int, folder: Path, dtype: str) -> list[
     st = plan["stages"][0]
     st["model"].update(layers=4, hidden=256, heads=8, ffn=1024, seq=128)
     st["layout"].update(micro_batch=4, global_batch=16, **layout)
+    plan["cluster"]["gpus"] = nproc
     st["steps"] = steps
     path = folder / "plan.json"
     path.write_text(json.dumps(plan))

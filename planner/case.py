@@ -1,4 +1,4 @@
-"""Case files (DESIGN.md): a model, a cluster and a possibly partial layout, with what was measured.
+"""Case files: a model, a cluster and a possibly partial layout, with what was measured.
 
 `null` in `parallel` means "not published: let the search choose".
 """
@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from planner.errors import FlmplanError
-from planner.specs import ClusterSpec, ModelSpec, get_gpu
-from profiles.schema import read_json
+from planner.jsonio import read_json
+from planner.layouts import OPEN_FIELDS, PartialLayout
+from planner.specs import ClusterSpec, Layout, ModelSpec, get_gpu
 
 
 class Strict(BaseModel):
@@ -23,21 +24,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class CaseModel(Strict):
-    """A model shape as case files and plans write it (planner.specs.ModelSpec checks the rest)."""
+def _case_parallel() -> type[Strict]:
+    """The `parallel` table: Layout's fields, each null unless published (derived from Layout)."""
+    hints = get_type_hints(Layout)
+    open_fields = {name: (hints[name] | None, None) for name in OPEN_FIELDS}
+    return create_model("CaseParallel", __base__=Strict, global_batch=(int, Field(gt=0)), **open_fields)
 
-    layers: int = Field(gt=0)
-    hidden: int = Field(gt=0)
-    heads: int = Field(gt=0)
-    kv_heads: int | None = None
-    ffn: int = Field(gt=0)
-    vocab: int = Field(gt=0)
-    seq: int = Field(gt=0)
-    activation: Literal["gelu", "swiglu"] = "gelu"
-    tied_embeddings: bool = True
 
-    def spec(self) -> ModelSpec:
-        return ModelSpec(**self.model_dump())
+CaseParallel = _case_parallel()
 
 
 class CaseCluster(Strict):
@@ -46,24 +40,11 @@ class CaseCluster(Strict):
     gpus_per_node: int = Field(default=8, gt=0)
 
 
-class CaseParallel(Strict):
-    tp: int | None = None
-    pp: int | None = None
-    dp: int | None = None
-    micro_batch: int | None = None
-    global_batch: int = Field(gt=0)
-    recompute: Literal["none", "selective", "full"] | None = None
-    sequence_parallel: bool | None = None
-    interleave: int | None = None
-    zero: Literal[0, 1, 2, 3] | None = None
-
-
 class CaseSoftware(Strict):
     """Facts about the training software that change kernel costs (not fitted constants).
 
-    attention: "flash" or "unfused" (the s×s scores through HBM). Left out, it is "unfused" when
-    the case asks for selective recompute — which exists to avoid storing those scores
-    (Korthikanti et al. 2022) and means nothing under flash attention — and "flash" otherwise.
+    attention: "flash", or "unfused" (the s×s scores through HBM, as Megatron-LM ran before flash
+    attention); a run that used unfused attention says so.
     """
 
     attention: Literal["flash", "unfused"] | None = None
@@ -80,19 +61,21 @@ class Case(Strict):
     name: str = "case"
     source: str = ""
     note: str = ""
-    model: CaseModel
+    model: ModelSpec
     cluster: CaseCluster
     parallel: CaseParallel
     software: CaseSoftware = CaseSoftware()
     measured: CaseMeasured = CaseMeasured()
 
     def model_spec(self) -> ModelSpec:
-        return self.model.spec()
+        return self.model
 
     def attention_kernel(self) -> str:
-        if self.software.attention is not None:
-            return self.software.attention
-        return "unfused" if self.parallel.recompute == "selective" else "flash"
+        return self.software.attention or "flash"
+
+    def partial_layout(self) -> PartialLayout:
+        """The published layout, its unpublished fields left for the search."""
+        return PartialLayout(**self.parallel.model_dump(), attention=self.attention_kernel())
 
     def cluster_spec(self) -> ClusterSpec:
         gpu = get_gpu(self.cluster.gpu)
@@ -100,10 +83,10 @@ class Case(Strict):
 
 
 def first_error(err: ValidationError) -> str:
-    """The first validation problem as 'where: what'."""
+    """The first validation problem as 'where: what' (a spec's own sentence when it refused)."""
     e = err.errors()[0]
     where = ".".join(str(x) for x in e["loc"]) or "the top level"
-    return f"{where}: {e['msg']}"
+    return f"{where}: {e['msg'].removeprefix('Value error, ')}"
 
 
 def case_from_dict(raw: object, origin: str = "case") -> Case:

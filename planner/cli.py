@@ -2,7 +2,7 @@
 
 Imports are lazy so that `flmplan profile` runs on GPU images that have only torch, numpy,
 typer and rich, and `flmplan simulate` starts without torch. Every user-facing problem is a
-FlmplanError or ProfileError: it is printed as one sentence on stderr, exit code 2.
+FlmplanError (ProfileError is one): it is printed as one sentence on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -37,11 +37,10 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from planner.errors import FlmplanError
-        from profiles.schema import ProfileError
 
         try:
             return fn(*args, **kwargs)
-        except (FlmplanError, ProfileError) as err:
+        except FlmplanError as err:
             stderr.print(f"[bold red]Error:[/] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
@@ -101,7 +100,7 @@ def profile(
 @app.command()
 @_user_errors
 def estimate(
-    case_file: Annotated[Path, typer.Argument(help="Case file (DESIGN.md schema): model, cluster, layout.")],
+    case_file: Annotated[Path, typer.Argument(help="Case file (JSON: model, cluster, layout; see examples/).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for programs.")] = False,
     profile: Annotated[Path | None, typer.Option(help="Profile JSON (default: built-in one of the GPU).")] = None,
     dtype: Annotated[str, typer.Option(help="Training dtype; a --profile must have been measured in it.")] = "bf16",
@@ -159,6 +158,7 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Seed of the run simulation.")] = 0,
 ) -> None:
     """Plan growth stages, layouts and cluster for a budget; simulate the run with failures."""
+    from planner.errors import FlmplanError
     from planner.loss import GrowthLossModel, load_law
     from planner.plan import save_plan
     from planner.report import print_plan
@@ -169,10 +169,10 @@ def simulate(
 
     spec = get_gpu(gpu)
     if schedule not in ("auto", "flm"):
-        raise typer.BadParameter(f"must be auto or flm, got {schedule!r}", param_hint="--schedule")
+        raise FlmplanError(f"--schedule must be auto or flm, got {schedule!r}.")
     kernel = attention or ("unfused" if schedule == "flm" else "flash")
     if kernel not in ("flash", "unfused"):
-        raise typer.BadParameter(f"must be flash or unfused, got {kernel!r}", param_hint="--attention")
+        raise FlmplanError(f"--attention must be flash or unfused, got {kernel!r}.")
     settings = Settings(gpu=spec, price_per_gpu_hour=spec.price.usd_per_gpu_hour if price is None else price,
                         max_gpus=max_gpus, target_params=parse_size(target_size), budget_usd=budget,
                         global_batch=global_batch, grow_steps=grow_steps, max_days=max_days, attention=kernel)
@@ -245,35 +245,27 @@ def run(
         raise FlmplanError(f"--scale must be tiny or full, got {scale!r}.")
     if nproc < 1:
         raise FlmplanError(f"--nproc must be at least 1, got {nproc}.")
-    raw = plan.to_json()
     if scale == "tiny":
         from planner.plan import plan_from_dict
         from runtime.scale import tiny_plan
 
-        raw = tiny_plan(raw, nproc, steps)
-        plan_from_dict(raw, origin=f"Plan {plan_file} at --scale tiny")
+        plan = plan_from_dict(tiny_plan(plan.to_json(), nproc, steps), origin=f"Plan {plan_file} at --scale tiny")
     if dtype not in (None, "bf16", "fp16", "fp32"):
         raise FlmplanError(f"--dtype must be bf16, fp16 or fp32, got {dtype!r}.")
-    from runtime.train import config_of
-
-    for k, st in enumerate(raw["stages"]):
-        try:
-            config_of(st["model"])
-        except FlmplanError as err:
-            raise FlmplanError(f"Stage {k + 1} ({st['name']}): {err}") from None
-        lay = st["layout"]
-        if lay["tp"] * lay["pp"] * lay["dp"] != nproc:
+    for k, st in enumerate(plan.stages):
+        lay = st.layout
+        if lay.gpus != nproc:
             raise FlmplanError(
-                f"Stage {k + 1} needs tp·pp·dp = {lay['tp']}·{lay['pp']}·{lay['dp']} = "
-                f"{lay['tp'] * lay['pp'] * lay['dp']} processes but --nproc is {nproc}; use --scale tiny to map "
-                "the plan onto this machine, or run it on its cluster with the torchrun line in the README."
+                f"Stage {k + 1} needs tp·pp·dp = {lay.tp}·{lay.pp}·{lay.dp} = {lay.gpus} processes but --nproc "
+                f"is {nproc}; use --scale tiny to map the plan onto this machine, or run it on its cluster with "
+                "the torchrun line in the README."
             )
     # The data, before any process starts: it exists, is text (or tokens), and fits the vocabulary.
     from runtime.data import check_tokens, load_tokens
 
     tokens, what = load_tokens(data)
-    first = raw["stages"][0]["model"]
-    check_tokens(tokens, first["vocab"], first["seq"], what)
+    first = plan.stages[0].model
+    check_tokens(tokens, first.vocab, first.seq, what)
     if out.exists() and not out.is_dir():
         raise FlmplanError(f"--out {out} is a file; give a folder for the run.")
     try:
@@ -282,7 +274,7 @@ def run(
         raise FlmplanError(f"--out {out} cannot be created ({err.strerror}).") from None
     lock = _lock_run_folder(out)
     try:
-        _launch(raw, out, nproc, max_restarts, data, dtype, compile, from_scratch)
+        _launch(plan.to_json(), out, nproc, max_restarts, data, dtype, compile, from_scratch)
     finally:
         lock.unlink(missing_ok=True)
 

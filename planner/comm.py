@@ -14,16 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from profiles.schema import Profile
+from profiles.schema import Profile, bus_factor
 
 Op = Literal["all_reduce", "all_gather", "reduce_scatter", "send_recv"]
-
-_WIRE_FACTOR = {
-    "all_reduce": lambda n: 2 * (n - 1) / n,
-    "all_gather": lambda n: (n - 1) / n,
-    "reduce_scatter": lambda n: (n - 1) / n,
-    "send_recv": lambda n: 1.0,
-}
 
 
 @dataclass(frozen=True)
@@ -72,4 +65,4 @@ class Network:
         if op == "send_recv":
             bw = self.inter_bw_per_gpu if g.spans_nodes else self.intra_bw
             return latency + nbytes / bw
-        return latency + _WIRE_FACTOR[op](g.size) * nbytes / self.bandwidth(g)
+        return latency + bus_factor(op, g.size) * nbytes / self.bandwidth(g)

@@ -1,10 +1,7 @@
 """Time of one decoder layer (and of the logits) on one GPU for one micro-batch.
 
-The layer is the Megatron-LM block: LayerNorm → QKV → attention core → output projection →
-residual; LayerNorm → MLP → residual. GEMMs and the attention kernel come from the device
-model; the element-wise kernels are charged by the bytes they move through HBM.
-With tensor parallelism t the GEMMs and the attention heads split t ways; the element-wise
-work outside them splits only under sequence parallelism (Korthikanti et al. 2022, §4.2.2).
+The layer's parts come from planner/anatomy.py: its GEMMs and the attention kernel are timed by
+the device model; its element-wise kernels are charged by the bytes they move through HBM.
 """
 
 from __future__ import annotations
@@ -12,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from planner import anatomy
 from planner.device import DeviceModel
 from planner.specs import Layout, ModelSpec
 
@@ -49,9 +47,6 @@ _UNFUSED_SCORE_PASSES_BWD = 5.5
 # Element-wise backward kernels read the saved input and the incoming gradient and write one
 # gradient (plus small reductions): about twice the forward traffic.
 _MEMBOUND_BWD_FACTOR = 2.0
-# Element-wise kernels launched per layer forward: 2 LayerNorms, 2 residual adds, the
-# activation, rotary on Q and K (8 small kernels each in eager PyTorch) and one layout copy.
-_ELEMENTWISE_KERNELS_FWD = 22
 
 
 def layer_time(dev: DeviceModel, model: ModelSpec, layout: Layout) -> LayerTime:
@@ -63,19 +58,12 @@ def _layer_time(dev: DeviceModel, model: ModelSpec, t: int, b: int, sequence_par
                 attention: str) -> LayerTime:
     s = model.seq
     tokens = b * s
-    h, f, kv = model.hidden, model.ffn, model.kv_dim
     local_heads = model.heads // t
     e = dev.bytes_per_element
 
-    linears = [
-        (h, (h + 2 * kv) // t),                         # QKV, column-parallel
-        (h // t, h),                                    # attention output, row-parallel
-        (h, (model.ffn_matrices - 1) * f // t),         # MLP up (and gate), column-parallel
-        (f // t, h),                                    # MLP down, row-parallel
-    ]
     gemm_fwd = gemm_bwd = 0.0
-    for d_in, d_out in linears:
-        fwd, bwd = dev.linear_s(tokens, d_in, d_out)
+    for matmul in anatomy.matmuls(model):
+        fwd, bwd = dev.linear_s(tokens, *matmul.local(t))
         gemm_fwd += fwd
         gemm_bwd += bwd
 
@@ -91,25 +79,19 @@ def _layer_time(dev: DeviceModel, model: ModelSpec, t: int, b: int, sequence_par
         attn_fwd += dev.memory_bound_s(_UNFUSED_SCORE_PASSES_FWD * scores, kernels=2)
         attn_bwd += dev.memory_bound_s(_UNFUSED_SCORE_PASSES_BWD * scores, kernels=2)
 
-    # Elements moved per token by the element-wise kernels of one layer (forward), by op, each
-    # charged at that op's achieved bandwidth. LayerNorms and residual adds work on the full
-    # hidden width (split only under sequence parallelism); rotary and the activation on the
-    # local heads and neurons.
-    sp = t if sequence_parallel else 1
-    elements = {
-        "layernorm": 2 * (2 * h) / sp,                  # two LayerNorms: read x, write y
-        "residual_add": 2 * (3 * h) / sp,               # two adds: read 2, write 1
-        "rotary": 2 * (h + kv) / t,                     # Q and K: read, write
-        "gelu": (3 * f if model.activation == "swiglu" else 2 * f) / t,
-    }
-    fwd_by_op = {op: dev.memory_bound_s(tokens * n * e, op=op) for op, n in elements.items()}
+    # Each element-wise op is charged at its own kernel's achieved bandwidth; the kernels that move
+    # no counted elements (the rest of each op's launches) cost their launch overhead.
+    ops = anatomy.elementwise_ops(model)
+    fwd_by_op = {op.name: dev.memory_bound_s(tokens * op.elements_per_token(t, sequence_parallel) * e,
+                                             op=op.kernel) for op in ops}
     mem_fwd = sum(fwd_by_op.values())
-    mem_bwd = sum(dev.memory_bound_s(_MEMBOUND_BWD_FACTOR * tokens * n * e, op=op) for op, n in elements.items())
-    launches = _ELEMENTWISE_KERNELS_FWD - len(elements)
+    mem_bwd = sum(dev.memory_bound_s(_MEMBOUND_BWD_FACTOR * tokens * op.elements_per_token(t, sequence_parallel) * e,
+                                     op=op.kernel) for op in ops)
+    launches = sum(op.launches for op in ops) + anatomy.OTHER_KERNELS_FWD - len(ops)
     mem_fwd += dev.memory_bound_s(0, kernels=launches)
     mem_bwd += dev.memory_bound_s(0, kernels=2 * launches)
     return LayerTime(gemm_fwd, gemm_bwd, attn_fwd, attn_bwd, mem_fwd, mem_bwd,
-                     norm_act_fwd=fwd_by_op["layernorm"] + fwd_by_op["gelu"])
+                     norm_act_fwd=sum(fwd_by_op[op.name] for op in ops if op.selective))
 
 
 def logits_time(dev: DeviceModel, model: ModelSpec, layout: Layout) -> tuple[float, float]:

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-from profiles.schema import Profile
+from profiles.schema import BYTES_PER_ELEMENT, Profile
 
 # Bandwidth of the correction kernel, in octaves of each GEMM dimension.
 _KERNEL_OCTAVES = 0.75
@@ -72,7 +72,7 @@ class DeviceModel:
         self.membw_bytes_s = float(mb["bandwidth_gbps"]) * 1e9
         self.mem_overhead_s = float(mb["overhead_us"]) * 1e-6
         self.op_bytes_s = {op: float(gbps) * 1e9 for op, gbps in mb.get("ops", {}).items()}
-        self.bytes_per_element = {"bf16": 2, "fp16": 2, "fp32": 4}[profile.dtype]
+        self.bytes_per_element = BYTES_PER_ELEMENT[profile.dtype]
 
     # --- GEMM -----------------------------------------------------------------
     def gemm_model_s(self, m: float, n: float, k: float, batch: float = 1) -> float:

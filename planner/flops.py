@@ -7,24 +7,12 @@ hardware FLOPs add what recompute executes again. Attention FLOPs are counted in
 
 from __future__ import annotations
 
+from planner.anatomy import attention_flops_per_token, linear_flops_per_token
 from planner.specs import ModelSpec, Recompute
 
 
-def linear_flops_per_token(model: ModelSpec) -> float:
-    """Forward FLOPs of one layer's weight matrices per token: 2 per multiply-add."""
-    h, f = model.hidden, model.ffn
-    qkv = 2 * h * (h + 2 * model.kv_dim)
-    out = 2 * h * h
-    mlp = 2 * model.ffn_matrices * h * f
-    return qkv + out + mlp
-
-
-def attention_flops_per_token(model: ModelSpec) -> float:
-    """Forward FLOPs of softmax(QKᵀ)V per token and layer: 2·s·h for QKᵀ, 2·s·h for ·V."""
-    return 4 * model.seq * model.hidden
-
-
 def logits_flops_per_token(model: ModelSpec) -> float:
+    """The output layer: h × vocab, 2 FLOPs per multiply-add."""
     return 2 * model.hidden * model.vocab
 
 

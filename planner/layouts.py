@@ -11,29 +11,39 @@ element-wise work with it).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import field, fields, make_dataclass
+from typing import get_type_hints
 
 from planner.errors import InvalidLayout
-from planner.specs import AttentionKernel, ClusterSpec, Layout, ModelSpec, validate_layout
+from planner.specs import ClusterSpec, Layout, ModelSpec, validate_layout
+
+# Layout's fields a partial layout may leave open (None) for the search: all but the batch, which
+# is always given, and the attention kernel, a fact about the software rather than a choice.
+OPEN_FIELDS = tuple(f.name for f in fields(Layout) if f.name not in ("global_batch", "attention"))
 
 
-@dataclass(frozen=True)
-class PartialLayout:
-    """Fields left None are for the search to choose."""
+def _partial_fields() -> list[tuple]:
+    hints = get_type_hints(Layout)
+    return [("global_batch", int),
+            *[(name, hints[name] | None, field(default=None)) for name in OPEN_FIELDS],
+            ("attention", hints["attention"], field(default="flash")),
+            # A narrower space for the growth planner's first pass: micro-batches 1/2/4/8, at most
+            # two model chunks per stage, zero 1 or 3. The chosen schedule is refined with the full space.
+            ("coarse", bool, field(default=False))]
 
-    global_batch: int
-    tp: int | None = None
-    pp: int | None = None
-    dp: int | None = None
-    micro_batch: int | None = None
-    recompute: str | None = None
-    sequence_parallel: bool | None = None
-    interleave: int | None = None
-    zero: int | None = None
-    attention: AttentionKernel = "flash"
-    # A narrower space for the growth planner's first pass: micro-batches 1/2/4/8, at most two
-    # model chunks per stage, zero 1 or 3. The chosen schedule is refined with the full space.
-    coarse: bool = False
+
+def _fixed(part) -> Layout | None:
+    """The layout itself when no field is left open."""
+    given = {name: getattr(part, name) for name in OPEN_FIELDS}
+    if None in given.values():
+        return None
+    return Layout(global_batch=part.global_batch, attention=part.attention, **given)
+
+
+PartialLayout = make_dataclass(
+    "PartialLayout", _partial_fields(), frozen=True,
+    namespace={"__doc__": "Layout with the fields left None for the search to choose (derived from Layout).",
+               "fixed": _fixed, "__module__": __name__})
 
 
 # Model chunks per pipeline stage the search tries (Megatron-LM runs use 1–4, rarely 8), and

@@ -2,8 +2,8 @@
 
 Model states follow ZeRO (Rajbhandari et al. 2020) for mixed-precision Adam: 2 bytes of
 bf16 weights, 4 of fp32 gradients (Megatron's main_grad) and 12 of optimizer state (fp32
-master copy, Adam m and v) per parameter. Activations follow Korthikanti et al. 2022, §4,
-generalised to any FFN width, SwiGLU and grouped-query attention.
+master copy, Adam m and v) per parameter. Activations are the tensors planner/anatomy.py says a
+layer keeps (Korthikanti et al. 2022, §4).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from planner.anatomy import stored_bytes_per_token
 from planner.specs import BYTES_PER_GIB, Layout, ModelSpec
 
 WEIGHT_BYTES = 2
@@ -54,33 +55,10 @@ def stage_params(model: ModelSpec, layout: Layout) -> float:
 
 
 def activation_bytes_per_layer(model: ModelSpec, layout: Layout) -> float:
-    """Bytes one layer keeps for backward, for one micro-batch (Korthikanti et al. 2022, eq. 1–5)."""
-    s, b, h, t = model.seq, layout.micro_batch, model.hidden, layout.tp
-    a, f, kv = model.heads, model.ffn, model.kv_dim
-    sbh = s * b * h
-    if layout.recompute == "full":
-        # Only the layer input is stored (2sbh, split by t under sequence parallelism).
-        return 2 * sbh / (t if layout.sequence_parallel else 1)
-    # Replicated over tp unless SP: the two LayerNorm inputs (4sbh), the two dropout masks (2sbh)
-    # and the inputs of the QKV and MLP-up GEMMs (4sbh).
-    replicated = 10 * sbh
-    # Split over tp: Q and K 2sb(h+kv), V 2sb·kv, output-projection input 2sbh, and the MLP's
-    # activation input(s) and down-projection input.
-    ffn_inputs = 2 * s * b * f * (3 if model.activation == "swiglu" else 2)
-    split = 2 * s * b * (h + kv) + 2 * s * b * kv + 2 * sbh + ffn_inputs
-    if layout.recompute == "selective" and layout.attention == "flash":
-        # Selective recompute under flash attention (Megatron-Core's recompute of LayerNorms and
-        # the activation): the GEMM inputs that are LayerNorm outputs (4sbh) and the MLP-down
-        # input (2sbf) are recomputed from what is kept.
-        replicated -= 4 * sbh
-        split -= 2 * s * b * f
-    # Unfused attention stores softmax output (2), dropout mask (1) and its output (2): 5as²b.
-    scores = 5 * a * s * s * b if (layout.attention == "unfused" and layout.recompute == "none") else 0
-    # Flash attention keeps its log-sum-exp instead (fp32, a·s·b).
-    lse = 4 * a * s * b if layout.attention == "flash" else 0
-    if layout.sequence_parallel:
-        return (replicated + split + scores + lse) / t
-    return replicated + (split + scores + lse) / t
+    """Bytes one layer keeps for backward, for one micro-batch (the tensors of planner/anatomy.py)."""
+    per_token = stored_bytes_per_token(model, layout.recompute, layout.attention, layout.tp,
+                                       layout.sequence_parallel)
+    return per_token * model.seq * layout.micro_batch
 
 
 def micro_batches_in_flight(layout: Layout) -> float:

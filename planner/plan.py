@@ -1,6 +1,7 @@
-"""plan.json: the one contract between the planner and the runtime (DESIGN.md).
+"""plan.json: the one contract between the planner and the runtime.
 
-Versioned, validated on load (unknown keys refused), readable by a person.
+Versioned, validated on load (unknown keys refused), readable by a person. A stage's model and
+layout are the planner's own ModelSpec and Layout, so the runtime trains what was planned.
 """
 
 from __future__ import annotations
@@ -11,29 +12,14 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, ValidationError
 
-from planner.case import CaseModel, Strict, first_error
+from planner.case import Strict, first_error
 from planner.errors import FlmplanError
 from planner.growth import msg_problem
-from profiles.schema import read_json, write_json
+from planner.jsonio import read_json, write_json
+from planner.specs import ClusterSpec, Layout, ModelSpec, get_gpu, validate_layout
 
 PLAN_SCHEMA = "flmplan-plan"
 PLAN_VERSION = 1
-
-
-PlanModel = CaseModel
-
-
-class PlanLayout(Strict):
-    tp: int = Field(ge=1)
-    pp: int = Field(ge=1)
-    dp: int = Field(ge=1)
-    micro_batch: int = Field(ge=1)
-    global_batch: int = Field(ge=1)
-    recompute: Literal["none", "selective", "full"] = "none"
-    sequence_parallel: bool = False
-    interleave: int = Field(default=1, ge=1)
-    zero: Literal[0, 1, 2, 3] = 1
-    attention: Literal["flash", "unfused"] = "flash"
 
 
 class PlanGrowth(Strict):
@@ -57,11 +43,11 @@ class PlanPredicted(Strict):
 
 class PlanStage(Strict):
     name: str
-    model: PlanModel
+    model: ModelSpec
     tokens: float = Field(gt=0)
     steps: int = Field(gt=0)
     lr: float = Field(default=3e-4, gt=0)
-    layout: PlanLayout
+    layout: Layout
     growth: PlanGrowth | None = None
     predicted: PlanPredicted
 
@@ -127,21 +113,17 @@ def plan_from_dict(raw: object, origin: str = "plan") -> Plan:
         plan = Plan.model_validate(raw)
     except ValidationError as err:
         raise FlmplanError(f"{origin} is not a valid plan ({first_error(err)}).") from None
+    cluster = ClusterSpec(gpu=get_gpu(plan.cluster.gpu), gpus=plan.cluster.gpus,
+                          gpus_per_node=plan.cluster.gpus_per_node)
     for k, st in enumerate(plan.stages):
-        try:
-            spec = st.model.spec()
-        except FlmplanError as err:
-            raise FlmplanError(f"{origin}, stage {k} ({st.name}): {err}") from None
         if k > 0 and st.growth is None:
             raise FlmplanError(f"{origin}, stage {k} ({st.name}) has no growth from the stage before it.")
-        if k > 0 and (problem := msg_problem(plan.stages[k - 1].model.spec(), spec)):
+        if k > 0 and (problem := msg_problem(plan.stages[k - 1].model, st.model)):
             raise FlmplanError(f"{origin}, stage {k} ({st.name}) cannot be grown from stage {k - 1}: {problem}.")
-        lay = st.layout
-        if lay.global_batch % (lay.micro_batch * lay.dp):
-            raise FlmplanError(
-                f"{origin}, stage {k} ({st.name}): layout.global_batch = {lay.global_batch} is not a multiple of "
-                f"micro_batch·dp = {lay.micro_batch}·{lay.dp}; the sequences left over would never be trained."
-            )
+        try:
+            validate_layout(st.model, cluster, st.layout)
+        except FlmplanError as err:
+            raise FlmplanError(f"{origin}, stage {k} ({st.name}): {err}") from None
     return plan
 
 

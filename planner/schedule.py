@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
-from planner.errors import FlmplanError, Infeasible
+from planner.errors import FlmplanError, Infeasible, InvalidLayout
 from planner.growth import final_shapes, growth_between, growth_chains, shape, smallest_shape
 from planner.layouts import PartialLayout
 from planner.loss import GrowthLossModel
@@ -77,6 +77,7 @@ class StageRun:
     tokens: float = 0.0
     loss_end: float = 0.0
     breakdown: dict = field(default_factory=dict)
+    lr: float | None = None          # the peak learning rate the stage's source states, if any
 
     def steps(self, global_batch: int) -> int:
         return math.ceil(self.tokens / (global_batch * self.model.seq))
@@ -142,7 +143,7 @@ class Planner:
             try:
                 part = part or PartialLayout(global_batch=batch, attention=self.s.attention, coarse=coarse)
                 result = search_layout(model, cluster, part, self.profile)
-            except (Infeasible, FlmplanError):
+            except (Infeasible, InvalidLayout):   # no layout of this stage works here: not a candidate
                 self._stage_cache[key] = None
             else:
                 e = result.best
@@ -345,7 +346,8 @@ FLM_SCHEDULE = {
     "global_batch": [2304, 2304, 2160],
     "tp_pp": [(2, 1), (4, 2), (4, 4)],
     "gpus": 192,
-    "days": [9.63, 5.37, 6.54],
+    # Peak learning rate per stage (FLM-101B §2.3 / Table 1).
+    "lr": [4e-4, 3.4e-4, 2e-4],
 }
 
 
@@ -365,5 +367,9 @@ def flm_schedule(planner: Planner) -> Schedule | None:
                            attention=planner.s.attention)
              if same_layout else None
              for (tp, pp), b in zip(FLM_SCHEDULE["tp_pp"], FLM_SCHEDULE["global_batch"], strict=True)]
-    return planner.fixed("FLM-101B schedule", chain, FLM_SCHEDULE["tokens"], gpus, parts,
-                         FLM_SCHEDULE["global_batch"])
+    schedule = planner.fixed("FLM-101B schedule", chain, FLM_SCHEDULE["tokens"], gpus, parts,
+                             FLM_SCHEDULE["global_batch"])
+    if schedule is not None:
+        for st, lr in zip(schedule.stages, FLM_SCHEDULE["lr"], strict=True):
+            st.lr = lr
+    return schedule

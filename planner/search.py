@@ -76,18 +76,8 @@ def estimate_case(case: Case, profile: Profile | None = None) -> SearchResult:
     """Estimate a case file: its fixed fields as given, its null fields searched."""
     model, cluster = case.model_spec(), case.cluster_spec()
     profile = profile or builtin_profile(cluster.gpu.key)
-    par = case.parallel
-    part = PartialLayout(
-        global_batch=par.global_batch, tp=par.tp, pp=par.pp, dp=par.dp, micro_batch=par.micro_batch,
-        recompute=par.recompute, sequence_parallel=par.sequence_parallel, interleave=par.interleave,
-        zero=par.zero, attention=case.attention_kernel(),
-    )
-    if None not in (par.tp, par.pp, par.dp, par.micro_batch, par.recompute, par.zero, par.interleave,
-                    par.sequence_parallel):
-        layout = Layout(tp=par.tp, pp=par.pp, dp=par.dp, micro_batch=par.micro_batch,
-                        global_batch=par.global_batch, recompute=par.recompute,
-                        sequence_parallel=bool(par.sequence_parallel), interleave=par.interleave or 1,
-                        zero=par.zero, attention=case.attention_kernel())
+    part = case.partial_layout()
+    if (layout := part.fixed()) is not None:
         validate_layout(model, cluster, layout)
         est = estimate_step(model, cluster, layout, profile)
         if not est.fits:
@@ -97,3 +87,20 @@ def estimate_case(case: Case, profile: Profile | None = None) -> SearchResult:
             )
         return SearchResult(best=est, considered=1)
     return search_layout(model, cluster, part, profile)
+
+
+def compare_to_published(case: Case, profile: Profile | None = None) -> dict:
+    """The cost model against what the case's source published, in the source's own convention:
+    TFLOP/s per GPU HFU-style (Megatron-LM, FLM-101B), MFU (llm-foundry), or the step time."""
+    est = estimate_case(case, profile).best
+    if case.measured.tflops_per_gpu_hfu is not None:
+        metric, published, predicted = "tflops_hfu", case.measured.tflops_per_gpu_hfu, est.tflops_per_gpu_hfu
+    elif case.measured.mfu is not None:
+        metric, published, predicted = "mfu", case.measured.mfu, est.mfu
+    else:
+        metric, published, predicted = "iteration_s", case.measured.iteration_s, est.iteration_s
+    return {
+        "case": case.name, "metric": metric, "published": published, "predicted": predicted,
+        "error": predicted / published - 1, "layout": est.layout.describe(),
+        "memory_gib": est.memory_gib_per_gpu,
+    }

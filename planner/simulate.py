@@ -16,20 +16,15 @@ from planner.plan import (
     PlanBaseline,
     PlanCluster,
     PlanGrowth,
-    PlanLayout,
-    PlanModel,
     PlanPredicted,
     PlanStage,
     PlanTotals,
 )
-from planner.schedule import Planner, Schedule, Settings, flm_base, flm_schedule
+from planner.schedule import Planner, Schedule, Settings, StageRun, flm_base, flm_schedule
 from planner.sim.pipeline import simulate_estimate
 from planner.sim.run import FailureModel, RunSummary, StageWork, monte_carlo
 from planner.specs import ClusterSpec
 from profiles.schema import Profile
-
-# FLM-101B's learning rates per stage (ANCHORS); other plans scale them by 1/√(params/16B).
-FLM_LR = [4e-4, 3.4e-4, 2e-4]
 
 
 @dataclass
@@ -149,10 +144,12 @@ def pipeline_timelines(s: Schedule, profile: Profile, max_micro_batches: int = 1
     return out
 
 
-def _stage_lr(k: int, params: float, schedule: Schedule) -> float:
-    if schedule.name == "FLM-101B schedule" and k < len(FLM_LR):
-        return FLM_LR[k]
-    return round(4e-4 / math.sqrt(max(params / 16e9, 1.0)), 6)
+def _stage_lr(st: StageRun) -> float:
+    """The stage's own learning rate when its source states one; else FLM-101B's 4e-4 at 16B,
+    scaled by 1/√(params / 16B) above it."""
+    if st.lr is not None:
+        return st.lr
+    return round(4e-4 / math.sqrt(max(st.model.params() / 16e9, 1.0)), 6)
 
 
 def summary(s: Schedule) -> PlanBaseline:
@@ -178,11 +175,11 @@ def build_plan(s: Schedule, settings: Settings, profile: Profile, loss_model: Gr
         days = st.days(st.layout.global_batch)
         stages.append(PlanStage(
             name=f"{m.params() / 1e9:.1f}B",
-            model=PlanModel(**m.to_dict()),
+            model=m,
             tokens=st.tokens,
             steps=st.steps(st.layout.global_batch),
-            lr=_stage_lr(k, m.params(), s),
-            layout=PlanLayout(**st.layout.to_dict()),
+            lr=_stage_lr(st),
+            layout=st.layout,
             growth=growth,
             predicted=PlanPredicted(
                 step_s=st.step_s, tflops_per_gpu_hfu=st.tflops_hfu, tflops_per_gpu_mfu=st.tflops_mfu, mfu=st.mfu,

@@ -6,23 +6,31 @@ Each spec checks itself where it is built and says in one sentence which field i
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import cache, cached_property
 from importlib import resources
 from typing import Literal
 
+from planner import anatomy
 from planner.errors import FlmplanError, InvalidLayout
 
 Activation = Literal["gelu", "swiglu"]
 Recompute = Literal["none", "selective", "full"]
 AttentionKernel = Literal["flash", "unfused"]
+ZeroStage = Literal[0, 1, 2, 3]
 
 BYTES_PER_GIB = 2**30
+# pydantic validates these dataclasses where case files and plans embed them (planner/case.py,
+# planner/plan.py) and refuses unknown keys; a plain dict keeps this module free of pydantic.
+_STRICT = {"extra": "forbid"}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A decoder-only transformer (GPT / FLM style)."""
+    """A decoder-only transformer (GPT / FLM style): the one model type of the planner, the case
+    and plan files (validated by pydantic there) and the runtime (runtime/model.py extends it)."""
+
+    __pydantic_config__ = _STRICT
 
     layers: int
     hidden: int
@@ -38,12 +46,16 @@ class ModelSpec:
         for name in ("layers", "hidden", "heads", "ffn", "vocab", "seq"):
             if getattr(self, name) <= 0:
                 raise FlmplanError(f"model.{name} must be a positive integer, got {getattr(self, name)}.")
-        if self.hidden % self.heads:
+        if self.hidden % self.heads and not self.sets_head_dim():
             raise FlmplanError(f"model.heads = {self.heads} must divide model.hidden = {self.hidden}.")
         if self.kv_heads is not None and (self.kv_heads <= 0 or self.heads % self.kv_heads):
             raise FlmplanError(f"model.kv_heads = {self.kv_heads} must divide model.heads = {self.heads}.")
         if self.activation not in ("gelu", "swiglu"):
             raise FlmplanError(f"model.activation must be 'gelu' or 'swiglu', got {self.activation!r}.")
+
+    def sets_head_dim(self) -> bool:
+        """Whether the head width is set apart from hidden / heads (the runtime's MSG head growth)."""
+        return False
 
     @cached_property
     def head_dim(self) -> int:
@@ -63,20 +75,21 @@ class ModelSpec:
         """GeLU MLP: up and down; SwiGLU: gate, up and down."""
         return 3 if self.activation == "swiglu" else 2
 
+    @property
+    def q_dim(self) -> int:
+        """Width of Q and of the attention output: heads × head dim."""
+        return self.heads * self.head_dim
+
     @cache  # noqa: B019 - specs are immutable and few; the planner asks for these millions of times
     def layer_params(self) -> int:
-        """Weights and biases of one block: attention, MLP, two LayerNorms."""
-        h, f = self.hidden, self.ffn
-        attention = h * (h + 2 * self.kv_dim) + (h + 2 * self.kv_dim) + h * h + h
-        mlp = self.ffn_matrices * h * f + (f * (self.ffn_matrices - 1) + h)
-        layernorms = 2 * 2 * h
-        return attention + mlp + layernorms
+        """Weights and biases of one block: its matrices and two LayerNorms (planner/anatomy.py)."""
+        return anatomy.layer_params(self)
 
+    @cache  # noqa: B019
     def tp_replicated_layer_params(self) -> int:
         """What tensor parallelism leaves whole on every rank of a block (Megatron, and flmplan's
-        runtime): the two LayerNorms and the biases of the row-parallel attention output and MLP
-        down-projection (added after the reduction)."""
-        return 2 * 2 * self.hidden + 2 * self.hidden
+        runtime): the LayerNorms and the biases of the row-parallel matrices."""
+        return anatomy.tp_replicated_layer_params(self)
 
     def embedding_params(self) -> int:
         """Token embedding (and the output head, unless tied) plus the final LayerNorm."""
@@ -180,9 +193,22 @@ class Layout:
     recompute: Recompute = "none"
     sequence_parallel: bool = False
     interleave: int = 1
-    zero: int = 1
+    zero: ZeroStage = 1
     attention: AttentionKernel = "flash"
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    __pydantic_config__ = _STRICT
+
+    def __post_init__(self) -> None:
+        """Each field on its own; validate_layout checks the layout against a model and cluster."""
+        for name in ("tp", "pp", "dp", "micro_batch", "global_batch", "interleave"):
+            if getattr(self, name) < 1:
+                raise InvalidLayout(f"parallel.{name} must be at least 1, got {getattr(self, name)}.")
+        if self.recompute not in ("none", "selective", "full"):
+            raise InvalidLayout(f"parallel.recompute must be none, selective or full, got {self.recompute!r}.")
+        if self.zero not in (0, 1, 2, 3):
+            raise InvalidLayout(f"parallel.zero must be 0, 1, 2 or 3, got {self.zero}.")
+        if self.attention not in ("flash", "unfused"):
+            raise InvalidLayout(f"attention kernel must be 'flash' or 'unfused', got {self.attention!r}.")
 
     @property
     def gpus(self) -> int:
@@ -197,9 +223,7 @@ class Layout:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("extra")
-        return d
+        return asdict(self)
 
     def describe(self) -> str:
         parts = [f"tp{self.tp}", f"pp{self.pp}", f"dp{self.dp}", f"mb{self.micro_batch}"]
@@ -214,9 +238,6 @@ class Layout:
 def validate_layout(model: ModelSpec, cluster: ClusterSpec, layout: Layout) -> None:
     """Refuse a layout that cannot run, naming the field and the numbers."""
     lay = layout
-    for name in ("tp", "pp", "dp", "micro_batch", "global_batch", "interleave"):
-        if getattr(lay, name) < 1:
-            raise InvalidLayout(f"parallel.{name} must be at least 1, got {getattr(lay, name)}.")
     if lay.gpus != cluster.gpus:
         raise InvalidLayout(
             f"parallel: tp·pp·dp = {lay.tp}·{lay.pp}·{lay.dp} = {lay.gpus} ≠ {cluster.gpus} GPUs of the cluster."
@@ -244,20 +265,15 @@ def validate_layout(model: ModelSpec, cluster: ClusterSpec, layout: Layout) -> N
     if lay.global_batch % (lay.micro_batch * lay.dp):
         raise InvalidLayout(
             f"parallel.global_batch = {lay.global_batch} is not divisible by "
-            f"micro_batch·dp = {lay.micro_batch}·{lay.dp} = {lay.micro_batch * lay.dp}."
+            f"micro_batch·dp = {lay.micro_batch}·{lay.dp} = {lay.micro_batch * lay.dp}; the sequences left "
+            "over would never be trained."
         )
     if lay.interleave > 1 and lay.micro_batches % lay.pp:
         raise InvalidLayout(
             f"parallel.interleave needs the {lay.micro_batches} micro-batches per pipeline "
             f"to be a multiple of pp = {lay.pp}."
         )
-    if lay.recompute not in ("none", "selective", "full"):
-        raise InvalidLayout(f"parallel.recompute must be none, selective or full, got {lay.recompute!r}.")
-    if lay.zero not in (0, 1, 2, 3):
-        raise InvalidLayout(f"parallel.zero must be 0, 1, 2 or 3, got {lay.zero}.")
     if lay.zero == 3 and lay.pp > 1:
         raise InvalidLayout("parallel.zero = 3 (fully sharded weights) is not combined with pp > 1 here.")
     if lay.sequence_parallel and lay.tp == 1:
         raise InvalidLayout("parallel.sequence_parallel needs tp ≥ 2.")
-    if lay.attention not in ("flash", "unfused"):
-        raise InvalidLayout(f"attention kernel must be 'flash' or 'unfused', got {lay.attention!r}.")

@@ -15,20 +15,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from profiles.schema import bus_factor
 from profiles.timing import time_fn
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
 # torch 2.13 renamed the tensor collectives; the GPU image's torch 2.11 has only the old names.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-
-
-def bus_factor(op: str, n: int) -> float:
-    if op == "all_reduce":
-        return 2 * (n - 1) / n
-    if op in ("all_gather", "reduce_scatter"):
-        return (n - 1) / n
-    return 1.0
 
 
 def _free_port() -> int:

@@ -10,6 +10,7 @@ import math
 import statistics
 
 from planner.device import gemm_roofline_s
+from profiles.schema import ProfileError
 
 
 def fit_gemm(points: list[dict], peak_flops: float, hbm_bytes_s: float, elem: int) -> dict:
@@ -32,7 +33,9 @@ def fit_gemm(points: list[dict], peak_flops: float, hbm_bytes_s: float, elem: in
                                                e_max, k_half, o) / p["time_s"]) ** 2 for p in points)
             if best is None or err < best[0]:
                 best = (err, e_max, k_half, overhead_us)
-    assert best is not None, "no GEMM points to fit"
+    if best is None:
+        raise ProfileError("No GEMM was timed above its launch overhead, so the GEMM model cannot be fitted; "
+                           "profile larger shapes.")
     return {"e_max": round(best[1], 4), "k_half": best[2], "overhead_us": best[3]}
 
 

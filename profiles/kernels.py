@@ -1,8 +1,8 @@
 """Kernel measurements: the GEMMs of a decoder layer, attention, and the memory-bound ops.
 
-Shapes follow Megatron-LM's layer under tensor parallelism t: QKV (T × h → 3h/t), attention
-output (T × h/t → h), MLP up (T × h → f/t) and down (T × f/t → h), each forward (y = xW),
-backward-data (dx = dy·Wᵀ) and backward-weight (dW = xᵀ·dy).
+The GEMMs and element-wise ops are those of planner/anatomy.py's layer (an FLM/GPT layer with
+f = 4h) at each tensor-parallel split, each GEMM forward (y = xW), backward-data (dx = dy·Wᵀ)
+and backward-weight (dW = xᵀ·dy).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
+from planner import anatomy
+from planner.specs import ModelSpec
 from profiles.timing import time_fn
 
 # Which GEMM of a linear layer y = x·Wᵀ (nn.Linear keeps W as out × in): forward x·Wᵀ,
@@ -19,12 +21,18 @@ from profiles.timing import time_fn
 PASSES = ("forward", "backward_data", "backward_weight")
 
 
-def layer_gemm_shapes(hidden: int, tokens: int, tp: int, ffn_mult: int = 4) -> set[tuple[int, int, int, str]]:
+def profiled_layer(hidden: int) -> ModelSpec:
+    """The layer the sweep measures at this width: GeLU, f = 4h, one head (the GEMM shapes and
+    element-wise traffic do not depend on the head count)."""
+    return ModelSpec(layers=1, hidden=hidden, heads=1, ffn=4 * hidden, vocab=1, seq=1)
+
+
+def layer_gemm_shapes(hidden: int, tokens: int, tp: int) -> set[tuple[int, int, int, str]]:
     """(m, n, k, pass) of every GEMM in one layer's forward and backward at this split, keyed as
     the cost model asks for them: forward (T, out, in), data (T, in, out), weight (in, out, T)."""
-    h, f = hidden, ffn_mult * hidden
     shapes = set()
-    for d_in, d_out in ((h, 3 * h // tp), (h // tp, h), (h, f // tp), (f // tp, h)):
+    for matmul in anatomy.matmuls(profiled_layer(hidden)):
+        d_in, d_out = matmul.local(tp)
         shapes.add((tokens, d_out, d_in, "forward"))
         shapes.add((tokens, d_in, d_out, "backward_data"))
         shapes.add((d_in, d_out, tokens, "backward_weight"))
@@ -76,8 +84,10 @@ def measure_attention(batch: int, seq: int, heads: int, head_dim: int, device: t
 
 
 def memory_bound_ops(tokens: int, hidden: int, device: torch.device, dtype: torch.dtype) -> Iterable[tuple]:
-    """(name, bytes moved, callable) for LayerNorm, GeLU, residual add and rotary."""
+    """(kernel, bytes moved, callable) for each element-wise kernel of the layer: LayerNorm, GeLU,
+    residual add and rotary, moving the elements per pass the anatomy counts."""
     e = torch.finfo(dtype).bits // 8
+    passes = {op.kernel: op.passes for op in anatomy.elementwise_ops(profiled_layer(hidden))}
     x = torch.randn(tokens, hidden, device=device, dtype=dtype)
     y = torch.randn_like(x)
     w = torch.ones(hidden, device=device, dtype=dtype)
@@ -91,7 +101,7 @@ def memory_bound_ops(tokens: int, hidden: int, device: torch.device, dtype: torc
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
-    yield "layernorm", 2 * n * e, lambda: F.layer_norm(x, (hidden,), w, b)
-    yield "gelu", 2 * n * e, lambda: F.gelu(x, approximate="tanh")
-    yield "residual_add", 3 * n * e, lambda: x + y
-    yield "rotary", 2 * n * e, rotary
+    yield "layernorm", passes["layernorm"] * n * e, lambda: F.layer_norm(x, (hidden,), w, b)
+    yield "gelu", passes["gelu"] * n * e, lambda: F.gelu(x, approximate="tanh")
+    yield "residual_add", passes["residual_add"] * n * e, lambda: x + y
+    yield "rotary", passes["rotary"] * n * e, rotary

@@ -12,6 +12,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from planner.errors import FlmplanError
+from planner.jsonio import read_json, write_json
+
 SCHEMA = "flmplan-profile"
 SCHEMA_VERSION = 1
 SOURCES = ("measured", "derived")
@@ -19,7 +22,18 @@ DTYPES = ("bf16", "fp16", "fp32")
 BYTES_PER_ELEMENT = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
-class ProfileError(ValueError):
+def bus_factor(op: str, n: int) -> float:
+    """Bytes each rank puts on the wire per byte of message, over n ranks: the factor between
+    algorithm and bus bandwidth that nccl-tests use (ring all-reduce 2(n−1)/n; all-gather and
+    reduce-scatter (n−1)/n; point-to-point 1). The profiles' busbw_gbps mean this."""
+    if op == "all_reduce":
+        return 2 * (n - 1) / n
+    if op in ("all_gather", "reduce_scatter"):
+        return (n - 1) / n
+    return 1.0
+
+
+class ProfileError(FlmplanError):
     """A file that is not a usable profile; the message says why and what to do."""
 
 
@@ -112,31 +126,8 @@ def profile_from_dict(raw: Any, origin: str = "profile") -> Profile:
         raise ProfileError(f"{origin} has fields this flmplan does not know ({err}).") from None
 
 
-def read_json(path: str | Path, what: str, error: type[Exception]) -> Any:
-    """A JSON document from a file, or `error` with one sentence saying why not."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise error(f"Cannot read {what} {path}: {err.strerror}.") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise error(f"{what[0].upper()}{what[1:]} {path} is not valid JSON (line {err.lineno}: {err.msg}).") from None
-
-
 def load_profile(path: str | Path) -> Profile:
     return profile_from_dict(read_json(path, "profile", ProfileError), origin=f"Profile {path}")
-
-
-def write_json(document: Any, path: str | Path) -> Path:
-    """Write atomically (temporary file, then rename): a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def save_profile(profile: Profile, path: str | Path) -> Path:

@@ -91,7 +91,7 @@ class Sampler:
     def __post_init__(self) -> None:
         self.n = (len(self.tokens) - 1) // self.seq
         if self.n < 1:
-            raise ValueError(f"the data has {len(self.tokens)} tokens, fewer than one sequence of {self.seq}")
+            raise FlmplanError(f"The data has {len(self.tokens)} tokens, fewer than one sequence of {self.seq}.")
 
     def _index(self, i: int) -> int:
         epoch, k = divmod(i, self.n)

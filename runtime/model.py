@@ -1,7 +1,8 @@
 """The FLM-style decoder in one readable file (nanoGPT's shape, FLM-101B's choices).
 
-Pre-LayerNorm blocks, tanh-GeLU MLP, rotary position embedding with optional xPos
-(Sun et al. 2022), tied input/output embeddings, optional µP multipliers (Yang et al. 2021;
+Pre-LayerNorm blocks, tanh-GeLU MLP (or SwiGLU), rotary position embedding with optional xPos
+(Sun et al. 2022), grouped-query attention, tied input/output embeddings (or an output layer of
+its own), optional µP multipliers (Yang et al. 2021;
 FLM-101B: base width 256, output multiplier 2.0).
 
 Every place that Masked Structural Growth (Yao et al., ICLR 2024) needs a mask has one,
@@ -21,7 +22,7 @@ blocks it does not own and keep the checkpoint names.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,17 +30,14 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Replicate
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from planner.specs import ModelSpec
 
-@dataclass
-class DecoderConfig:
-    layers: int
-    hidden: int
-    heads: int
-    ffn: int
-    vocab: int
-    seq: int
-    kv_heads: int | None = None
-    head_dim: int | None = None      # default hidden // heads; MSG keeps it fixed when heads grow
+
+@dataclass(frozen=True)
+class DecoderConfig(ModelSpec):
+    """The planner's ModelSpec (the model's shape, defined once) and what only training needs."""
+
+    fixed_head_dim: int | None = None   # default hidden // heads; MSG keeps it fixed when heads grow alone
     rope_theta: float = 10000.0
     xpos: bool = True
     xpos_scale_base: float = 512.0
@@ -50,16 +48,12 @@ class DecoderConfig:
     mup_width_mult: float = 1.0
     mup_output_mult: float = 1.0
 
-    def __post_init__(self) -> None:
-        if self.head_dim is None:
-            self.head_dim = self.hidden // self.heads
-
     @property
-    def n_kv_heads(self) -> int:
-        return self.kv_heads or self.heads
+    def head_dim(self) -> int:
+        return self.fixed_head_dim or self.hidden // self.heads
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def sets_head_dim(self) -> bool:
+        return self.fixed_head_dim is not None
 
 
 class MaskedLayerNorm(nn.Module):
@@ -144,16 +138,22 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """FLM's tanh-GeLU MLP, or SwiGLU (Shazeer 2020): down(SiLU(gate(x)) ⊙ up(x))."""
+
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         self.up = nn.Linear(cfg.hidden, cfg.ffn)
+        self.gate = nn.Linear(cfg.hidden, cfg.ffn) if cfg.activation == "swiglu" else None
         self.down = nn.Linear(cfg.ffn, cfg.hidden)
-        self.ffn_mask: torch.Tensor | None = None    # (ffn,), MSG FFN growth: GeLU((xW+b) ⊙ c)
+        # (ffn,), MSG FFN growth: GeLU((xW+b) ⊙ c), or SiLU(gate(x)) ⊙ up(x) ⊙ c.
+        self.ffn_mask: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)
         if self.ffn_mask is not None:
             h = h * self.ffn_mask
+        if self.gate is not None:
+            return self.down(F.silu(self.gate(x)) * h)
         return self.down(F.gelu(h, approximate="tanh"))
 
 
@@ -279,6 +279,8 @@ class Decoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
+        # The output layer: the embedding itself when tied (FLM-101B), else a matrix of its own.
+        self.head = None if cfg.tied_embeddings else nn.Linear(cfg.hidden, cfg.vocab, bias=False)
         self.blocks = nn.ModuleDict({str(i): Block(cfg) for i in range(cfg.layers)})
         self.ln_f = MaskedLayerNorm(cfg.hidden, cfg.ln_eps)
         self.hidden_mask: torch.Tensor | None = None  # (hidden,), MSG width growth
@@ -319,7 +321,7 @@ class Decoder(nn.Module):
             return x
         x = gather_sequence(self.ln_f(x, self.hidden_mask), self.sp_group)
         # Tied embeddings: a last pipeline stage keeps its own copy of `embed` for this.
-        w = self.embed.weight
+        w = self.embed.weight if self.head is None else self.head.weight
         if isinstance(w, DTensor):
             # Vocabulary-parallel output layer: replicated input, logits split over the vocabulary
             # (the input's gradient is all-reduced over the group in backward).

@@ -1,7 +1,7 @@
 """Apply a stage's layout on a DeviceMesh (pp, dp, tp), torchtitan-style, from outside the model.
 
-- tensor parallel: Megatron's split with `parallelize_module` (Q, K, V and MLP-up column-wise,
-  attention output and MLP-down row-wise; the tied embedding vocabulary-parallel, so the logits
+- tensor parallel: Megatron's split with `parallelize_module` (Q, K, V, MLP-up and gate column-wise,
+  attention output and MLP-down row-wise; the embedding and output layer vocabulary-parallel, so the logits
   stay split over the vocabulary into a parallel cross-entropy); LayerNorms and masks stay
   replicated (masks of heads and FFN neurons are sliced to the local shard); with sequence parallelism the
   LayerNorms and residuals work on a slice of the sequence (runtime/model.py gathers it before
@@ -31,21 +31,23 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, loss_parallel, parallelize_module
 
+from planner.errors import FlmplanError
 from planner.specs import Layout
 from runtime.model import Decoder, causal_lm_loss
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-TP_PLAN = {"attn.q": "col", "attn.k": "col", "attn.v": "col", "attn.o": "row", "mlp.up": "col", "mlp.down": "row"}
+TP_PLAN = {"attn.q": "col", "attn.k": "col", "attn.v": "col", "attn.o": "row", "mlp.up": "col", "mlp.gate": "col",
+           "mlp.down": "row"}
 
 
 def make_mesh(layout: Layout, device_type: str) -> DeviceMesh:
     world = dist.get_world_size()
     if layout.gpus != world:
-        raise ValueError(f"tp·pp·dp = {layout.tp}·{layout.pp}·{layout.dp} = {layout.gpus} ≠ {world} processes")
+        raise FlmplanError(f"tp·pp·dp = {layout.tp}·{layout.pp}·{layout.dp} = {layout.gpus} ≠ {world} processes.")
     return init_device_mesh(device_type, (layout.pp, layout.dp, layout.tp), mesh_dim_names=("pp", "dp", "tp"))
 
 
@@ -72,7 +74,7 @@ class Precision:
     @classmethod
     def of(cls, name: str) -> Precision:
         if name not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+            raise FlmplanError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}.")
         return cls(name=name, scale=2.0**16 if name == "fp16" else 1.0)
 
     def update(self, overflow: bool) -> None:
@@ -227,7 +229,7 @@ class ParallelModel:
         for c in self.chunks:
             for name, p in c.named_parameters():
                 module = name.rsplit(".", 1)[0]
-                if p.grad is None or name.startswith("embed.") or any(module.endswith(k) for k in TP_PLAN):
+                if p.grad is None or name.startswith(("embed.", "head.")) or any(module.endswith(k) for k in TP_PLAN):
                     continue
                 g = p.grad
                 dist.all_reduce(g.to_local() if isinstance(g, DTensor) else g, group=group)
@@ -310,7 +312,9 @@ def split_for_pipeline(full: Decoder, chunk_ids: list[int], total_chunks: int) -
         c.takes_tokens = first
         if not last:
             c.ln_f = None
-        if not (first or last):
+            c.head = None
+        # The last stage keeps a copy of a tied embedding for the output layer.
+        if not (first or (last and full.cfg.tied_embeddings)):
             c.embed = None
         chunks.append(c)
     return chunks
@@ -335,7 +339,6 @@ def shard_vocabulary(embed: nn.Embedding, tp_mesh: DeviceMesh) -> None:
     rank holds its slice of the rows, looks up the tokens that fall in it (zeros elsewhere), and the
     partial embeddings are summed over the group. The weight's gradient stays a slice, and the tied
     output layer (runtime/model.py) yields logits split over the vocabulary."""
-    from torch.distributed.tensor import distribute_tensor
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     weight = distribute_tensor(embed.weight, tp_mesh, [Shard(0)])
@@ -362,10 +365,21 @@ def apply_tp(chunk: Decoder, tp_mesh: DeviceMesh, sequence_parallel: bool) -> No
     chunk.sp_group = group
     if chunk.embed is not None:
         shard_vocabulary(chunk.embed, tp_mesh)
+    if chunk.head is not None:
+        # Vocabulary-parallel output layer: rows split over tp, logits split over the vocabulary.
+        chunk.head.weight = nn.Parameter(distribute_tensor(chunk.head.weight, tp_mesh, [Shard(0)]))
     for block in chunk.blocks.values():
-        parallelize_module(block, tp_mesh, plan)
+        parallelize_module(block, tp_mesh, {k: v for k, v in plan.items() if _has_module(block, k)})
         block.tp_shard = (rank, size)
         block.sp_group = group
+
+
+def _has_module(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def apply_dp(chunk: Decoder, dp_mesh: DeviceMesh, zero: int, precision: Precision) -> nn.Module:
@@ -427,7 +441,8 @@ def parallelize(full: Decoder, layout: Layout, mesh: DeviceMesh, device: torch.d
                        precision=precision, attention_backends=sdpa_backends(device, layout, precision))
     if p > 1:
         pm.schedule = _pipeline_schedule(pm, p, v)
-        pm.tied_group = _tied_group(mesh, p)
+        if full.cfg.tied_embeddings:
+            pm.tied_group = _tied_group(mesh, p)
     return pm
 
 

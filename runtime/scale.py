@@ -30,10 +30,14 @@ def tiny_plan(plan: dict, nproc: int, steps: int = TINY["steps"]) -> dict:
     prev = None
     for k, st in enumerate(out["stages"]):
         m = st["model"]
-        heads = max(2, round(TINY["hidden"] * m["hidden"] / final["hidden"] / hd / 2) * 2)
+        # Heads in whole groups of query heads per key/value head (grouped-query attention kept),
+        # and an even number of key/value heads, so tp = 2 divides them.
+        group = m["heads"] // (m.get("kv_heads") or m["heads"])
+        heads = max(2 * group, round(TINY["hidden"] * m["hidden"] / final["hidden"] / hd / (2 * group)) * 2 * group)
         layers = max(1, round(TINY["layers"] * m["layers"] / final["layers"]))
         hidden = heads * hd
-        st["model"] = {**m, "layers": layers, "hidden": hidden, "heads": heads, "kv_heads": None,
+        kv_heads = heads // group if m.get("kv_heads") else None
+        st["model"] = {**m, "layers": layers, "hidden": hidden, "heads": heads, "kv_heads": kv_heads,
                        "ffn": hidden * m["ffn"] // m["hidden"], "vocab": TINY["vocab"], "seq": TINY["seq"]}
         st["layout"] = _tiny_layout(st["layout"], nproc, TINY["batch"])
         st["steps"] = steps + (TINY["grow_steps"] if k else 0)

@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,9 @@ import torch.distributed as dist
 from planner.errors import FlmplanError
 from planner.flops import hardware_flops_per_token, model_flops_per_token
 from planner.specs import Layout, ModelSpec
+
+if TYPE_CHECKING:
+    from planner.plan import PlanStage
 from runtime import checkpoint
 from runtime.data import Sampler, check_tokens, load_tokens
 from runtime.grow import GrowthState, apply_masks, grow_sharded
@@ -50,18 +54,10 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def config_of(model: dict) -> DecoderConfig:
-    """The runtime's model for a plan stage's `model`, or one sentence naming the field it cannot
-    honour (it never trains a different model than the plan describes)."""
-    spec = ModelSpec(**model)
-    if spec.activation != "gelu":
-        raise FlmplanError(f"model.activation = {spec.activation!r}: the runtime trains FLM's GeLU MLP only; "
-                           "plan with activation 'gelu' or export the plan to Megatron-LM or torchtitan.")
-    if not spec.tied_embeddings:
-        raise FlmplanError("model.tied_embeddings = false: the runtime trains tied input/output embeddings "
-                           "(as FLM-101B) only; plan with tied embeddings or export the plan.")
-    return DecoderConfig(layers=spec.layers, hidden=spec.hidden, heads=spec.heads, kv_heads=spec.kv_heads,
-                         ffn=spec.ffn, vocab=spec.vocab, seq=spec.seq, head_dim=spec.head_dim)
+def config_of(model: ModelSpec) -> DecoderConfig:
+    """The runtime's model for a plan stage's validated `model`: the same fields, every one honoured
+    (GeLU or SwiGLU, tied or untied embeddings, grouped-query attention)."""
+    return DecoderConfig(**model.to_dict())
 
 
 def measured_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
@@ -136,11 +132,10 @@ class Preempted(Exception):
 class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.plan = json.loads(Path(args.plan).read_text())
-        from planner.plan import plan_from_dict
+        from planner.plan import load_plan
 
-        plan_from_dict(self.plan, origin=f"Plan {args.plan}")       # validated, as every plan is
-        self.configs = [config_of(st["model"]) for st in self.plan["stages"]]
+        self.plan = load_plan(args.plan)             # validated: the runtime works from the plan type
+        self.configs = [config_of(st.model) for st in self.plan.stages]
         self.out = Path(args.out)
         self.ckpt_dir = self.out / "checkpoints"
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -154,11 +149,11 @@ class Run:
             self.device = torch.device("cpu")
         on_gpu = self.device.type == "cuda"
         # The plan's dtype on GPUs; fp32 on a CPU unless asked (CPUs have no fast bf16 kernels).
-        self.dtype = args.dtype or (self.plan.get("dtype", "bf16") if on_gpu else "fp32")
+        self.dtype = args.dtype or (self.plan.dtype if on_gpu else "fp32")
         self.compile = on_gpu if args.compile is None else args.compile
         tokens, self.data_desc = load_tokens(args.data)
-        first = self.plan["stages"][0]["model"]
-        check_tokens(tokens, first["vocab"], first["seq"], self.data_desc)
+        first = self.plan.stages[0].model
+        check_tokens(tokens, first.vocab, first.seq, self.data_desc)
         self.tokens = tokens
         compute = Precision.of(self.dtype).compute or torch.float32
         self.peak, self.peak_source, self.gpu_key = peak_flops(self.device, compute)
@@ -193,12 +188,12 @@ class Run:
 
     # --- building a stage ------------------------------------------------------
     def build(self, k: int, full: Decoder) -> tuple[ParallelModel, list[torch.optim.Optimizer]]:
-        stage = self.plan["stages"][k]
-        layout = Layout(**stage["layout"])
+        stage = self.plan.stages[k]
+        layout = stage.layout
         mesh = make_mesh(layout, self.device.type)
         pm = parallelize(full, layout, mesh, self.device, seed=self.args.seed + k,
                          precision=Precision.of(self.dtype), compile=self.compile)
-        return pm, [make_optimizer(c, stage["lr"], self.device) for c in pm.chunks]
+        return pm, [make_optimizer(c, stage.lr, self.device) for c in pm.chunks]
 
     def fresh(self, k: int, meta: bool = False) -> Decoder:
         """Stage k's model, initialised; on the meta device (no memory) when it is to be sharded
@@ -211,7 +206,7 @@ class Run:
 
     def on_meta(self, k: int) -> bool:
         """Build on the meta device when the whole model would not be small (params > --meta-above)."""
-        return ModelSpec(**self.plan["stages"][k]["model"]).params() > self.args.meta_above
+        return self.plan.stages[k].model.params() > self.args.meta_above
 
     def grown(self, k: int, previous: Path) -> tuple[ParallelModel, list, GrowthState]:
         """Stage k on its own layout, grown from stage k−1's final checkpoint shard by shard: the
@@ -224,8 +219,8 @@ class Run:
         else:
             before = current_rss()
         pm, opts = self.build(k, self.fresh(k, meta=True))
-        growth = self.plan["stages"][k]["growth"]
-        state = grow_sharded(pm.chunks, opts, previous, self.configs[k - 1], growth["grow_steps"])
+        growth = self.plan.stages[k].growth
+        state = grow_sharded(pm.chunks, opts, previous, self.configs[k - 1], growth.grow_steps)
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device) - before
         else:
@@ -243,7 +238,7 @@ class Run:
         layout, steps and growth (not names, predictions or prices)."""
         import hashlib
 
-        keep = [{key: st.get(key) for key in ("model", "layout", "steps", "growth")} for st in self.plan["stages"]]
+        keep = [st.model_dump(mode="json", include={"model", "layout", "steps", "growth"}) for st in self.plan.stages]
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     def run(self) -> None:
@@ -262,22 +257,22 @@ class Run:
             self.say(f"resuming from {path.name}: stage {start_stage + 1}, step {start_step}")
         self.say(f"dtype {self.dtype}, compile {'on' if self.compile else 'off'}; MFU against {self.peak_source} "
                  f"({self.peak / 1e12:.3g} TFLOP/s)")
-        sampler = Sampler(self.tokens, seq=self.plan["stages"][0]["model"]["seq"], seed=self.args.seed,
+        sampler = Sampler(self.tokens, seq=self.plan.stages[0].model.seq, seed=self.args.seed,
                           position=position)
-        if resume and resume[1].get("stage_done") and start_stage < len(self.plan["stages"]):
+        if resume and resume[1].get("stage_done") and start_stage < len(self.plan.stages):
             self.probe_before_growth(start_stage, resume[0], sampler)
-        for k in range(start_stage, len(self.plan["stages"])):
+        for k in range(start_stage, len(self.plan.stages)):
             self.run_stage(k, start_step if k == start_stage else 0, sampler, resume)
             resume = None
         dist.barrier()
         if self.rank == 0:
-            (self.out / "DONE.json").write_text(json.dumps({"stages": len(self.plan["stages"]),
+            (self.out / "DONE.json").write_text(json.dumps({"stages": len(self.plan.stages),
                                                             "data": self.data_desc}))
-            self.say(f"done: {len(self.plan['stages'])} stages; metrics in {self.out / 'metrics.jsonl'}")
+            self.say(f"done: {len(self.plan.stages)} stages; metrics in {self.out / 'metrics.jsonl'}")
 
     def run_stage(self, k: int, start_step: int, sampler: Sampler, resume) -> None:
-        stage = self.plan["stages"][k]
-        layout = Layout(**stage["layout"])
+        stage = self.plan.stages[k]
+        layout = stage.layout
         growth: GrowthState | None = None
         grew = False
         if resume and start_step > 0:
@@ -294,22 +289,22 @@ class Run:
             previous = checkpoint.latest_good(self.ckpt_dir, log=self.say, from_scratch=self.args.from_scratch)
             pm, opts, growth = self.grown(k, previous[0])
             grew = True
-        steps = stage["steps"]
-        warmup = (stage["growth"] or {}).get("lr_rewarm_steps", WARMUP_STEPS) if k else WARMUP_STEPS
+        steps = stage.steps
+        warmup = stage.growth.lr_rewarm_steps if k else WARMUP_STEPS
         warmup = min(warmup, max(1, steps // 5))
         for chunk in pm.chunks:        # masks sliced to this rank's heads and neurons
             apply_masks(chunk, growth, growth.value(start_step) if growth else 1.0)
         if grew:
             self.eval_growth(k, pm, sampler, "after_growth")
         meter = Meter(self, k, stage, layout, steps, start_step)
-        self.say(f"stage {k + 1}/{len(self.plan['stages'])} {stage['name']}: {steps} steps, layout "
+        self.say(f"stage {k + 1}/{len(self.plan.stages)} {stage.name}: {steps} steps, layout "
                  f"{layout.describe()}{meter.predicted_text()}")
         every = self.args.checkpoint_every or max(5, steps // 4)
         for step in range(start_step, steps):
             c = growth.value(step) if growth else 1.0
             for chunk in pm.chunks:
                 apply_masks(chunk, growth, c)
-            lr = lr_at(step, steps, stage["lr"], warmup)
+            lr = lr_at(step, steps, stage.lr, warmup)
             for o in opts:
                 for g in o.param_groups:
                     g["lr"] = lr
@@ -343,7 +338,7 @@ class Run:
                 marker.write_text("")
                 os.kill(os.getpid(), 9)
         meter.close()
-        if k + 1 < len(self.plan["stages"]):
+        if k + 1 < len(self.plan.stages):
             self.eval_growth(k + 1, pm, sampler, "before_growth")
 
     def log_state_bytes(self, k: int, pm: ParallelModel, opts: list) -> None:
@@ -372,9 +367,9 @@ class Run:
 
     def save(self, k, step, sampler, pm, opts, growth, done) -> None:
         manifest = {"stage": k, "step": step, "stage_done": done, "data_position": sampler.position,
-                    "global_step": sum(s["steps"] for s in self.plan["stages"][:k]) + step,
-                    "tokens": sampler.position * sampler.seq, "layout": self.plan["stages"][k]["layout"],
-                    "model": self.plan["stages"][k]["model"], "growth": growth.to_dict() if growth else None,
+                    "global_step": sum(s.steps for s in self.plan.stages[:k]) + step,
+                    "tokens": sampler.position * sampler.seq, "layout": self.plan.stages[k].layout.to_dict(),
+                    "model": self.plan.stages[k].model.to_dict(), "growth": growth.to_dict() if growth else None,
                     "rng_state": torch.get_rng_state().tolist()[:64], "seed": self.args.seed,
                     "dtype": self.dtype, "loss_scale": pm.precision.scale,
                     "loss_scale_good_steps": pm.precision.good_steps, "plan_fingerprint": self.fingerprint()}
@@ -397,9 +392,9 @@ class Meter:
     """Per-step records of one stage, read from the device once per window; timings are the
     window's wall time over its steps (the first window includes compilation)."""
 
-    def __init__(self, run: Run, k: int, stage: dict, layout: Layout, steps: int, start_step: int) -> None:
+    def __init__(self, run: Run, k: int, stage: PlanStage, layout: Layout, steps: int, start_step: int) -> None:
         self.run, self.k, self.stage, self.steps = run, k, stage, steps
-        spec = ModelSpec(**stage["model"])
+        spec = stage.model
         self.tokens_per_step = layout.global_batch * spec.seq
         self.model_flops = model_flops_per_token(spec)
         self.hardware_flops = hardware_flops_per_token(spec, layout.recompute, layout.attention)
@@ -442,7 +437,7 @@ class Meter:
         dist.all_reduce(memory, op=dist.ReduceOp.MAX)
         model_fu = mfu(tps, self.model_flops, run.peak, world)
         for r, (loss, norm) in zip(self.pending, values.tolist(), strict=True):
-            run.log({"stage": self.k, "stage_name": self.stage["name"], "step": r["step"], "loss": loss,
+            run.log({"stage": self.k, "stage_name": self.stage.name, "step": r["step"], "loss": loss,
                      "lr": r["lr"], "grad_norm": norm, "mask": r["mask"], "skipped": r["skipped"],
                      "tokens_per_s": tps, "step_s": step_s,
                      "mfu": model_fu,
@@ -465,20 +460,20 @@ class Meter:
             self.progress.stop()
 
 
-def predicted_for(run: Run, stage: dict, layout: Layout) -> dict:
+def predicted_for(run: Run, stage: PlanStage, layout: Layout) -> dict:
     """The planner's prediction for this stage on this hardware: the plan's own when the run is on
     the plan's GPU type and size, else the cost model for the GPU at hand (built-in profile);
     nothing on a CPU, which the planner does not model."""
     world = dist.get_world_size()
     if run.gpu_key is None:
         return {}
-    plan_gpu = run.plan["cluster"]["gpu"]
-    spec = ModelSpec(**stage["model"])
+    plan_gpu = run.plan.cluster.gpu
+    spec = stage.model
     tokens = layout.global_batch * spec.seq
     if plan_gpu == run.gpu_key and layout.gpus == world:
-        p = stage["predicted"]
-        return {"predicted_step_s": p["step_s"], "predicted_tokens_per_s": tokens / p["step_s"],
-                "predicted_mfu": p["mfu"], "predicted_memory_gib_per_gpu": p["memory_gib_per_gpu"],
+        p = stage.predicted
+        return {"predicted_step_s": p.step_s, "predicted_tokens_per_s": tokens / p.step_s,
+                "predicted_mfu": p.mfu, "predicted_memory_gib_per_gpu": p.memory_gib_per_gpu,
                 "predicted_source": "the plan"}
     from planner.cost import estimate_step
     from planner.specs import ClusterSpec, get_gpu

@@ -7,8 +7,9 @@ from planner.specs import ClusterSpec, Layout, ModelSpec, get_gpu
 
 @pytest.fixture
 def flm101b() -> ModelSpec:
-    # FLM-101B final shape (ANCHORS: 80 × 10240, 80 heads, FFN 4h, padded vocab 100352).
-    return ModelSpec(layers=80, hidden=10240, heads=80, ffn=40960, vocab=100352, seq=2048)
+    from planner.schedule import flm_base
+
+    return flm_base()
 
 
 @pytest.fixture

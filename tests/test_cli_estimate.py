@@ -20,7 +20,9 @@ def test_estimate_json_has_the_design_keys():
     for k in KEYS:
         assert k in out
     assert set(out["chosen"]) == {"micro_batch", "recompute", "interleave"}
-    assert 120 < out["tflops_per_gpu_hfu"] < 220
+    # FLM-101B's 101B stage ran at 165 TFLOP/s per GPU (arXiv 2309.03852, Table 1); the cost model's
+    # worst error over the 28 published runs it is checked on is under 9 % (BENCHMARKS.md §1).
+    assert abs(out["tflops_per_gpu_hfu"] / 165 - 1) < 0.09
 
 
 def test_estimate_table_for_people():
@@ -73,15 +75,15 @@ def test_missing_file_and_unknown_gpu(tmp_path):
     assert r.exit_code == 2 and "Unknown GPU 'tpu-v5'" in r.output
 
 
-def test_selective_recompute_implies_unfused_attention_unless_said(tmp_path):
+def test_attention_kernel_is_the_one_the_case_names(tmp_path):
+    """Flash unless the case says unfused, whatever the recompute: selective recompute used to
+    switch the kernel without a word."""
     case = json.loads((ROOT / "examples/megatron-18B.json").read_text())
     case["parallel"].update(recompute="selective", micro_batch=1, interleave=1, sequence_parallel=True)
-    del case["software"]
     f = tmp_path / "case.json"
-    f.write_text(json.dumps(case))
-    r = runner.invoke(app, ["estimate", str(f), "--json"])
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["layout"]["attention"] == "unfused"
-    case["software"] = {"attention": "flash"}
-    f.write_text(json.dumps(case))
-    assert json.loads(runner.invoke(app, ["estimate", str(f), "--json"]).stdout)["layout"]["attention"] == "flash"
+    for software, kernel in (({}, "flash"), ({"attention": "unfused"}, "unfused"), ({"attention": "flash"}, "flash")):
+        case["software"] = software
+        f.write_text(json.dumps(case))
+        r = runner.invoke(app, ["estimate", str(f), "--json"])
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["layout"]["attention"] == kernel

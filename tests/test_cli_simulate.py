@@ -48,7 +48,7 @@ def test_flm_schedule_reproduces_the_paper(flm_plan):
 
 
 def test_auto_plan_reaches_the_target_within_budget_and_beats_flm(auto_plan, flm_plan):
-    assert auto_plan.stages[-1].model.spec().params() >= 101e9
+    assert auto_plan.stages[-1].model.params() >= 101e9
     assert auto_plan.totals.cost_usd <= 100_000
     assert sum(s.predicted.cost_usd for s in auto_plan.stages) <= 100_000
     flm = next(b for b in auto_plan.baselines if b.name == "FLM-101B schedule")

@@ -19,13 +19,13 @@ def growths(draw):
     ffn = draw(st.integers(4, 24))
     dims = draw(st.sets(st.sampled_from(["hidden", "ffn", "heads", "depth"]), min_size=1))
     new_heads = heads * draw(st.integers(2, 3)) if dims & {"hidden", "heads"} else heads
-    old = DecoderConfig(layers=layers, hidden=heads * head_dim, heads=heads, head_dim=head_dim,
+    old = DecoderConfig(layers=layers, hidden=heads * head_dim, heads=heads, fixed_head_dim=head_dim,
                         kv_heads=heads // kv_ratio, ffn=ffn, vocab=31, seq=12, xpos=draw(st.booleans()),
                         mup=draw(st.booleans()), mup_width_mult=2.0, mup_output_mult=2.0)
     new = DecoderConfig(
         layers=layers * 2 if "depth" in dims else layers,
         hidden=new_heads * head_dim if "hidden" in dims else old.hidden,
-        heads=new_heads, head_dim=head_dim, kv_heads=new_heads // kv_ratio,
+        heads=new_heads, fixed_head_dim=head_dim, kv_heads=new_heads // kv_ratio,
         ffn=ffn + draw(st.integers(1, 16)) if "ffn" in dims else ffn,
         vocab=31, seq=12, xpos=old.xpos)
     return old, new, draw(st.integers(0, 10_000))
@@ -51,7 +51,7 @@ def test_each_dimension_alone_and_combined():
     variants = {
         "hidden+heads": dict(hidden=64, heads=8),
         "ffn": dict(ffn=96),
-        "heads": dict(heads=6, hidden=32, head_dim=8),
+        "heads": dict(heads=6, hidden=32, fixed_head_dim=8),
         "depth": dict(layers=4),
         "all": dict(hidden=64, heads=8, ffn=256, layers=4),
     }

@@ -73,6 +73,8 @@ def single(tmp_path_factory):
 def one_stage(**layout) -> dict:
     plan = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
     plan["stages"][0]["layout"].update(layout)
+    lay = plan["stages"][0]["layout"]
+    plan["cluster"]["gpus"] = lay["tp"] * lay.get("pp", 1) * lay.get("dp", 1)
     return plan
 
 
@@ -80,8 +82,8 @@ def test_layouts_give_the_same_losses(single, tmp_path):
     base = losses(single)
     assert len(base) == 6 and base[-1] < base[0]
     assert_holds_what_the_planner_charges(single, one_stage())
-    for name, layout in {"tp2": dict(tp=2), "pp2": dict(pp=2), "fsdp2": dict(dp=2, zero=3),
-                         "pp2-interleaved": dict(pp=2, interleave=2, micro_batch=2),
+    for name, layout in {"tp2": dict(tp=2), "pp2": dict(pp=2, zero=1), "fsdp2": dict(dp=2, zero=3),
+                         "pp2-interleaved": dict(pp=2, interleave=2, micro_batch=2, zero=1),
                          "tp2-full-recompute": dict(tp=2, recompute="full"),
                          "tp2-sequence-parallel": dict(tp=2, sequence_parallel=True),
                          "fsdp2-selective-recompute": dict(dp=2, zero=3, recompute="selective"),
@@ -93,6 +95,30 @@ def test_layouts_give_the_same_losses(single, tmp_path):
         got = losses(out)
         assert max(abs(a - b) for a, b in zip(got, base, strict=True)) < 1e-4, (name, got, base)
         assert_holds_what_the_planner_charges(out, one_stage(**layout))
+
+
+def test_swiglu_untied_gqa_plan_trains_alike_on_every_kind_of_layout(tmp_path):
+    """The model fields beyond FLM's own — SwiGLU, an output layer of its own, grouped-query
+    attention — are honoured on every layout: the same losses alone, under tensor parallelism
+    (gate column-wise, output layer vocabulary-parallel, K/V heads split) and under pipeline
+    parallelism (embedding on the first stage, output layer on the last), with the parameter
+    bytes the planner charges."""
+    def plan(**layout) -> dict:
+        p = one_stage(**layout)
+        p["stages"][0]["model"].update(activation="swiglu", tied_embeddings=False, kv_heads=2, ffn=176)
+        return p
+
+    base_out = tmp_path / "single"
+    assert torchrun(plan(), base_out, 1) == 0
+    base = losses(base_out)
+    assert len(base) == 6 and base[-1] < base[0]
+    assert_holds_what_the_planner_charges(base_out, plan())
+    for name, layout in {"tp2": dict(tp=2), "pp2": dict(pp=2, zero=1)}.items():
+        out = tmp_path / name
+        assert torchrun(plan(**layout), out, 2) == 0, name
+        got = losses(out)
+        assert max(abs(a - b) for a, b in zip(got, base, strict=True)) < 1e-4, (name, got, base)
+        assert_holds_what_the_planner_charges(out, plan(**layout))
 
 
 def test_bf16_tracks_fp32_on_every_kind_of_layout(single, tmp_path):

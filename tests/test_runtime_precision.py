@@ -100,17 +100,40 @@ def test_masks_ramp_in_place_in_the_compute_dtype(process_group):
     assert model.hidden_mask is None and model.blocks["1"].depth_gate is None
 
 
-@pytest.mark.parametrize(("field", "value", "words"), [("activation", "swiglu", "model.activation = 'swiglu'"),
-                                                        ("tied_embeddings", False, "model.tied_embeddings = false")])
-def test_run_refuses_a_model_field_it_cannot_honour(tmp_path, field, value, words):
+def test_runtime_model_is_the_planned_model():
+    """Every model field is honoured: a SwiGLU, untied, grouped-query plan builds a Decoder with the
+    planner's exact parameter count, a gate in each MLP, K/V of the grouped width and an output
+    layer of its own."""
+    from planner.specs import ModelSpec
+    from runtime.model import Decoder
+    from runtime.train import config_of
+
+    shape = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())["stages"][0]["model"]
+    spec = ModelSpec(**{**shape, "activation": "swiglu", "tied_embeddings": False, "kv_heads": 2, "ffn": 176})
+    model = Decoder(config_of(spec))
+    assert sum(p.numel() for p in model.parameters()) == spec.params()
+    block = model.blocks["0"]
+    assert block.mlp.gate is not None and block.attn.k.out_features == 2 * spec.head_dim
+    assert model.head is not None and model.head.weight.data_ptr() != model.embed.weight.data_ptr()
+
+
+@pytest.mark.parametrize(("model", "layout", "words"), [
+    ({"activation": "relu"}, {}, "model.activation"),
+    ({"kv_heads": 3}, {}, "model.kv_heads = 3 must divide model.heads = 4"),
+    ({"kv_heads": 1}, {"tp": 2}, "parallel.tp = 2 does not divide the 1 key/value heads"),
+])
+def test_run_refuses_a_plan_field_it_cannot_honour(tmp_path, model, layout, words):
+    """Refused in one sentence naming the field, before any process starts."""
     from typer.testing import CliRunner
 
     from planner.cli import app
 
     plan = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
-    plan["stages"][0]["model"][field] = value
+    plan["stages"][0]["model"].update(model)
+    plan["stages"][0]["layout"].update(layout)
+    plan["cluster"]["gpus"] = plan["stages"][0]["layout"]["tp"]
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
     r = CliRunner().invoke(app, ["run", str(path), "--nproc", "1", "--out", str(tmp_path / "run")])
-    assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "run").exists()
