@@ -26,9 +26,10 @@ LAYOUTS = {
     "FSDP dp=2 (zero 3)": (2, {"dp": 2, "zero": 3}),
     "tensor parallel tp=2": (2, {"tp": 2}),
     "tp=2 + sequence parallel": (2, {"tp": 2, "sequence_parallel": True}),
-    "pipeline pp=2 (1F1B)": (2, {"pp": 2}),
-    "pipeline pp=2 interleaved v=2": (2, {"pp": 2, "interleave": 2}),
-    "tp=2 × pp=2": (4, {"tp": 2, "pp": 2}),
+    # Pipelines hold whole (unsharded) stages: zero 3 is not combined with pp > 1.
+    "pipeline pp=2 (1F1B)": (2, {"pp": 2, "zero": 1}),
+    "pipeline pp=2 interleaved v=2": (2, {"pp": 2, "interleave": 2, "zero": 1}),
+    "tp=2 × pp=2": (4, {"tp": 2, "pp": 2, "zero": 1}),
     "FSDP dp=4": (4, {"dp": 4}),
 }
 

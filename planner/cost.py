@@ -19,15 +19,17 @@ from planner.comm import Network, group
 from planner.compute import layer_time, logits_time
 from planner.device import DeviceModel
 from planner.flops import step_flops
-from planner.memory import MemoryEstimate, memory_per_gpu, stage_params
+from planner.memory import GRAD_BYTES, WEIGHT_BYTES, MemoryEstimate, memory_per_gpu, stage_params
 from planner.specs import ClusterSpec, Layout, ModelSpec
 from profiles.schema import Profile
 
 # Adam step per parameter: read fp32 grad, master, m, v (16 B), write master, m, v (12 B)
 # and the bf16 weight (2 B).
 OPTIMIZER_BYTES_PER_PARAM = 30
-GRAD_REDUCE_BYTES = 4        # fp32 gradient reduction (Megatron with bf16, FSDP reduce_dtype)
-WEIGHT_GATHER_BYTES = 2      # bf16 weights
+# Gradients are reduced in fp32 (Megatron with bf16, FSDP's reduce_dtype) and weights gathered in
+# bf16: the bytes each is held in (planner/memory.py).
+GRAD_REDUCE_BYTES = GRAD_BYTES
+WEIGHT_GATHER_BYTES = WEIGHT_BYTES
 
 
 @dataclass(frozen=True)
