@@ -29,8 +29,9 @@ def main() -> int:
         return 0
     print(f"{'case':38} {'metric':10} {'published':>9} {'predicted':>9} {'error':>7}  layout (memory GiB)")
     for r in rows:
+        costliest = f" (open facts at their costliest: {r['error_costliest']:+.1%})" if "error_costliest" in r else ""
         print(f"{r['case']:38} {r['metric']:10} {r['published']:9.4g} {r['predicted']:9.4g} "
-              f"{r['error']:+7.1%}  {r['layout']} ({r['memory_gib']:.0f})")
+              f"{r['error']:+7.1%}  {r['layout']} ({r['memory_gib']:.0f}){costliest}")
     print(f"\n{summary['cases']} cases: mean |error| {summary['mean_abs_error']:.1%}, "
           f"max |error| {summary['max_abs_error']:.1%} ({elapsed:.1f} s)")
     return 0

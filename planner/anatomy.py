@@ -67,7 +67,7 @@ class Elementwise:
     name: str
     kernel: str
     width: int
-    passes: int
+    passes: float
     count: int
     placement: Placement
     launches: int
@@ -131,17 +131,24 @@ _ROTARY_KERNELS = 8
 
 
 @lru_cache(maxsize=4096)
-def elementwise_ops(model: ModelSpec) -> tuple[Elementwise, ...]:
+def elementwise_ops(model: ModelSpec, dropout: float = 0.0) -> tuple[Elementwise, ...]:
     """The memory-bound work of one layer's forward. The activation reads its input(s) and writes
-    one output: GeLU 2 passes over the FFN width, SwiGLU 3 (gate and up in, product out)."""
+    one output: GeLU 2 passes over the FFN width, SwiGLU 3 (gate and up in, product out). xPos
+    scales Q and K after the rotation (read, write). With dropout, Megatron's fused
+    bias-dropout-add writes a 1-byte mask beside each residual add: half a 2-byte pass."""
     h, f = model.hidden, model.ffn
     swiglu = model.activation == "swiglu"
-    return (
+    ops = [
         Elementwise("layernorm", "layernorm", h, 2, LAYERNORMS_PER_LAYER, "sequence", 2, selective=True),
         Elementwise("residual_add", "residual_add", h, 3, 2, "sequence", 2),
         Elementwise("rotary", "rotary", model.q_dim + model.kv_dim, 2, 1, "tensor", 2 * _ROTARY_KERNELS),
         Elementwise(model.activation, "gelu", f, 3 if swiglu else 2, 1, "tensor", 1, selective=True),
-    )
+    ]
+    if model.position == "xpos":
+        ops.append(Elementwise("xpos", "rotary", model.q_dim + model.kv_dim, 2, 1, "tensor", 2))
+    if dropout > 0:
+        ops.append(Elementwise("dropout_mask", "residual_add", h, 0.5, 2, "sequence", 0))
+    return tuple(ops)
 
 
 # Kernels of the forward that move no counted elements: the copy of attention's output back to

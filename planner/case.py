@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from planner.errors import FlmplanError
 from planner.jsonio import read_json
 from planner.layouts import OPEN_FIELDS, PartialLayout
-from planner.specs import ClusterSpec, Layout, ModelSpec, get_gpu
+from planner.specs import ClusterSpec, Layout, ModelSpec, Software, get_gpu
 
 
 class Strict(BaseModel):
@@ -41,14 +41,31 @@ class CaseCluster(Strict):
 
 
 class CaseSoftware(Strict):
-    """Facts about the training software that change kernel costs (not fitted constants).
+    """Facts about the training software that change kernel costs (not fitted constants), as the
+    run's source states them; a fact left null was not stated and takes planner.specs.Software's
+    default (today's stacks).
 
     attention: "flash", or "unfused" (the s×s scores through HBM, as Megatron-LM ran before flash
     attention); a run that used unfused attention says so.
     """
 
     attention: Literal["flash", "unfused"] | None = None
+    flash_attention: Literal[1, 2] | None = None
+    overlap_grad_reduce: bool | None = None
+    dropout: float | None = None
+    # For facts the source leaves open (null above): the costliest value it allows, so that a
+    # prediction can carry the range instead of an assumption that happens to fit.
+    unstated_costliest: dict[Literal["flash_attention", "overlap_grad_reduce", "dropout"], bool | int | float] = {}
     note: str = ""
+
+    def spec(self, costliest: bool = False) -> Software:
+        """The stated facts (defaults for the rest); with `costliest`, the open ones at their
+        costliest value."""
+        facts = {k: v for k, v in self.model_dump(exclude={"attention", "note", "unstated_costliest"}).items()
+                 if v is not None}
+        if costliest:
+            facts = {**self.unstated_costliest, **facts}
+        return Software(**facts)
 
 
 class CaseMeasured(Strict):
@@ -72,6 +89,9 @@ class Case(Strict):
 
     def attention_kernel(self) -> str:
         return self.software.attention or "flash"
+
+    def software_spec(self, costliest: bool = False) -> Software:
+        return self.software.spec(costliest)
 
     def partial_layout(self) -> PartialLayout:
         """The published layout, its unpublished fields left for the search."""

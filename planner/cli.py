@@ -137,8 +137,8 @@ def simulate(
     loss_law: Annotated[str, typer.Option(help="chinchilla, besiroglu, or a JSON file of constants.")] = "chinchilla",
     carryover: Annotated[float, typer.Option(help="Equal-loss carry-over efficiency across a growth.")] = 1.0,
     ramp_efficiency: Annotated[float, typer.Option(help="Share of mask-ramp tokens that count.")] = 0.5,
-    attention: Annotated[str | None, typer.Option(help="flash or unfused (default flash; unfused with "
-                                                       "--schedule flm, as FLM-101B's run).")] = None,
+    attention: Annotated[str | None, typer.Option(help="flash or unfused attention (default flash, as "
+                                                       "FLM-101B's run).")] = None,
     profile: Annotated[Path | None, typer.Option(help="Profile JSON (default: built-in one of the GPU).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the plan here (plan.json).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
@@ -170,7 +170,7 @@ def simulate(
     spec = get_gpu(gpu)
     if schedule not in ("auto", "flm"):
         raise FlmplanError(f"--schedule must be auto or flm, got {schedule!r}.")
-    kernel = attention or ("unfused" if schedule == "flm" else "flash")
+    kernel = attention or "flash"
     if kernel not in ("flash", "unfused"):
         raise FlmplanError(f"--attention must be flash or unfused, got {kernel!r}.")
     settings = Settings(gpu=spec, price_per_gpu_hour=spec.price.usd_per_gpu_hour if price is None else price,

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from planner import anatomy
 from planner.device import DeviceModel
-from planner.specs import Layout, ModelSpec
+from planner.specs import Layout, ModelSpec, Software
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,19 @@ _UNFUSED_SCORE_PASSES_BWD = 5.5
 _MEMBOUND_BWD_FACTOR = 2.0
 
 
-def layer_time(dev: DeviceModel, model: ModelSpec, layout: Layout) -> LayerTime:
-    return _layer_time(dev, model, layout.tp, layout.micro_batch, layout.sequence_parallel, layout.attention)
+# FlashAttention (v1) against FlashAttention-2 on A100s: "about 2× faster" (Dao 2023, arXiv
+# 2307.08691; v1 reaches 25–40 % of peak, v2 50–73 %). Profiles measure v2 (torch's SDPA).
+FLASH_V1_SLOWDOWN = 2.0
+
+
+def layer_time(dev: DeviceModel, model: ModelSpec, layout: Layout, software: Software = Software()) -> LayerTime:
+    return _layer_time(dev, model, layout.tp, layout.micro_batch, layout.sequence_parallel, layout.attention,
+                       software)
 
 
 @lru_cache(maxsize=65536)
 def _layer_time(dev: DeviceModel, model: ModelSpec, t: int, b: int, sequence_parallel: bool,
-                attention: str) -> LayerTime:
+                attention: str, software: Software) -> LayerTime:
     s = model.seq
     tokens = b * s
     local_heads = model.heads // t
@@ -69,6 +75,8 @@ def _layer_time(dev: DeviceModel, model: ModelSpec, t: int, b: int, sequence_par
 
     if attention == "flash":
         attn_fwd, attn_bwd = dev.flash_attention_s(b, s, local_heads, model.head_dim)
+        if software.flash_attention == 1:
+            attn_fwd, attn_bwd = FLASH_V1_SLOWDOWN * attn_fwd, FLASH_V1_SLOWDOWN * attn_bwd
     else:
         batch = b * local_heads
         d = model.head_dim
@@ -81,7 +89,7 @@ def _layer_time(dev: DeviceModel, model: ModelSpec, t: int, b: int, sequence_par
 
     # Each element-wise op is charged at its own kernel's achieved bandwidth; the kernels that move
     # no counted elements (the rest of each op's launches) cost their launch overhead.
-    ops = anatomy.elementwise_ops(model)
+    ops = anatomy.elementwise_ops(model, software.dropout)
     fwd_by_op = {op.name: dev.memory_bound_s(tokens * op.elements_per_token(t, sequence_parallel) * e,
                                              op=op.kernel) for op in ops}
     mem_fwd = sum(fwd_by_op.values())

@@ -20,7 +20,7 @@ from planner.compute import layer_time, logits_time
 from planner.device import DeviceModel
 from planner.flops import step_flops
 from planner.memory import GRAD_BYTES, WEIGHT_BYTES, MemoryEstimate, memory_per_gpu, stage_params
-from planner.specs import ClusterSpec, Layout, ModelSpec
+from planner.specs import ClusterSpec, Layout, ModelSpec, Software
 from profiles.schema import Profile
 
 # Adam step per parameter: read fp32 grad, master, m, v (16 B), write master, m, v (12 B)
@@ -129,17 +129,18 @@ def tp_comm_per_pass_s(net: Network, model: ModelSpec, layout: Layout, bytes_per
     return 2 * net.time("all_reduce", activation_bytes, tp_group)
 
 
-def compute_lower_bound_s(model: ModelSpec, layout: Layout, profile: Profile) -> float:
+def compute_lower_bound_s(model: ModelSpec, layout: Layout, profile: Profile,
+                          software: Software = Software()) -> float:
     """A floor under estimate_step's total: the slowest stage's layer compute alone, every other
     part being ≥ 0. The layout search uses it to skip layouts that cannot win."""
     dev, _ = device_models(profile)
-    lt = layer_time(dev, model, layout)
+    lt = layer_time(dev, model, layout, software)
     return layout.micro_batches * math.ceil(model.layers / layout.pp) * (lt.forward + lt.backward)
 
 
 def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profile: Profile,
-                  memory: MemoryEstimate | None = None) -> StepEstimate:
-    """Predict one optimizer step of `layout` (already validated) on `cluster`."""
+                  memory: MemoryEstimate | None = None, software: Software = Software()) -> StepEstimate:
+    """Predict one optimizer step of `layout` (already validated) on `cluster`, run by `software`."""
     dev, net = device_models(profile)
     lay = layout
     t, p, v, m = lay.tp, lay.pp, lay.interleave, lay.micro_batches
@@ -147,7 +148,7 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     dp_group = group(lay.dp, t, gpn)
     pp_group = group(p, t * lay.dp, gpn)
 
-    lt = layer_time(dev, model, lay)
+    lt = layer_time(dev, model, lay, software)
     activation_bytes = lay.micro_batch * model.seq * model.hidden * dev.bytes_per_element
     tp_fwd = tp_bwd = tp_comm_per_pass_s(net, model, lay, dev.bytes_per_element, gpn)
 
@@ -197,7 +198,10 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
             window = layers_max * (lt.backward + recompute_layer) * (1 - 1 / layers_max)
             last_bucket = grad_sync / layers_max
             syncs = m if lay.zero == 2 else 1
-            dp_comm = syncs * (last_bucket + net.exposed(grad_sync - last_bucket, window))
+            if software.overlap_grad_reduce:
+                dp_comm = syncs * (last_bucket + net.exposed(grad_sync - last_bucket, window))
+            else:                 # all of it after the backward, on the critical path
+                dp_comm = syncs * grad_sync
             if lay.zero >= 1:
                 dp_comm += net.time("all_gather", grads * WEIGHT_GATHER_BYTES, dp_group)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.errors import FlmplanError
 from planner.specs import ModelSpec
@@ -85,13 +85,12 @@ def reachable(a: ModelSpec, b: ModelSpec) -> bool:
 
 
 def shape(base: ModelSpec, layers: int, hidden: int) -> ModelSpec:
-    """A stage of the family of `base`: FFN ratio, head dimension and GQA ratio kept."""
+    """A stage of the family of `base`: FFN ratio, head dimension, GQA ratio and every other
+    field kept."""
     ratio = base.ffn / base.hidden
     heads = hidden // base.head_dim
     kv = None if base.kv_heads is None else max(1, heads * base.kv_heads // base.heads)
-    return ModelSpec(layers=layers, hidden=hidden, heads=heads, kv_heads=kv, ffn=round(ratio * hidden),
-                     vocab=base.vocab, seq=base.seq, activation=base.activation,
-                     tied_embeddings=base.tied_embeddings)
+    return replace(base, layers=layers, hidden=hidden, heads=heads, kv_heads=kv, ffn=round(ratio * hidden))
 
 
 def hidden_step(base: ModelSpec) -> int:

@@ -99,6 +99,16 @@ def print_plan(console: Console, plan, searched: int = 0) -> None:
     console.print(t)
     console.print(lay_t)
     console.print("[dim]TFLOP/s per GPU HFU-style (recompute counted); MFU counts model FLOPs only.[/]")
+    if opened := plan.assumptions.get("open_software_facts"):
+        facts = ", ".join(f"{k} = {v}" for k, v in opened["facts_at_costliest"].items())
+        (d0, d1, d2), (c0, c1, c2) = opened["days"], opened["cost_usd"]
+        misses = ", ".join(f"{e:+.0%}" for e in opened["model_miss_on_stages"])
+        console.print(f"Failure-free: {d0:.2f} days, ${c0:,.0f} with the software facts FLM-101B's sources state; "
+                      f"{d1:.2f} days, ${c1:,.0f} with those they leave open at their costliest ({facts}); "
+                      f"{d2:.2f} days, ${c2:,.0f} without the cost model's remaining optimism on FLM's published "
+                      f"stage throughputs ({misses}). Stage days: "
+                      + "; ".join(" / ".join(f"{x:.2f}" for x in stage) for stage in zip(*opened["stage_days"],
+                                                                                            strict=True)) + ".")
     if plan.simulation:
         print_simulation(console, plan.simulation)
     rows = [(a, "alternative") for a in plan.alternatives] + [(b, "baseline") for b in plan.baselines]

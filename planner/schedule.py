@@ -23,7 +23,7 @@ from planner.growth import final_shapes, growth_between, growth_chains, shape, s
 from planner.layouts import PartialLayout
 from planner.loss import GrowthLossModel
 from planner.search import search_layout
-from planner.specs import ClusterSpec, GpuSpec, Layout, ModelSpec
+from planner.specs import ClusterSpec, GpuSpec, Layout, ModelSpec, Software
 from profiles.schema import Profile
 
 SECONDS_PER_DAY = 86400.0
@@ -44,7 +44,8 @@ class Settings:
     max_days: float = 60.0
     max_stages: int = 4
     cost_factor: float = 1.0      # > 1 to fit the budget at a failure-inflated cost (P90)
-    attention: str = "flash"      # the kernel the run will use (FLM-101B's own run: "unfused")
+    attention: str = "flash"      # the kernel the run will use
+    software: Software = field(default_factory=Software)   # what else of the stack changes kernel costs
 
     def __post_init__(self) -> None:
         if not (isinstance(self.budget_usd, int | float) and math.isfinite(self.budget_usd)) or self.budget_usd <= 0:
@@ -142,7 +143,7 @@ class Planner:
             cluster = ClusterSpec(gpu=self.s.gpu, gpus=gpus, gpus_per_node=self.s.gpu.gpus_per_node)
             try:
                 part = part or PartialLayout(global_batch=batch, attention=self.s.attention, coarse=coarse)
-                result = search_layout(model, cluster, part, self.profile)
+                result = search_layout(model, cluster, part, self.profile, self.s.software)
             except (Infeasible, InvalidLayout):   # no layout of this stage works here: not a candidate
                 self._stage_cache[key] = None
             else:
@@ -352,8 +353,18 @@ FLM_SCHEDULE = {
 
 
 def flm_base() -> ModelSpec:
-    """FLM-101B's final shape (ANCHORS): 80 × 10240, 80 heads, FFN 4h, padded vocab, seq 2048."""
-    return ModelSpec(layers=80, hidden=10240, heads=80, ffn=40960, vocab=100352, seq=2048)
+    """FLM-101B's final shape (arXiv 2309.03852): 80 × 10240, 80 heads, FFN 4h, padded vocabulary,
+    seq 2048, rotary with xPos."""
+    return ModelSpec(layers=80, hidden=10240, heads=80, ffn=40960, vocab=100352, seq=2048, position="xpos")
+
+
+def flm_software(costliest: bool = False) -> Software:
+    """The software FLM-101B ran, as its published cases state it (planner/data/cases.json); with
+    `costliest`, the facts its sources leave open at their costliest."""
+    from planner.case import published_cases
+
+    case = next(c for c in published_cases() if c.name == "flm101b-stage-101B")
+    return case.software_spec(costliest)
 
 
 def flm_schedule(planner: Planner) -> Schedule | None:

@@ -14,7 +14,7 @@ from planner.cost import StepEstimate, compute_lower_bound_s, estimate_step
 from planner.errors import Infeasible, InvalidLayout
 from planner.layouts import PartialLayout, candidate_layouts, check_fixed_fields
 from planner.memory import memory_per_gpu
-from planner.specs import ClusterSpec, Layout, ModelSpec, validate_layout
+from planner.specs import ClusterSpec, Layout, ModelSpec, Software, validate_layout
 from profiles.schema import Profile, builtin_profile
 
 
@@ -26,8 +26,9 @@ class SearchResult:
     smallest_memory_gib: float = 0.0
 
 
-def search_layout(model: ModelSpec, cluster: ClusterSpec, part: PartialLayout, profile: Profile) -> SearchResult:
-    """The fastest layout that fits, among all that `part` allows."""
+def search_layout(model: ModelSpec, cluster: ClusterSpec, part: PartialLayout, profile: Profile,
+                  software: Software = Software()) -> SearchResult:
+    """The fastest layout that fits, among all that `part` allows, run by `software`."""
     check_fixed_fields(model, cluster, part)
     best: StepEstimate | None = None
     rejected: Counter = Counter()
@@ -40,7 +41,7 @@ def search_layout(model: ModelSpec, cluster: ClusterSpec, part: PartialLayout, p
         except InvalidLayout:
             rejected["invalid"] += 1
             continue
-        candidates.append((compute_lower_bound_s(model, layout, profile), layout))
+        candidates.append((compute_lower_bound_s(model, layout, profile, software), layout))
     considered = len(candidates) + rejected["invalid"]
     # Cheapest floor first: once the floor passes the best step found, nothing left can win.
     candidates.sort(key=lambda c: c[0])
@@ -55,7 +56,7 @@ def search_layout(model: ModelSpec, cluster: ClusterSpec, part: PartialLayout, p
         if mem > capacity:
             rejected["memory"] += 1
             continue
-        est = estimate_step(model, cluster, layout, profile, memory)
+        est = estimate_step(model, cluster, layout, profile, memory, software)
         if best is None or est.iteration_s < best.iteration_s:
             best = est
     if best is None:
@@ -72,35 +73,40 @@ def search_layout(model: ModelSpec, cluster: ClusterSpec, part: PartialLayout, p
     return SearchResult(best=best, considered=considered, rejected=rejected, smallest_memory_gib=smallest[0])
 
 
-def estimate_case(case: Case, profile: Profile | None = None) -> SearchResult:
-    """Estimate a case file: its fixed fields as given, its null fields searched."""
+def estimate_case(case: Case, profile: Profile | None = None, costliest: bool = False) -> SearchResult:
+    """Estimate a case file: its fixed fields as given, its null fields searched; with `costliest`,
+    the software facts its source leaves open at their costliest."""
     model, cluster = case.model_spec(), case.cluster_spec()
     profile = profile or builtin_profile(cluster.gpu.key)
-    part = case.partial_layout()
+    part, software = case.partial_layout(), case.software_spec(costliest)
     if (layout := part.fixed()) is not None:
         validate_layout(model, cluster, layout)
-        est = estimate_step(model, cluster, layout, profile)
+        est = estimate_step(model, cluster, layout, profile, software=software)
         if not est.fits:
             raise Infeasible(
                 f"The layout does not fit: it needs {est.memory_gib_per_gpu:.1f} GiB per GPU but a "
                 f"{cluster.gpu.key} has {cluster.gpu.memory_gib:g} GiB; add tp/pp, zero or recompute."
             )
         return SearchResult(best=est, considered=1)
-    return search_layout(model, cluster, part, profile)
+    return search_layout(model, cluster, part, profile, software)
 
 
 def compare_to_published(case: Case, profile: Profile | None = None) -> dict:
     """The cost model against what the case's source published, in the source's own convention:
-    TFLOP/s per GPU HFU-style (Megatron-LM, FLM-101B), MFU (llm-foundry), or the step time."""
+    TFLOP/s per GPU HFU-style (Megatron-LM, FLM-101B), MFU (llm-foundry), or the step time. Where
+    the source leaves software facts open, also the error with them at their costliest."""
+    def predicted(est) -> tuple[str, float, float]:
+        if case.measured.tflops_per_gpu_hfu is not None:
+            return "tflops_hfu", case.measured.tflops_per_gpu_hfu, est.tflops_per_gpu_hfu
+        if case.measured.mfu is not None:
+            return "mfu", case.measured.mfu, est.mfu
+        return "iteration_s", case.measured.iteration_s, est.iteration_s
+
     est = estimate_case(case, profile).best
-    if case.measured.tflops_per_gpu_hfu is not None:
-        metric, published, predicted = "tflops_hfu", case.measured.tflops_per_gpu_hfu, est.tflops_per_gpu_hfu
-    elif case.measured.mfu is not None:
-        metric, published, predicted = "mfu", case.measured.mfu, est.mfu
-    else:
-        metric, published, predicted = "iteration_s", case.measured.iteration_s, est.iteration_s
-    return {
-        "case": case.name, "metric": metric, "published": published, "predicted": predicted,
-        "error": predicted / published - 1, "layout": est.layout.describe(),
-        "memory_gib": est.memory_gib_per_gpu,
-    }
+    metric, published, value = predicted(est)
+    row = {"case": case.name, "metric": metric, "published": published, "predicted": value,
+           "error": value / published - 1, "layout": est.layout.describe(), "memory_gib": est.memory_gib_per_gpu}
+    if case.software.unstated_costliest:
+        costliest = predicted(estimate_case(case, profile, costliest=True).best)[2]
+        row["error_costliest"] = costliest / published - 1
+    return row

@@ -20,7 +20,7 @@ from planner.plan import (
     PlanStage,
     PlanTotals,
 )
-from planner.schedule import Planner, Schedule, Settings, StageRun, flm_base, flm_schedule
+from planner.schedule import Planner, Schedule, Settings, StageRun, flm_base, flm_schedule, flm_software
 from planner.sim.pipeline import simulate_estimate
 from planner.sim.run import FailureModel, RunSummary, StageWork, monte_carlo
 from planner.specs import ClusterSpec
@@ -59,6 +59,8 @@ def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossMode
     failures = failures or FailureModel()
     if confidence is not None and not 0.5 <= confidence < 1:
         raise FlmplanError(f"--confidence must be between 0.5 and 1, got {confidence}.")
+    if schedule == "flm":                  # FLM-101B's own run: its software, as its sources state it
+        settings = dataclasses.replace(settings, software=flm_software())
     result = _plan_once(settings, profile, loss_model, schedule)
     summary = simulate_schedule(result.main, failures, trials, seed)
     for _ in range(4):
@@ -77,10 +79,37 @@ def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossMode
         sim["cost_at_confidence"] = summary.quantile([t.cost_usd for t in summary.trials], confidence)
     result.plan.simulation = sim
     result.plan.assumptions["cost_factor"] = settings.cost_factor
+    result.plan.assumptions["software"] = dataclasses.asdict(settings.software)
+    if schedule == "flm":
+        result.plan.assumptions["open_software_facts"] = _open_facts_range(result, settings, profile, loss_model)
     result.costs = [t.cost_usd for t in summary.trials]
     if gantt:
         result.timelines = pipeline_timelines(result.main, profile)
     return result
+
+
+def _open_facts_range(result: PlanResult, settings: Settings, profile: Profile,
+                      loss_model: GrowthLossModel) -> dict:
+    """Days and dollars of FLM-101B's schedule (failure-free) as a range, not an assumption that
+    fits: with the software facts its sources leave open at their default and at their costliest,
+    and then with the cost model's remaining miss on FLM's published stage throughputs (with the
+    open facts at their costliest) taken out: stage days × (1 + that error)."""
+    from planner.case import published_cases
+    from planner.search import compare_to_published
+
+    costliest = flm_software(costliest=True)
+    high = _plan_once(dataclasses.replace(settings, software=costliest), profile, loss_model, "flm").main
+    low = result.main
+    misses = [compare_to_published(c)["error_costliest"] for c in published_cases()
+              if c.name.startswith("flm101b-stage")]
+    calibrated = [d * (1 + e) for d, e in zip(high.stage_days(), misses, strict=True)]
+    scale = sum(calibrated) / sum(high.stage_days())
+    open_facts = {k: v for k, v in dataclasses.asdict(costliest).items() if v != getattr(settings.software, k)}
+    return {"facts_at_costliest": open_facts,
+            "days": [low.days, high.days, high.days * scale],
+            "cost_usd": [low.cost_usd, high.cost_usd, high.cost_usd * scale],
+            "stage_days": [low.stage_days(), high.stage_days(), calibrated],
+            "model_miss_on_stages": misses}
 
 
 def _plan_once(settings: Settings, profile: Profile, loss_model: GrowthLossModel, schedule: str) -> PlanResult:

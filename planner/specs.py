@@ -15,6 +15,7 @@ from planner import anatomy
 from planner.errors import FlmplanError, InvalidLayout
 
 Activation = Literal["gelu", "swiglu"]
+Position = Literal["rotary", "xpos"]
 Recompute = Literal["none", "selective", "full"]
 AttentionKernel = Literal["flash", "unfused"]
 ZeroStage = Literal[0, 1, 2, 3]
@@ -41,6 +42,9 @@ class ModelSpec:
     kv_heads: int | None = None
     activation: Activation = "gelu"
     tied_embeddings: bool = True
+    # Rotary position embedding (Su et al. 2021), or rotary with xPos's decay (Sun et al. 2022),
+    # which FLM-101B uses: an extra scale on Q and K.
+    position: Position = "rotary"
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "ffn", "vocab", "seq"):
@@ -52,6 +56,8 @@ class ModelSpec:
             raise FlmplanError(f"model.kv_heads = {self.kv_heads} must divide model.heads = {self.heads}.")
         if self.activation not in ("gelu", "swiglu"):
             raise FlmplanError(f"model.activation must be 'gelu' or 'swiglu', got {self.activation!r}.")
+        if self.position not in ("rotary", "xpos"):
+            raise FlmplanError(f"model.position must be 'rotary' or 'xpos', got {self.position!r}.")
 
     def sets_head_dim(self) -> bool:
         """Whether the head width is set apart from hidden / heads (the runtime's MSG head growth)."""
@@ -102,6 +108,28 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Software:
+    """Facts about the training software that change what a step costs, as a run's source states
+    them; the defaults are today's stacks (flmplan's runtime, Megatron-Core, torchtitan)."""
+
+    # FlashAttention-2 runs about twice as fast as FlashAttention (v1) on A100s (Dao 2023,
+    # arXiv 2307.08691: v1 reaches 25–40 % of peak, v2 50–73 %).
+    flash_attention: Literal[1, 2] = 2
+    # The data-parallel gradient reduction runs under the backward (Megatron-LM's
+    # --overlap-grad-reduce since September 2023, FSDP). Before it, Megatron's distributed
+    # optimizer reduce-scattered all gradients after the backward (NVIDIA/Megatron-LM#391).
+    overlap_grad_reduce: bool = True
+    # Dropout probability on the residual branches and the embedding (and inside attention).
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.flash_attention not in (1, 2):
+            raise FlmplanError(f"software.flash_attention must be 1 or 2, got {self.flash_attention!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise FlmplanError(f"software.dropout must be in [0, 1), got {self.dropout!r}.")
 
 
 @dataclass(frozen=True)

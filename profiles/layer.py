@@ -13,7 +13,7 @@ def measure_layer(hidden: int, heads: int, seq: int, micro_batch: int, device: t
                   dtype: torch.dtype, reps: int) -> dict:
     from runtime.model import Block, DecoderConfig, rotary_tables
 
-    cfg = DecoderConfig(layers=1, hidden=hidden, heads=heads, ffn=4 * hidden, vocab=8, seq=seq, xpos=False)
+    cfg = DecoderConfig(layers=1, hidden=hidden, heads=heads, ffn=4 * hidden, vocab=8, seq=seq)
     block = Block(cfg).to(device=device, dtype=dtype)
     rope = tuple(t.to(dtype) for t in rotary_tables(cfg, seq, device))
     x = torch.randn(micro_batch, seq, hidden, device=device, dtype=dtype, requires_grad=True)

@@ -39,8 +39,7 @@ class DecoderConfig(ModelSpec):
 
     fixed_head_dim: int | None = None   # default hidden // heads; MSG keeps it fixed when heads grow alone
     rope_theta: float = 10000.0
-    xpos: bool = True
-    xpos_scale_base: float = 512.0
+    xpos_scale_base: float = 512.0      # xPos's scale base (FLM-101B: 512), when model.position is "xpos"
     ln_eps: float = 1e-5
     init_std: float = 0.02
     # µP: output logits × output_mult / width_mult, attention scale 1/d instead of 1/√d.
@@ -83,7 +82,7 @@ def rotary_tables(cfg: DecoderConfig, seq: int, device: torch.device) -> tuple[t
     pos = torch.arange(seq, device=device, dtype=torch.float32)
     angles = torch.outer(pos, inv_freq)
     cos, sin = angles.cos(), angles.sin()
-    if cfg.xpos:
+    if cfg.position == "xpos":
         zeta = (torch.arange(0, half, device=device, dtype=torch.float32) / half + 0.4) / 1.4
         power = (pos - seq // 2)[:, None] / cfg.xpos_scale_base
         q_scale, k_scale = zeta**power, zeta ** (-power)

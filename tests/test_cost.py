@@ -7,7 +7,7 @@ import pytest
 from planner.cost import estimate_step
 from planner.layouts import PartialLayout
 from planner.search import search_layout
-from planner.specs import ClusterSpec, Layout, ModelSpec, get_gpu
+from planner.specs import ClusterSpec, Layout, ModelSpec, Software, get_gpu
 from profiles.schema import builtin_profile
 
 
@@ -36,6 +36,63 @@ def test_compute_is_six_flops_per_parameter_and_token_by_hand(a800):
     attention = l * (flash / (0.5 * peak) + 2.5 * flash / (0.25 * peak))
     assert est.breakdown.compute_s == pytest.approx(gemms + attention, rel=1e-6)
     assert est.breakdown.tp_comm_s == est.breakdown.pp_comm_s == est.breakdown.dp_comm_s == est.breakdown.bubble_s == 0
+
+
+def _synthetic(a800, membw_gbps: float = 1e15):
+    """A device with GEMMs at half of peak, flash at 1/2 and 1/4, no launch costs, `membw_gbps` of
+    memory bandwidth for element-wise kernels, and a network of 100 GB/s bus bandwidth, no latency."""
+    return replace(a800, gemm={"e_max": 0.5, "k_half": 0, "overhead_us": 0, "points": []},
+                   attention={"fwd_eff": 0.5, "bwd_eff": 0.25, "points": []},
+                   memory_bound={"bandwidth_gbps": membw_gbps, "overhead_us": 0, "points": []},
+                   collectives={"intra_node": {"busbw_gbps": 100.0, "latency_us": 0.0},
+                                "inter_node": {"busbw_gbps": 100.0, "latency_us": 0.0}, "overlap_slowdown": 0.0})
+
+
+SMALL = ModelSpec(layers=2, hidden=1024, heads=8, ffn=4096, vocab=8192, seq=1024)
+
+
+def _step(profile, software=Software(), model=SMALL, **layout):
+    gpus = layout.get("dp", 1)
+    cluster = ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=gpus)
+    lay = Layout(tp=1, pp=1, dp=gpus, micro_batch=1, global_batch=gpus, **{k: v for k, v in layout.items()
+                                                                         if k != "dp"})
+    return estimate_step(model, cluster, lay, profile, software=software).breakdown
+
+
+def test_flash_attention_v1_doubles_the_attention_kernel_by_hand(a800):
+    """FlashAttention v1 is charged twice FlashAttention-2's time (Dao 2023: about 2× faster):
+    the step grows by the flash kernel's own time, worked out by hand on the synthetic device."""
+    profile = _synthetic(a800)
+    l, a, s, d = SMALL.layers, SMALL.heads, SMALL.seq, SMALL.head_dim
+    flash = 2 * s * s * a * d
+    kernel = l * (flash / (0.5 * 312e12) + 2.5 * flash / (0.25 * 312e12))
+    v1 = _step(profile, Software(flash_attention=1)).compute_s
+    v2 = _step(profile).compute_s
+    assert v1 - v2 == pytest.approx(kernel, rel=1e-9)
+
+
+def test_dropout_and_xpos_move_the_bytes_worked_out_by_hand(a800):
+    """At 1 TB/s for element-wise kernels (no launch cost): dropout's 1-byte masks beside the two
+    residual adds are 2·h bytes per token and layer forward and twice that backward; xPos's scale
+    on Q and K reads and writes 2·(h + h) 2-byte elements per token forward, twice that backward."""
+    profile = _synthetic(a800, membw_gbps=1000.0)
+    l, h, tokens = SMALL.layers, SMALL.hidden, SMALL.seq
+    plain = _step(profile).compute_s
+    dropout = _step(profile, Software(dropout=0.1)).compute_s - plain
+    assert dropout == pytest.approx(l * tokens * (2 * h) * (1 + 2) / 1e12, rel=1e-9)
+    xpos = _step(profile, model=replace(SMALL, position="xpos")).compute_s - plain
+    assert xpos == pytest.approx(l * tokens * (2 * (h + h) * 2) * (1 + 2) / 1e12, rel=1e-9)
+
+
+def test_gradient_reduction_after_the_backward_is_all_exposed_by_hand(a800):
+    """Megatron's distributed optimizer before --overlap-grad-reduce: over dp = 2 in a node at
+    100 GB/s bus bandwidth, reduce-scatter the fp32 gradients ((n−1)/n · 4 B per parameter) and
+    all-gather the bf16 weights ((n−1)/n · 2 B): 3 B per parameter, none of it hidden."""
+    profile = _synthetic(a800)
+    params = SMALL.params()
+    exposed = _step(profile, Software(overlap_grad_reduce=False), dp=2, zero=1).dp_comm_s
+    assert exposed == pytest.approx(params * 0.5 * (4 + 2) / 100e9, rel=1e-9)
+    assert _step(profile, dp=2, zero=1).dp_comm_s < exposed
 
 
 def test_bubble_shrinks_with_interleaving(flm101b, a800_192, flm_layout, a800):

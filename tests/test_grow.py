@@ -20,14 +20,15 @@ def growths(draw):
     dims = draw(st.sets(st.sampled_from(["hidden", "ffn", "heads", "depth"]), min_size=1))
     new_heads = heads * draw(st.integers(2, 3)) if dims & {"hidden", "heads"} else heads
     old = DecoderConfig(layers=layers, hidden=heads * head_dim, heads=heads, fixed_head_dim=head_dim,
-                        kv_heads=heads // kv_ratio, ffn=ffn, vocab=31, seq=12, xpos=draw(st.booleans()),
-                        mup=draw(st.booleans()), mup_width_mult=2.0, mup_output_mult=2.0)
+                        kv_heads=heads // kv_ratio, ffn=ffn, vocab=31, seq=12,
+                        position=draw(st.sampled_from(["rotary", "xpos"])), mup=draw(st.booleans()),
+                        mup_width_mult=2.0, mup_output_mult=2.0)
     new = DecoderConfig(
         layers=layers * 2 if "depth" in dims else layers,
         hidden=new_heads * head_dim if "hidden" in dims else old.hidden,
         heads=new_heads, fixed_head_dim=head_dim, kv_heads=new_heads // kv_ratio,
         ffn=ffn + draw(st.integers(1, 16)) if "ffn" in dims else ffn,
-        vocab=31, seq=12, xpos=old.xpos)
+        vocab=31, seq=12, position=old.position)
     return old, new, draw(st.integers(0, 10_000))
 
 
