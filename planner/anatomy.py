@@ -108,18 +108,22 @@ def layernorm_params(model: ModelSpec) -> int:
     return LAYERNORMS_PER_LAYER * 2 * model.hidden
 
 
+@lru_cache(maxsize=4096)
 def layer_params(model: ModelSpec) -> int:
     return sum(m.params for m in matmuls(model)) + layernorm_params(model)
 
 
+@lru_cache(maxsize=4096)
 def tp_replicated_layer_params(model: ModelSpec) -> int:
     return sum(m.tp_replicated_params for m in matmuls(model)) + layernorm_params(model)
 
 
+@lru_cache(maxsize=4096)
 def linear_flops_per_token(model: ModelSpec) -> int:
     return sum(m.flops_per_token for m in matmuls(model))
 
 
+@lru_cache(maxsize=4096)
 def attention_flops_per_token(model: ModelSpec) -> int:
     """softmax(QKᵀ)V per token: 2·s·d per head for QKᵀ and as much for ·V, counted in full (not
     halved for causal masking), the convention of Narayanan et al. 2021."""

@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 from typing import Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from planner.errors import FlmplanError
 from planner.jsonio import read_json
@@ -40,32 +41,45 @@ class CaseCluster(Strict):
     gpus_per_node: int = Field(default=8, gt=0)
 
 
-class CaseSoftware(Strict):
+class _SoftwareTable(Strict):
     """Facts about the training software that change kernel costs (not fitted constants), as the
-    run's source states them; a fact left null was not stated and takes planner.specs.Software's
-    default (today's stacks).
+    run's source states them: the fields of planner.specs.Software, each null when the source does
+    not state it (then it takes Software's default, today's stacks).
 
     attention: "flash", or "unfused" (the s×s scores through HBM, as Megatron-LM ran before flash
-    attention); a run that used unfused attention says so.
+    attention); a run that used unfused attention says so. unstated_costliest: for facts left
+    null, the costliest value the source allows, so that a prediction can carry the range instead
+    of an assumption that happens to fit.
     """
 
     attention: Literal["flash", "unfused"] | None = None
-    flash_attention: Literal[1, 2] | None = None
-    overlap_grad_reduce: bool | None = None
-    dropout: float | None = None
-    # For facts the source leaves open (null above): the costliest value it allows, so that a
-    # prediction can carry the range instead of an assumption that happens to fit.
-    unstated_costliest: dict[Literal["flash_attention", "overlap_grad_reduce", "dropout"], bool | int | float] = {}
+    unstated_costliest: dict[str, bool | int | float] = {}
     note: str = ""
+
+    @model_validator(mode="after")
+    def _facts_are_software(self) -> _SoftwareTable:
+        self.spec(costliest=True)         # Software checks every value; unknown names are refused
+        return self
 
     def spec(self, costliest: bool = False) -> Software:
         """The stated facts (defaults for the rest); with `costliest`, the open ones at their
         costliest value."""
-        facts = {k: v for k, v in self.model_dump(exclude={"attention", "note", "unstated_costliest"}).items()
-                 if v is not None}
+        facts = {f.name: getattr(self, f.name) for f in fields(Software) if getattr(self, f.name) is not None}
         if costliest:
+            unknown = set(self.unstated_costliest) - {f.name for f in fields(Software)}
+            if unknown:
+                raise ValueError(f"software.unstated_costliest names no software fact: {', '.join(sorted(unknown))}")
             facts = {**self.unstated_costliest, **facts}
         return Software(**facts)
+
+
+def _case_software() -> type[_SoftwareTable]:
+    hints = get_type_hints(Software)
+    facts = {f.name: (hints[f.name] | None, None) for f in fields(Software)}
+    return create_model("CaseSoftware", __base__=_SoftwareTable, **facts)
+
+
+CaseSoftware = _case_software()
 
 
 class CaseMeasured(Strict):

@@ -228,9 +228,10 @@ class Layout:
 
     def __post_init__(self) -> None:
         """Each field on its own; validate_layout checks the layout against a model and cluster."""
-        for name in ("tp", "pp", "dp", "micro_batch", "global_batch", "interleave"):
-            if getattr(self, name) < 1:
-                raise InvalidLayout(f"parallel.{name} must be at least 1, got {getattr(self, name)}.")
+        if min(self.tp, self.pp, self.dp, self.micro_batch, self.global_batch, self.interleave) < 1:
+            name = next(n for n in ("tp", "pp", "dp", "micro_batch", "global_batch", "interleave")
+                        if getattr(self, n) < 1)
+            raise InvalidLayout(f"parallel.{name} must be at least 1, got {getattr(self, name)}.")
         if self.recompute not in ("none", "selective", "full"):
             raise InvalidLayout(f"parallel.recompute must be none, selective or full, got {self.recompute!r}.")
         if self.zero not in (0, 1, 2, 3):

@@ -93,3 +93,13 @@ def test_attention_kernel_is_the_one_the_case_names(tmp_path):
         r = runner.invoke(app, ["estimate", str(f), "--json"])
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["layout"]["attention"] == kernel
+
+
+def test_software_facts_are_checked_when_the_case_is_read(tmp_path):
+    case = json.loads((ROOT / "examples/flm101b-101B.json").read_text())
+    for software, words in (({"dropout": 1.5}, "software.dropout must be in [0, 1)"),
+                            ({"flash_attention": 3}, "software.flash_attention"),
+                            ({"unstated_costliest": {"fused_adam": True}}, "names no software fact: fused_adam")):
+        case["software"] = software
+        r = _run_bad(tmp_path, json.dumps(case))
+        assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, r.output
