@@ -114,10 +114,11 @@ def estimate(
     case.cluster_spec()
     prof = _load_profile_for(case.cluster.gpu, profile, dtype)
     result = estimate_case(case, prof)
+    costliest = estimate_case(case, prof, costliest=True) if case.software.unstated_costliest else None
     if as_json:
-        print(json.dumps(estimate_json(case, result), indent=1))
+        print(json.dumps(estimate_json(case, result, costliest), indent=1))
     else:
-        print_estimate(stdout, case, result)
+        print_estimate(stdout, case, result, costliest)
 
 
 @app.command()

@@ -20,19 +20,43 @@ def chosen_fields(case: Case, result: SearchResult) -> dict:
     return {k: chosen[k] for k in _LAYOUT_FIELDS if given.get(k) is None}
 
 
-def estimate_json(case: Case, result: SearchResult) -> dict:
+def estimate_json(case: Case, result: SearchResult, costliest: SearchResult | None = None) -> dict:
     est = result.best
-    return {
+    out = {
         "case": case.name,
         **est.to_dict(),
         "chosen": chosen_fields(case, result),
         "layouts_considered": result.considered,
         "layouts_rejected": dict(result.rejected),
         "measured": case.measured.model_dump(),
+        "software": asdict(case.software_spec()),
     }
+    if costliest is not None:
+        c = costliest.best
+        out["open_software_at_costliest"] = {"facts": dict(case.software.unstated_costliest),
+                                             "iteration_s": c.iteration_s, "tflops_per_gpu_hfu": c.tflops_per_gpu_hfu,
+                                             "mfu": c.mfu}
+    return out
 
 
-def print_estimate(console: Console, case: Case, result: SearchResult) -> None:
+def software_line(case: Case, costliest: SearchResult | None = None) -> str:
+    """The software facts the estimate assumed, which the case states and which it leaves open."""
+    stated = {k for k, v in case.software.model_dump(exclude={"attention", "note", "unstated_costliest"}).items()
+              if v is not None}
+    facts = [f"{case.attention_kernel()} attention"]
+    for name, value in asdict(case.software_spec()).items():
+        if name == "flash_attention" and case.attention_kernel() != "flash":
+            continue
+        facts.append(f"{name} {value}" + ("" if name in stated else " (not stated: default)"))
+    line = "software: " + ", ".join(facts)
+    if costliest is not None:
+        open_facts = ", ".join(f"{k} {v}" for k, v in case.software.unstated_costliest.items())
+        line += (f"; with the open facts at their costliest ({open_facts}): "
+                 f"{costliest.best.tflops_per_gpu_hfu:.1f} TFLOP/s per GPU, {costliest.best.iteration_s:.3f} s")
+    return line
+
+
+def print_estimate(console: Console, case: Case, result: SearchResult, costliest: SearchResult | None = None) -> None:
     est = result.best
     model = est.model
     console.print(
@@ -43,6 +67,7 @@ def print_estimate(console: Console, case: Case, result: SearchResult) -> None:
     chosen = chosen_fields(case, result)
     note = f" (searched {result.considered} layouts; chose {chosen})" if chosen else ""
     console.print(f"layout: {est.layout.describe()}{note}")
+    console.print(software_line(case, costliest))
 
     t = Table(title="Predicted step", show_header=True, header_style="bold")
     t.add_column("figure")

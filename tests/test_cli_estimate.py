@@ -103,3 +103,16 @@ def test_software_facts_are_checked_when_the_case_is_read(tmp_path):
         case["software"] = software
         r = _run_bad(tmp_path, json.dumps(case))
         assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, r.output
+
+
+def test_estimate_says_which_software_facts_it_assumed():
+    """FLM-101B's case leaves the FlashAttention version and dropout open: the estimate says so,
+    and gives the figure with them at their costliest, which is slower."""
+    r = runner.invoke(app, ["estimate", str(ROOT / "examples/flm101b-101B.json")])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stdout.split())
+    assert "flash_attention 2 (not stated: default)" in text and "overlap_grad_reduce False" in text
+    assert "open facts at their costliest (flash_attention 1, dropout 0.1)" in text
+    out = json.loads(runner.invoke(app, ["estimate", str(ROOT / "examples/flm101b-101B.json"), "--json"]).stdout)
+    assert out["software"] == {"flash_attention": 2, "overlap_grad_reduce": False, "dropout": 0.0}
+    assert out["open_software_at_costliest"]["iteration_s"] > out["iteration_s"]
