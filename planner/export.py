@@ -45,6 +45,8 @@ def megatron_args(plan: Plan, k: int) -> str:
     if lay.attention == "flash":
         args.append("--use-flash-attn")
     header = f"# Stage {k + 1} ({st.name}): Megatron-LM arguments; world size {lay.tp * lay.pp * lay.dp}\n"
+    if m.position == "xpos":
+        header += "# model.position = xpos: Megatron-LM has no xPos; these arguments train plain rotary.\n"
     if st.growth:
         header += (f"# Grown from stage {st.growth.from_stage + 1} by MSG ({st.growth.dims}); Megatron-LM has no MSG "
                    "operator: grow the checkpoint with `flmplan run` or your own converter first.\n")
