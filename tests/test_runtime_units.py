@@ -180,3 +180,16 @@ def test_run_checks_data_plan_and_folder_before_any_process_starts(tmp_path):
     (busy / "RUNNING.lock").write_text(f"{os.getpid()}\n")
     r = _run_cli([plan_path, "--nproc", "1", "--out", str(busy)])
     assert r.exit_code == 2 and "Another flmplan run" in r.output and not (busy / "plan.json").exists()
+
+
+def test_tiny_scale_keeps_grouped_query_attention():
+    """A GQA plan maps onto this machine with the same query heads per key/value head, and an even
+    number of key/value heads for tp = 2."""
+    plan = json.loads((Path(__file__).resolve().parents[1] / "runtime/data/flm101b_plan.json").read_text())
+    for st in plan["stages"]:
+        st["model"]["kv_heads"] = st["model"]["heads"] // 4 if st["model"]["heads"] % 4 == 0 else None
+    plan["stages"][0]["model"]["kv_heads"] = 11          # 44 heads: 4 per key/value head
+    tiny = plan_from_dict(tiny_plan(plan, 4), origin="tiny GQA plan")
+    for st in tiny.stages:
+        assert st.model.kv_heads is not None and st.model.heads == 4 * st.model.kv_heads
+        assert st.model.kv_heads % 2 == 0
