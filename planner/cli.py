@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -168,6 +169,12 @@ def simulate(
     from planner.simulate import parse_size, plan_budget
     from planner.specs import get_gpu
 
+    # Everything that can be checked without planning is checked first: planning takes seconds.
+    if trials < 1:
+        raise FlmplanError(f"--trials must be at least 1, got {trials}.")
+    for path, option in ((out, "--out"), (report, "--report")):
+        if path is not None:
+            _check_output_file(path, option)
     spec = get_gpu(gpu)
     if schedule not in ("auto", "flm"):
         raise FlmplanError(f"--schedule must be auto or flm, got {schedule!r}.")
@@ -280,11 +287,22 @@ def run(
         lock.unlink(missing_ok=True)
 
 
+def _check_output_file(path: Path, option: str) -> None:
+    """A file the command will write: not a folder, and in a folder that exists or can be made."""
+    from planner.errors import FlmplanError
+
+    if path.is_dir():
+        raise FlmplanError(f"{option} {path} is a folder; give a file name, like {path / 'plan.json'}.")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise FlmplanError(f"{option} {path} cannot be written: {parent} is not a writable folder.")
+
+
 def _lock_run_folder(out: Path) -> Path:
     """One live run per folder: a second `flmplan run` into the same --out is refused (a lock
     left by a run that died is taken over)."""
-    import os
-
     from planner.errors import FlmplanError
 
     lock = out / "RUNNING.lock"
@@ -301,7 +319,6 @@ def _lock_run_folder(out: Path) -> Path:
 
 
 def _launch(raw: dict, out: Path, nproc: int, max_restarts: int, data, dtype, compile, from_scratch) -> None:
-    import os
     import signal
     import subprocess
 

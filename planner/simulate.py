@@ -48,6 +48,9 @@ def parse_size(text: str) -> float:
         raise FlmplanError(f"--target-size must look like 101B or 350M, got {text!r}.") from None
     if value <= 0:
         raise FlmplanError(f"--target-size must be positive, got {text!r}.")
+    if value < 1e6:
+        raise FlmplanError(f"--target-size {text} reads as {value:g} parameters; give the size with its unit, "
+                           "like 101B or 350M.")
     return value
 
 

@@ -110,10 +110,15 @@ def test_confidence_fits_the_budget_at_p90():
         (["--max-days", "0"], "--max-days must be positive"),
         (["--carryover", "2"], "carry-over efficiency must be in (0, 1]"),
         (["--loss-law", "kaplan"], "Unknown loss law 'kaplan'"),
+        (["--trials", "0"], "--trials must be at least 1"),
+        (["--spare-fraction", "2"], "--spare-fraction is a fraction of the nodes, at most 1"),
+        (["--target-size", "101"], "--target-size 101 reads as 101 parameters"),
+        (["--out", "."], "--out . is a folder"),
+        (["--report", "."], "--report . is a folder"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(args, message):
-    r = runner.invoke(app, ["simulate", *args, "--trials", "20"])
+    r = runner.invoke(app, ["simulate", "--trials", "20", *args])
     assert r.exit_code == 2, r.output
     assert message in r.output and "Traceback" not in r.output
 

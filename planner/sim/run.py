@@ -49,6 +49,8 @@ class FailureModel:
                      "repair_hours", "spot_preemptions_per_day", "spot_notice_min"):
             if getattr(self, name) < 0:
                 raise FlmplanError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}.")
+        if self.spare_fraction > 1:
+            raise FlmplanError(f"--spare-fraction is a fraction of the nodes, at most 1; got {self.spare_fraction}.")
         if self.checkpoint_interval_min is not None and self.checkpoint_interval_min <= 0:
             raise FlmplanError("--checkpoint-interval-min must be positive.")
         if self.interval_rule not in ("daly", "young"):
