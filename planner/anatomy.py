@@ -108,12 +108,10 @@ def layernorm_params(model: ModelSpec) -> int:
     return LAYERNORMS_PER_LAYER * 2 * model.hidden
 
 
-@lru_cache(maxsize=4096)
 def layer_params(model: ModelSpec) -> int:
     return sum(m.params for m in matmuls(model)) + layernorm_params(model)
 
 
-@lru_cache(maxsize=4096)
 def tp_replicated_layer_params(model: ModelSpec) -> int:
     return sum(m.tp_replicated_params for m in matmuls(model)) + layernorm_params(model)
 

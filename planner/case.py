@@ -61,10 +61,14 @@ class _SoftwareTable(Strict):
         self.spec(costliest=True)         # Software checks every value; unknown names are refused
         return self
 
+    def stated(self) -> dict:
+        """The software facts the source states (the non-null fields of Software)."""
+        return {f.name: getattr(self, f.name) for f in fields(Software) if getattr(self, f.name) is not None}
+
     def spec(self, costliest: bool = False) -> Software:
         """The stated facts (defaults for the rest); with `costliest`, the open ones at their
         costliest value."""
-        facts = {f.name: getattr(self, f.name) for f in fields(Software) if getattr(self, f.name) is not None}
+        facts = self.stated()
         if costliest:
             unknown = set(self.unstated_costliest) - {f.name for f in fields(Software)}
             if unknown:

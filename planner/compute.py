@@ -90,11 +90,10 @@ def _layer_time(dev: DeviceModel, model: ModelSpec, t: int, b: int, sequence_par
     # Each element-wise op is charged at its own kernel's achieved bandwidth; the kernels that move
     # no counted elements (the rest of each op's launches) cost their launch overhead.
     ops = anatomy.elementwise_ops(model, software.dropout)
-    fwd_by_op = {op.name: dev.memory_bound_s(tokens * op.elements_per_token(t, sequence_parallel) * e,
-                                             op=op.kernel) for op in ops}
+    moved = {op.name: tokens * op.elements_per_token(t, sequence_parallel) * e for op in ops}   # bytes, forward
+    fwd_by_op = {op.name: dev.memory_bound_s(moved[op.name], op=op.kernel) for op in ops}
     mem_fwd = sum(fwd_by_op.values())
-    mem_bwd = sum(dev.memory_bound_s(_MEMBOUND_BWD_FACTOR * tokens * op.elements_per_token(t, sequence_parallel) * e,
-                                     op=op.kernel) for op in ops)
+    mem_bwd = sum(dev.memory_bound_s(_MEMBOUND_BWD_FACTOR * moved[op.name], op=op.kernel) for op in ops)
     launches = sum(op.launches for op in ops) + anatomy.OTHER_KERNELS_FWD - len(ops)
     mem_fwd += dev.memory_bound_s(0, kernels=launches)
     mem_bwd += dev.memory_bound_s(0, kernels=2 * launches)

@@ -41,8 +41,7 @@ def estimate_json(case: Case, result: SearchResult, costliest: SearchResult | No
 
 def software_line(case: Case, costliest: SearchResult | None = None) -> str:
     """The software facts the estimate assumed, which the case states and which it leaves open."""
-    stated = {k for k, v in case.software.model_dump(exclude={"attention", "note", "unstated_costliest"}).items()
-              if v is not None}
+    stated = case.software.stated()
     facts = [f"{case.attention_kernel()} attention"]
     for name, value in asdict(case.software_spec()).items():
         if name == "flash_attention" and case.attention_kernel() != "flash":

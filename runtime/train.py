@@ -23,6 +23,7 @@ import resource
 import signal
 import sys
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,14 +33,14 @@ import torch.distributed as dist
 from planner.errors import FlmplanError
 from planner.flops import hardware_flops_per_token, model_flops_per_token
 from planner.specs import Layout, ModelSpec
-
-if TYPE_CHECKING:
-    from planner.plan import PlanStage
 from runtime import checkpoint
 from runtime.data import Sampler, check_tokens, load_tokens
 from runtime.grow import GrowthState, apply_masks, grow_sharded
 from runtime.model import Decoder, DecoderConfig
 from runtime.parallel import ParallelModel, Precision, make_mesh, make_optimizer, parallelize
+
+if TYPE_CHECKING:
+    from planner.plan import PlanStage
 
 WARMUP_STEPS = 10
 MIN_LR_FRACTION = 0.1
@@ -233,6 +234,7 @@ class Run:
         return pm, opts, state
 
     # --- the run -----------------------------------------------------------------
+    @cached_property
     def fingerprint(self) -> str:
         """What a checkpoint must share with the plan that resumes it: each stage's model,
         layout, steps and growth (not names, predictions or prices)."""
@@ -244,7 +246,7 @@ class Run:
     def run(self) -> None:
         resume = checkpoint.latest_good(self.ckpt_dir, log=self.say, from_scratch=self.args.from_scratch)
         start_stage, start_step, position = 0, 0, 0
-        if resume and resume[1].get("plan_fingerprint", self.fingerprint()) != self.fingerprint():
+        if resume and resume[1].get("plan_fingerprint", self.fingerprint) != self.fingerprint:
             raise FlmplanError(f"Checkpoint {resume[0]} was written by a different plan (other shapes, layouts, "
                                f"steps or growths); resume with that plan, or use a new --out.")
         self.log({"event": "start", "resume_from": resume[0].name if resume else None,
@@ -372,7 +374,7 @@ class Run:
                     "model": self.plan.stages[k].model.to_dict(), "growth": growth.to_dict() if growth else None,
                     "rng_state": torch.get_rng_state().tolist()[:64], "seed": self.args.seed,
                     "dtype": self.dtype, "loss_scale": pm.precision.scale,
-                    "loss_scale_good_steps": pm.precision.good_steps, "plan_fingerprint": self.fingerprint()}
+                    "loss_scale_good_steps": pm.precision.good_steps, "plan_fingerprint": self.fingerprint}
         checkpoint.save(self.ckpt_dir, f"stage{k}-step{step:07d}", pm.chunks, opts, manifest)
 
     def memory_gib(self) -> float:
