@@ -87,6 +87,9 @@ def main() -> None:
     a100 = get_gpu("a100-80gb")
     print(row("… on A100 NVLink (600 GB/s) instead of the A800's 400 GB/s",
               [c.model_copy(update={"cluster": c.cluster.model_copy(update={"gpu": a100.key})}) for c in cases]))
+    print(row("FA v1, dropout 0.1, micro-batch 1, no interleaving (everything open at its costliest)",
+              [with_parallel(with_software(c, flash_attention=1, dropout=0.1), micro_batch=1, interleave=1)
+               for c in cases]))
     print()
     for c in cases:
         print(shares(c))

@@ -166,9 +166,30 @@ def runtime(shape: tuple[int, ...], device: str, dtype: str, compiled: bool, ste
     median = statistics.median(r["tokens_per_s"] for r in steady)
     row = min(steady, key=lambda r: abs(r["tokens_per_s"] - median))
     banner = next((line for line in r.stdout.splitlines() if "MFU against" in line), "")
-    return {"tokens_per_s": row["tokens_per_s"], "mfu": row["mfu"], "memory_gib": row["memory_gib_per_gpu"],
+    return {"validate": validate_errors(out) if device == "cuda" else "",
+            "tokens_per_s": row["tokens_per_s"], "mfu": row["mfu"], "memory_gib": row["memory_gib_per_gpu"],
             "predicted_tokens_per_s": row.get("predicted_tokens_per_s"), "loss": rows[-1]["loss"],
             "peak_banner": banner}
+
+
+def validate_errors(run_dir: Path) -> str:
+    """`flmplan validate`'s step-time error for the run: with the built-in profile of the GPU and,
+    on an H200, with the measured full-sweep profile shipped in profiles/data/measured/."""
+    from planner.errors import FlmplanError
+    from planner.validate import validate_run
+    from profiles.schema import load_profile
+
+    texts = []
+    measured = ROOT / "profiles/data/measured/h200-full-2026-11-28.json"
+    for label, prof in (("built-in", None), ("measured", load_profile(measured))):
+        if label == "measured" and "H200" not in torch.cuda.get_device_name(0):
+            continue
+        try:
+            _, _, checks = validate_run(run_dir, None, prof)
+            texts.append(f"{label} {checks[0].step_error:+.1%}")
+        except FlmplanError as err:
+            texts.append(f"{label}: {err}")
+    return "; ".join(texts)
 
 
 def dense_peak(device: torch.device) -> float | None:
@@ -221,6 +242,8 @@ def main() -> None:
                   f"{run['tokens_per_s']:10,.0f} {run['tokens_per_s'] / ref['tokens_per_s']:8.1%} {ref_mfu:>8} "
                   f"{run['mfu']:8.1%} {ok:>8} {ref_gib:>8} {run['memory_gib']:8.1f} "
                   f"{pred_text:>13}", flush=True)
+            if run["validate"]:
+                print(f"        flmplan validate, step time: {run['validate']}", flush=True)
     print(f"runtime: {run['peak_banner'].strip()}")
 
 

@@ -34,7 +34,7 @@ LAYOUTS = {
 }
 
 
-def run(layout: dict, nproc: int, steps: int, folder: Path, dtype: str) -> list[dict]:
+def run(layout: dict, nproc: int, steps: int, folder: Path, dtype: str, log_every: int = 1) -> list[dict]:
     plan = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
     st = plan["stages"][0]
     st["model"].update(layers=4, hidden=256, heads=8, ffn=1024, seq=128)
@@ -46,7 +46,7 @@ def run(layout: dict, nproc: int, steps: int, folder: Path, dtype: str) -> list[
     out = folder / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
            "runtime.train", "--plan", str(path), "--out", str(out), "--checkpoint-every", str(10 * steps),
-           "--log-every", "1", "--dtype", dtype]
+           "--log-every", str(log_every), "--dtype", dtype]
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in x]

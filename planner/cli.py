@@ -71,6 +71,10 @@ def _load_profile_for(gpu_key: str, path: Path | None, dtype: str = "bf16"):
     return profile
 
 
+# The same layer measured twice in one sweep should agree this closely on a quiet device.
+REPEAT_TOLERANCE = 0.03
+
+
 @app.command()
 @_user_errors
 def profile(
@@ -79,23 +83,69 @@ def profile(
     quick: Annotated[bool, typer.Option("--quick", help="A small sweep (under 2 minutes on a 2-core CPU).")] = False,
     out: Annotated[Path | None, typer.Option(help="Where to write the profile JSON.")] = None,
     nproc: Annotated[int, typer.Option(help="CPU processes for the gloo collectives (1 = none).")] = 2,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads per process (default: torch's); a CPU run's ranks each use cores ÷ processes.")] = None,
+    refit: Annotated[list[Path] | None, typer.Option(
+        help="Instead of measuring: fit the profile's time factors to this run folder (repeat for more).")] = None,
+    holdout: Annotated[list[Path] | None, typer.Option(
+        help="With --refit: a run folder left out of the fit, to show the error before and after.")] = None,
+    base: Annotated[Path | None, typer.Option(
+        "--profile", help="With --refit: the profile to refit (default: the built-in one of the runs' GPU).")] = None,
 ) -> None:
-    """Measure the decoder core on this machine's device and write a profile."""
+    """Measure the decoder core on this machine's device and write a profile (or, with --refit,
+    fit an existing profile to measured runs)."""
     from profiles.run import run_profile
     from profiles.schema import ProfileError, save_profile
+
+    if refit:
+        _refit(refit, holdout or [], base, out)
+        return
+    if holdout or base:
+        raise ProfileError("--holdout and --profile go with --refit.")
 
     if device not in ("cuda", "cpu"):
         raise ProfileError(f"--device must be cuda or cpu, got {device!r}.")
     if nproc < 1:
         raise ProfileError(f"--nproc must be at least 1, got {nproc}.")
-    prof = run_profile(device_kind=device, dtype=dtype, quick=quick, nproc=nproc, console=stderr)
+    if threads is not None and threads < 1:
+        raise ProfileError(f"--threads must be at least 1, got {threads}.")
+    prof = run_profile(device_kind=device, dtype=dtype, quick=quick, nproc=nproc, console=stderr, threads=threads)
     path = save_profile(prof, out or Path("profiles") / f"{prof.name}.json")
+    repeat = prof.timing["repeat"]
+    if abs(repeat["difference"]) > REPEAT_TOLERANCE:
+        stderr.print(f"[yellow]Warning:[/] the layer {repeat['layer']} measured {repeat['difference']:+.1%} apart at "
+                     "the start and the end of the sweep (points' median spread "
+                     f"{prof.timing['median_spread']:.1%}): the device was not quiet; measure again when it is.")
     g = prof.gemm
     stdout.print(
         f"wrote {path}: {prof.device['name']}, {prof.dtype}; GEMM best {prof.device['measured_gemm_max_tflops']:.3g} "
         f"TFLOP/s (e_max {g['e_max']:.2f} of {prof.peak_tflops:.3g}), memory-bound "
         f"{prof.memory_bound['bandwidth_gbps']:.1f} GB/s, {len(prof.layers)} whole layers measured"
     )
+
+
+def _refit(runs: list[Path], holdout: list[Path], base_path: Path | None, out: Path | None) -> None:
+    from planner.validate import ValidateError, read_run, refit_profile, rms_error
+    from profiles.schema import builtin_profile, load_profile, save_profile
+
+    if base_path is not None:
+        base = load_profile(base_path)
+    else:
+        start = read_run(runs[0]).start
+        if start.get("device_kind") != "cuda" or not start.get("gpu"):
+            raise ValidateError(f"{runs[0]} did not run on a catalog GPU; pass the profile to refit with --profile.")
+        base = builtin_profile(start["gpu"])
+    result = refit_profile(base, runs, holdout)
+    path = save_profile(result.profile, out or Path("profiles") / f"{result.profile.name}.json")
+    cal = result.profile.calibration
+    factors = ", ".join(f"{k} ×{v:.3g}" for k, v in cal["time_factors"].items())
+    stdout.print(f"wrote {path}: time factors {factors}; step-time error (rms) on the {len(runs)} fitted runs "
+                 f"{cal['rms_fitted_before']:.1%} → {cal['rms_fitted_after']:.1%}")
+    if holdout:
+        stdout.print(f"on the {len(holdout)} held-out runs: {rms_error(result.before):.1%} → "
+                     f"{rms_error(result.after):.1%}")
+        for (folder, b), (_, a) in zip(result.before, result.after, strict=True):
+            stdout.print(f"  {folder} stage {b.stage + 1}: {b.step_error:+.1%} → {a.step_error:+.1%}")
 
 
 @app.command()
@@ -209,6 +259,36 @@ def simulate(
 
 @app.command()
 @_user_errors
+def validate(
+    run_dir: Annotated[Path, typer.Argument(help="The --out folder of `flmplan run`.")],
+    plan: Annotated[Path | None, typer.Option(help="The plan the run executed (default: RUN_DIR/plan.json).")] = None,
+    profile: Annotated[Path | None, typer.Option(
+        help="Profile of the run's device (default: the built-in one of its GPU; a CPU run needs one).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for programs.")] = False,
+    tolerance: Annotated[float, typer.Option(min=0.0, max=10.0,
+                                             help="Largest error (0.15 = 15 %) before the exit status is 1.")] = 0.15,
+) -> None:
+    """Hold a run against its plan: per stage, the measured step time, tokens/s, MFU and memory
+    beside the planner's prediction for that device; exit 1 when an error passes --tolerance."""
+    from planner.report import print_validation
+    from planner.validate import validate_run
+    from profiles.schema import load_profile
+
+    prof = load_profile(profile) if profile is not None else None
+    run, prof, checks = validate_run(run_dir, plan, prof)
+    failed = [c for c in checks if not c.passes(tolerance)]
+    if as_json:
+        print(json.dumps({"run": str(run_dir), "profile": prof.name, "profile_source": prof.source,
+                          "tolerance": tolerance, "passed": not failed,
+                          "stages": [c.to_json() for c in checks]}, indent=1))
+    else:
+        print_validation(stdout, run, prof, checks, tolerance)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
 def export(
     plan_file: Annotated[Path, typer.Argument(help="A plan written by `flmplan simulate --out`.")],
     to: Annotated[str, typer.Option("--to", help="megatron, torchtitan or slurm.")] = "megatron",
@@ -285,6 +365,26 @@ def run(
         _launch(plan.to_json(), out, nproc, max_restarts, data, dtype, compile, from_scratch)
     finally:
         lock.unlink(missing_ok=True)
+    _validate_after_run(out)
+
+
+def _validate_after_run(out: Path) -> None:
+    """Every finished run is held against its plan: on a GPU with the built-in profile; on a CPU,
+    which has none, the command that does it."""
+    from planner.validate import ValidateError, read_run, validate_run
+
+    if read_run(out).start.get("device_kind") == "cpu":
+        stdout.print(f"Check the run against its plan: flmplan validate {out} --profile CPU_PROFILE.json "
+                     "(measure this machine with `flmplan profile --device cpu --out CPU_PROFILE.json`)")
+        return
+    try:
+        run, prof, checks = validate_run(out)
+    except ValidateError as err:
+        stdout.print(f"Not validated: {err}")
+        return
+    from planner.report import print_validation
+
+    print_validation(stdout, run, prof, checks, 0.15)
 
 
 def _check_output_file(path: Path, option: str) -> None:

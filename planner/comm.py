@@ -45,6 +45,7 @@ class Network:
         self.inter_bw_per_gpu = float(c["inter_node"]["busbw_gbps"]) * 1e9
         self.inter_lat = float(c["inter_node"]["latency_us"]) * 1e-6
         self.overlap_slowdown = float(c.get("overlap_slowdown", 0.0))
+        self.factor = profile.time_factors()["collectives"]
 
     def exposed(self, comm_s: float, compute_s: float) -> float:
         """Time a collective adds when it runs under `compute_s` of compute: the part that does
@@ -64,5 +65,5 @@ class Network:
         latency = self.inter_lat if g.spans_nodes else self.intra_lat
         if op == "send_recv":
             bw = self.inter_bw_per_gpu if g.spans_nodes else self.intra_bw
-            return latency + nbytes / bw
-        return latency + bus_factor(op, g.size) * nbytes / self.bandwidth(g)
+            return (latency + nbytes / bw) * self.factor
+        return (latency + bus_factor(op, g.size) * nbytes / self.bandwidth(g)) * self.factor

@@ -25,14 +25,16 @@ class LayerTime:
     mem_fwd: float
     mem_bwd: float
     norm_act_fwd: float = 0.0    # the LayerNorms and the activation, forward (selective recompute)
+    issue_fwd: float = 0.0       # the host's time to issue each pass's kernels (GPU; DeviceModel.issue_s)
+    issue_bwd: float = 0.0
 
     @property
     def forward(self) -> float:
-        return self.gemm_fwd + self.attn_fwd + self.mem_fwd
+        return max(self.gemm_fwd + self.attn_fwd + self.mem_fwd, self.issue_fwd)
 
     @property
     def backward(self) -> float:
-        return self.gemm_bwd + self.attn_bwd + self.mem_bwd
+        return max(self.gemm_bwd + self.attn_bwd + self.mem_bwd, self.issue_bwd)
 
     @property
     def attention_core_fwd(self) -> float:
@@ -97,8 +99,14 @@ def _layer_time(dev: DeviceModel, model: ModelSpec, t: int, b: int, sequence_par
     launches = sum(op.launches for op in ops) + anatomy.OTHER_KERNELS_FWD - len(ops)
     mem_fwd += dev.memory_bound_s(0, kernels=launches)
     mem_bwd += dev.memory_bound_s(0, kernels=2 * launches)
+    # Kernels per pass: the GEMMs (backward: data and weight gradients), attention (backward:
+    # FlashAttention-2's pre-processing and main kernels), the element-wise ones (backward twice).
+    elementwise = launches + len(ops)
+    n_gemm = len(anatomy.matmuls(model))
     return LayerTime(gemm_fwd, gemm_bwd, attn_fwd, attn_bwd, mem_fwd, mem_bwd,
-                     norm_act_fwd=sum(fwd_by_op[op.name] for op in ops if op.selective))
+                     norm_act_fwd=sum(fwd_by_op[op.name] for op in ops if op.selective),
+                     issue_fwd=dev.issue_s(n_gemm + 1 + elementwise),
+                     issue_bwd=dev.issue_s(2 * n_gemm + 2 + 2 * elementwise))
 
 
 def logits_time(dev: DeviceModel, model: ModelSpec, layout: Layout) -> tuple[float, float]:

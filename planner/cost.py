@@ -19,17 +19,16 @@ from planner.comm import Network, group
 from planner.compute import layer_time, logits_time
 from planner.device import DeviceModel
 from planner.flops import step_flops
-from planner.memory import GRAD_BYTES, WEIGHT_BYTES, MemoryEstimate, memory_per_gpu, stage_params
+from planner.memory import GRAD_BYTES, MemoryEstimate, memory_per_gpu, stage_params
 from planner.specs import ClusterSpec, Layout, ModelSpec, Software
 from profiles.schema import Profile
 
 # Adam step per parameter: read fp32 grad, master, m, v (16 B), write master, m, v (12 B)
 # and the bf16 weight (2 B).
 OPTIMIZER_BYTES_PER_PARAM = 30
-# Gradients are reduced in fp32 (Megatron with bf16, FSDP's reduce_dtype) and weights gathered in
-# bf16: the bytes each is held in (planner/memory.py).
+# Gradients are reduced in fp32 (Megatron with bf16, FSDP's reduce_dtype); weights are gathered in
+# the compute dtype (bf16 under mixed precision, fp32 in an fp32 run): DeviceModel.bytes_per_element.
 GRAD_REDUCE_BYTES = GRAD_BYTES
-WEIGHT_GATHER_BYTES = WEIGHT_BYTES
 
 
 @dataclass(frozen=True)
@@ -185,9 +184,9 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
         if lay.zero >= 3:
             # FSDP: per micro-batch gather weights for forward and backward, reduce-scatter
             # gradients, prefetched under the micro-batch's compute; the first gather is exposed.
-            per_mb = (2 * net.time("all_gather", grads * WEIGHT_GATHER_BYTES, dp_group)
+            per_mb = (2 * net.time("all_gather", grads * dev.bytes_per_element, dp_group)
                       + net.time("reduce_scatter", grads * GRAD_REDUCE_BYTES, dp_group))
-            first_gather = net.time("all_gather", grads * WEIGHT_GATHER_BYTES / layers_max, dp_group)
+            first_gather = net.time("all_gather", grads * dev.bytes_per_element / layers_max, dp_group)
             dp_comm = m * (net.exposed(per_mb, stage_mb) + first_gather)
         else:
             reduce_op = "all_reduce" if lay.zero == 0 else "reduce_scatter"
@@ -203,7 +202,7 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
             else:                 # all of it after the backward, on the critical path
                 dp_comm = syncs * grad_sync
             if lay.zero >= 1:
-                dp_comm += net.time("all_gather", grads * WEIGHT_GATHER_BYTES, dp_group)
+                dp_comm += net.time("all_gather", grads * dev.bytes_per_element, dp_group)
 
     opt_params = grads / (lay.dp if lay.zero >= 1 else 1)
     optimizer = dev.memory_bound_s(opt_params * OPTIMIZER_BYTES_PER_PARAM, kernels=4)

@@ -6,6 +6,13 @@ dimension, e(d) = e_max · d / (d + k_half), the tile-quantisation effect that C
 efficiency tables capture. Measured points correct the fitted curve near where they were
 taken (log-space kernel regression on the ratio measured / model), so a measured profile
 is reproduced at its own shapes and the physical model carries it elsewhere.
+
+The profiler times each kernel alone, so a measured time is the launch latency (the host's
+dispatch and the device's start) plus the kernel's work. In a training step on a GPU the host
+queues kernels ahead of the device and that latency overlaps the kernels before it; so on a
+GPU the kernel functions here return the work alone, and a whole pass costs the longer of its
+work and the host's time to issue its kernels (`issue_s`). A CPU runs each kernel on the host
+that dispatches it, so there the latency is part of every kernel.
 """
 
 from __future__ import annotations
@@ -73,6 +80,21 @@ class DeviceModel:
         self.mem_overhead_s = float(mb["overhead_us"]) * 1e-6
         self.op_bytes_s = {op: float(gbps) * 1e9 for op, gbps in mb.get("ops", {}).items()}
         self.bytes_per_element = BYTES_PER_ELEMENT[profile.dtype]
+        self.queued = profile.device.get("kind") == "cuda"
+        self.factor = profile.time_factors()
+
+    def _in_stream(self, isolated_s: float, latency_s: float, kind: str) -> float:
+        """A kernel's time inside a step: its work (the measured time less the launch latency,
+        floored at a tenth of it for points at the latency itself) and, on a CPU, the latency; each
+        part scaled by the profile's calibration."""
+        work = max(isolated_s - latency_s, 0.1 * isolated_s)
+        latency = 0.0 if self.queued else (isolated_s - work) * self.factor["launch"]
+        return work * self.factor[kind] + latency
+
+    def issue_s(self, kernels: int) -> float:
+        """The host's time to issue this many kernels into a GPU stream (a pass can go no faster);
+        0 on a CPU, where every kernel's time already includes its dispatch."""
+        return kernels * self.mem_overhead_s * self.factor["launch"] if self.queued else 0.0
 
     # --- GEMM -----------------------------------------------------------------
     def gemm_model_s(self, m: float, n: float, k: float, batch: float = 1) -> float:
@@ -92,7 +114,7 @@ class DeviceModel:
         """Time of a (batch of) m×k · k×n product(s)."""
         base = self.gemm_model_s(m, n, k, batch)
         corr = _corrections(self._gemm_points, (_log2(m), _log2(n), _log2(k))) if batch == 1 else 0.0
-        return base * math.exp(corr)
+        return self._in_stream(base * math.exp(corr), self.gemm_overhead_s, "gemm")
 
     def linear_s(self, tokens: float, d_in: float, d_out: float) -> tuple[float, float]:
         """(forward, backward) of a linear layer: y = xW; backward = dgrad + wgrad."""
@@ -124,11 +146,13 @@ class DeviceModel:
         f, b = self._flash_model_s(batch, seq, heads, head_dim)
         coords = (_log2(seq), _log2(head_dim), _log2(batch * heads))
         pf, pb = self._attn_points
-        return f * math.exp(_corrections(pf, coords)), b * math.exp(_corrections(pb, coords))
+        return (self._in_stream(f * math.exp(_corrections(pf, coords)), self.gemm_overhead_s, "attention"),
+                self._in_stream(b * math.exp(_corrections(pb, coords)), 2 * self.gemm_overhead_s, "attention"))
 
     # --- memory-bound ---------------------------------------------------------
     def memory_bound_s(self, nbytes: float, kernels: int = 1, op: str | None = None) -> float:
         """Element-wise kernels that move nbytes through memory, at the op's own measured
         bandwidth where the profile has one (LayerNorm, GeLU, residual add, rotary)."""
         bandwidth = self.op_bytes_s.get(op, self.membw_bytes_s) if op else self.membw_bytes_s
-        return nbytes / bandwidth + kernels * self.mem_overhead_s
+        launches = 0.0 if self.queued else kernels * self.mem_overhead_s * self.factor["launch"]
+        return nbytes / bandwidth * self.factor["memory_bound"] + launches

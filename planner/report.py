@@ -195,3 +195,34 @@ def _layout_text(lay) -> str:
     if lay.recompute != "none":
         parts.append(f"rc:{lay.recompute}")
     return " ".join(parts)
+
+
+def print_validation(console: Console, run, profile, checks, tolerance: float) -> None:
+    """One row per stage: measured / predicted / error for step time, tokens/s, MFU and memory."""
+    start = run.start
+    where = (f"{start.get('processes', '?')} processes on {start.get('device', 'an unrecorded device')}"
+             + (f", {start['threads']} thread{'s' if start['threads'] != 1 else ''} each on {start['cores']} cores"
+                if "threads" in start else ""))
+    console.print(f"[bold]{run.folder}[/]: {where}; predicted with profile {profile.name} ({profile.source}); "
+                  "warm-up steps left out")
+    table = Table(show_header=True, header_style="bold")
+    for col in ("stage", "steps (warm-up)", "step s run / plan", "error", "tokens/s run / plan",
+                "MFU run / plan", "GiB run / plan"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for c in checks:
+        ok = c.passes(tolerance)
+        memory = f"{c.measured_memory_gib:.2f} / {c.predicted_memory_gib:.2f}"
+        memory += f" ({c.memory_error:+.0%})" if c.memory_judged else " (—)"
+        table.add_row(f"{c.stage + 1} {c.name}", f"{c.steps} ({c.warmup_steps})",
+                      f"{c.measured_step_s:.3g} / {c.predicted_step_s:.3g}",
+                      f"[{'green' if ok else 'red'}]{c.step_error:+.1%}[/]",
+                      f"{c.measured_tokens_per_s:,.0f} / {c.predicted_tokens_per_s:,.0f}",
+                      f"{c.measured_mfu:.1%} / {c.predicted_mfu:.1%}", memory)
+    console.print(table)
+    failed = [c for c in checks if not c.passes(tolerance)]
+    if any(not c.memory_judged for c in checks):
+        console.print("(—) memory on a CPU is each process's peak resident set, which includes the Python and "
+                      "torch runtime the planner does not count: shown, not judged.")
+    verdict = (f"[red]{len(failed)} of {len(checks)} stages off by more than {tolerance:.0%}[/]" if failed
+               else f"[green]every stage within {tolerance:.0%}[/]")
+    console.print(verdict)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from profiles.schema import bus_factor
-from profiles.timing import time_fn
+from profiles.timing import time_lockstep
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
 # torch 2.13 renamed the tensor collectives; the GPU image's torch 2.11 has only the old names.
@@ -71,7 +71,7 @@ def _measure_size(rank: int, nproc: int, nbytes: int, device: torch.device, reps
     rows = []
     for op, fn in ops.items():
         dist.barrier()
-        t = time_fn(fn, device, warmup=1, reps=reps)
+        t = time_lockstep(fn, device, warmup=1, reps=reps)
         if op == "send_recv":
             t /= 2  # a round trip is two transfers
         size = numel * 4

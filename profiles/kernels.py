@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from planner import anatomy
 from planner.specs import ModelSpec
-from profiles.timing import time_fn
+from profiles.timing import Timing, measure
 
 # Which GEMM of a linear layer y = x·Wᵀ (nn.Linear keeps W as out × in): forward x·Wᵀ,
 # backward-data dy·W, backward-weight dyᵀ·x. The operands' memory layouts are those autograd uses.
@@ -45,7 +45,8 @@ ROTATE_BYTES = 64 << 20
 MAX_COPIES = 8
 
 
-def measure_gemm(m: int, n: int, k: int, kind: str, device: torch.device, dtype: torch.dtype, reps: int) -> float:
+def measure_gemm(m: int, n: int, k: int, kind: str, device: torch.device, dtype: torch.dtype, reps: int,
+                 budget_s: float = 1.0) -> Timing:
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, device=device, dtype=dtype)
 
@@ -64,22 +65,23 @@ def measure_gemm(m: int, n: int, k: int, kind: str, device: torch.device, dtype:
         a, b = copies[next(turn) % len(copies)]
         return torch.mm(a, b)
 
-    return time_fn(run, device, warmup=1, reps=reps)
+    return measure(run, device, min_reps=reps, budget_s=budget_s)
 
 
 def measure_attention(batch: int, seq: int, heads: int, head_dim: int, device: torch.device,
-                      dtype: torch.dtype, reps: int) -> tuple[float, float]:
+                      dtype: torch.dtype, reps: int, budget_s: float = 1.0) -> tuple[Timing, Timing]:
     """(forward, backward) seconds of causal scaled_dot_product_attention (flash where available)."""
     shape = (batch, heads, seq, head_dim)
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-    fwd = time_fn(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), device, warmup=1, reps=reps)
+    fwd = measure(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), device, min_reps=reps,
+                  budget_s=budget_s)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     grad = torch.randn_like(out)
 
     def backward() -> None:
         torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
 
-    bwd = time_fn(backward, device, warmup=1, reps=reps)
+    bwd = measure(backward, device, min_reps=reps, budget_s=budget_s)
     return fwd, bwd
 
 

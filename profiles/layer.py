@@ -6,17 +6,21 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from profiles.timing import time_fn
+from profiles.timing import measure
 
 
 def measure_layer(hidden: int, heads: int, seq: int, micro_batch: int, device: torch.device,
-                  dtype: torch.dtype, reps: int) -> dict:
+                  dtype: torch.dtype, reps: int, budget_s: float = 2.0) -> dict:
+    """Times of one layer, with each measurement's spread and, for forward + backward, the host's
+    time to issue it (near the device time when the layer is bound by the host, not the GPU)."""
     from runtime.model import Block, DecoderConfig, rotary_tables
 
     cfg = DecoderConfig(layers=1, hidden=hidden, heads=heads, ffn=4 * hidden, vocab=8, seq=seq)
     block = Block(cfg).to(device=device, dtype=dtype)
     rope = tuple(t.to(dtype) for t in rotary_tables(cfg, seq, device))
     x = torch.randn(micro_batch, seq, hidden, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn(micro_batch, seq, hidden, device=device, dtype=dtype)
+    params = [x, *block.parameters()]
 
     def forward() -> torch.Tensor:
         return block(x, rope, None)
@@ -24,19 +28,19 @@ def measure_layer(hidden: int, heads: int, seq: int, micro_batch: int, device: t
     def recompute_forward() -> torch.Tensor:
         return checkpoint(block, x, rope, None, use_reentrant=False)
 
-    fwd = time_fn(forward, device, warmup=1, reps=reps)
-    grad = torch.randn(micro_batch, seq, hidden, device=device, dtype=dtype)
-    params = [x, *block.parameters()]
-
-    def backward_of(make) -> float:
+    def step_of(make):
         def step() -> None:
-            out = make()
-            torch.autograd.grad(out, params, grad)
-        return time_fn(step, device, warmup=1, reps=reps) - fwd
+            torch.autograd.grad(make(), params, grad)
+        return step
 
+    fwd = measure(forward, device, min_reps=reps, budget_s=budget_s)
+    step = measure(step_of(forward), device, min_reps=reps, budget_s=budget_s)
+    step_rc = measure(step_of(recompute_forward), device, min_reps=reps, budget_s=budget_s)
     return {
         "hidden": hidden, "heads": heads, "ffn": 4 * hidden, "seq": seq, "micro_batch": micro_batch,
-        "forward_s": fwd,
-        "backward_s": backward_of(forward),
-        "backward_recompute_s": backward_of(recompute_forward),
+        "forward_s": fwd.median_s,
+        "backward_s": step.median_s - fwd.median_s,
+        "backward_recompute_s": step_rc.median_s - fwd.median_s,
+        "spread": round(max(fwd.spread, step.spread, step_rc.spread), 4),
+        "host_s": step.host_s,
     }

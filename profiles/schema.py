@@ -17,9 +17,11 @@ from planner.jsonio import read_json, write_json
 
 SCHEMA = "flmplan-profile"
 SCHEMA_VERSION = 1
-SOURCES = ("measured", "derived")
+SOURCES = ("measured", "derived", "refit")
 DTYPES = ("bf16", "fp16", "fp32")
 BYTES_PER_ELEMENT = {"bf16": 2, "fp16": 2, "fp32": 4}
+# The kinds of kernel time a calibration scales (Profile.calibration).
+CALIBRATED_KINDS = ("gemm", "attention", "memory_bound", "launch", "collectives")
 
 
 def bus_factor(op: str, n: int) -> float:
@@ -49,7 +51,11 @@ class Profile:
     collectives: intra_node / inter_node: {busbw_gbps, latency_us, points {op, ranks, bytes, time_s}};
                  inter_node busbw_gbps is per GPU (its own NIC);
     layers:      whole-layer ground truth {hidden, heads, ffn, seq, micro_batch, forward_s,
-                 backward_s, backward_recompute_s}.
+                 backward_s, backward_recompute_s, spread, host_s};
+    timing:      how the points were timed and how still they held (spreads, a layer measured twice);
+    calibration: time_factors {gemm, attention, memory_bound, launch, collectives}: how much longer each kind of
+                 kernel takes inside a training step than the points say (1 = as measured), fitted
+                 by `flmplan profile --refit` to measured runs, which it names.
     """
 
     name: str
@@ -61,6 +67,8 @@ class Profile:
     memory_bound: dict[str, Any]
     collectives: dict[str, Any]
     layers: list[dict[str, Any]] = field(default_factory=list)
+    timing: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
     date: str = ""
     host: str = ""
     software: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +82,10 @@ class Profile:
     @property
     def hbm_gbps(self) -> float:
         return float(self.device["hbm_gbps"])
+
+    def time_factors(self) -> dict[str, float]:
+        given = self.calibration.get("time_factors", {})
+        return {kind: float(given.get(kind, 1.0)) for kind in CALIBRATED_KINDS}
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "version": SCHEMA_VERSION, **asdict(self)}

@@ -1,34 +1,88 @@
-"""Timing of device work: warm-up, then the median of N runs (CUDA events on GPUs)."""
+"""Timing of device work that holds still: warm up until the times settle, then repeat until
+the spread is small (or the point's time budget is spent), and report the median with its
+spread. On CUDA each call is timed with events; the host's own time to issue the call is kept
+beside it, so a measurement bound by the host (small kernels, Python) shows as one.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 2, reps: int = 5) -> float:
-    """Median seconds of fn() after warm-up; on CUDA measured with events around each call."""
+# Warm-up ends when the median of the last three calls is within this of the three before
+# (clock ramp, allocator and autotuning settle); repeats end when the interquartile range is
+# within TARGET_SPREAD of the median.
+SETTLED = 0.03
+TARGET_SPREAD = 0.02
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    spread: float        # interquartile range / median of the timed repeats
+    reps: int
+    warmup: int
+    host_s: float        # median host time to issue one call (CUDA); = median_s on a CPU
+
+
+def _quartile_spread(times: list[float]) -> float:
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) >= 4 else (min(times), 0, max(times))
+    return (q3 - q1) / statistics.median(times)
+
+
+def _once(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(device seconds, host seconds to issue) of one call."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        start.record()
+        fn()
+        end.record()
+        host = time.perf_counter() - t0
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3, host
+    t0 = time.perf_counter()
+    fn()
+    t = time.perf_counter() - t0
+    return t, t
+
+
+def measure(fn: Callable[[], object], device: torch.device, min_reps: int = 5, max_reps: int = 50,
+            budget_s: float = 1.0) -> Timing:
+    """Settle, then time fn() until its spread is under TARGET_SPREAD, max_reps, or budget_s."""
+    began = time.perf_counter()
+    warm: list[float] = []
+    while len(warm) < 20 and time.perf_counter() - began < budget_s / 2:
+        warm.append(_once(fn, device)[0])
+        if len(warm) >= 6:
+            before, last = statistics.median(warm[-6:-3]), statistics.median(warm[-3:])
+            if abs(last / before - 1) <= SETTLED:
+                break
+    if not warm:
+        warm.append(_once(fn, device)[0])
+    times, hosts = [], []
+    began = time.perf_counter()
+    while len(times) < max_reps:
+        t, host = _once(fn, device)
+        times.append(t)
+        hosts.append(host)
+        if len(times) >= min_reps and (_quartile_spread(times) <= TARGET_SPREAD
+                                       or time.perf_counter() - began > budget_s):
+            break
+    return Timing(statistics.median(times), _quartile_spread(times), len(times), len(warm),
+                  statistics.median(hosts))
+
+
+def time_lockstep(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
+    """Median of a fixed number of calls, for collectives: every rank must make the same calls."""
     for _ in range(warmup):
         fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-    else:
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(_once(fn, device)[0] for _ in range(reps))
 
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -166,6 +166,10 @@ class Run:
         self.flag_group = dist.new_group(backend="gloo") if backend == "nccl" else None
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
+            # The plan this run executes sits beside its metrics, for `flmplan validate RUN_DIR`.
+            run_plan = self.out / "plan.json"
+            if not run_plan.exists() or run_plan.resolve() != Path(args.plan).resolve():
+                run_plan.write_text(Path(args.plan).read_text())
         dist.barrier()
         self.metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None  # noqa: SIM115
 
@@ -250,7 +254,8 @@ class Run:
             raise FlmplanError(f"Checkpoint {resume[0]} was written by a different plan (other shapes, layouts, "
                                f"steps or growths); resume with that plan, or use a new --out.")
         self.log({"event": "start", "resume_from": resume[0].name if resume else None,
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "processes": dist.get_world_size()})
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "processes": dist.get_world_size(),
+                  **self.device_facts()})
         if resume:
             path, manifest = resume
             start_stage, start_step, position = manifest["stage"], manifest["step"], manifest["data_position"]
@@ -376,6 +381,15 @@ class Run:
                     "dtype": self.dtype, "loss_scale": pm.precision.scale,
                     "loss_scale_good_steps": pm.precision.good_steps, "plan_fingerprint": self.fingerprint}
         checkpoint.save(self.ckpt_dir, f"stage{k}-step{step:07d}", pm.chunks, opts, manifest)
+
+    def device_facts(self) -> dict:
+        """What `flmplan validate` needs to predict this run: the device, and on a CPU how many
+        threads each rank runs on how many cores of this machine."""
+        if self.device.type == "cuda":
+            return {"device": torch.cuda.get_device_name(self.device), "device_kind": "cuda", "gpu": self.gpu_key,
+                    "dtype": self.dtype}
+        return {"device": "cpu", "device_kind": "cpu", "threads": torch.get_num_threads(),
+                "cores": os.cpu_count() or 1, "dtype": self.dtype}
 
     def memory_gib(self) -> float:
         """Peak memory of this rank: allocated GPU memory, or the process's peak resident set."""

@@ -1,6 +1,7 @@
 """The profiler on tiny shapes, the profile schema, and refusal of profiles that do not fit."""
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from profiles.schema import ProfileError, builtin_profile, builtin_profile_names
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Sweep(hiddens=[64, 128], tokens=[64], tps=[1, 2], attention=[(1, 64, 2, 32), (2, 64, 2, 32)],
-             memory_bound=[(64, 64), (128, 128)], layers=[(64, 2, 32, 1)], reps=1)
+             memory_bound=[(64, 64), (128, 128)], layers=[(64, 2, 32, 1)], reps=1, budget_s=0.05,
+             layer_budget_s=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +36,14 @@ def test_profiler_writes_a_valid_measured_profile(tiny_profile):
     assert set(prof.memory_bound["ops"]) == {"layernorm", "gelu", "residual_add", "rotary"}
     layer = prof.layers[0]
     assert layer["forward_s"] > 0 and layer["backward_recompute_s"] > 0
+    assert layer["spread"] >= 0 and layer["host_s"] > 0
+    # The profile says how still it held: the spreads, and the first layer measured again at the end.
+    timing = prof.timing
+    assert "warm-up" in timing["method"] and 0 <= timing["median_spread"] <= timing["max_spread"]
+    repeat = timing["repeat"]
+    assert repeat["layer"] == "h64 a2 s32 b1" and repeat["first_s"] > 0 and repeat["again_s"] > 0
+    assert repeat["difference"] == pytest.approx(repeat["again_s"] / repeat["first_s"] - 1, abs=1e-4)
+    assert all("spread" in p for p in prof.gemm["points"] + prof.memory_bound["points"])
     # The device model predicts each measured GEMM from the others (leave one out: it corrects the
     # fitted curve with nearby points, so a point it was given would be reproduced by construction);
     # median error within 2× on timings this small and this noisy.
@@ -128,3 +138,31 @@ def test_a_gpu_profile_of_another_gpu_is_refused(tmp_path):
     path = save_profile(prof, tmp_path / "h100.json")
     r = CliRunner().invoke(app, ["simulate", "--profile", str(path), "--trials", "10"])
     assert r.exit_code == 2 and "describes NVIDIA H100-SXM5-80GB but the plan is for a800-80gb" in r.output
+
+
+MEASURED = sorted((ROOT / "profiles/data/measured").glob("h200-*.json"))
+
+
+def test_measured_h200_profiles_are_shipped_with_their_source():
+    assert len(MEASURED) == 2
+    for path in MEASURED:
+        prof = load_profile(path)
+        assert prof.source == "measured" and prof.device["name"] == "NVIDIA H200"
+        assert "flmplan profile --device cuda" in prof.references[0] and "2026-11-28" in prof.references[0]
+
+
+def test_cost_model_predicts_the_measured_h200_layers():
+    """The cost model, fed only each H200 profile's kernel tables, against the whole layers the same
+    profile measured (BENCHMARKS.md §9). The h2048 layer is left out: the quick and the full
+    sweep measured it 3.49 and 4.74 ms on the same GPU, 36 % apart, so no prediction can be within
+    10 % of both; every other layer is held to 10 %."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from layer_fidelity import measured_profile_rows
+
+    errors = {}
+    for path in MEASURED:
+        for row in measured_profile_rows(load_profile(path)):
+            errors[(path.name, row["shape"])] = row["error"]
+    held = {k: e for k, e in errors.items() if not k[1].startswith("h2048 ")}
+    assert len(held) == 5
+    assert all(abs(e) <= 0.10 for e in held.values()), held

@@ -1,0 +1,94 @@
+"""The closed loop on this CPU: every layout of runtime_layouts.py and each stage of the tiny
+FLM-101B plan, run for real (gloo, fp32), then held against the cost model's prediction with
+`flmplan validate` and a profile of this machine (all its cores); then
+`flmplan profile --refit` on half of the runs, checked on the other half.
+
+    python benchmarks/validate_cpu.py [--runs DIR] [--steps 14]
+
+DIR keeps the run folders and profiles (a second call reuses them); default a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from runtime_layouts import LAYOUTS, run  # noqa: E402
+
+from planner.validate import ValidateError, refit_profile, rms_error, validate_run  # noqa: E402
+from profiles.schema import load_profile  # noqa: E402
+
+
+def flmplan(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "planner.cli", *args], cwd=ROOT, check=True, capture_output=True,
+                   timeout=1800)
+
+
+def profile_for(threads: int, folder: Path) -> Path:
+    path = folder / f"cpu-{threads}-threads.json"
+    if not path.exists():
+        flmplan("profile", "--device", "cpu", "--quick", "--threads", str(threads), "--out", str(path))
+    return path
+
+
+def runs(folder: Path, steps: int) -> list[tuple[str, Path]]:
+    out = []
+    for i, (name, (nproc, layout)) in enumerate(LAYOUTS.items()):
+        f = folder / f"layout-{i}"
+        if not (f / "run" / "DONE.json").exists():
+            f.mkdir(parents=True, exist_ok=True)
+            run(layout, nproc, steps, f, "fp32", log_every=2)
+        out.append((f"{name} ({nproc} proc)", f / "run"))
+    flm = folder / "flm-tiny"
+    if not (flm / "DONE.json").exists():
+        flmplan("run", str(ROOT / "runtime/data/flm101b_plan.json"), "--scale", "tiny", "--nproc", "2",
+                "--steps", str(steps), "--out", str(flm))
+    out.append(("FLM-101B tiny plan (2 proc)", flm))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=Path, default=None)
+    ap.add_argument("--steps", type=int, default=14)
+    args = ap.parse_args()
+    folder = args.runs or Path(tempfile.mkdtemp(prefix="flmplan-validate-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    all_runs = runs(folder, args.steps)
+    profile = load_profile(profile_for(cores, folder))
+    print(f"{'run':42} {'stage':>5} {'steps (warm-up)':>15} {'step s measured':>16} {'predicted':>10} {'error':>8}")
+    for name, path in all_runs:
+        try:
+            _, _, checks = validate_run(path, None, profile)
+        except ValidateError as err:
+            print(f"{name:42} {err}")
+            continue
+        for c in checks:
+            print(f"{name:42} {c.stage + 1:5d} {c.steps:7d} ({c.warmup_steps}) {c.measured_step_s:16.3f} "
+                  f"{c.predicted_step_s:10.3f} {c.step_error:+8.1%}")
+    print(f"(this machine: {cores} cores; profile measured with {profile.software['threads']} threads)")
+
+    # Refit on every other run; the rest are held out.
+    paths = [p for _, p in all_runs]
+    fit, held = paths[::2], paths[1::2]
+    result = refit_profile(profile, fit, held)
+    factors = ", ".join(f"{k} ×{v:.3g}" for k, v in result.profile.calibration["time_factors"].items())
+    print(f"\nrefit on {len(fit)} runs ({factors}): fitted rms {rms_error(result.fitted):.1%}; "
+          f"held-out {len(held)} runs rms {rms_error(result.before):.1%} → {rms_error(result.after):.1%}")
+    for (f, b), (_, a) in zip(result.before, result.after, strict=True):
+        print(f"  held out {f.parent.name if f.name == 'run' else f.name} stage {b.stage + 1}: "
+              f"{b.step_error:+.1%} → {a.step_error:+.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

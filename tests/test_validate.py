@@ -1,0 +1,146 @@
+"""`flmplan validate` on run folders with known numbers, and its refusals of bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from planner.cli import app
+from planner.cost import estimate_step
+from planner.plan import load_plan
+from planner.specs import ClusterSpec, get_gpu
+from profiles.schema import builtin_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN = ROOT / "runtime/data/tiny_one_stage.json"
+runner = CliRunner()
+START = {"event": "start", "processes": 1, "device": "NVIDIA A800-SXM4-80GB", "device_kind": "cuda",
+         "gpu": "a800-80gb", "dtype": "bf16"}
+
+
+def predicted():
+    """The cost model's figures for the plan's stage on one A800: what validate compares with."""
+    plan = load_plan(PLAN)
+    st = plan.stages[0]
+    est = estimate_step(st.model, ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=1, gpus_per_node=8), st.layout,
+                        builtin_profile("a800-80gb"))
+    return st, est
+
+
+def write_run(folder: Path, windows: list[tuple[str, float]], stage_name: str = "tiny", mfu: float = 0.3,
+              start: dict = START, memory: float | None = None) -> Path:
+    """A run folder: plan.json and metrics.jsonl with one record per step; each window is four
+    steps that share one timing ("start" begins a new (re)start)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PLAN, folder / "plan.json")
+    st, est = predicted()
+    tokens = st.layout.global_batch * st.model.seq
+    memory = est.memory.total_gib / 0.9 if memory is None else memory
+    lines, step = [], 0
+    for kind, step_s in windows:
+        if kind == "start":
+            lines.append(json.dumps(start))
+            continue
+        for _ in range(4):
+            lines.append(json.dumps({"stage": 0, "stage_name": stage_name, "step": step, "loss": 5.0,
+                                     "step_s": step_s, "tokens_per_s": tokens / step_s, "mfu": mfu,
+                                     "memory_gib_per_gpu": memory}))
+            step += 1
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_validate_leaves_out_warm_up_and_computes_the_errors(tmp_path):
+    _, est = predicted()
+    p = est.iteration_s
+    # Warm-up windows at 10× (left out), steady windows at 1.2× and 1.3× the prediction: median
+    # 1.25×, so the prediction is 1/1.25 − 1 = −20 % on step time and +25 % on tokens/s; MFU
+    # 0.3 measured becomes 0.3 × 1.25 = 0.375 predicted; memory measured at prediction / 0.9: −10 %.
+    run = write_run(tmp_path / "run", [("start", 0), ("w", 10 * p), ("w", 1.2 * p),
+                                       ("start", 0), ("w", 10 * p), ("w", 1.3 * p)])
+    r = runner.invoke(app, ["validate", str(run), "--json"])
+    assert r.exit_code == 1, r.output          # −20 % is past the default 15 %
+    out = json.loads(r.stdout)
+    (stage,) = out["stages"]
+    assert stage["warmup_steps"] == 8 and stage["steps"] == 8
+    assert stage["step_error"] == pytest.approx(-0.20)
+    assert stage["tokens_error"] == pytest.approx(0.25)
+    assert stage["predicted_mfu"] == pytest.approx(0.375)
+    assert stage["memory_error"] == pytest.approx(-0.10)
+    assert stage["memory_judged"] is True
+    assert runner.invoke(app, ["validate", str(run), "--tolerance", "0.25"]).exit_code == 0
+
+
+def test_validate_fails_on_memory_alone(tmp_path):
+    _, est = predicted()
+    run = write_run(tmp_path / "run", [("start", 0), ("w", 10 * est.iteration_s), ("w", est.iteration_s)],
+                    memory=est.memory.total_gib * 2)
+    r = runner.invoke(app, ["validate", str(run), "--json"])
+    assert r.exit_code == 1
+    assert json.loads(r.stdout)["stages"][0]["memory_error"] == pytest.approx(-0.5)
+
+
+def _bad(args):
+    r = runner.invoke(app, ["validate", *args])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    return " ".join(r.output.split())
+
+
+def test_validate_refuses_bad_input_in_one_sentence(tmp_path):
+    assert "not a run folder" in _bad([str(tmp_path / "missing")])
+    (tmp_path / "empty").mkdir()
+    assert "no metrics.jsonl" in _bad([str(tmp_path / "empty")])
+    only_start = write_run(tmp_path / "started", [("start", 0)])
+    assert "no step records" in _bad([str(only_start)])
+    warm_only = write_run(tmp_path / "warm", [("start", 0), ("w", 1.0)])
+    assert "only warm-up steps" in _bad([str(warm_only)])
+    other = write_run(tmp_path / "other", [("start", 0), ("w", 1.0), ("w", 1.0)], stage_name="big")
+    assert "plan does not match the run" in _bad([str(other)])
+    cpu = write_run(tmp_path / "cpu", [("start", 0), ("w", 1.0), ("w", 1.0)],
+                    start={"event": "start", "processes": 1, "device": "cpu", "device_kind": "cpu", "threads": 2,
+                           "cores": 2, "dtype": "fp32"})
+    assert "flmplan profile --device cpu" in _bad([str(cpu)])
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "metrics.jsonl").write_bytes(b"\x00\xff{not json\n")
+    assert "damaged" in _bad([str(tmp_path / "garbage")])
+    assert "--tolerance" in _bad([str(cpu), "--tolerance", "-1"])
+
+
+def test_validate_refuses_a_plan_with_another_batch(tmp_path):
+    run = write_run(tmp_path / "run", [("start", 0), ("w", 1.0), ("w", 1.0)])
+    plan = json.loads(PLAN.read_text())
+    plan["stages"][0]["layout"]["global_batch"] = 32
+    (tmp_path / "other.json").write_text(json.dumps(plan))
+    assert "plan does not match the run" in _bad([str(run), "--plan", str(tmp_path / "other.json")])
+
+
+def test_refit_learns_a_slower_machine_and_improves_held_out_runs(tmp_path):
+    """Runs measured at twice the built-in profile's prediction: the refit profile's factors make
+    the held-out run's error fall from −50 % to near 0, and the profile names its runs."""
+    _, est = predicted()
+    p = est.iteration_s
+    fit = write_run(tmp_path / "fit", [("start", 0), ("w", 10 * p), ("w", 2 * p), ("w", 2 * p)])
+    held = write_run(tmp_path / "held", [("start", 0), ("w", 10 * p), ("w", 2 * p)])
+    out = tmp_path / "refit.json"
+    r = runner.invoke(app, ["profile", "--refit", str(fit), "--holdout", str(held), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    from profiles.schema import load_profile
+
+    prof = load_profile(out)
+    cal = prof.calibration
+    assert prof.source == "refit" and cal["fitted_to"] == [str(fit)] and cal["held_out"] == [str(held)]
+    assert cal["rms_held_out_before"] == pytest.approx(0.5, abs=1e-3)
+    assert cal["rms_held_out_after"] < 0.03
+    assert all(f > 1 for f in cal["time_factors"].values() if f != 1.0)
+    v = runner.invoke(app, ["validate", str(held), "--profile", str(out), "--json"])
+    assert v.exit_code == 0 and abs(json.loads(v.stdout)["stages"][0]["step_error"]) < 0.03
+
+
+def test_refit_refuses_bad_input(tmp_path):
+    r = runner.invoke(app, ["profile", "--refit", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "not a run folder" in " ".join(r.output.split())
+    r = runner.invoke(app, ["profile", "--holdout", str(tmp_path)])
+    assert r.exit_code == 2 and "go with --refit" in r.output
