@@ -195,8 +195,10 @@ def simulate(
     out: Annotated[Path | None, typer.Option(help="Write the plan here (plan.json).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
     report: Annotated[Path | None, typer.Option(help="Write an HTML report (plotly) here.")] = None,
-    confidence: Annotated[float | None, typer.Option(help="Fit the budget at this quantile of the simulated "
-                                                          "cost (e.g. 0.9) instead of the failure-free cost.")] = None,
+    confidence: Annotated[float, typer.Option(help="The budget must hold at this quantile of the simulated "
+                                                   "cost, failures counted (0.5–0.99).")] = 0.9,
+    max_growth_factor: Annotated[float, typer.Option(
+        help="Largest parameter ratio of one growth (default 4: published growth operators measured ×2–4).")] = 4.0,
     failure_rate: Annotated[float, typer.Option(help="Node failures per 1000 node-days.")] = 5.0,
     restart_min: Annotated[float, typer.Option(help="Detection + restart time after a failure, minutes.")] = 10.0,
     checkpoint_min: Annotated[float, typer.Option(help="Time to write a checkpoint, minutes.")] = 5.0,
@@ -222,6 +224,8 @@ def simulate(
     # Everything that can be checked without planning is checked first: planning takes seconds.
     if trials < 1:
         raise FlmplanError(f"--trials must be at least 1, got {trials}.")
+    if not 0.5 <= confidence < 1:
+        raise FlmplanError(f"--confidence must be between 0.5 and 1, got {confidence}.")
     for path, option in ((out, "--out"), (report, "--report")):
         if path is not None:
             _check_output_file(path, option)
@@ -233,7 +237,8 @@ def simulate(
         raise FlmplanError(f"--attention must be flash or unfused, got {kernel!r}.")
     settings = Settings(gpu=spec, price_per_gpu_hour=spec.price.usd_per_gpu_hour if price is None else price,
                         max_gpus=max_gpus, target_params=parse_size(target_size), budget_usd=budget,
-                        global_batch=global_batch, grow_steps=grow_steps, max_days=max_days, attention=kernel)
+                        global_batch=global_batch, grow_steps=grow_steps, max_days=max_days, attention=kernel,
+                        max_growth_factor=max_growth_factor)
     loss_model = GrowthLossModel(law=load_law(loss_law), carryover=carryover, ramp_efficiency=ramp_efficiency)
     failures = FailureModel(
         failures_per_1000_node_days=failure_rate, restart_min=restart_min, checkpoint_min=checkpoint_min,

@@ -7,6 +7,8 @@ hardware FLOPs add what recompute executes again. Attention FLOPs are counted in
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from planner.anatomy import attention_flops_per_token, linear_flops_per_token
 from planner.specs import ModelSpec, Recompute
 
@@ -16,6 +18,7 @@ def logits_flops_per_token(model: ModelSpec) -> float:
     return 2 * model.hidden * model.vocab
 
 
+@lru_cache(maxsize=4096)
 def forward_flops_per_token(model: ModelSpec) -> float:
     """For GPT with f = 4h this is 24·l·h²·(1 + s/(6h)) + 2·h·V (Narayanan et al. 2021, eq. 3 / 3)."""
     per_layer = linear_flops_per_token(model) + attention_flops_per_token(model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from planner.anatomy import stored_bytes_per_token
 from planner.specs import BYTES_PER_GIB, Layout, ModelSpec
@@ -37,6 +38,7 @@ class MemoryEstimate:
                 + self.logits_gib + self.framework_gib)
 
 
+@lru_cache(maxsize=65536)
 def stage_params(model: ModelSpec, layout: Layout) -> float:
     """Parameters on the GPU that holds the most, as tensor parallelism splits them: weights and
     the vocabulary-parallel embedding split over tp, LayerNorms and row-parallel biases whole.

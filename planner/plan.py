@@ -94,6 +94,7 @@ class Plan(Strict):
     baselines: list[PlanBaseline] = Field(default_factory=list)
     alternatives: list[PlanBaseline] = Field(default_factory=list)
     assumptions: dict = Field(default_factory=dict)
+    advice: list[dict] = Field(default_factory=list)
     simulation: dict | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -150,6 +150,10 @@ def print_plan(console: Console, plan, searched: int = 0) -> None:
                       f"{row.tokens / 1e9:,.1f}B", f"{row.days:.2f}", f"${row.cost_usd:,.0f}",
                       f"{row.predicted_loss:.3f}")
         console.print(b)
+    if plan.advice:
+        console.print("[bold]Advice[/]")
+        for a in plan.advice:
+            console.print(f" • {a['message']}")
     lm = plan.assumptions.get("loss_model", {})
     law = lm.get("law", {})
     console.print(
@@ -180,9 +184,10 @@ def print_simulation(console: Console, sim: dict) -> None:
         f"{sim['checkpoint_interval_min']:.0f} min ({sim['checkpoint_rule']}), {sim['failures_per_1000_node_days']:g} "
         f"failures per 1000 node-days, restart {sim['restart_min']:g} min, {sim['spare_nodes']} spare node(s)"
     )
-    if sim["p_within_budget"] < 0.5 and "confidence" not in sim:
-        console.print("[yellow]With failures and spare nodes this plan more likely than not overruns the budget; "
-                      "`--confidence 0.9` plans so that 90 % of simulated runs fit it.[/]")
+    if "confidence" in sim:
+        console.print(f"Planned so the budget holds at P{sim['confidence'] * 100:.0f} of the simulated cost "
+                      f"(${sim['cost_at_confidence']:,.0f}; {sim['replans']} re-plans): "
+                      + ("met." if sim["confidence_met"] else "[red]not met (see the advice)[/]."))
 
 
 def _layout_text(lay) -> str:

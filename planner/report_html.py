@@ -125,7 +125,9 @@ def write_report(result, path: str | Path) -> Path:
                f"P90 {sim['days_p90']:.1f} days / ${sim['cost_p90']:,.0f}" if sim else "")
             + f". Profile {html.escape(plan.profile.get('name', ''))} ({html.escape(plan.profile.get('source', ''))})."
             "</p><p><i>Losses come from a scaling-law model with equal-loss continuation across growth; "
-            "they are a model, not a measurement.</i></p>")
+            "they are a model, not a measurement.</i></p>"
+            + ("<h2>Advice</h2><ul>" + "".join(f"<li>{html.escape(a['message'])}</li>" for a in plan.advice)
+               + "</ul>" if plan.advice else ""))
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>flmplan report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}</style></head><body>"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
+from planner.advice import DEFAULT_MAX_GROWTH_FACTOR, raises_loss
 from planner.errors import FlmplanError, Infeasible, InvalidLayout
 from planner.growth import final_shapes, growth_between, growth_chains, shape, smallest_shape
 from planner.layouts import PartialLayout
@@ -44,6 +45,7 @@ class Settings:
     max_days: float = 60.0
     max_stages: int = 4
     cost_factor: float = 1.0      # > 1 to fit the budget at a failure-inflated cost (P90)
+    max_growth_factor: float = DEFAULT_MAX_GROWTH_FACTOR   # largest parameter ratio of one growth
     attention: str = "flash"      # the kernel the run will use
     software: Software = field(default_factory=Software)   # what else of the stack changes kernel costs
 
@@ -62,6 +64,8 @@ class Settings:
             raise FlmplanError(f"--grow-steps must not be negative, got {self.grow_steps}.")
         if self.max_days <= 0:
             raise FlmplanError(f"--max-days must be positive, got {self.max_days}.")
+        if self.max_growth_factor < 1:
+            raise FlmplanError(f"--max-growth-factor must be at least 1, got {self.max_growth_factor}.")
 
 
 @dataclass
@@ -127,11 +131,13 @@ class Schedule:
 class Planner:
     """Holds the caches of one `simulate` call: a layout search per (shape, GPUs, batch)."""
 
-    def __init__(self, settings: Settings, profile: Profile, loss_model: GrowthLossModel) -> None:
+    def __init__(self, settings: Settings, profile: Profile, loss_model: GrowthLossModel,
+                 stage_cache: dict | None = None) -> None:
         self.s = settings
         self.profile = profile
         self.loss_model = loss_model
-        self._stage_cache: dict[tuple, StageRun | None] = {}
+        # Layout searches do not depend on money: a re-plan at another cost factor shares them.
+        self._stage_cache: dict[tuple, StageRun | None] = {} if stage_cache is None else stage_cache
         self.evaluated: list[Schedule] = []
 
     # --- stages ---------------------------------------------------------------
@@ -255,6 +261,8 @@ class Planner:
                     continue
                 fits_anywhere = True
                 for chain in growth_chains(final, self.s.max_stages):
+                    if any(b.params() > self.s.max_growth_factor * a.params() for a, b in itertools.pairwise(chain)):
+                        continue
                     sched = self.schedule_for(chain, gpus, name=f"{len(chain)}-stage growth", coarse=True)
                     if sched is not None:
                         self.evaluated.append(sched)
@@ -269,8 +277,11 @@ class Planner:
                 f"{self.s.target_params / 1e9:.0f}B on {self.s.gpu.key} at ${self.s.price_per_gpu_hour:g}/GPU-hour; "
                 f"the smallest that would work is about ${self.smallest_budget(finals, sizes):,.0f}."
             )
-        best = min(self.evaluated, key=lambda s: (s.loss, s.days))
-        most = max(self.evaluated, key=lambda s: (s.tokens, -s.loss))
+        # A growth that ends above the stage before it buys nothing; such plans are chosen only
+        # when nothing else fits (and the plan's advice says so).
+        candidates = [s for s in self.evaluated if not raises_loss(s)] or self.evaluated
+        best = min(candidates, key=lambda s: (s.loss, s.days))
+        most = max(candidates, key=lambda s: (s.tokens, -s.loss))
         return self.refine(best), self.refine(most)
 
     def refine(self, sched: Schedule) -> Schedule:
@@ -311,18 +322,25 @@ class Planner:
                           [self.s.budget_usd / self.usd_per_token(st, gpus)], gpus)
 
     def compute_optimal(self, base: ModelSpec, gpus: int) -> Schedule | None:
-        """The fixed-size model of the family with the lowest predicted loss for the budget."""
-        best = None
+        """The fixed-size model of the family with the lowest predicted loss for the budget: sizes
+        compared on the coarse layout search, the best one costed on the full one."""
+        best, best_loss = None, math.inf
         for target in (1e9, 2e9, 4e9, 8e9, 12e9, 16e9, 24e9, 32e9, 48e9, 64e9, 101e9, 128e9, 256e9):
-            for m in [smallest_shape(base, target)]:
-                st = self.stage(m, gpus)
-                if st is None:
-                    continue
-                sched = self.fixed("compute-optimal fixed size", [m],
-                                   [self.s.budget_usd / self.usd_per_token(st, gpus)], gpus)
-                if sched and (best is None or sched.loss < best.loss):
-                    best = sched
-        return best
+            m = smallest_shape(base, target)
+            st = self.stage(m, gpus, coarse=True)
+            if st is None:
+                continue
+            tokens = self.s.budget_usd / self.usd_per_token(st, gpus)
+            loss = self.loss_model.stage_losses([m.params()], [tokens], [0.0])[-1]
+            if loss < best_loss:
+                best, best_loss = m, loss
+        if best is None:
+            return None
+        st = self.stage(best, gpus)
+        if st is None:
+            return None
+        return self.fixed("compute-optimal fixed size", [best], [self.s.budget_usd / self.usd_per_token(st, gpus)],
+                          gpus)
 
 
 def _simplex_grid(k: int, n: int) -> np.ndarray:

@@ -7,6 +7,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from planner.advice import Advice, advise
 from planner.cost import estimate_step
 from planner.errors import FlmplanError
 from planner.growth import growth_between
@@ -54,38 +55,56 @@ def parse_size(text: str) -> float:
     return value
 
 
+# By default the budget must hold in nine runs of ten, failures counted: the failure-free cost is
+# what the budget buys only when nothing fails, which at 192 GPUs for weeks never happens.
+DEFAULT_CONFIDENCE = 0.9
+MAX_REPLANS = 8
+
+
 def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossModel, schedule: str = "auto",
                 failures: FailureModel | None = None, trials: int = 1000, seed: int = 0,
-                confidence: float | None = None, gantt: bool = False) -> PlanResult:
-    """Plan, then simulate the run with failures. With `confidence` (say 0.9) the plan is made
-    again until its simulated cost at that quantile fits the budget, not only its failure-free one."""
+                confidence: float | None = DEFAULT_CONFIDENCE, gantt: bool = False) -> PlanResult:
+    """Plan, then simulate the run with failures. With `confidence` (default 0.9) the plan is made
+    again, at a cost factor raised by the shortfall, until its simulated cost at that quantile fits
+    the budget; `None` plans to the failure-free cost. FLM-101B's own schedule is costed, not fitted."""
     failures = failures or FailureModel()
     if confidence is not None and not 0.5 <= confidence < 1:
         raise FlmplanError(f"--confidence must be between 0.5 and 1, got {confidence}.")
     if schedule == "flm":                  # FLM-101B's own run: its software, as its sources state it
         settings = dataclasses.replace(settings, software=flm_software())
-    result = _plan_once(settings, profile, loss_model, schedule)
+    cache: dict = {}
+    result = _plan_once(settings, profile, loss_model, schedule, cache)
     summary = simulate_schedule(result.main, failures, trials, seed)
-    for _ in range(4):
-        if confidence is None or schedule == "flm":
-            break
+    fitting = confidence is not None and schedule != "flm"
+    replans = 0
+    while fitting and replans < MAX_REPLANS:
         quantile_cost = summary.quantile([t.cost_usd for t in summary.trials], confidence)
         if quantile_cost <= settings.budget_usd:
             break
         factor = settings.cost_factor * quantile_cost / settings.budget_usd * 1.002
         settings = dataclasses.replace(settings, cost_factor=factor)
-        result = _plan_once(settings, profile, loss_model, schedule)
+        result = _plan_once(settings, profile, loss_model, schedule, cache)
         summary = simulate_schedule(result.main, failures, trials, seed)
+        replans += 1
+    costs = [t.cost_usd for t in summary.trials]
     sim = summary.to_dict(keep_costs=False)
+    sim["p_within_budget"] = sum(c <= settings.budget_usd for c in costs) / len(costs)
     if confidence is not None:
-        sim["confidence"] = confidence
-        sim["cost_at_confidence"] = summary.quantile([t.cost_usd for t in summary.trials], confidence)
+        reached = summary.quantile(costs, confidence)
+        sim.update(confidence=confidence, cost_at_confidence=reached, replans=replans,
+                   confidence_met=reached <= settings.budget_usd)
+        if fitting and reached > settings.budget_usd:
+            result.plan.advice.insert(0, Advice("confidence_not_met", (
+                f"After {replans} re-plans the simulated cost at P{confidence * 100:.0f} is still ${reached:,.0f}, "
+                f"over the ${settings.budget_usd:,.0f} budget: the budget holds in {sim['p_within_budget']:.0%} of the "
+                "simulated runs."), {"confidence": confidence, "cost_at_confidence": reached,
+                                     "p_within_budget": sim["p_within_budget"]}).to_json())
     result.plan.simulation = sim
     result.plan.assumptions["cost_factor"] = settings.cost_factor
     result.plan.assumptions["software"] = dataclasses.asdict(settings.software)
     if schedule == "flm":
         result.plan.assumptions["open_software_facts"] = _open_facts_range(result, settings, profile, loss_model)
-    result.costs = [t.cost_usd for t in summary.trials]
+    result.costs = costs
     if gantt:
         result.timelines = pipeline_timelines(result.main, profile)
     return result
@@ -115,8 +134,9 @@ def _open_facts_range(result: PlanResult, settings: Settings, profile: Profile,
             "model_miss_on_stages": misses}
 
 
-def _plan_once(settings: Settings, profile: Profile, loss_model: GrowthLossModel, schedule: str) -> PlanResult:
-    planner = Planner(settings, profile, loss_model)
+def _plan_once(settings: Settings, profile: Profile, loss_model: GrowthLossModel, schedule: str,
+               stage_cache: dict | None = None) -> PlanResult:
+    planner = Planner(settings, profile, loss_model, stage_cache)
     base = flm_base()
     flm = flm_schedule(planner)
     if schedule == "flm":
@@ -141,6 +161,7 @@ def _plan_once(settings: Settings, profile: Profile, loss_model: GrowthLossModel
     plan = build_plan(main, settings, profile, loss_model, baselines, alternatives,
                       objective="FLM-101B's own schedule" if schedule == "flm" else
                       "lowest predicted final loss within the budget")
+    plan.advice = [a.to_json() for a in advise(main, baselines, planner)]
     return PlanResult(plan=plan, main=main, baselines=baselines, alternatives=alternatives, searched=searched)
 
 

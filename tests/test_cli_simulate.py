@@ -1,6 +1,7 @@
 """`flmplan simulate` and `flmplan export`: the plan contract, the FLM-101B reproduction, the
 budget constraint, and one clear sentence with exit 2 for bad input."""
 
+import itertools
 import json
 
 import pytest
@@ -73,6 +74,23 @@ def test_auto_plan_reaches_the_target_within_budget_and_beats_flm(auto_plan, flm
         # A grown stage trains through its mask ramp and some steps after it.
         if st.growth:
             assert st.steps >= st.growth.grow_steps + 1000
+    # No growth past ×4 (the literature's range), and none that ends above the stage before it.
+    params = [st.model.params() for st in auto_plan.stages]
+    assert all(b <= 4 * a for a, b in itertools.pairwise(params))
+    losses = [st.predicted.loss_end for st in auto_plan.stages]
+    assert all(b <= a for a, b in itertools.pairwise(losses))
+
+
+def test_default_plan_fits_its_budget_with_failures_counted(auto_plan):
+    """By default the budget holds at P90 of the simulated cost, failures counted, and the plan
+    says what binds and what a fixed-size model would do instead."""
+    sim = auto_plan.simulation
+    assert sim["confidence"] == 0.9 and sim["confidence_met"] is True
+    assert sim["cost_at_confidence"] <= 100_000 and sim["p_within_budget"] >= 0.9
+    kinds = [a["kind"] for a in auto_plan.advice]
+    assert kinds[-1] == "binding" and auto_plan.advice[-1]["figures"]["binds"] == ["money"]
+    fixed = next(b for b in auto_plan.baselines if b.name == "compute-optimal fixed size")
+    assert ("fixed_size_better" in kinds) == (fixed.predicted_loss < auto_plan.totals.predicted_loss)
 
 
 @pytest.mark.parametrize("budget", [30_000, 250_000])
@@ -106,6 +124,7 @@ def test_confidence_fits_the_budget_at_p90():
         (["--target-size", "1T", "--max-gpus", "8"], "No model of 1000B parameters fits on 8"),
         (["--target-size", "big"], "--target-size must look like 101B"),
         (["--confidence", "1.5"], "--confidence must be between"),
+        (["--max-growth-factor", "0.5"], "--max-growth-factor must be at least 1"),
         (["--global-batch", "0"], "--global-batch must be at least 1"),
         (["--max-days", "0"], "--max-days must be positive"),
         (["--carryover", "2"], "carry-over efficiency must be in (0, 1]"),

@@ -1,0 +1,119 @@
+"""What a plan's own numbers say about the user's choice, written into the plan (`advice`).
+
+Each item is one plain sentence with the figures behind it. An item appears only when its case
+applies: a fixed-size model that beats the plan, a growth that raises the predicted loss, a stage
+held at its floor, a plan without growth, a growth past what the literature measured, and —
+always — which constraint binds and what of the budget is left.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from planner.schedule import Planner, Schedule
+
+# Published function-preserving growth multiplied parameters by ×2 to ×4 per growth (Staged
+# Training, Shen et al. 2022; bert2BERT, Chen et al. 2022; LiGO, Wang et al. 2023; MSG, Yao et al.
+# 2023; stacking, Du et al. 2024): its benefit past ×4 is not measured, so plans stop there by default.
+LITERATURE_GROWTH_FACTORS = (2.0, 4.0)
+DEFAULT_MAX_GROWTH_FACTOR = LITERATURE_GROWTH_FACTORS[1]
+# A constraint binds when the plan uses this much of it.
+BINDS_AT = 0.99
+
+
+@dataclass(frozen=True)
+class Advice:
+    kind: str
+    message: str
+    figures: dict
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def growth_factors(s: Schedule) -> list[float]:
+    return [b.model.params() / a.model.params() for a, b in itertools.pairwise(s.stages)]
+
+
+def raises_loss(s: Schedule) -> bool:
+    """Whether some growth ends its stage above the stage before it ended."""
+    return any(b.loss_end > a.loss_end for a, b in itertools.pairwise(s.stages))
+
+
+def advise(main: Schedule, baselines: list[Schedule], planner: Planner) -> list[Advice]:
+    settings = planner.s
+    out: list[Advice] = []
+    fixed = next((b for b in baselines if b.name == "compute-optimal fixed size"), None)
+    if fixed is not None and fixed.loss < main.loss and len(main.stages) > 1:
+        m = fixed.stages[0].model
+        out.append(Advice("fixed_size_better", (
+            f"A fixed-size {m.params() / 1e9:.1f}B model trained from scratch on {fixed.tokens / 1e9:,.0f}B tokens "
+            f"for the same money predicts a lower loss, {fixed.loss:.3f} against this plan's {main.loss:.3f}; "
+            "growth buys a larger final model here, not a lower loss."),
+            {"fixed_params": m.params(), "fixed_tokens": fixed.tokens, "fixed_loss": fixed.loss,
+             "plan_loss": main.loss}))
+    for k, (a, b) in enumerate(itertools.pairwise(main.stages), start=2):
+        if b.loss_end > a.loss_end:
+            days = b.days(b.layout.global_batch)
+            cost = days * 24 * main.gpus * settings.price_per_gpu_hour
+            out.append(Advice("growth_raises_loss", (
+                f"Growing into stage {k} raises the predicted loss from {a.loss_end:.3f} to {b.loss_end:.3f}, "
+                f"and the stage costs ${cost:,.0f}: stopping at stage {k - 1} would predict better."),
+                {"stage": k, "loss_before": a.loss_end, "loss_after": b.loss_end, "stage_cost_usd": cost}))
+    for k, st in enumerate(main.stages):
+        floor = planner.min_tokens(k, st)
+        step = st.layout.global_batch * st.model.seq
+        if st.tokens <= floor + step:
+            ramp = settings.grow_steps * step if k > 0 else 0.0
+            what = (f"the growth's mask ramp ({settings.grow_steps:,} steps) and {settings.min_steps_after_growth:,} "
+                    f"steps after it, {ramp / st.tokens:.0%} of it under the mask" if k > 0 else
+                    f"{settings.min_first_stage_steps:,} steps")
+            out.append(Advice("stage_at_floor", (
+                f"Stage {k + 1} ({st.model.params() / 1e9:.1f}B) sits at its floor: {what}; the plan would give "
+                "it fewer tokens if it could."),
+                {"stage": k + 1, "tokens": st.tokens, "floor_tokens": floor}))
+    if len(main.stages) == 1:
+        st = main.stages[0]
+        out.append(Advice("no_growth", (
+            f"No growth schedule fits: the plan trains the {st.model.params() / 1e9:.1f}B target from scratch on "
+            f"{st.tokens / 1e9:,.1f}B tokens ({st.tokens / st.model.params():.1f} per parameter)."),
+            {"params": st.model.params(), "tokens": st.tokens}))
+    factors = growth_factors(main)
+    if factors and max(factors) > LITERATURE_GROWTH_FACTORS[1]:
+        out.append(Advice("growth_factor", (
+            f"A single growth multiplies the parameters ×{max(factors):.1f}, past the ×{LITERATURE_GROWTH_FACTORS[0]:g}"
+            f"–{LITERATURE_GROWTH_FACTORS[1]:g} that published growth operators measured; its loss is extrapolated."),
+            {"max_factor": max(factors), "literature": list(LITERATURE_GROWTH_FACTORS)}))
+    out.append(binding(main, planner))
+    return out
+
+
+def binding(main: Schedule, planner: Planner) -> Advice:
+    """Which of money, deadline, GPUs and memory limits the plan, and what of the budget is left."""
+    s = planner.s
+    unspent = max(0.0, s.budget_usd - main.cost_usd * s.cost_factor)
+    binds = []
+    if main.cost_usd * s.cost_factor >= BINDS_AT * s.budget_usd:
+        binds.append("money")
+    if main.days >= BINDS_AT * s.max_days:
+        binds.append("deadline")
+    if main.gpus >= max(planner.cluster_sizes()) and "deadline" in binds:
+        binds.append("GPUs")
+    text = {"money": "the budget", "deadline": f"the {s.max_days:g}-day deadline",
+            "GPUs": f"the {main.gpus}-GPU cap"}
+    if binds == ["money"]:
+        message = f"The budget binds: the plan spends ${main.cost_usd:,.0f} failure-free of ${s.budget_usd:,.0f}"
+        message += (f", keeping ${s.budget_usd - main.cost_usd:,.0f} for failures, restarts and spare nodes."
+                    if s.cost_factor > 1 else ".")
+    elif binds:
+        message = (f"{' and '.join(text[b] for b in binds).capitalize()} bind: ${unspent:,.0f} of the budget is "
+                   "left unspent; raise --max-days or --max-gpus to spend it.")
+    else:
+        message = (f"No constraint binds at its limit; ${unspent:,.0f} of the budget is left, because a larger "
+                   "plan would not fit the GPUs' memory or predict a lower loss.")
+        binds = ["memory" if unspent > 0 else "money"]
+    return Advice("binding", message, {"binds": binds, "unspent_usd": unspent, "cost_usd": main.cost_usd,
+                                       "days": main.days, "gpus": main.gpus})
