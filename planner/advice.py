@@ -43,7 +43,9 @@ def raises_loss(s: Schedule) -> bool:
     return any(b.loss_end > a.loss_end for a, b in itertools.pairwise(s.stages))
 
 
-def advise(main: Schedule, baselines: list[Schedule], planner: Planner) -> list[Advice]:
+def advise(main: Schedule, baselines: list[Schedule], planner: Planner, searched: bool = True) -> list[Advice]:
+    """`searched`: the plan came from the search; a given schedule (FLM-101B's own) is costed as it
+    is, so floors and binding constraints, which describe the search's choice, do not apply."""
     settings = planner.s
     out: list[Advice] = []
     fixed = next((b for b in baselines if b.name == "compute-optimal fixed size"), None)
@@ -51,7 +53,8 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner) -> list[
         m = fixed.stages[0].model
         out.append(Advice("fixed_size_better", (
             f"A fixed-size {m.params() / 1e9:.1f}B model trained from scratch on {fixed.tokens / 1e9:,.0f}B tokens "
-            f"for the same money predicts a lower loss, {fixed.loss:.3f} against this plan's {main.loss:.3f}; "
+            f"within the same budget and deadline predicts a lower loss, {fixed.loss:.3f} against this plan's "
+            f"{main.loss:.3f}; "
             "growth buys a larger final model here, not a lower loss."),
             {"fixed_params": m.params(), "fixed_tokens": fixed.tokens, "fixed_loss": fixed.loss,
              "plan_loss": main.loss}))
@@ -61,9 +64,10 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner) -> list[
             cost = days * 24 * main.gpus * settings.price_per_gpu_hour
             out.append(Advice("growth_raises_loss", (
                 f"Growing into stage {k} raises the predicted loss from {a.loss_end:.3f} to {b.loss_end:.3f}, "
-                f"and the stage costs ${cost:,.0f}: stopping at stage {k - 1} would predict better."),
+                f"and the stage costs ${cost:,.0f}: a final model of {a.model.params() / 1e9:.1f}B would predict "
+                "better for less; this plan is chosen because it reaches the target size at the lowest loss."),
                 {"stage": k, "loss_before": a.loss_end, "loss_after": b.loss_end, "stage_cost_usd": cost}))
-    for k, st in enumerate(main.stages):
+    for k, st in enumerate(main.stages if searched else []):
         floor = planner.min_tokens(k, st)
         step = st.layout.global_batch * st.model.seq
         if st.tokens <= floor + step:
@@ -87,7 +91,13 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner) -> list[
             f"A single growth multiplies the parameters ×{max(factors):.1f}, past the ×{LITERATURE_GROWTH_FACTORS[0]:g}"
             f"–{LITERATURE_GROWTH_FACTORS[1]:g} that published growth operators measured; its loss is extrapolated."),
             {"max_factor": max(factors), "literature": list(LITERATURE_GROWTH_FACTORS)}))
-    out.append(binding(main, planner))
+    if searched:
+        out.append(binding(main, planner))
+    else:
+        out.append(Advice("given_schedule", (
+            f"This schedule is given, not fitted to the budget: it costs ${main.cost_usd:,.0f} failure-free, "
+            f"${settings.budget_usd - main.cost_usd:,.0f} under the ${settings.budget_usd:,.0f} budget."),
+            {"cost_usd": main.cost_usd, "budget_usd": settings.budget_usd}))
     return out
 
 
@@ -109,7 +119,8 @@ def binding(main: Schedule, planner: Planner) -> Advice:
         message += (f", keeping ${s.budget_usd - main.cost_usd:,.0f} for failures, restarts and spare nodes."
                     if s.cost_factor > 1 else ".")
     elif binds:
-        message = (f"{' and '.join(text[b] for b in binds).capitalize()} bind: ${unspent:,.0f} of the budget is "
+        which = " and ".join(text[b] for b in binds)
+        message = (f"{which[0].upper()}{which[1:]} bind: ${unspent:,.0f} of the budget is "
                    "left unspent; raise --max-days or --max-gpus to spend it.")
     else:
         message = (f"No constraint binds at its limit; ${unspent:,.0f} of the budget is left, because a larger "

@@ -298,13 +298,15 @@ def export(
     plan_file: Annotated[Path, typer.Argument(help="A plan written by `flmplan simulate --out`.")],
     to: Annotated[str, typer.Option("--to", help="megatron, torchtitan or slurm.")] = "megatron",
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the exported files.")] = Path("export"),
+    rope_for_xpos: Annotated[bool, typer.Option(
+        "--rope-for-xpos", help="Megatron-LM: export xPos stages as plain rotary (it has no xPos).")] = False,
 ) -> None:
     """Write the plan as Megatron-LM arguments, torchtitan configs or a SLURM script, per stage."""
     from planner.export import export_plan
     from planner.plan import load_plan
 
     plan = load_plan(plan_file)
-    for path in export_plan(plan, to, out_dir, plan_path=str(plan_file)):
+    for path in export_plan(plan, to, out_dir, plan_path=str(plan_file), rope_for_xpos=rope_for_xpos):
         stdout.print(f"wrote {path}")
 
 
@@ -365,12 +367,34 @@ def run(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise FlmplanError(f"--out {out} cannot be created ({err.strerror}).") from None
+    if _finished(out, plan):
+        return
     lock = _lock_run_folder(out)
     try:
         _launch(plan.to_json(), out, nproc, max_restarts, data, dtype, compile, from_scratch)
     finally:
         lock.unlink(missing_ok=True)
     _validate_after_run(out)
+
+
+def _finished(out: Path, plan) -> bool:
+    """A run folder that already finished this plan: say so instead of starting it again."""
+    from planner.plan import plan_fingerprint
+
+    done = out / "DONE.json"
+    if not done.is_file():
+        return False
+    try:
+        record = json.loads(done.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    if not isinstance(record, dict) or record.get("plan_fingerprint") != plan_fingerprint(plan):
+        return False
+    n = record.get("stages")
+    stdout.print(f"Run complete: {n} stage{'' if n == 1 else 's'} in {out} — nothing to do (metrics in "
+                 f"{out / 'metrics.jsonl'}; `flmplan validate {out}` holds it against the plan; a new --out "
+                 "starts another run).")
+    return True
 
 
 def _validate_after_run(out: Path) -> None:

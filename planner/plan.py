@@ -103,6 +103,28 @@ class Plan(Strict):
         return self.model_dump(mode="json", by_alias=True)
 
 
+# The learning-rate schedule of every stage, the runtime's and the exports': linear warm-up over
+# FIRST_WARMUP_STEPS (the first stage) or the growth's lr_rewarm_steps, at most a fifth of the
+# stage, then cosine decay to MIN_LR_FRACTION of the stage's peak.
+FIRST_WARMUP_STEPS = 10
+MIN_LR_FRACTION = 0.1
+
+
+def stage_warmup_steps(stage: PlanStage) -> int:
+    warmup = stage.growth.lr_rewarm_steps if stage.growth else FIRST_WARMUP_STEPS
+    return min(warmup, max(1, stage.steps // 5))
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    """What a checkpoint (or a finished run) must share with the plan that resumes it: each stage's
+    model, layout, steps and growth (not names, predictions or prices)."""
+    import hashlib
+    import json
+
+    keep = [st.model_dump(mode="json", include={"model", "layout", "steps", "growth"}) for st in plan.stages]
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def plan_from_dict(raw: object, origin: str = "plan") -> Plan:
     if isinstance(raw, dict) and raw.get("schema") != PLAN_SCHEMA:
         raise FlmplanError(f"{origin} is not an flmplan plan (no \"schema\": \"{PLAN_SCHEMA}\"); "

@@ -139,6 +139,7 @@ class Planner:
         # Layout searches do not depend on money: a re-plan at another cost factor shares them.
         self._stage_cache: dict[tuple, StageRun | None] = {} if stage_cache is None else stage_cache
         self.evaluated: list[Schedule] = []
+        self.best_without_raise: Schedule | None = None
 
     # --- stages ---------------------------------------------------------------
     def stage(self, model: ModelSpec, gpus: int, global_batch: int | None = None,
@@ -164,6 +165,11 @@ class Planner:
     def usd_per_token(self, st: StageRun, gpus: int) -> float:
         tokens_per_step = st.layout.global_batch * st.model.seq
         return st.step_s / tokens_per_step * gpus * self.s.price_per_gpu_hour / 3600 * self.s.cost_factor
+
+    def affordable_tokens(self, st: StageRun, gpus: int) -> float:
+        """Tokens one fixed-size stage can train for the budget before the deadline."""
+        tokens_per_s = st.layout.global_batch * st.model.seq / st.step_s
+        return min(self.s.budget_usd / self.usd_per_token(st, gpus), self.s.max_days * SECONDS_PER_DAY * tokens_per_s)
 
     def floor_cost_usd(self, stages: list[StageRun], gpus: int) -> float:
         """What a chain costs at its minimum tokens, growth transitions included."""
@@ -277,11 +283,16 @@ class Planner:
                 f"{self.s.target_params / 1e9:.0f}B on {self.s.gpu.key} at ${self.s.price_per_gpu_hour:g}/GPU-hour; "
                 f"the smallest that would work is about ${self.smallest_budget(finals, sizes):,.0f}."
             )
-        # A growth that ends above the stage before it buys nothing; such plans are chosen only
-        # when nothing else fits (and the plan's advice says so).
-        candidates = [s for s in self.evaluated if not raises_loss(s)] or self.evaluated
-        best = min(candidates, key=lambda s: (s.loss, s.days))
-        most = max(candidates, key=lambda s: (s.tokens, -s.loss))
+        best = min(self.evaluated, key=lambda s: (s.loss, s.days))
+        most = max(self.evaluated, key=lambda s: (s.tokens, -s.loss))
+        # A growth that ends above the stage before it makes the model worse for its money. The
+        # plan with the lowest final loss is still chosen (the target size is the user's), with
+        # the best plan free of such a growth beside it, and the advice says which growth it is.
+        clean = [s for s in self.evaluated if not raises_loss(s)]
+        self.best_without_raise = None
+        if raises_loss(best) and clean:
+            self.best_without_raise = self.refine(min(clean, key=lambda s: (s.loss, s.days)))
+            self.best_without_raise.name = "lowest loss without a growth that raises it"
         return self.refine(best), self.refine(most)
 
     def refine(self, sched: Schedule) -> Schedule:
@@ -319,7 +330,7 @@ class Planner:
         if st is None:
             return None
         return self.fixed("target from scratch, same money", [final],
-                          [self.s.budget_usd / self.usd_per_token(st, gpus)], gpus)
+                          [self.affordable_tokens(st, gpus)], gpus)
 
     def compute_optimal(self, base: ModelSpec, gpus: int) -> Schedule | None:
         """The fixed-size model of the family with the lowest predicted loss for the budget: sizes
@@ -330,7 +341,7 @@ class Planner:
             st = self.stage(m, gpus, coarse=True)
             if st is None:
                 continue
-            tokens = self.s.budget_usd / self.usd_per_token(st, gpus)
+            tokens = self.affordable_tokens(st, gpus)
             loss = self.loss_model.stage_losses([m.params()], [tokens], [0.0])[-1]
             if loss < best_loss:
                 best, best_loss = m, loss
@@ -339,8 +350,7 @@ class Planner:
         st = self.stage(best, gpus)
         if st is None:
             return None
-        return self.fixed("compute-optimal fixed size", [best], [self.s.budget_usd / self.usd_per_token(st, gpus)],
-                          gpus)
+        return self.fixed("compute-optimal fixed size", [best], [self.affordable_tokens(st, gpus)], gpus)
 
 
 def _simplex_grid(k: int, n: int) -> np.ndarray:

@@ -148,6 +148,8 @@ def _plan_once(settings: Settings, profile: Profile, loss_model: GrowthLossModel
         alternatives = [most] if most.stages != main.stages else []
         for a in alternatives:
             a.name = "most tokens for the money"
+        if planner.best_without_raise is not None:
+            alternatives.append(planner.best_without_raise)
         searched = planner.evaluated
     else:
         raise FlmplanError(f"--schedule must be auto or flm, got {schedule!r}.")
@@ -161,7 +163,7 @@ def _plan_once(settings: Settings, profile: Profile, loss_model: GrowthLossModel
     plan = build_plan(main, settings, profile, loss_model, baselines, alternatives,
                       objective="FLM-101B's own schedule" if schedule == "flm" else
                       "lowest predicted final loss within the budget")
-    plan.advice = [a.to_json() for a in advise(main, baselines, planner)]
+    plan.advice = [a.to_json() for a in advise(main, baselines, planner, searched=schedule != "flm")]
     return PlanResult(plan=plan, main=main, baselines=baselines, alternatives=alternatives, searched=searched)
 
 

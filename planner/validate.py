@@ -6,7 +6,7 @@ tokens/s, MFU and peak memory beside what the cost model predicts for that stage
 layout on the run's own device and process count, from a profile of that device.
 
 The first logging window of each stage after every (re)start is warm-up (compilation, the
-allocator, the optimizer's first state) and is left out, with at least WARMUP_STEPS steps.
+allocator, the optimizer's first state) and is left out, with at least TIMING_WARMUP_STEPS steps.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from planner.errors import FlmplanError
 from planner.plan import Plan, load_plan
 from profiles.schema import Profile, builtin_profile
 
-WARMUP_STEPS = 2
+TIMING_WARMUP_STEPS = 2
 DEFAULT_TOLERANCE = 0.15
 
 
@@ -102,14 +102,14 @@ def read_run(folder: Path) -> RunRecord:
 
 def steady_steps(records: list[dict]) -> tuple[list[dict], int]:
     """The records of one stage without warm-up: the first logging window (records that share one
-    timing) of each (re)start, and at least WARMUP_STEPS steps of it; returns (steady, left out)."""
+    timing) of each (re)start, and at least TIMING_WARMUP_STEPS steps of it; returns (steady, left out)."""
     steady, dropped = [], 0
     by_start: dict[int, list[dict]] = {}
     for r in records:
         by_start.setdefault(r["_start"], []).append(r)
     for recs in by_start.values():
         i = 0
-        while i < len(recs) and (i < WARMUP_STEPS or recs[i]["step_s"] == recs[i - 1]["step_s"]):
+        while i < len(recs) and (i < TIMING_WARMUP_STEPS or recs[i]["step_s"] == recs[i - 1]["step_s"]):
             i += 1
         steady += recs[i:]
         dropped += i

@@ -1,8 +1,12 @@
 """`flmplan simulate` and `flmplan export`: the plan contract, the FLM-101B reproduction, the
 budget constraint, and one clear sentence with exit 2 for bad input."""
 
+import argparse
 import itertools
 import json
+import shlex
+import subprocess
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -155,7 +159,8 @@ def test_small_budget_names_the_smallest_that_works():
 def test_export_formats(tmp_path, flm_plan):
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(flm_plan.to_json()))
-    r = runner.invoke(app, ["export", str(path), "--to", "megatron", "--out-dir", str(tmp_path / "m")])
+    r = runner.invoke(app, ["export", str(path), "--to", "megatron", "--out-dir", str(tmp_path / "m"),
+                            "--rope-for-xpos"])
     assert r.exit_code == 0, r.output
     args = (tmp_path / "m" / "stage3.megatron.args").read_text()
     for flag in ("--tensor-model-parallel-size 4", "--pipeline-model-parallel-size 4", "--sequence-parallel",
@@ -171,33 +176,85 @@ def test_export_formats(tmp_path, flm_plan):
     assert par["data_parallel_replicate_degree"] * par["data_parallel_shard_degree"] * 4 * 2 == 192
     r = runner.invoke(app, ["export", str(path), "--to", "slurm", "--out-dir", str(tmp_path / "s")])
     script = (tmp_path / "s" / "flmplan.sbatch").read_text()
-    assert "#SBATCH --nodes=24" in script and "--rdzv-backend=c10d" in script and "torchrun" in script
+    # 24 working nodes and the simulation's one spare; data required; checkpoints at the
+    # simulation's interval in the slowest stage's steps.
+    spares = flm_plan.simulation["spare_nodes"]
+    assert f"#SBATCH --nodes={24 + spares}" in script and "srun --nodes=24" in script
+    assert '--data "$DATA"' in script and ': "${DATA:?' in script
+    interval = flm_plan.simulation["checkpoint_interval_min"] * 60
+    every = min(max(1, round(interval / st.predicted.step_s)) for st in flm_plan.stages)
+    assert f"--checkpoint-every {every}" in script and "--rdzv-backend=c10d" in script
+    subprocess.run(["bash", "-n", str(tmp_path / "s" / "flmplan.sbatch")], check=True)
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("{nope", "is not valid JSON"),
-        ('{"schema": "other"}', "is not an flmplan plan"),
-        ('{"schema": "flmplan-plan", "version": 1, "stages": []}', "is not a valid plan"),
-    ],
-)
-def test_export_refuses_malformed_plans(tmp_path, text, message):
-    f = tmp_path / "plan.json"
-    f.write_text(text)
-    r = runner.invoke(app, ["export", str(f), "--to", "slurm"])
-    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+MEGATRON = json.loads((Path(__file__).parent / "data/megatron_args.json").read_text())
+# TransformerConfig.__post_init__'s allowed recompute modules at the same commit
+# (megatron/core/transformer/transformer_config.py).
+MEGATRON_RECOMPUTE_MODULES = {"core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts",
+                              "gdn_norm_out", "gdp_in_proj", "gdp_qkv", "mhc"}
 
 
-def test_export_unknown_target(tmp_path, flm_plan):
-    path = tmp_path / "plan.json"
-    path.write_text(json.dumps(flm_plan.to_json()))
-    r = runner.invoke(app, ["export", str(path), "--to", "nemo"])
-    assert r.exit_code == 2 and "--to must be one of" in r.output
+def megatron_parser() -> argparse.ArgumentParser:
+    """Megatron-LM's own parser, rebuilt from its options at the commit tests/data names."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    for o in MEGATRON["options"]:
+        if not o["takes_value"]:
+            parser.add_argument(*o["flags"], action="store_true")
+        else:
+            parser.add_argument(*o["flags"], nargs=o["nargs"], choices=o["choices"])
+    return parser
 
 
-def test_deadline_is_respected():
-    r = runner.invoke(app, ["simulate", "--budget", "100000", "--max-days", "12", "--json", "--trials", "20"])
+def parse_megatron(text: str) -> argparse.Namespace:
+    words = shlex.split(" ".join(line for line in text.splitlines() if not line.startswith("#")).replace("\\", ""))
+    try:
+        return megatron_parser().parse_args(words)
+    except SystemExit:
+        pytest.fail(f"Megatron-LM {MEGATRON['commit'][:7]} refuses: {words}")
+
+
+@pytest.fixture(scope="module")
+def plan_300k(tmp_path_factory):
+    out = tmp_path_factory.mktemp("p300") / "plan.json"
+    r = runner.invoke(app, ["simulate", "--budget", "300000", "--out", str(out), "--trials", "50"])
     assert r.exit_code == 0, r.output
-    totals = json.loads(r.stdout)["totals"]
-    assert totals["days"] <= 12.0 and totals["cost_usd"] <= 100_000
+    return out
+
+
+def test_megatron_exports_parse_with_megatron_lms_parser(tmp_path, flm_plan, auto_plan, plan_300k):
+    plans = {"flm": flm_plan, "auto": auto_plan, "300k": load_plan(plan_300k)}
+    for name, plan in plans.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(plan.to_json()))
+        r = runner.invoke(app, ["export", str(path), "--to", "megatron", "--out-dir", str(tmp_path / name)])
+        assert r.exit_code == 2 and "xPos" in r.output and not (tmp_path / name).exists()
+        r = runner.invoke(app, ["export", str(path), "--to", "megatron", "--out-dir", str(tmp_path / name),
+                                "--rope-for-xpos"])
+        assert r.exit_code == 0, r.output
+        for k, st in enumerate(plan.stages):
+            args = parse_megatron((tmp_path / name / f"stage{k + 1}.megatron.args").read_text())
+            lay = st.layout
+            assert int(args.train_iters) == st.steps          # iteration 0 at each stage (pretrained start)
+            assert (args.pretrained_checkpoint is not None) == (k > 0)
+            assert args.save == args.load == f"checkpoints/stage{k + 1}" and int(args.save_interval) >= 1
+            assert args.attention_backend == ("flash" if lay.attention == "flash" else "unfused")
+            assert not args.use_flash_attn
+            if lay.recompute == "selective":
+                assert args.recompute_granularity == "selective"
+                assert set(args.recompute_modules) <= MEGATRON_RECOMPUTE_MODULES
+                assert "layernorm" in args.recompute_modules or lay.attention == "unfused"
+            assert args.use_distributed_optimizer == (lay.zero == 1)
+            assert args.use_megatron_fsdp == (lay.zero >= 2)
+            if lay.zero >= 2:
+                assert args.data_parallel_sharding_strategy == ("optim_grads_params" if lay.zero == 3
+                                                                else "optim_grads")
+            assert float(args.min_lr) == pytest.approx(0.1 * st.lr)
+
+
+def test_megatron_refuses_what_it_cannot_express(tmp_path):
+    """Megatron-LM has no xPos: refused in one sentence naming the field, nothing written."""
+    plan = Path(__file__).resolve().parents[1] / "runtime/data/tiny_one_stage.json"
+    r = runner.invoke(app, ["export", str(plan), "--to", "megatron", "--out-dir", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp_path / "m").exists()
+    text = " ".join(r.output.split())
+    assert "xPos (model.position)" in text and "--rope-for-xpos" in text

@@ -193,3 +193,22 @@ def test_tiny_scale_keeps_grouped_query_attention():
     for st in tiny.stages:
         assert st.model.kv_heads is not None and st.model.heads == 4 * st.model.kv_heads
         assert st.model.kv_heads % 2 == 0
+
+
+def test_a_finished_run_is_recognised_and_not_started_again(tmp_path):
+    """`flmplan run` on a folder whose DONE.json names this plan says so and starts nothing."""
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+    from planner.plan import load_plan, plan_fingerprint
+
+    plan_path = Path(__file__).resolve().parents[1] / "runtime/data/tiny_one_stage.json"
+    out = tmp_path / "run"
+    out.mkdir()
+    done = {"stages": 1, "plan_fingerprint": plan_fingerprint(load_plan(plan_path))}
+    (out / "DONE.json").write_text(json.dumps(done))
+    r = CliRunner().invoke(app, ["run", str(plan_path), "--nproc", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "Run complete: 1 stage in" in text and "nothing to do" in text
+    assert not (out / "metrics.jsonl").exists()
