@@ -245,8 +245,17 @@ def simulate(
         checkpoint_interval_min=checkpoint_interval_min, interval_rule=checkpoint_rule, spare_fraction=spare_fraction,
         spot_preemptions_per_day=spot_per_day, spot_notice_min=spot_notice_min)
     prof = _load_profile_for(spec.key, profile)
-    result = plan_budget(settings, prof, loss_model, schedule, failures=failures, trials=trials, seed=seed,
-                         confidence=confidence, gantt=report is not None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                  TimeRemainingColumn(), console=stderr, transient=True, disable=as_json) as bar:
+        task = bar.add_task("searching growth schedules", total=1.0)
+
+        def progress(what: str, share: float) -> None:
+            bar.update(task, description=what, completed=share)
+
+        result = plan_budget(settings, prof, loss_model, schedule, failures=failures, trials=trials, seed=seed,
+                             confidence=confidence, gantt=report is not None, progress=progress)
     if out:
         save_plan(result.plan, out)
     if report:

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from planner.case import Case
 from planner.search import SearchResult
+from planner.specs import LAYOUT_LEGEND
 
 _LAYOUT_FIELDS = ("tp", "pp", "dp", "micro_batch", "recompute", "sequence_parallel", "interleave", "zero")
 
@@ -64,8 +65,10 @@ def print_estimate(console: Console, case: Case, result: SearchResult, costliest
         f"{est.cluster.gpus} × {est.cluster.gpu.key}; profile {est.profile_name}"
     )
     chosen = chosen_fields(case, result)
-    note = f" (searched {result.considered} layouts; chose {chosen})" if chosen else ""
+    picked = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in chosen.items())
+    note = f" (searched {result.considered} layouts; chose {picked})" if chosen else ""
     console.print(f"layout: {est.layout.describe()}{note}")
+    console.print(f"[dim]{LAYOUT_LEGEND}[/]")
     console.print(software_line(case, costliest))
 
     t = Table(title="Predicted step", show_header=True, header_style="bold")
@@ -106,7 +109,7 @@ def print_plan(console: Console, plan, searched: int = 0) -> None:
     t = Table(title="Stages", header_style="bold")
     for col in ("stage", "layers×hidden", "grown by", "tokens", "days", "cost", "loss"):
         t.add_column(col, justify="left" if col in ("stage", "layers×hidden", "grown by") else "right")
-    lay_t = Table(title="Parallel layout per stage (tp·pp·dp)", header_style="bold")
+    lay_t = Table(title="Parallel layout per stage", header_style="bold")
     for col in ("stage", "layout", "TFLOP/s", "MFU", "memory", "step"):
         lay_t.add_column(col, justify="left" if col in ("stage", "layout") else "right")
     for k, st in enumerate(plan.stages):
@@ -115,14 +118,15 @@ def print_plan(console: Console, plan, searched: int = 0) -> None:
                          if d in ("hidden", "layers")) if st.growth else ""
         t.add_row(f"{k + 1}. {st.name}", f"{m.layers}×{m.hidden}", grown, f"{st.tokens / 1e9:,.1f}B",
                   f"{p.days:.2f}", f"${p.cost_usd:,.0f}", f"{p.loss_end:.3f}" if p.loss_end is not None else "")
-        lay_t.add_row(f"{k + 1}. {st.name}", _layout_text(st.layout), f"{p.tflops_per_gpu_hfu:.0f}", f"{p.mfu:.1%}",
+        lay_t.add_row(f"{k + 1}. {st.name}", st.layout.describe(), f"{p.tflops_per_gpu_hfu:.0f}", f"{p.mfu:.1%}",
                       f"{p.memory_gib_per_gpu:.0f} GiB", f"{p.step_s:.1f} s")
     tot = plan.totals
     t.add_row("[bold]total[/]", "", "", f"{tot.tokens / 1e9:,.1f}B", f"{tot.days:.2f}", f"${tot.cost_usd:,.0f}",
               f"{tot.predicted_loss:.3f}")
     console.print(t)
     console.print(lay_t)
-    console.print("[dim]TFLOP/s per GPU HFU-style (recompute counted); MFU counts model FLOPs only.[/]")
+    console.print(f"[dim]{LAYOUT_LEGEND} TFLOP/s per GPU HFU-style (recompute counted); MFU counts model FLOPs "
+                  "only.[/]")
     if opened := plan.assumptions.get("open_software_facts"):
         facts = ", ".join(f"{k} = {v}" for k, v in opened["facts_at_costliest"].items())
         (d0, d1, d2), (c0, c1, c2) = opened["days"], opened["cost_usd"]
@@ -188,18 +192,6 @@ def print_simulation(console: Console, sim: dict) -> None:
         console.print(f"Planned so the budget holds at P{sim['confidence'] * 100:.0f} of the simulated cost "
                       f"(${sim['cost_at_confidence']:,.0f}; {sim['replans']} re-plans): "
                       + ("met." if sim["confidence_met"] else "[red]not met (see the advice)[/]."))
-
-
-def _layout_text(lay) -> str:
-    parts = [f"{lay.tp}·{lay.pp}·{lay.dp} mb{lay.micro_batch}"]
-    if lay.interleave > 1:
-        parts.append(f"v{lay.interleave}")
-    if lay.sequence_parallel:
-        parts.append("sp")
-    parts.append(f"z{lay.zero}")
-    if lay.recompute != "none":
-        parts.append(f"rc:{lay.recompute}")
-    return " ".join(parts)
 
 
 def print_validation(console: Console, run, profile, checks, tolerance: float) -> None:

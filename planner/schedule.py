@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,8 +133,9 @@ class Planner:
     """Holds the caches of one `simulate` call: a layout search per (shape, GPUs, batch)."""
 
     def __init__(self, settings: Settings, profile: Profile, loss_model: GrowthLossModel,
-                 stage_cache: dict | None = None) -> None:
+                 stage_cache: dict | None = None, progress: Callable[[float], None] | None = None) -> None:
         self.s = settings
+        self.progress = progress or (lambda done: None)   # the search's share done, 0–1
         self.profile = profile
         self.loss_model = loss_model
         # Layout searches do not depend on money: a re-plan at another cost factor shares them.
@@ -261,8 +263,10 @@ class Planner:
         finals = final_shapes(base, self.s.target_params)
         sizes = self.cluster_sizes()
         fits_anywhere = False
-        for final in finals:
-            for gpus in sizes:
+        pairs = len(finals) * len(sizes)
+        for i, final in enumerate(finals):
+            for j, gpus in enumerate(sizes):
+                self.progress((i * len(sizes) + j) / pairs)
                 if self.stage(final, gpus, coarse=True) is None:
                     continue
                 fits_anywhere = True

@@ -63,17 +63,21 @@ MAX_REPLANS = 8
 
 def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossModel, schedule: str = "auto",
                 failures: FailureModel | None = None, trials: int = 1000, seed: int = 0,
-                confidence: float | None = DEFAULT_CONFIDENCE, gantt: bool = False) -> PlanResult:
+                confidence: float | None = DEFAULT_CONFIDENCE, gantt: bool = False,
+                progress=None) -> PlanResult:
     """Plan, then simulate the run with failures. With `confidence` (default 0.9) the plan is made
     again, at a cost factor raised by the shortfall, until its simulated cost at that quantile fits
-    the budget; `None` plans to the failure-free cost. FLM-101B's own schedule is costed, not fitted."""
+    the budget; `None` plans to the failure-free cost. FLM-101B's own schedule is costed, not fitted.
+    `progress(what, share)` hears how far the search has come."""
     failures = failures or FailureModel()
     if confidence is not None and not 0.5 <= confidence < 1:
         raise FlmplanError(f"--confidence must be between 0.5 and 1, got {confidence}.")
     if schedule == "flm":                  # FLM-101B's own run: its software, as its sources state it
         settings = dataclasses.replace(settings, software=flm_software())
     cache: dict = {}
-    result = _plan_once(settings, profile, loss_model, schedule, cache)
+    say = progress or (lambda what, share: None)
+    result = _plan_once(settings, profile, loss_model, schedule, cache, lambda share: say("searching", share))
+    say("simulating runs with failures", 1.0)
     summary = simulate_schedule(result.main, failures, trials, seed)
     fitting = confidence is not None and schedule != "flm"
     replans = 0
@@ -83,6 +87,7 @@ def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossMode
             break
         factor = settings.cost_factor * quantile_cost / settings.budget_usd * 1.002
         settings = dataclasses.replace(settings, cost_factor=factor)
+        say(f"re-planning to fit P{confidence * 100:.0f}", 1.0)
         result = _plan_once(settings, profile, loss_model, schedule, cache)
         summary = simulate_schedule(result.main, failures, trials, seed)
         replans += 1
@@ -135,8 +140,8 @@ def _open_facts_range(result: PlanResult, settings: Settings, profile: Profile,
 
 
 def _plan_once(settings: Settings, profile: Profile, loss_model: GrowthLossModel, schedule: str,
-               stage_cache: dict | None = None) -> PlanResult:
-    planner = Planner(settings, profile, loss_model, stage_cache)
+               stage_cache: dict | None = None, progress=None) -> PlanResult:
+    planner = Planner(settings, profile, loss_model, stage_cache, progress)
     base = flm_base()
     flm = flm_schedule(planner)
     if schedule == "flm":

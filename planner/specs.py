@@ -255,6 +255,7 @@ class Layout:
         return asdict(self)
 
     def describe(self) -> str:
+        """The one notation of a layout in flmplan's output (LAYOUT_LEGEND says what it means)."""
         parts = [f"tp{self.tp}", f"pp{self.pp}", f"dp{self.dp}", f"mb{self.micro_batch}"]
         if self.interleave > 1:
             parts.append(f"v{self.interleave}")
@@ -262,6 +263,11 @@ class Layout:
             parts.append("sp")
         parts += [f"zero{self.zero}", f"rc:{self.recompute}"]
         return " ".join(parts)
+
+
+LAYOUT_LEGEND = ("Layouts: tp, pp, dp = tensor-, pipeline- and data-parallel degrees; mb = sequences per "
+                 "micro-batch; v = pipeline chunks per GPU (interleaving); sp = sequence parallelism; zero = ZeRO "
+                 "stage (1 optimizer state, 2 + gradients, 3 + weights sharded over dp); rc = activation recompute.")
 
 
 def validate_layout(model: ModelSpec, cluster: ClusterSpec, layout: Layout) -> None:
