@@ -151,25 +151,33 @@ def _refit(runs: list[Path], holdout: list[Path], base_path: Path | None, out: P
 @app.command()
 @_user_errors
 def estimate(
-    case_file: Annotated[Path, typer.Argument(help="Case file (JSON: model, cluster, layout; see examples/).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for programs.")] = False,
+    case_files: Annotated[list[Path], typer.Argument(
+        help="Case file(s) (JSON: model, cluster, layout; see examples/); several give one table.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (a list for several files).")] = False,
     profile: Annotated[Path | None, typer.Option(help="Profile JSON (default: built-in one of the GPU).")] = None,
     dtype: Annotated[str, typer.Option(help="Training dtype; a --profile must have been measured in it.")] = "bf16",
 ) -> None:
-    """Step time, throughput and memory of one layout; null layout fields are searched."""
+    """Step time, throughput and memory of a layout; null layout fields are searched."""
     from planner.case import load_case
-    from planner.report import estimate_json, print_estimate
+    from planner.report import estimate_json, print_estimate, print_estimates
     from planner.search import estimate_case
 
-    case = load_case(case_file)
-    case.cluster_spec()
-    prof = _load_profile_for(case.cluster.gpu, profile, dtype)
-    result = estimate_case(case, prof)
-    costliest = estimate_case(case, prof, costliest=True) if case.software.unstated_costliest else None
+    cases = [load_case(f) for f in case_files]         # every file read and checked before any costing
+    for case in cases:
+        case.cluster_spec()
+    rows = []
+    for case in cases:
+        prof = _load_profile_for(case.cluster.gpu, profile, dtype)
+        result = estimate_case(case, prof)
+        costliest = estimate_case(case, prof, costliest=True) if case.software.unstated_costliest else None
+        rows.append((case, result, costliest))
     if as_json:
-        print(json.dumps(estimate_json(case, result, costliest), indent=1))
+        out = [estimate_json(*row) for row in rows]
+        print(json.dumps(out[0] if len(out) == 1 else out, indent=1))
+    elif len(rows) == 1:
+        print_estimate(stdout, *rows[0])
     else:
-        print_estimate(stdout, case, result, costliest)
+        print_estimates(stdout, rows)
 
 
 @app.command()
@@ -306,7 +314,8 @@ def validate(
 def export(
     plan_file: Annotated[Path, typer.Argument(help="A plan written by `flmplan simulate --out`.")],
     to: Annotated[str, typer.Option("--to", help="megatron, torchtitan or slurm.")] = "megatron",
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder for the exported files.")] = Path("export"),
+    out_dir: Annotated[Path, typer.Option(
+        "--out", "--out-dir", help="Folder for the exported files (--out-dir is the old name).")] = Path("export"),
     rope_for_xpos: Annotated[bool, typer.Option(
         "--rope-for-xpos", help="Megatron-LM: export xPos stages as plain rotary (it has no xPos).")] = False,
 ) -> None:

@@ -94,6 +94,19 @@ def print_estimate(console: Console, case: Case, result: SearchResult, costliest
     console.print(b)
 
 
+def print_estimates(console: Console, rows: list) -> None:
+    """Several case files, one row each: (case, result, costliest) as `estimate` made them."""
+    t = Table(title="Estimates", header_style="bold")
+    for col in ("case", "GPUs", "layout", "step s", "TFLOP/s", "MFU", "memory"):
+        t.add_column(col, justify="left" if col in ("case", "layout") else "right")
+    for case, result, _ in rows:
+        e = result.best
+        t.add_row(case.name, f"{e.cluster.gpus} × {e.cluster.gpu.key}", e.layout.describe(), f"{e.iteration_s:.3g}",
+                  f"{e.tflops_per_gpu_hfu:.0f}", f"{e.mfu:.1%}", f"{e.memory_gib_per_gpu:.0f} GiB")
+    console.print(t)
+    console.print(f"[dim]{LAYOUT_LEGEND} TFLOP/s per GPU HFU-style (recompute counted).[/]")
+
+
 def _fmt(value: float | None, pattern: str) -> str:
     return pattern.format(value) if value is not None else ""
 
@@ -189,8 +202,9 @@ def print_simulation(console: Console, sim: dict) -> None:
         f"failures per 1000 node-days, restart {sim['restart_min']:g} min, {sim['spare_nodes']} spare node(s)"
     )
     if "confidence" in sim:
+        replans = f"{sim['replans']} re-plan{'' if sim['replans'] == 1 else 's'}"
         console.print(f"Planned so the budget holds at P{sim['confidence'] * 100:.0f} of the simulated cost "
-                      f"(${sim['cost_at_confidence']:,.0f}; {sim['replans']} re-plans): "
+                      f"(${sim['cost_at_confidence']:,.0f}; {replans}): "
                       + ("met." if sim["confidence_met"] else "[red]not met (see the advice)[/]."))
 
 

@@ -116,3 +116,16 @@ def test_estimate_says_which_software_facts_it_assumed():
     out = json.loads(runner.invoke(app, ["estimate", str(ROOT / "examples/flm101b-101B.json"), "--json"]).stdout)
     assert out["software"] == {"flash_attention": 2, "overlap_grad_reduce": False, "dropout": 0.0}
     assert out["open_software_at_costliest"]["iteration_s"] > out["iteration_s"]
+
+
+def test_estimate_over_several_case_files():
+    files = sorted(str(p) for p in (ROOT / "examples").glob("*.json"))
+    r = runner.invoke(app, ["estimate", *files, "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert isinstance(out, list) and len(out) == len(files)
+    assert all(set(KEYS) <= set(row) for row in out)
+    r = runner.invoke(app, ["estimate", *files])
+    assert r.exit_code == 0 and "Estimates" in r.stdout and "Layouts: tp, pp, dp" in " ".join(r.stdout.split())
+    r = runner.invoke(app, ["estimate", files[0], "missing.json"])
+    assert r.exit_code == 2 and "Cannot read case file missing.json" in r.output
