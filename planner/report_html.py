@@ -1,5 +1,7 @@
-"""The plan as an HTML page (plotly): timeline, cost breakdown, loss against compute, the
-plans searched, and (with the run simulation) each stage's pipeline Gantt and the cost histogram."""
+"""The plan as an HTML page (plotly): the tables of the console (stages and their layouts,
+alternatives and baselines, advice, assumptions), then the timeline, cost breakdown, loss against
+compute, the plans searched, and (with the run simulation) each stage's pipeline Gantt and the
+cost histogram."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import plotly.graph_objects as go
 
 from planner.loss import GrowthLossModel, ScalingLaw
 from planner.schedule import Schedule
+from planner.specs import LAYOUT_LEGEND
 
 _PART_NAMES = {"compute_s": "compute", "recompute_s": "recompute", "tp_comm_s": "TP comm", "pp_comm_s": "PP comm",
                "bubble_s": "pipeline bubble", "dp_comm_s": "DP comm", "optimizer_s": "optimizer"}
@@ -101,6 +104,42 @@ def cost_histogram(costs: list[float], budget: float) -> go.Figure:
     return fig
 
 
+def _plain(value) -> str:
+    """A nested assumption in words: "key value; …" for tables, items joined for lists."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k.replace('_', ' ')} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<h2>{html.escape(title)}</h2><table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def plan_tables(plan) -> str:
+    """The plan's stages with their layouts, the alternatives and baselines, and the assumptions."""
+    stages = [[f"{k + 1}. {st.name}", f"{st.model.layers}×{st.model.hidden}", f"{st.tokens / 1e9:,.1f}B",
+               f"{st.predicted.days:.2f}", f"${st.predicted.cost_usd:,.0f}", f"{st.predicted.loss_end:.3f}",
+               st.layout.describe(), f"{st.predicted.tflops_per_gpu_hfu:.0f}", f"{st.predicted.mfu:.1%}",
+               f"{st.predicted.memory_gib_per_gpu:.0f} GiB", f"{st.predicted.step_s:.1f} s"]
+              for k, st in enumerate(plan.stages)]
+    others = [[b.name, " → ".join(x.split(" (")[-1].rstrip(")") for x in b.shapes), b.gpus,
+               f"{b.tokens / 1e9:,.1f}B", f"{b.days:.2f}", f"${b.cost_usd:,.0f}", f"{b.predicted_loss:.3f}"]
+              for b in [*plan.alternatives, *plan.baselines]]
+    assumptions = [[k.replace("_", " "), _plain(v)] for k, v in plan.assumptions.items()]
+    return (_table("Stages", ["stage", "layers×hidden", "tokens", "days", "cost", "loss", "layout", "TFLOP/s",
+                              "MFU", "memory", "step"], stages)
+            + f"<p><small>{html.escape(LAYOUT_LEGEND)}</small></p>"
+            + _table("Alternatives and baselines (same hardware and price)",
+                     ["", "stages", "GPUs", "tokens", "days", "cost", "loss"], others)
+            + _table("Assumptions", ["", "value"], assumptions))
+
+
 def write_report(result, path: str | Path) -> Path:
     """result: planner.simulate.PlanResult."""
     plan, main = result.plan, result.main
@@ -128,9 +167,11 @@ def write_report(result, path: str | Path) -> Path:
             "they are a model, not a measurement.</i></p>"
             + ("<h2>Advice</h2><ul>" + "".join(f"<li>{html.escape(a['message'])}</li>" for a in plan.advice)
                + "</ul>" if plan.advice else ""))
+    head += plan_tables(plan)
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>flmplan report</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}</style></head><body>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"
             + head + "".join(parts) + "</body></html>")
     path = Path(path)
     path.write_text(page)

@@ -258,3 +258,17 @@ def test_megatron_refuses_what_it_cannot_express(tmp_path):
     assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp_path / "m").exists()
     text = " ".join(r.output.split())
     assert "xPos (model.position)" in text and "--rope-for-xpos" in text
+
+
+def test_report_has_the_tables_of_the_console(tmp_path):
+    out = tmp_path / "report.html"
+    r = runner.invoke(app, ["simulate", "--budget", "100000", "--schedule", "flm", "--trials", "20", "--report",
+                            str(out)])
+    assert r.exit_code == 0, r.output
+    page = out.read_text()
+    for title in ("Stages", "Alternatives and baselines", "Assumptions", "Advice"):
+        assert f"<h2>{title}" in page
+    # Each stage's layout in the one notation, and no Python dict in the assumptions.
+    assert "tp4 pp4 dp12" in page and "Layouts: tp, pp, dp" in page
+    assumptions = page.split("<h2>Assumptions</h2>")[1].split("</table>")[0]
+    assert "{'" not in assumptions and "loss model" in assumptions
