@@ -60,8 +60,7 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner, searched
              "plan_loss": main.loss}))
     for k, (a, b) in enumerate(itertools.pairwise(main.stages), start=2):
         if b.loss_end > a.loss_end:
-            days = b.days(b.layout.global_batch)
-            cost = days * 24 * main.gpus * settings.price_per_gpu_hour
+            cost = main.stage_cost_usd(b)
             out.append(Advice("growth_raises_loss", (
                 f"Growing into stage {k} raises the predicted loss from {a.loss_end:.3f} to {b.loss_end:.3f}, "
                 f"and the stage costs ${cost:,.0f}: a final model of {a.model.params() / 1e9:.1f}B would predict "

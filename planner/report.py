@@ -94,6 +94,11 @@ def print_estimate(console: Console, case: Case, result: SearchResult, costliest
     console.print(b)
 
 
+def baseline_stages(row) -> str:
+    """A baseline's or alternative's stages by size: "15.8B → 51.4B → 101.7B"."""
+    return " → ".join(x.split(" (")[-1].rstrip(")") for x in row.shapes)
+
+
 def print_estimates(console: Console, rows: list) -> None:
     """Several case files, one row each: (case, result, costliest) as `estimate` made them."""
     t = Table(title="Estimates", header_style="bold")
@@ -163,7 +168,7 @@ def print_plan(console: Console, plan, searched: int = 0) -> None:
                   f"{tot.predicted_loss:.3f}")
         for row, kind in rows:
             b.add_row(f"{row.name}" + (" (alt.)" if kind == "alternative" else ""),
-                      " → ".join(x.split(" (")[-1].rstrip(")") for x in row.shapes), str(row.gpus),
+                      baseline_stages(row), str(row.gpus),
                       f"{row.tokens / 1e9:,.1f}B", f"{row.days:.2f}", f"${row.cost_usd:,.0f}",
                       f"{row.predicted_loss:.3f}")
         console.print(b)

@@ -11,6 +11,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from planner.loss import GrowthLossModel, ScalingLaw
+from planner.report import baseline_stages
 from planner.schedule import Schedule
 from planner.specs import LAYOUT_LEGEND
 
@@ -128,7 +129,7 @@ def plan_tables(plan) -> str:
                st.layout.describe(), f"{st.predicted.tflops_per_gpu_hfu:.0f}", f"{st.predicted.mfu:.1%}",
                f"{st.predicted.memory_gib_per_gpu:.0f} GiB", f"{st.predicted.step_s:.1f} s"]
               for k, st in enumerate(plan.stages)]
-    others = [[b.name, " → ".join(x.split(" (")[-1].rstrip(")") for x in b.shapes), b.gpus,
+    others = [[b.name, baseline_stages(b), b.gpus,
                f"{b.tokens / 1e9:,.1f}B", f"{b.days:.2f}", f"${b.cost_usd:,.0f}", f"{b.predicted_loss:.3f}"]
               for b in [*plan.alternatives, *plan.baselines]]
     assumptions = [[k.replace("_", " "), _plain(v)] for k, v in plan.assumptions.items()]

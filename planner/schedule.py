@@ -116,6 +116,9 @@ class Schedule:
     def days(self) -> float:
         return sum(self.stage_days()) + self.transitions * self.settings.transition_hours / 24
 
+    def stage_cost_usd(self, st: StageRun) -> float:
+        return st.days(st.layout.global_batch) * 24 * self.gpus * self.settings.price_per_gpu_hour
+
     @property
     def gpu_hours(self) -> float:
         return self.days * 24 * self.gpus

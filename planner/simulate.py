@@ -93,7 +93,6 @@ def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossMode
         replans += 1
     costs = [t.cost_usd for t in summary.trials]
     sim = summary.to_dict(keep_costs=False)
-    sim["p_within_budget"] = sum(c <= settings.budget_usd for c in costs) / len(costs)
     if confidence is not None:
         reached = summary.quantile(costs, confidence)
         sim.update(confidence=confidence, cost_at_confidence=reached, replans=replans,
@@ -243,7 +242,7 @@ def build_plan(s: Schedule, settings: Settings, profile: Profile, loss_model: Gr
             growth=growth,
             predicted=PlanPredicted(
                 step_s=st.step_s, tflops_per_gpu_hfu=st.tflops_hfu, tflops_per_gpu_mfu=st.tflops_mfu, mfu=st.mfu,
-                days=days, cost_usd=days * 24 * s.gpus * settings.price_per_gpu_hour,
+                days=days, cost_usd=s.stage_cost_usd(st),
                 memory_gib_per_gpu=st.memory_gib, loss_end=st.loss_end),
         ))
     return Plan(

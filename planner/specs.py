@@ -189,6 +189,11 @@ class ClusterSpec:
     gpus: int
     gpus_per_node: int = 8
 
+    @classmethod
+    def on(cls, gpu: GpuSpec, gpus: int) -> ClusterSpec:
+        """`gpus` GPUs of one type in whole nodes, or in one part-filled node when there are fewer."""
+        return cls(gpu=gpu, gpus=gpus, gpus_per_node=min(gpu.gpus_per_node, max(gpus, 1)))
+
     def __post_init__(self) -> None:
         if self.gpus <= 0:
             raise FlmplanError(f"cluster.gpus must be positive, got {self.gpus}.")

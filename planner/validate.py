@@ -21,7 +21,6 @@ from planner.plan import Plan, load_plan
 from profiles.schema import Profile, builtin_profile
 
 TIMING_WARMUP_STEPS = 2
-DEFAULT_TOLERANCE = 0.15
 
 
 class ValidateError(FlmplanError):
@@ -35,7 +34,6 @@ class RunRecord:
     folder: Path
     steps: list[dict]
     start: dict
-    starts: int
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,7 @@ def read_run(folder: Path) -> RunRecord:
             steps.append(rec)
     if not steps:
         raise ValidateError(f"{path} has no step records yet; validate once the run has logged some steps.")
-    return RunRecord(folder, steps, starts[-1] if starts else {}, len(starts))
+    return RunRecord(folder, steps, starts[-1] if starts else {})
 
 
 def steady_steps(records: list[dict]) -> tuple[list[dict], int]:
@@ -179,10 +177,7 @@ def check_run(run: RunRecord, plan: Plan, profile: Profile) -> list[StageCheck]:
         steady, dropped = steady_steps(records)
         if not steady:
             continue
-        gpus = layout.gpus
-        cluster = ClusterSpec(gpu=get_gpu(plan.cluster.gpu), gpus=gpus,
-                              gpus_per_node=gpus if run.start.get("device_kind") == "cpu" else 8)
-        est = estimate_step(model, cluster, layout, profile)
+        est = estimate_step(model, ClusterSpec.on(get_gpu(plan.cluster.gpu), layout.gpus), layout, profile)
         step_s = statistics.median(r["step_s"] for r in steady)
         mfu = statistics.median(r["mfu"] for r in steady)
         measured_tps = tokens_per_step / step_s
@@ -201,14 +196,20 @@ def check_run(run: RunRecord, plan: Plan, profile: Profile) -> list[StageCheck]:
     return checks
 
 
-def validate_run(folder: Path, plan_path: Path | None = None, profile: Profile | None = None
-                 ) -> tuple[RunRecord, Profile, list[StageCheck]]:
-    """Read the run (and its plan) before any costing, then compare every stage."""
+def load_run(folder: Path, plan_path: Path | None = None) -> tuple[RunRecord, Plan]:
+    """The run's records and the plan it ran (its own plan.json unless another is given)."""
     run = read_run(folder)
     plan_path = plan_path or folder / "plan.json"
     if not plan_path.is_file():
-        raise ValidateError(f"{folder} has no plan.json; pass the plan the run executed with --plan.")
-    plan = load_plan(plan_path)
+        raise ValidateError(f"{folder} has no plan.json, the plan the run executed (`flmplan run` writes it "
+                            "there); `flmplan validate` takes it with --plan.")
+    return run, load_plan(plan_path)
+
+
+def validate_run(folder: Path, plan_path: Path | None = None, profile: Profile | None = None
+                 ) -> tuple[RunRecord, Profile, list[StageCheck]]:
+    """Read the run (and its plan) before any costing, then compare every stage."""
+    run, plan = load_run(folder, plan_path)
     prof = run_profile_for(run, plan, profile)
     return run, prof, check_run(run, plan, prof)
 
@@ -251,18 +252,10 @@ def refit_profile(base: Profile, fit_dirs: list[Path], holdout_dirs: list[Path])
 
     from profiles.schema import CALIBRATED_KINDS
 
-    def load(folder: Path) -> tuple[RunRecord, Plan]:
-        run = read_run(folder)
-        plan_path = folder / "plan.json"
-        if not plan_path.is_file():
-            raise ValidateError(f"{folder} has no plan.json, so its predictions cannot be refitted.")
-        return run, load_plan(plan_path)
-
-    fit_runs = [load(f) for f in fit_dirs]
-    holdout_runs = [load(f) for f in holdout_dirs]
+    fit_runs = [load_run(f) for f in fit_dirs]
+    holdout_runs = [load_run(f) for f in holdout_dirs]
     for run, plan in fit_runs + holdout_runs:
         run_profile_for(run, plan, base)            # every run must suit the profile, before fitting
-    measured = [(run, plan) for run, plan in fit_runs]
 
     def calibrated(x: np.ndarray) -> Profile:
         given = base.time_factors()
@@ -270,14 +263,14 @@ def refit_profile(base: Profile, fit_dirs: list[Path], holdout_dirs: list[Path])
         return replace(base, calibration={**base.calibration, "time_factors": factors})
 
     def residuals(x: np.ndarray) -> np.ndarray:
-        errs = [math.log(c.predicted_step_s / c.measured_step_s) for _, c in _checks(measured, calibrated(x))]
+        errs = [math.log(c.predicted_step_s / c.measured_step_s) for _, c in _checks(fit_runs, calibrated(x))]
         return np.array(errs + [REFIT_PRIOR * v for v in x])
 
     bounds = [REFIT_BOUNDS.get(k, DEFAULT_BOUNDS) for k in CALIBRATED_KINDS]
     lo, hi = ([math.log(b[i]) for b in bounds] for i in (0, 1))
     sol = least_squares(residuals, np.zeros(len(CALIBRATED_KINDS)), bounds=(lo, hi), diff_step=1e-3)
     fitted_profile = calibrated(sol.x)
-    fitted = _checks(measured, fitted_profile)
+    fitted = _checks(fit_runs, fitted_profile)
     before = _checks(holdout_runs, base)
     after = _checks(holdout_runs, fitted_profile)
     calibration = {
@@ -286,7 +279,7 @@ def refit_profile(base: Profile, fit_dirs: list[Path], holdout_dirs: list[Path])
         "fitted_to": [str(f) for f in fit_dirs],
         "method": "scipy least_squares on log(predicted / measured step time) of every stage's steady steps, "
                   f"log factors pulled to 0 with weight {REFIT_PRIOR}",
-        "rms_fitted_before": round(rms_error(_checks(measured, base)), 4),
+        "rms_fitted_before": round(rms_error(_checks(fit_runs, base)), 4),
         "rms_fitted_after": round(rms_error(fitted), 4),
     }
     if holdout_dirs:

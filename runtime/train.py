@@ -492,8 +492,7 @@ def predicted_for(run: Run, stage: PlanStage, layout: Layout) -> dict:
     from profiles.schema import builtin_profile
 
     gpu = get_gpu(run.gpu_key)
-    cluster = ClusterSpec(gpu=gpu, gpus=world, gpus_per_node=min(gpu.gpus_per_node, max(world, 1)))
-    est = estimate_step(spec, cluster, layout, builtin_profile(run.gpu_key))
+    est = estimate_step(spec, ClusterSpec.on(gpu, world), layout, builtin_profile(run.gpu_key))
     return {"predicted_step_s": est.iteration_s, "predicted_tokens_per_s": est.tokens_per_s,
             "predicted_mfu": est.mfu, "predicted_memory_gib_per_gpu": est.memory.total_gib,
             "predicted_source": f"cost model, built-in {run.gpu_key} profile"}
