@@ -73,7 +73,7 @@ def main() -> int:
             print(f"{name:42} {err}")
             continue
         for c in checks:
-            print(f"{name:42} {c.stage + 1:5d} {c.steps:7d} ({c.warmup_steps}) {c.measured_step_s:16.3f} "
+            print(f"{name:42} {c.stage:5d} {c.steps:7d} ({c.warmup_steps}) {c.measured_step_s:16.3f} "
                   f"{c.predicted_step_s:10.3f} {c.step_error:+8.1%}")
     print(f"(this machine: {cores} cores; profile measured with {profile.software['threads']} threads)")
 
@@ -85,7 +85,7 @@ def main() -> int:
     print(f"\nrefit on {len(fit)} runs ({factors}): fitted rms {rms_error(result.fitted):.1%}; "
           f"held-out {len(held)} runs rms {rms_error(result.before):.1%} → {rms_error(result.after):.1%}")
     for (f, b), (_, a) in zip(result.before, result.after, strict=True):
-        print(f"  held out {f.parent.name if f.name == 'run' else f.name} stage {b.stage + 1}: "
+        print(f"  held out {f.parent.name if f.name == 'run' else f.name} stage {b.stage}: "
               f"{b.step_error:+.1%} → {a.step_error:+.1%}")
     return 0
 

@@ -2,23 +2,66 @@
 
 Imports are lazy so that `flmplan profile` runs on GPU images that have only torch, numpy,
 typer and rich, and `flmplan simulate` starts without torch. Every user-facing problem is a
-FlmplanError (ProfileError is one): it is printed as one sentence on stderr, exit code 2.
+FlmplanError (ProfileError is one) or a refusal of click's parser (choices and ranges are
+declared on the options, so they are checked before any work and listed in --help): both are
+printed as one sentence on stderr, exit code 2 (_OneErrorStyle).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
-from collections.abc import Callable
+from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+import typer.core
 from rich.console import Console
 
+# typer ≥ 0.26 carries its own copy of click; its exception classes are reached through typer's.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneErrorStyle(typer.core.TyperGroup):
+    """Every refusal the same way, caught once: a bad option (click's parser) or a bad input found
+    later (a FlmplanError) is one line on stderr, `Error: <sentence>`, exit code 2, no traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from planner.errors import FlmplanError
+
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _ClickException as err:
+            if type(err).__name__ == "NoArgsIsHelpError":     # typer has printed the help
+                code = err.exit_code
+            else:
+                ctx = getattr(err, "ctx", None)
+                hint = f" See '{ctx.command_path} --help'." if ctx is not None else ""
+                message = err.format_message().rstrip()
+                _print_error(message + ("" if message.endswith(".") else ".") + hint)
+                code = err.exit_code
+        except FlmplanError as err:
+            _print_error(str(err))
+            code = 2
+        except typer.Abort:
+            stderr.print("Aborted.")
+            code = 1
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _print_error(sentence: str) -> None:
+    from rich.markup import escape
+
+    stderr.print(f"[bold red]Error:[/] {escape(sentence)}", highlight=False, soft_wrap=True)
+
+
 app = typer.Typer(
+    cls=_OneErrorStyle,
     add_completion=False,
     no_args_is_help=True,
     help="flmplan: plan, simulate and run LLM pretraining by growth (the FLM-101B recipe) on a budget.",
@@ -27,25 +70,24 @@ stdout = Console()
 stderr = Console(stderr=True)
 
 
+# The choices of the options, declared once so that click checks them at parse time and --help
+# lists them.
+Device = StrEnum("Device", ["cuda", "cpu"])
+Dtype = StrEnum("Dtype", ["bf16", "fp16", "fp32"])
+Schedule = StrEnum("Schedule", ["auto", "flm"])
+Attention = StrEnum("Attention", ["flash", "unfused"])
+IntervalRule = StrEnum("IntervalRule", ["daly", "young"])
+ExportTarget = StrEnum("ExportTarget", ["megatron", "torchtitan", "slurm"])
+Scale = StrEnum("Scale", ["tiny", "full"])
+
+
+def _value(choice: Enum | None) -> str | None:
+    return None if choice is None else choice.value
+
+
 @app.callback()
 def _root() -> None:
     """flmplan: plan, simulate and run LLM pretraining by growth on a budget."""
-
-
-def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the project's own exceptions into one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from planner.errors import FlmplanError
-
-        try:
-            return fn(*args, **kwargs)
-        except FlmplanError as err:
-            stderr.print(f"[bold red]Error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def _load_profile_for(gpu_key: str, path: Path | None, dtype: str = "bf16"):
@@ -78,15 +120,17 @@ VALIDATE_TOLERANCE = 0.15
 
 
 @app.command()
-@_user_errors
 def profile(
-    device: Annotated[str, typer.Option(help="cuda or cpu.")] = "cpu",
-    dtype: Annotated[str | None, typer.Option(help="bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu).")] = None,
+    device: Annotated[Device, typer.Option(case_sensitive=False, help="The device to measure.")] = Device.cpu,
+    dtype: Annotated[Dtype | None, typer.Option(case_sensitive=False,
+                                                help="Default: bf16 on cuda, fp32 on cpu.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A small sweep (under 2 minutes on a 2-core CPU).")] = False,
-    out: Annotated[Path | None, typer.Option(help="Where to write the profile JSON.")] = None,
-    nproc: Annotated[int, typer.Option(help="CPU processes for the gloo collectives (1 = none).")] = 2,
+    out: Annotated[Path | None, typer.Option(
+        help="The profile file to write (JSON; default: profiles/NAME.json).")] = None,
+    nproc: Annotated[int, typer.Option(min=1, help="CPU processes for the gloo collectives (1 = none).")] = 2,
     threads: Annotated[int | None, typer.Option(
-        help="CPU threads per process (default: torch's); a CPU run's ranks each use cores ÷ processes.")] = None,
+        min=1, help="CPU threads per process (default: torch's); a CPU run's ranks each use cores ÷ processes.")
+    ] = None,
     refit: Annotated[list[Path] | None, typer.Option(
         help="Instead of measuring: fit the profile's time factors to this run folder (repeat for more).")] = None,
     holdout: Annotated[list[Path] | None, typer.Option(
@@ -99,19 +143,16 @@ def profile(
     from profiles.run import run_profile
     from profiles.schema import ProfileError, save_profile
 
+    if out is not None:
+        _check_output_file(out, "--out", "profile.json")
     if refit:
         _refit(refit, holdout or [], base, out)
         return
     if holdout or base:
         raise ProfileError("--holdout and --profile go with --refit.")
 
-    if device not in ("cuda", "cpu"):
-        raise ProfileError(f"--device must be cuda or cpu, got {device!r}.")
-    if nproc < 1:
-        raise ProfileError(f"--nproc must be at least 1, got {nproc}.")
-    if threads is not None and threads < 1:
-        raise ProfileError(f"--threads must be at least 1, got {threads}.")
-    prof = run_profile(device_kind=device, dtype=dtype, quick=quick, nproc=nproc, console=stderr, threads=threads)
+    prof = run_profile(device_kind=device.value, dtype=_value(dtype), quick=quick, nproc=nproc, console=stderr,
+                       threads=threads)
     path = save_profile(prof, out or Path("profiles") / f"{prof.name}.json")
     repeat = prof.timing["repeat"]
     if abs(repeat["difference"]) > REPEAT_TOLERANCE:
@@ -147,17 +188,18 @@ def _refit(runs: list[Path], holdout: list[Path], base_path: Path | None, out: P
         stdout.print(f"on the {len(holdout)} held-out runs: {rms_error(result.before):.1%} → "
                      f"{rms_error(result.after):.1%}")
         for (folder, b), (_, a) in zip(result.before, result.after, strict=True):
-            stdout.print(f"  {folder} stage {b.stage + 1}: {b.step_error:+.1%} → {a.step_error:+.1%}")
+            stdout.print(f"  {folder} stage {b.stage}: {b.step_error:+.1%} → {a.step_error:+.1%}")
 
 
 @app.command()
-@_user_errors
 def estimate(
     case_files: Annotated[list[Path], typer.Argument(
         help="Case file(s) (JSON: model, cluster, layout; see examples/); several give one table.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (a list for several files).")] = False,
     profile: Annotated[Path | None, typer.Option(help="Profile JSON (default: built-in one of the GPU).")] = None,
-    dtype: Annotated[str, typer.Option(help="Training dtype; a --profile must have been measured in it.")] = "bf16",
+    dtype: Annotated[Dtype, typer.Option(case_sensitive=False,
+                                         help="Training dtype; a --profile must have been measured in it.")
+                     ] = Dtype.bf16,
 ) -> None:
     """Step time, throughput and memory of a layout; null layout fields are searched."""
     from planner.case import load_case
@@ -169,7 +211,7 @@ def estimate(
         case.cluster_spec()
     rows = []
     for case in cases:
-        prof = _load_profile_for(case.cluster.gpu, profile, dtype)
+        prof = _load_profile_for(case.cluster.gpu, profile, dtype.value)
         result = estimate_case(case, prof)
         costliest = estimate_case(case, prof, costliest=True) if case.software.unstated_costliest else None
         rows.append((case, result, costliest))
@@ -183,46 +225,53 @@ def estimate(
 
 
 @app.command()
-@_user_errors
 def simulate(
-    budget: Annotated[float, typer.Option(help="Budget in US dollars.")] = 100_000,
+    budget: Annotated[float, typer.Option(min=1.0, help="Budget in US dollars.")] = 100_000,
     gpu: Annotated[str, typer.Option(help="GPU type (catalog key).")] = "a800-80gb",
     price: Annotated[float | None, typer.Option(
-        help="USD per GPU-hour (default: the catalog's dated price; for a800-80gb $1.00, the price FLM-101B's "
-             "figures imply).")] = None,
-    max_gpus: Annotated[int, typer.Option(help="Largest cluster to rent, in GPUs (whole nodes).")] = 192,
+        min=0.001, help="USD per GPU-hour (default: the catalog's dated price; for a800-80gb $1.00, the price "
+                        "FLM-101B's figures imply).")] = None,
+    max_gpus: Annotated[int, typer.Option(min=1, help="Largest cluster to rent, in GPUs (whole nodes).")] = 192,
     target_size: Annotated[str, typer.Option(help="Smallest final model, e.g. 101B.")] = "101B",
-    schedule: Annotated[str, typer.Option(help="auto (search) or flm (FLM-101B's own 16B→51B→101B).")] = "auto",
-    max_days: Annotated[float, typer.Option(help="Deadline for the whole run, in days.")] = 60.0,
-    global_batch: Annotated[int, typer.Option(help="Sequences per optimizer step.")] = 2304,
-    grow_steps: Annotated[int, typer.Option(help="MSG mask-ramp steps after each growth.")] = 5000,
+    schedule: Annotated[Schedule, typer.Option(
+        case_sensitive=False, help="auto searches; flm is FLM-101B's own 16B→51B→101B.")] = Schedule.auto,
+    max_days: Annotated[float, typer.Option(min=0.01, help="Deadline for the whole run, in days.")] = 60.0,
+    global_batch: Annotated[int, typer.Option(min=1, help="Sequences per optimizer step.")] = 2304,
+    grow_steps: Annotated[int, typer.Option(min=0, help="MSG mask-ramp steps after each growth.")] = 5000,
     loss_law: Annotated[str, typer.Option(help="chinchilla, besiroglu, or a JSON file of constants.")] = "chinchilla",
-    carryover: Annotated[float, typer.Option(help="Equal-loss carry-over efficiency across a growth.")] = 1.0,
-    ramp_efficiency: Annotated[float, typer.Option(help="Share of mask-ramp tokens that count.")] = 0.5,
-    attention: Annotated[str | None, typer.Option(help="flash or unfused attention (default flash, as "
-                                                       "FLM-101B's run).")] = None,
+    carryover: Annotated[float, typer.Option(
+        min=0.01, max=1.0, help="Equal-loss carry-over efficiency across a growth.")] = 1.0,
+    ramp_efficiency: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Share of mask-ramp tokens that count.")] = 0.5,
+    attention: Annotated[Attention, typer.Option(
+        case_sensitive=False, help="The attention kernel (FLM-101B's run used flash).")] = Attention.flash,
     profile: Annotated[Path | None, typer.Option(help="Profile JSON (default: built-in one of the GPU).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write the plan here (plan.json).")] = None,
+    out: Annotated[Path | None, typer.Option(help="The plan file to write (JSON, e.g. plan.json).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
-    report: Annotated[Path | None, typer.Option(help="Write an HTML report (plotly) here.")] = None,
-    confidence: Annotated[float, typer.Option(help="The budget must hold at this quantile of the simulated "
-                                                   "cost, failures counted (0.5–0.99).")] = 0.9,
+    report: Annotated[Path | None, typer.Option(help="The HTML report file to write (plotly charts, tables).")
+                      ] = None,
+    confidence: Annotated[float, typer.Option(
+        min=0.5, max=0.99, help="The budget must hold at this quantile of the simulated cost, failures counted."
+    )] = 0.9,
     max_growth_factor: Annotated[float, typer.Option(
-        help="Largest parameter ratio of one growth (default 4: published growth operators measured ×2–4).")] = 4.0,
-    failure_rate: Annotated[float, typer.Option(help="Node failures per 1000 node-days.")] = 5.0,
-    restart_min: Annotated[float, typer.Option(help="Detection + restart time after a failure, minutes.")] = 10.0,
-    checkpoint_min: Annotated[float, typer.Option(help="Time to write a checkpoint, minutes.")] = 5.0,
+        min=1.0, help="Largest parameter ratio of one growth (default 4: published growth operators measured ×2–4).")
+    ] = 4.0,
+    failure_rate: Annotated[float, typer.Option(min=0.0, help="Node failures per 1000 node-days.")] = 5.0,
+    restart_min: Annotated[float, typer.Option(
+        min=0.0, help="Detection + restart time after a failure, minutes.")] = 10.0,
+    checkpoint_min: Annotated[float, typer.Option(min=0.0, help="Time to write a checkpoint, minutes.")] = 5.0,
     checkpoint_interval_min: Annotated[float | None, typer.Option(
-        help="Minutes between checkpoints (default: Daly's optimum).")] = None,
-    checkpoint_rule: Annotated[str, typer.Option(help="daly or young, when no interval is given.")] = "daly",
-    spare_fraction: Annotated[float, typer.Option(help="Spare nodes as a fraction of the nodes.")] = 0.05,
-    spot_per_day: Annotated[float, typer.Option(help="Spot preemptions per day (0: on-demand).")] = 0.0,
-    spot_notice_min: Annotated[float, typer.Option(help="Preemption notice, minutes.")] = 2.0,
-    trials: Annotated[int, typer.Option(help="Monte Carlo trials of the run.")] = 1000,
+        min=0.01, help="Minutes between checkpoints (default: the --checkpoint-rule's optimum).")] = None,
+    checkpoint_rule: Annotated[IntervalRule, typer.Option(
+        case_sensitive=False, help="Optimal checkpoint interval, when none is given.")] = IntervalRule.daly,
+    spare_fraction: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Spare nodes as a fraction of the nodes.")] = 0.05,
+    spot_per_day: Annotated[float, typer.Option(min=0.0, help="Spot preemptions per day (0: on-demand).")] = 0.0,
+    spot_notice_min: Annotated[float, typer.Option(min=0.0, help="Preemption notice, minutes.")] = 2.0,
+    trials: Annotated[int, typer.Option(min=1, help="Monte Carlo trials of the run.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the run simulation.")] = 0,
 ) -> None:
     """Plan growth stages, layouts and cluster for a budget; simulate the run with failures."""
-    from planner.errors import FlmplanError
     from planner.loss import GrowthLossModel, load_law
     from planner.plan import save_plan
     from planner.report import print_plan
@@ -232,25 +281,19 @@ def simulate(
     from planner.specs import get_gpu
 
     # Everything that can be checked without planning is checked first: planning takes seconds.
-    if trials < 1:
-        raise FlmplanError(f"--trials must be at least 1, got {trials}.")
-    for path, option in ((out, "--out"), (report, "--report")):
+    for path, option, example in ((out, "--out", "plan.json"), (report, "--report", "report.html")):
         if path is not None:
-            _check_output_file(path, option)
+            _check_output_file(path, option, example)
     spec = get_gpu(gpu)
-    if schedule not in ("auto", "flm"):
-        raise FlmplanError(f"--schedule must be auto or flm, got {schedule!r}.")
-    kernel = attention or "flash"
-    if kernel not in ("flash", "unfused"):
-        raise FlmplanError(f"--attention must be flash or unfused, got {kernel!r}.")
     settings = Settings(gpu=spec, price_per_gpu_hour=spec.price.usd_per_gpu_hour if price is None else price,
                         max_gpus=max_gpus, target_params=parse_size(target_size), budget_usd=budget,
-                        global_batch=global_batch, grow_steps=grow_steps, max_days=max_days, attention=kernel,
+                        global_batch=global_batch, grow_steps=grow_steps, max_days=max_days, attention=attention.value,
                         max_growth_factor=max_growth_factor)
     loss_model = GrowthLossModel(law=load_law(loss_law), carryover=carryover, ramp_efficiency=ramp_efficiency)
     failures = FailureModel(
         failures_per_1000_node_days=failure_rate, restart_min=restart_min, checkpoint_min=checkpoint_min,
-        checkpoint_interval_min=checkpoint_interval_min, interval_rule=checkpoint_rule, spare_fraction=spare_fraction,
+        checkpoint_interval_min=checkpoint_interval_min, interval_rule=checkpoint_rule.value,
+        spare_fraction=spare_fraction,
         spot_preemptions_per_day=spot_per_day, spot_notice_min=spot_notice_min)
     prof = _load_profile_for(spec.key, profile)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -262,7 +305,7 @@ def simulate(
         def progress(what: str, share: float) -> None:
             bar.update(task, description=what, completed=share)
 
-        result = plan_budget(settings, prof, loss_model, schedule, failures=failures, trials=trials, seed=seed,
+        result = plan_budget(settings, prof, loss_model, schedule.value, failures=failures, trials=trials, seed=seed,
                              confidence=confidence, gantt=report is not None, progress=progress)
     if out:
         save_plan(result.plan, out)
@@ -280,7 +323,6 @@ def simulate(
 
 
 @app.command()
-@_user_errors
 def validate(
     run_dir: Annotated[Path, typer.Argument(help="The --out folder of `flmplan run`.")],
     plan: Annotated[Path | None, typer.Option(help="The plan the run executed (default: RUN_DIR/plan.json).")] = None,
@@ -311,39 +353,44 @@ def validate(
 
 
 @app.command()
-@_user_errors
 def export(
     plan_file: Annotated[Path, typer.Argument(help="A plan written by `flmplan simulate --out`.")],
-    to: Annotated[str, typer.Option("--to", help="megatron, torchtitan or slurm.")] = "megatron",
+    to: Annotated[ExportTarget, typer.Option("--to", case_sensitive=False, help="The tool to hand the plan to.")
+                  ] = ExportTarget.megatron,
     out_dir: Annotated[Path, typer.Option(
-        "--out", "--out-dir", help="Folder for the exported files (--out-dir is the old name).")] = Path("export"),
-    rope_for_xpos: Annotated[bool, typer.Option(
-        "--rope-for-xpos", help="Megatron-LM: export xPos stages as plain rotary (it has no xPos).")] = False,
+        "--out", "--out-dir", help="The folder to write the exported files into (--out-dir is the old name).")
+    ] = Path("export"),
+    nearest: Annotated[bool, typer.Option(
+        "--nearest", "--rope-for-xpos",
+        help="Where the tool lacks a feature of the plan's model, export the nearest it has and say so in the "
+             "file: rotary for xPos; for torchtitan also SwiGLU of equal parameters for GeLU, and untied "
+             "embeddings under pipeline parallelism (--rope-for-xpos is the old name).")] = False,
 ) -> None:
-    """Write the plan as Megatron-LM arguments, torchtitan configs or a SLURM script, per stage."""
+    """Write the plan as Megatron-LM arguments per stage, a torchtitan config module or a SLURM script."""
     from planner.export import export_plan
     from planner.plan import load_plan
 
+    _check_output_folder(out_dir, "--out")
     plan = load_plan(plan_file)
-    for path in export_plan(plan, to, out_dir, plan_path=str(plan_file), rope_for_xpos=rope_for_xpos):
+    for path in export_plan(plan, to.value, out_dir, plan_path=str(plan_file), nearest=nearest):
         stdout.print(f"wrote {path}")
 
 
 @app.command()
-@_user_errors
 def run(
     plan_file: Annotated[Path, typer.Argument(help="A plan (flmplan simulate --out), or runtime/data/*.json.")],
-    nproc: Annotated[int, typer.Option(help="Processes on this machine (torchrun --nproc-per-node).")] = 4,
-    scale: Annotated[str, typer.Option(help="'tiny' maps every stage to a CPU-sized model with the same growth "
-                                           "steps; 'full' runs the plan as written.")] = "full",
-    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics.jsonl.")] = Path("runs/latest"),
+    nproc: Annotated[int, typer.Option(min=1, help="Processes on this machine (torchrun --nproc-per-node).")] = 4,
+    scale: Annotated[Scale, typer.Option(case_sensitive=False, help="tiny maps every stage to a CPU-sized model "
+                                         "with the same growth steps; full runs the plan as written.")] = Scale.full,
+    out: Annotated[Path, typer.Option(
+        help="The run folder (checkpoints, metrics.jsonl); the same folder resumes the run.")] = Path("runs/latest"),
     data: Annotated[list[Path] | None, typer.Option(help="Text files or folders, or a .bin of uint16 tokens "
                                                          "(default: the Python standard library's sources).")] = None,
-    steps: Annotated[int, typer.Option(help="With --scale tiny: optimizer steps per stage.")] = 40,
-    max_restarts: Annotated[int, typer.Option(help="torchrun restarts after a failure (resumes from the "
+    steps: Annotated[int, typer.Option(min=1, help="With --scale tiny: optimizer steps per stage.")] = 40,
+    max_restarts: Annotated[int, typer.Option(min=0, help="torchrun restarts after a failure (resumes from the "
                                                    "newest good checkpoint).")] = 0,
-    dtype: Annotated[str | None, typer.Option(help="bf16, fp16 or fp32 instead of the plan's dtype (default: the "
-                                                   "plan's on GPUs, fp32 on CPUs).")] = None,
+    dtype: Annotated[Dtype | None, typer.Option(case_sensitive=False, help="Instead of the plan's dtype (default: "
+                                                "the plan's on GPUs, fp32 on CPUs).")] = None,
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile each block "
                                                  "(default: on with GPUs, off on CPUs).")] = None,
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Start over when no checkpoint in --out "
@@ -355,17 +402,12 @@ def run(
     from planner.plan import load_plan
 
     plan = load_plan(plan_file)
-    if scale not in ("tiny", "full"):
-        raise FlmplanError(f"--scale must be tiny or full, got {scale!r}.")
-    if nproc < 1:
-        raise FlmplanError(f"--nproc must be at least 1, got {nproc}.")
-    if scale == "tiny":
+    _check_output_folder(out, "--out")
+    if scale is Scale.tiny:
         from planner.plan import plan_from_dict
         from runtime.scale import tiny_plan
 
         plan = plan_from_dict(tiny_plan(plan.to_json(), nproc, steps), origin=f"Plan {plan_file} at --scale tiny")
-    if dtype not in (None, "bf16", "fp16", "fp32"):
-        raise FlmplanError(f"--dtype must be bf16, fp16 or fp32, got {dtype!r}.")
     for k, st in enumerate(plan.stages):
         lay = st.layout
         if lay.gpus != nproc:
@@ -380,17 +422,12 @@ def run(
     tokens, what = load_tokens(data)
     first = plan.stages[0].model
     check_tokens(tokens, first.vocab, first.seq, what)
-    if out.exists() and not out.is_dir():
-        raise FlmplanError(f"--out {out} is a file; give a folder for the run.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise FlmplanError(f"--out {out} cannot be created ({err.strerror}).") from None
+    out.mkdir(parents=True, exist_ok=True)
     if _finished(out, plan):
         return
     lock = _lock_run_folder(out)
     try:
-        _launch(plan.to_json(), out, nproc, max_restarts, data, dtype, compile, from_scratch)
+        _launch(plan.to_json(), out, nproc, max_restarts, data, _value(dtype), compile, from_scratch)
     finally:
         lock.unlink(missing_ok=True)
     _validate_after_run(out)
@@ -437,13 +474,27 @@ def _validate_after_run(out: Path) -> None:
     print_validation(stdout, run, prof, checks, VALIDATE_TOLERANCE)
 
 
-def _check_output_file(path: Path, option: str) -> None:
+def _check_output_file(path: Path, option: str, example: str) -> None:
     """A file the command will write: not a folder, and in a folder that exists or can be made."""
     from planner.errors import FlmplanError
 
     if path.is_dir():
-        raise FlmplanError(f"{option} {path} is a folder; give a file name, like {path / 'plan.json'}.")
+        raise FlmplanError(f"{option} {path} is a folder; give a file name, like {path / example}.")
     parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise FlmplanError(f"{option} {path} cannot be written: {parent} is not a writable folder.")
+
+
+def _check_output_folder(path: Path, option: str) -> None:
+    """A folder the command will write into: not a file, and itself or its nearest existing
+    parent writable, so that a bad --out is refused before any work (nothing is created yet)."""
+    from planner.errors import FlmplanError
+
+    if path.exists() and not path.is_dir():
+        raise FlmplanError(f"{option} {path} is a file; give a folder.")
+    parent = path
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):

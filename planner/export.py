@@ -1,12 +1,17 @@
 """Hand a plan to other tools: Megatron-LM arguments, torchtitan job configs, SLURM scripts.
 
 Conventions: Megatron-LM's arguments at a named commit (data-parallel size is derived from the
-world size), torchtitan's TOML job config up to v0.2.x (the product of the degrees is the world
-size), and a SLURM batch script that starts flmplan's runtime under torchrun on every node.
+world size), a torchtitan 0.3.0 config registry (a Python module, one config function per stage;
+the product of the degrees is the world size), and a SLURM batch script that starts flmplan's
+runtime under torchrun on every node. What a tool cannot express is refused with the field
+named or, with `nearest`, replaced by the nearest thing it has and said so in the file.
 """
 
 from __future__ import annotations
 
+import json
+import textwrap
+from importlib import resources
 from pathlib import Path
 
 from planner.errors import FlmplanError
@@ -30,15 +35,15 @@ def checkpoint_every_steps(plan: Plan, k: int) -> int:
     return max(1, round(interval_min * 60 / plan.stages[k].predicted.step_s))
 
 
-def megatron_args(plan: Plan, k: int, rope_for_xpos: bool = False) -> str:
+def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
     """One stage as Megatron-LM arguments that mean what the plan means, or a refusal naming the
-    field Megatron-LM cannot express (`rope_for_xpos`: the user accepts plain rotary for xPos)."""
+    field Megatron-LM cannot express (`nearest`: the user accepts plain rotary for xPos)."""
     st = plan.stages[k]
     m, lay = st.model, st.layout
     where = f"Stage {k + 1} ({st.name})"
-    if m.position == "xpos" and not rope_for_xpos:
+    if m.position == "xpos" and not nearest:
         raise FlmplanError(f"{where} uses xPos (model.position), which Megatron-LM does not have; pass "
-                           "--rope-for-xpos to export it as plain rotary.")
+                           "--nearest to export it as plain rotary.")
     notes = []
     args = [
         f"--num-layers {m.layers}", f"--hidden-size {m.hidden}", f"--num-attention-heads {m.heads}",
@@ -102,26 +107,108 @@ def megatron_args(plan: Plan, k: int, rope_for_xpos: bool = False) -> str:
     return header + " \\\n  ".join(args) + "\n"
 
 
-def torchtitan_toml(plan: Plan, k: int) -> str:
+# The torchtitan release on the package index the export targets. Since 0.3.0 a job config is a
+# function in a Python module (a "config registry") chosen with --module/--config and overridden
+# with tyro flags. The module is planner/data/torchtitan_registry.py (the model and config
+# builders) plus one function per stage; tests/test_torchtitan_export.py loads it with
+# torchtitan's own ConfigManager.
+TORCHTITAN_VERSION = "0.3.0"
+TORCHTITAN_MODULE = "flmplan_torchtitan"
+
+
+def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
+    """One stage as a config function, or a refusal naming what torchtitan cannot express."""
     st = plan.stages[k]
-    lay = st.layout
-    replicate, shard = (1, lay.dp) if lay.zero == 3 else (lay.dp, 1)
-    schedule = "Interleaved1F1B" if lay.interleave > 1 else "1F1B"
-    mode = {"none": "none", "selective": "selective", "full": "full"}[lay.recompute]
-    return (
-        f"# Stage {k + 1} ({st.name}) of plan '{plan.name}': torchtitan job config (v0.2.x keys)\n"
-        f"[job]\ndescription = \"flmplan stage {k + 1}: {st.name}\"\n\n"
-        f"[model]\nname = \"llama3\"\nflavor = \"flmplan-stage{k + 1}\""
-        f"  # {st.model.layers} layers × {st.model.hidden}, {st.model.heads} heads, ffn {st.model.ffn}\n\n"
-        f"[training]\nlocal_batch_size = {lay.global_batch // lay.dp}\nglobal_batch_size = {lay.global_batch}\n"
-        f"seq_len = {st.model.seq}\nsteps = {st.steps}\nmixed_precision_param = \"bfloat16\"\n\n"
-        f"[optimizer]\nname = \"AdamW\"\nlr = {st.lr:g}\n\n"
-        f"[parallelism]\ndata_parallel_replicate_degree = {replicate}\ndata_parallel_shard_degree = {shard}\n"
-        f"tensor_parallel_degree = {lay.tp}\npipeline_parallel_degree = {lay.pp}\n"
-        f"pipeline_parallel_schedule = \"{schedule}\"\npipeline_parallel_microbatch_size = {lay.micro_batch}\n"
-        f"context_parallel_degree = 1\nenable_async_tensor_parallel = false\n\n"
-        f"[activation_checkpoint]\nmode = \"{mode}\"\n\n[checkpoint]\nenable_checkpoint = true\ninterval = 1000\n"
-    )
+    m, lay = st.model, st.layout
+    where = f"Stage {k + 1} ({st.name})"
+    notes = ["RMSNorm where flmplan's model has LayerNorm (torchtitan's decoders have no LayerNorm)."]
+    if plan.dtype == "fp16":
+        raise FlmplanError(f"{where} trains in fp16, which torchtitan does not (bf16 or fp32).")
+    ffn = m.ffn
+    if m.activation == "gelu":
+        if not nearest:
+            raise FlmplanError(f"{where} has a GeLU MLP (model.activation), which torchtitan's decoders do not; pass "
+                               "--nearest to export SwiGLU with the same parameters instead.")
+        # SwiGLU has three matrices where GeLU has two: 2/3 of the width keeps parameters and FLOPs
+        # (to a multiple of 128, so that any tensor-parallel degree divides it).
+        ffn = round(2 * m.ffn / 3 / 128) * 128
+        notes.append(f"SwiGLU MLP of width {ffn} in place of the plan's GeLU of width {m.ffn} (the same parameters "
+                     f"to {abs(3 * ffn - 2 * m.ffn) / (2 * m.ffn):.2%}).")
+    if m.position == "xpos":
+        if not nearest:
+            raise FlmplanError(f"{where} uses xPos (model.position), which torchtitan does not have; pass --nearest "
+                               "to export it as plain rotary.")
+        notes.append("Plain rotary position embedding in place of xPos.")
+    tied = m.tied_embeddings
+    if tied and lay.pp > 1:
+        if not nearest:
+            raise FlmplanError(f"{where} ties the embedding to the output layer (model.tied_embeddings) under pipeline "
+                               "parallelism, which torchtitan does not; pass --nearest to untie them.")
+        tied = False
+        notes.append(f"Untied embeddings (torchtitan cannot tie them across pipeline stages): "
+                     f"{m.vocab * m.hidden / 1e9:.2f}B more parameters on the last pipeline stage.")
+    if lay.attention == "unfused":
+        notes.append("FlexAttention (fused) where the plan costs unfused attention: less memory, other speed.")
+    if lay.recompute == "selective":
+        notes.append("torchtitan's selective checkpointing also recomputes every second matrix product where the plan "
+                     "recomputes only norms and activations: memory at or under the plan's, steps slower.")
+    # torchtitan's data parallelism is FSDP2 (or HSDP) whatever the ZeRO stage: ZeRO 3 reshards
+    # after forward, ZeRO 1 and 2 keep the gathered weights through backward, and plain data
+    # parallelism replicates (shards of one).
+    if lay.zero == 0:
+        replicate, shard, reshard = lay.dp, 1, "default"
+    else:
+        replicate, shard, reshard = 1, lay.dp, "always" if lay.zero == 3 else "never"
+        if lay.zero < 3:
+            notes.append(f"ZeRO {lay.zero} as FSDP that keeps the gathered weights through backward: gradients "
+                         "sharded too, so memory at or under the plan's.")
+    # torchtitan's local batch is one accumulation step of one data-parallel rank; with pipeline
+    # parallelism it is the whole step, split into micro-batches.
+    local_batch = lay.global_batch // lay.dp if lay.pp > 1 else lay.micro_batch
+    if st.growth:
+        notes.append(f"Grown from stage {st.growth.from_stage + 1} by MSG, which torchtitan does not have: write "
+                     f"the grown weights to outputs/checkpoint/stage{k + 1}-grown (flmplan's runtime grows them "
+                     "itself); the optimizer starts afresh there.")
+    facts = {
+        "lr": f"{st.lr:g}", "warmup": stage_warmup_steps(st), "min_lr_factor": MIN_LR_FRACTION, "steps": st.steps,
+        "local_batch": local_batch, "global_batch": lay.global_batch, "seq": m.seq,
+        "param_dtype": json.dumps("bfloat16" if plan.dtype == "bf16" else "float32"),
+        "replicate": replicate, "shard": shard, "reshard": json.dumps(reshard), "tp": lay.tp,
+        "sequence_parallel": lay.sequence_parallel and lay.tp > 1, "pp": lay.pp,
+        "layers_per_stage": m.layers // (lay.pp * lay.interleave) if lay.pp > 1 else None,
+        "schedule": json.dumps("Interleaved1F1B" if lay.interleave > 1 else "1F1B"), "microbatch": lay.micro_batch,
+        "recompute": json.dumps(lay.recompute), "folder": json.dumps(f"checkpoint/stage{k + 1}"),
+        "interval": checkpoint_every_steps(plan, k),
+        "initial_load": json.dumps(f"outputs/checkpoint/stage{k + 1}-grown") if st.growth else None,
+    }
+    model = (f"_model({json.dumps(f'flmplan-stage{k + 1}')}, layers={m.layers}, dim={m.hidden}, heads={m.heads}, "
+             f"kv_heads={m.kv_heads}, ffn={ffn}, vocab={m.vocab}, seq={m.seq}, tied={tied})")
+    paragraphs = [f"{where}: {m.layers} layers × {m.hidden}, {m.heads} heads, {st.steps:,} steps on {lay.gpus} "
+                  f"GPUs ({lay.describe()}).", *notes]
+    doc = "\n\n".join(textwrap.fill(p, 100, initial_indent="    ", subsequent_indent="    ") for p in paragraphs)
+    args = "".join(f"        {key}={value},\n" for key, value in facts.items())
+    return (f'\n\ndef stage{k + 1}() -> Trainer.Config:\n    """\n{doc}\n    """\n'
+            f"    return _config(\n        {model},\n{args}    )\n")
+
+
+def torchtitan_module(plan: Plan, nearest: bool = False) -> str:
+    """The plan as a torchtitan config registry (a Python module, one function per stage), or a
+    refusal naming the field torchtitan cannot express when `nearest` was not asked for."""
+    stages = [_torchtitan_stage(plan, k, nearest) for k in range(len(plan.stages))]
+    per_node = min(plan.cluster.gpus, plan.cluster.gpus_per_node)
+    launches = "".join(
+        f"    PYTHONPATH=. torchrun --nnodes={max(1, st.layout.gpus // per_node)} "
+        f"--nproc-per-node={min(st.layout.gpus, per_node)} [rendezvous flags] -m torchtitan.train "
+        f"--module {TORCHTITAN_MODULE} --config stage{k + 1}\n" for k, st in enumerate(plan.stages))
+    doc = (f'"""torchtitan {TORCHTITAN_VERSION} job configs for the flmplan plan {plan.name!r}, one function per '
+           "growth stage.\n\nWritten by `flmplan export --to torchtitan`. torchtitan reads a job config from a "
+           "function in a\nPython module; run the stages in order from the folder holding this file:\n\n"
+           f"{launches}\nPut your data and tokenizer on the command line (--dataloader.dataset_path …, "
+           f"--hf_assets_path …);\nthe tokenizer's vocabulary must be the plan's {plan.stages[0].model.vocab:,} "
+           "tokens. Each stage's docstring lists\nwhere it differs from the plan.\n\"\"\"\n\n")
+    body = resources.files("planner").joinpath("data/torchtitan_registry.py").read_text()
+    body = body[body.index('"""', 3) + 3:].lstrip("\n")          # its own docstring is for this project
+    return doc + body + "".join(stages)
 
 
 def slurm_script(plan: Plan, plan_path: str = "plan.json") -> str:
@@ -162,16 +249,16 @@ def _slurm_time(days: float) -> str:
 
 
 def export_plan(plan: Plan, target: str, out_dir: Path, plan_path: str = "plan.json",
-                rope_for_xpos: bool = False) -> list[Path]:
+                nearest: bool = False) -> list[Path]:
     """Every file is made (or refused) before any is written."""
     if target not in TARGETS:
         raise FlmplanError(f"--to must be one of {', '.join(TARGETS)}, got {target!r}.")
     if target == "slurm":
         files = {"flmplan.sbatch": slurm_script(plan, plan_path)}
     elif target == "megatron":
-        files = {f"stage{k + 1}.megatron.args": megatron_args(plan, k, rope_for_xpos) for k in range(len(plan.stages))}
+        files = {f"stage{k + 1}.megatron.args": megatron_args(plan, k, nearest) for k in range(len(plan.stages))}
     else:
-        files = {f"stage{k + 1}.torchtitan.toml": torchtitan_toml(plan, k) for k in range(len(plan.stages))}
+        files = {f"{TORCHTITAN_MODULE}.py": torchtitan_module(plan, nearest)}
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in files.items():

@@ -229,7 +229,7 @@ def print_validation(console: Console, run, profile, checks, tolerance: float) -
         ok = c.passes(tolerance)
         memory = f"{c.measured_memory_gib:.2f} / {c.predicted_memory_gib:.2f}"
         memory += f" ({c.memory_error:+.0%})" if c.memory_judged else " (—)"
-        table.add_row(f"{c.stage + 1} {c.name}", f"{c.steps} ({c.warmup_steps})",
+        table.add_row(f"{c.stage} {c.name}", f"{c.steps} ({c.warmup_steps})",
                       f"{c.measured_step_s:.3g} / {c.predicted_step_s:.3g}",
                       f"[{'green' if ok else 'red'}]{c.step_error:+.1%}[/]",
                       f"{c.measured_tokens_per_s:,.0f} / {c.predicted_tokens_per_s:,.0f}",

@@ -85,7 +85,7 @@ def pipeline_gantt(stage_name: str, rows: list[dict], note: str = "") -> go.Figu
         if not mine:
             continue
         fig.add_trace(go.Bar(
-            x=[r["end_s"] - r["start_s"] for r in mine], y=[f"stage {r['stage']}" for r in mine],
+            x=[r["end_s"] - r["start_s"] for r in mine], y=[f"pipeline stage {r['stage'] + 1}" for r in mine],
             base=[r["start_s"] for r in mine], orientation="h", marker_color=color, name=kind,
             text=[str(r.get("micro_batch", "")) if kind in ("forward", "backward") else "" for r in mine],
             textposition="inside", insidetextanchor="middle",

@@ -38,7 +38,7 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class StageCheck:
-    stage: int
+    stage: int                 # the growth stage, numbered from 1 like everywhere
     name: str
     steps: int                 # steady steps compared
     warmup_steps: int          # steps left out as warm-up
@@ -158,7 +158,7 @@ def check_run(run: RunRecord, plan: Plan, profile: Profile) -> list[StageCheck]:
     profile = shared_cores(run, profile)
     checks = []
     for k, stage in enumerate(plan.stages):
-        records = [r for r in run.steps if r.get("stage") == k]
+        records = [r for r in run.steps if r.get("stage") == k + 1]
         if not records:
             continue
         if records[0].get("stage_name") != stage.name:
@@ -182,7 +182,7 @@ def check_run(run: RunRecord, plan: Plan, profile: Profile) -> list[StageCheck]:
         mfu = statistics.median(r["mfu"] for r in steady)
         measured_tps = tokens_per_step / step_s
         checks.append(StageCheck(
-            stage=k, name=stage.name, steps=len(steady), warmup_steps=dropped,
+            stage=k + 1, name=stage.name, steps=len(steady), warmup_steps=dropped,
             measured_step_s=step_s, predicted_step_s=est.iteration_s,
             measured_tokens_per_s=measured_tps, predicted_tokens_per_s=est.tokens_per_s,
             measured_mfu=mfu, predicted_mfu=mfu * est.tokens_per_s / measured_tps,

@@ -78,6 +78,13 @@ def save(folder: Path, tag: str, chunks: list, optimizers: list, manifest: dict)
 MANIFEST_KEYS = ("stage", "step", "data_position", "global_step", "files")
 
 
+def stage_index(manifest: dict) -> int:
+    """The plan's index (from 0) of a checkpoint's growth stage. Manifests number stages from 1,
+    like the console and metrics.jsonl; those without `stage_numbering` were written before
+    that and count from 0."""
+    return manifest["stage"] - manifest.get("stage_numbering", 0)
+
+
 def read_manifest(path: Path) -> tuple[dict | None, str | None]:
     """(manifest, None), or (None, what is wrong with it): missing, not JSON, not an object,
     or without the keys a resume needs."""

@@ -233,7 +233,7 @@ class Run:
         share = pm.state_bytes(opts)
         rows: list = [None] * dist.get_world_size()
         dist.all_gather_object(rows, {"peak_bytes": peak, "share_bytes": share["params"] + share["optimizer"]})
-        self.log({"event": "growth_memory", "growth_into_stage": k, "ranks": rows,
+        self.log({"event": "growth_memory", "growth_into_stage": k + 1, "ranks": rows,
                   "how": "CUDA max_memory_allocated" if self.device.type == "cuda" else "VmHWM − VmRSS before"})
         return pm, opts, state
 
@@ -255,7 +255,8 @@ class Run:
                   **self.device_facts()})
         if resume:
             path, manifest = resume
-            start_stage, start_step, position = manifest["stage"], manifest["step"], manifest["data_position"]
+            start_stage, start_step = checkpoint.stage_index(manifest), manifest["step"]
+            position = manifest["data_position"]
             if manifest.get("stage_done"):
                 start_stage, start_step = start_stage + 1, 0
             self.say(f"resuming from {path.name}: stage {start_stage + 1}, step {start_step}")
@@ -331,7 +332,8 @@ class Run:
             if (done or stop or (step + 1) % every == 0) and not self.args.no_checkpoints:
                 self.save(k, step + 1, sampler, pm, opts, growth if c < 1 else None, done)
             if stop:
-                self.log({"event": "preempted", "stage": k, "step": step + 1, "saved": not self.args.no_checkpoints})
+                self.log({"event": "preempted", "stage": k + 1, "step": step + 1,
+                          "saved": not self.args.no_checkpoints})
                 self.say(f"preempted: saved stage {k + 1} at step {step + 1}; the same command resumes there")
                 raise Preempted()
             # Tests: die here (SIGKILL, as a crashed node would), once per point of a comma-separated list.
@@ -349,7 +351,7 @@ class Run:
         its first step, when all three exist): the figures planner/memory.py predicts."""
         rows: list = [None] * dist.get_world_size()
         dist.all_gather_object(rows, pm.state_bytes(opts))
-        self.log({"event": "state_bytes", "stage": k, "ranks": rows})
+        self.log({"event": "state_bytes", "stage": k + 1, "ranks": rows})
 
     def probe_before_growth(self, k: int, finished: Path, sampler: Sampler) -> None:
         """A run stopped between stages lost the fixed-batch loss before growth k: measure it again
@@ -366,17 +368,18 @@ class Run:
         loss = pm.train_batch(x, y)
         for c in pm.chunks:
             c.zero_grad(set_to_none=True)
-        self.log({"event": when, "growth_into_stage": k, "loss": float(loss)})
+        self.log({"event": when, "growth_into_stage": k + 1, "loss": float(loss)})
 
     def save(self, k, step, sampler, pm, opts, growth, done) -> None:
-        manifest = {"stage": k, "step": step, "stage_done": done, "data_position": sampler.position,
+        manifest = {"stage": k + 1, "stage_numbering": 1, "step": step, "stage_done": done,
+                    "data_position": sampler.position,
                     "global_step": sum(s.steps for s in self.plan.stages[:k]) + step,
                     "tokens": sampler.position * sampler.seq, "layout": self.plan.stages[k].layout.to_dict(),
                     "model": self.plan.stages[k].model.to_dict(), "growth": growth.to_dict() if growth else None,
                     "rng_state": torch.get_rng_state().tolist()[:64], "seed": self.args.seed,
                     "dtype": self.dtype, "loss_scale": pm.precision.scale,
                     "loss_scale_good_steps": pm.precision.good_steps, "plan_fingerprint": self.fingerprint}
-        checkpoint.save(self.ckpt_dir, f"stage{k}-step{step:07d}", pm.chunks, opts, manifest)
+        checkpoint.save(self.ckpt_dir, f"stage{k + 1}-step{step:07d}", pm.chunks, opts, manifest)
 
     def device_facts(self) -> dict:
         """What `flmplan validate` needs to predict this run: the device, and on a CPU how many
@@ -449,7 +452,7 @@ class Meter:
         dist.all_reduce(memory, op=dist.ReduceOp.MAX)
         model_fu = mfu(tps, self.model_flops, run.peak, world)
         for r, (loss, norm) in zip(self.pending, values.tolist(), strict=True):
-            run.log({"stage": self.k, "stage_name": self.stage.name, "step": r["step"], "loss": loss,
+            run.log({"stage": self.k + 1, "stage_name": self.stage.name, "step": r["step"], "loss": loss,
                      "lr": r["lr"], "grad_norm": norm, "mask": r["mask"], "skipped": r["skipped"],
                      "tokens_per_s": tps, "step_s": step_s,
                      "mfu": model_fu,

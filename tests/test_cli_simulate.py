@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from planner.cli import app
-from planner.plan import load_plan
+from planner.export import checkpoint_every_steps
+from planner.plan import load_plan, stage_warmup_steps
 
 runner = CliRunner()
 PAPER_DAYS = [9.63, 5.37, 6.54]
@@ -118,37 +119,78 @@ def test_confidence_fits_the_budget_at_p90():
     assert sim["cost_p90"] <= 100_000
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--budget", "0"], "--budget must be a positive number"),
-        (["--budget", "-5"], "--budget must be a positive number"),
-        (["--budget", "500"], "buys no plan that reaches 101B"),
-        (["--gpu", "v100"], "Unknown GPU 'v100'"),
-        (["--target-size", "1T", "--max-gpus", "8"], "No model of 1000B parameters fits on 8"),
-        (["--target-size", "big"], "--target-size must look like 101B"),
-        (["--confidence", "1.5"], "--confidence must be between"),
-        (["--max-growth-factor", "0.5"], "--max-growth-factor must be at least 1"),
-        (["--global-batch", "0"], "--global-batch must be at least 1"),
-        (["--max-days", "0"], "--max-days must be positive"),
-        (["--carryover", "2"], "carry-over efficiency must be in (0, 1]"),
-        (["--loss-law", "kaplan"], "Unknown loss law 'kaplan'"),
-        (["--trials", "0"], "--trials must be at least 1"),
-        (["--spare-fraction", "2"], "--spare-fraction is a fraction of the nodes, at most 1"),
-        (["--target-size", "101"], "--target-size 101 reads as 101 parameters"),
-        (["--out", "."], "--out . is a folder"),
-        (["--report", "."], "--report . is a folder"),
-    ],
-)
-def test_bad_input_is_one_sentence_and_exit_2(args, message):
-    r = runner.invoke(app, ["simulate", "--trials", "20", *args])
+PARSE_TIME_REFUSALS = [
+    (["--budget", "0"], "Invalid value for '--budget': 0.0 is not in the range x>=1.0."),
+    (["--budget", "-5"], "Invalid value for '--budget'"),
+    (["--gpu", "v100"], "Unknown GPU 'v100'"),
+    (["--target-size", "big"], "--target-size must look like 101B"),
+    (["--target-size", "101"], "--target-size 101 reads as 101 parameters"),
+    (["--confidence", "1.5"], "'--confidence': 1.5 is not in the range 0.5<=x<=0.99."),
+    (["--max-growth-factor", "0.5"], "'--max-growth-factor': 0.5 is not in the range x>=1.0."),
+    (["--global-batch", "0"], "'--global-batch': 0 is not in the range x>=1."),
+    (["--max-days", "0"], "'--max-days': 0.0 is not in the range x>=0.01."),
+    (["--carryover", "2"], "'--carryover': 2.0 is not in the range 0.01<=x<=1.0."),
+    (["--loss-law", "kaplan"], "Unknown loss law 'kaplan'"),
+    (["--trials", "0"], "'--trials': 0 is not in the range x>=1."),
+    (["--spare-fraction", "2"], "'--spare-fraction': 2.0 is not in the range 0.0<=x<=1.0."),
+    (["--schedule", "best"], "'--schedule': 'best' is not one of 'auto', 'flm'."),
+    (["--attention", "sdpa"], "'--attention': 'sdpa' is not one of 'flash', 'unfused'."),
+    (["--checkpoint-rule", "weekly"], "'--checkpoint-rule': 'weekly' is not one of 'daly', 'young'."),
+    (["--budget", "lots"], "'--budget': 'lots' is not a valid float"),
+    (["--out", "."], "--out . is a folder; give a file name, like plan.json."),
+    (["--report", "."], "--report . is a folder; give a file name, like report.html."),
+]
+
+
+def assert_one_sentence(r, message: str) -> None:
+    """The refusal style of every command: exit 2, one line `Error: …`, no traceback."""
     assert r.exit_code == 2, r.output
-    assert message in r.output and "Traceback" not in r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], r.output
 
 
-def test_budget_that_is_not_a_number():
-    r = runner.invoke(app, ["simulate", "--budget", "lots"])
-    assert r.exit_code == 2 and "Traceback" not in r.output
+@pytest.mark.parametrize(("args", "message"), PARSE_TIME_REFUSALS)
+def test_bad_input_is_refused_in_one_sentence_before_planning(args, message, monkeypatch):
+    import planner.simulate
+
+    def planned(*a, **k):
+        raise AssertionError("the input should have been refused before planning")
+
+    monkeypatch.setattr(planner.simulate, "plan_budget", planned)
+    assert_one_sentence(runner.invoke(app, ["simulate", "--trials", "20", *args]), message)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--budget", "500"], "buys no plan that reaches 101B"),
+    (["--target-size", "1T", "--max-gpus", "8"], "No model of 1000B parameters fits on 8"),
+])
+def test_inputs_that_only_planning_can_refuse(args, message):
+    assert_one_sentence(runner.invoke(app, ["simulate", "--trials", "20", *args]), message)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["profile", "--device", "tpu"], "'--device': 'tpu' is not one of 'cuda', 'cpu'."),
+    (["profile", "--nproc", "0"], "'--nproc': 0 is not in the range x>=1."),
+    (["profile", "--out", "."], "--out . is a folder; give a file name, like profile.json."),
+    (["estimate", "examples/flm101b-101B.json", "--dtype", "int8"], "'--dtype': 'int8' is not one of"),
+    (["export", "plan.json", "--to", "deepspeed"], "'--to': 'deepspeed' is not one of 'megatron', 'torchtitan'"),
+    (["export", "README.md", "--out", "README.md"], "--out README.md is a file; give a folder."),
+    (["run", "runtime/data/tiny_one_stage.json", "--scale", "huge"], "'--scale': 'huge' is not one of 'tiny', 'full'."),
+    (["run", "runtime/data/tiny_one_stage.json", "--nproc", "0"], "'--nproc': 0 is not in the range x>=1."),
+    (["run", "runtime/data/tiny_one_stage.json", "--dtype", "fp8"], "'--dtype': 'fp8' is not one of"),
+    (["run", "runtime/data/tiny_one_stage.json", "--out", "README.md"], "--out README.md is a file; give a folder."),
+    (["validate", "no-such-run"], "no-such-run is not a run folder"),
+    (["simulate", "--bogus"], "--bogus"),
+])
+def test_every_command_refuses_in_the_same_style(args, message):
+    assert_one_sentence(runner.invoke(app, args), message)
+
+
+def test_choices_are_case_insensitive_and_listed_in_help():
+    r = runner.invoke(app, ["simulate", "--help"], env={"COLUMNS": "200"})
+    assert "[auto|flm]" in r.output and "0.5<=x<=0.99" in r.output
+    r = runner.invoke(app, ["simulate", "--schedule", "FLM", "--trials", "0"])
+    assert "'--trials'" in r.output and "--schedule" not in r.output
 
 
 def test_small_budget_names_the_smallest_that_works():
@@ -166,14 +208,6 @@ def test_export_formats(tmp_path, flm_plan):
     for flag in ("--tensor-model-parallel-size 4", "--pipeline-model-parallel-size 4", "--sequence-parallel",
                  "--global-batch-size 2160", "--use-distributed-optimizer", "--num-layers 80"):
         assert flag in args
-    r = runner.invoke(app, ["export", str(path), "--to", "torchtitan", "--out-dir", str(tmp_path / "t")])
-    toml = (tmp_path / "t" / "stage2.torchtitan.toml").read_text()
-    assert "tensor_parallel_degree = 4" in toml and "pipeline_parallel_degree = 2" in toml
-    import tomllib
-
-    cfg = tomllib.loads(toml)
-    par = cfg["parallelism"]
-    assert par["data_parallel_replicate_degree"] * par["data_parallel_shard_degree"] * 4 * 2 == 192
     r = runner.invoke(app, ["export", str(path), "--to", "slurm", "--out-dir", str(tmp_path / "s")])
     script = (tmp_path / "s" / "flmplan.sbatch").read_text()
     # 24 working nodes and the simulation's one spare; data required; checkpoints at the
@@ -229,7 +263,7 @@ def test_megatron_exports_parse_with_megatron_lms_parser(tmp_path, flm_plan, aut
         r = runner.invoke(app, ["export", str(path), "--to", "megatron", "--out-dir", str(tmp_path / name)])
         assert r.exit_code == 2 and "xPos" in r.output and not (tmp_path / name).exists()
         r = runner.invoke(app, ["export", str(path), "--to", "megatron", "--out-dir", str(tmp_path / name),
-                                "--rope-for-xpos"])
+                                "--nearest"])
         assert r.exit_code == 0, r.output
         for k, st in enumerate(plan.stages):
             args = parse_megatron((tmp_path / name / f"stage{k + 1}.megatron.args").read_text())
@@ -251,13 +285,72 @@ def test_megatron_exports_parse_with_megatron_lms_parser(tmp_path, flm_plan, aut
             assert float(args.min_lr) == pytest.approx(0.1 * st.lr)
 
 
+def test_torchtitan_exports_load_with_torchtitans_config_manager(tmp_path, monkeypatch, flm_plan, auto_plan,
+                                                                plan_300k):
+    """The exported module is loaded by torchtitan 0.3.0's own ConfigManager (the `--module
+    --config` route of `torchtitan.train`), and every stage means what the plan means: world size
+    and degrees, pipeline virtual stages, micro-batches, steps, LR schedule, recompute, checkpoints,
+    and the model's parameters (built on the meta device)."""
+    pytest.importorskip("torchtitan.config.manager", reason="torchtitan is in the test extra")
+    import importlib.metadata
+    import sys
+
+    import torch
+    from torchtitan.config.manager import ConfigManager
+    from torchtitan.distributed.parallel_dims import ParallelDims
+    from torchtitan.distributed.pipeline_parallel import _get_pipeline_metadata
+
+    from planner.export import TORCHTITAN_MODULE, TORCHTITAN_VERSION
+
+    assert importlib.metadata.version("torchtitan") == TORCHTITAN_VERSION
+    plans = {"flm": flm_plan, "auto": auto_plan, "300k": load_plan(plan_300k)}
+    for name, plan in plans.items():
+        path, out = tmp_path / f"{name}.json", tmp_path / name
+        path.write_text(json.dumps(plan.to_json()))
+        r = runner.invoke(app, ["export", str(path), "--to", "torchtitan", "--out", str(out)])
+        assert_one_sentence(r, "which torchtitan")           # GeLU, xPos or tied embeddings under PP
+        assert not out.exists()
+        r = runner.invoke(app, ["export", str(path), "--to", "torchtitan", "--out", str(out), "--nearest"])
+        assert r.exit_code == 0, r.output
+        monkeypatch.syspath_prepend(str(out))
+        sys.modules.pop(TORCHTITAN_MODULE, None)
+        for k, st in enumerate(plan.stages):
+            cfg = ConfigManager().parse_args(["--module", TORCHTITAN_MODULE, "--config", f"stage{k + 1}"])
+            lay, m, par = st.layout, st.model, cfg.parallelism
+            dims = ParallelDims.from_config(par, lay.gpus)       # refuses degrees that do not multiply out
+            assert (dims.tp, dims.pp, dims.dp_replicate * dims.dp_shard) == (lay.tp, lay.pp, lay.dp)
+            assert dims.dp_shard == (lay.dp if lay.zero else 1)
+            assert cfg.training.steps == st.steps and cfg.training.global_batch_size == lay.global_batch
+            micro_batches = lay.global_batch // (lay.dp * lay.micro_batch)
+            if lay.pp > 1:
+                virtual, layers, _, _ = _get_pipeline_metadata(dims, par, cfg.model_spec.model)
+                assert (virtual, layers) == (lay.pp * lay.interleave, m.layers)
+                assert par.pipeline_parallel_microbatch_size == lay.micro_batch
+                assert cfg.training.local_batch_size // lay.micro_batch == micro_batches
+            else:
+                assert cfg.training.local_batch_size == lay.micro_batch
+            assert cfg.lr_scheduler.warmup_steps == stage_warmup_steps(st)
+            assert cfg.lr_scheduler.decay_type == "cosine" and cfg.lr_scheduler.min_lr_factor == 0.1
+            assert cfg.optimizer.param_groups[0].optimizer_kwargs["lr"] == pytest.approx(st.lr)
+            recompute = type(cfg.activation_checkpoint).__qualname__ if cfg.activation_checkpoint else "none"
+            assert recompute == {"none": "none", "selective": "SelectiveAC.Config", "full": "FullAC.Config"}[
+                lay.recompute]
+            assert cfg.checkpoint.enable and cfg.checkpoint.interval == checkpoint_every_steps(plan, k)
+            assert (cfg.checkpoint.initial_load_path is not None) == (k > 0)
+            cfg.model_spec.model.update_from_config(config=cfg)  # torchtitan's own model checks (heads % tp)
+            with torch.device("meta"):
+                params = sum(p.numel() for p in cfg.model_spec.model.build().parameters())
+            untied = m.vocab * m.hidden if m.tied_embeddings and lay.pp > 1 else 0
+            assert params == pytest.approx(m.params() + untied, rel=0.01)
+
+
 def test_megatron_refuses_what_it_cannot_express(tmp_path):
     """Megatron-LM has no xPos: refused in one sentence naming the field, nothing written."""
     plan = Path(__file__).resolve().parents[1] / "runtime/data/tiny_one_stage.json"
     r = runner.invoke(app, ["export", str(plan), "--to", "megatron", "--out-dir", str(tmp_path / "m")])
     assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp_path / "m").exists()
     text = " ".join(r.output.split())
-    assert "xPos (model.position)" in text and "--rope-for-xpos" in text
+    assert "xPos (model.position)" in text and "--nearest" in text
 
 
 def test_report_has_the_tables_of_the_console(tmp_path):

@@ -159,12 +159,14 @@ def two_stage(tmp_path_factory):
 def test_two_stage_growth_with_a_layout_change(two_stage):
     _plan, out = two_stage
     assert (out / "DONE.json").exists()
-    for k in (0, 1):
+    # Growth stages are numbered from 1 in metrics.jsonl and checkpoint names, as on the console.
+    assert {p.name.split("-")[0] for p in (out / "checkpoints").iterdir()} == {"stage1", "stage2"}
+    for k in (1, 2):
         stage = losses(out, k)
         assert len(stage) == 16
-        assert sum(stage[-3:]) / 3 < sum(stage[:3]) / 3, f"loss does not fall in stage {k + 1}"
+        assert sum(stage[-3:]) / 3 < sum(stage[:3]) / 3, f"loss does not fall in stage {k}"
     ev = events(out)
-    before, after = ev[("before_growth", 1)], ev[("after_growth", 1)]
+    before, after = ev[("before_growth", 2)], ev[("after_growth", 2)]
     assert abs(after - before) / before < 0.01
 
 
@@ -180,23 +182,24 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(two_stage, tmp
     assert not (out / "DONE.json").exists()
     # The probe before the growth was re-run from the first stage's final checkpoint.
     ev = events(out)
-    assert abs(ev[("after_growth", 1)] - ev[("before_growth", 1)]) / ev[("before_growth", 1)] < 0.01
+    assert abs(ev[("after_growth", 2)] - ev[("before_growth", 2)]) / ev[("before_growth", 2)] < 0.01
     # A half-written checkpoint from the crash must not be used: leave a truncated one behind.
     newest = sorted((out / "checkpoints").iterdir())[-1]
-    bogus = out / "checkpoints" / "stage1-step0000099"
+    bogus = out / "checkpoints" / "stage2-step0000099"
     bogus.mkdir()
-    (bogus / "manifest.json").write_text(json.dumps({"stage": 1, "step": 99, "data_position": 0, "global_step": 10**6,
-                                                     "files": {"__0_0.distcp": "0"}}))
+    manifest = {"stage": 2, "stage_numbering": 1, "step": 99, "data_position": 0, "global_step": 10**6,
+                "files": {"__0_0.distcp": "0"}}
+    (bogus / "manifest.json").write_text(json.dumps(manifest))
     (bogus / "__0_0.distcp").write_text("truncated")
     printed: list[str] = []
     r = torchrun(plan, out, 4, env=env, output=printed)
     assert r == 0 and (out / "DONE.json").exists()
     # The bad checkpoint is named, with what is wrong with it, and the one before it is used.
-    assert "stage1-step0000099 is unusable" in printed[0] and "does not match its checksum" in printed[0]
-    assert "resuming from stage1-step0000005" in printed[0]
-    assert newest.name == "stage1-step0000005"
-    final = losses(out, 1)[-1]
-    assert final == pytest.approx(losses(reference, 1)[-1], abs=1e-5)
+    assert "stage2-step0000099 is unusable" in printed[0] and "does not match its checksum" in printed[0]
+    assert "resuming from stage2-step0000005" in printed[0]
+    assert newest.name == "stage2-step0000005"
+    final = losses(out, 2)[-1]
+    assert final == pytest.approx(losses(reference, 2)[-1], abs=1e-5)
 
 
 def test_flmplan_run_scales_the_flm_plan_to_this_machine(tmp_path):
@@ -208,7 +211,7 @@ def test_flmplan_run_scales_the_flm_plan_to_this_machine(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (out / "DONE.json").exists()
     ev = events(out)
-    for k in (1, 2):
+    for k in (2, 3):                            # the growths into stages 2 and 3, numbered from 1
         assert abs(ev[("after_growth", k)] - ev[("before_growth", k)]) < 1e-4
 
 
@@ -254,12 +257,12 @@ def test_sigterm_saves_the_step_in_flight_and_resumes_bit_identically(tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     stopped = next(r for r in rows if r.get("event") == "preempted")
     assert 10 <= stopped["step"] < 40 and stopped["saved"]
-    assert (out / "checkpoints" / f"stage0-step{stopped['step']:07d}").exists()
+    assert (out / "checkpoints" / f"stage1-step{stopped['step']:07d}").exists()
     assert not (out / "RUNNING.lock").exists()
     assert flmplan_run(out).wait(timeout=300) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     starts = [r for r in rows if r.get("event") == "start"]
-    assert [s["resume_from"] for s in starts] == [None, f"stage0-step{stopped['step']:07d}"]
+    assert [s["resume_from"] for s in starts] == [None, f"stage1-step{stopped['step']:07d}"]
     assert losses(out)[-1] == losses(reference)[-1]
     # Another plan into the same folder: its checkpoints are refused in one sentence, no resume advice.
     plan["stages"][0]["steps"] = 41

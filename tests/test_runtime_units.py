@@ -85,8 +85,6 @@ def test_run_refuses_a_plan_that_needs_other_hardware():
     plan = str(Path(__file__).resolve().parents[1] / "runtime/data/flm101b_plan.json")
     r = runner.invoke(app, ["run", plan, "--nproc", "4"])
     assert r.exit_code == 2 and "needs tp·pp·dp = 2·1·96 = 192 processes but --nproc is 4" in r.output
-    r = runner.invoke(app, ["run", plan, "--scale", "huge"])
-    assert r.exit_code == 2 and "--scale must be tiny or full" in r.output
 
 
 def test_every_kind_of_broken_manifest_is_a_bad_checkpoint(tmp_path):
@@ -212,3 +210,11 @@ def test_a_finished_run_is_recognised_and_not_started_again(tmp_path):
     text = " ".join(r.output.split())
     assert "Run complete: 1 stage in" in text and "nothing to do" in text
     assert not (out / "metrics.jsonl").exists()
+
+
+def test_checkpoint_stage_numbering_reads_old_and_new_manifests():
+    """Manifests number growth stages from 1 like the console; older ones counted from 0."""
+    from runtime.checkpoint import stage_index
+
+    assert stage_index({"stage": 2, "stage_numbering": 1}) == 1
+    assert stage_index({"stage": 1}) == 1

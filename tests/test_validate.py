@@ -44,7 +44,7 @@ def write_run(folder: Path, windows: list[tuple[str, float]], stage_name: str = 
             lines.append(json.dumps(start))
             continue
         for _ in range(4):
-            lines.append(json.dumps({"stage": 0, "stage_name": stage_name, "step": step, "loss": 5.0,
+            lines.append(json.dumps({"stage": 1, "stage_name": stage_name, "step": step, "loss": 5.0,
                                      "step_s": step_s, "tokens_per_s": tokens / step_s, "mfu": mfu,
                                      "memory_gib_per_gpu": memory}))
             step += 1
