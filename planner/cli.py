@@ -159,6 +159,10 @@ def profile(
         stderr.print(f"[yellow]Warning:[/] the layer {repeat['layer']} measured {repeat['difference']:+.1%} apart at "
                      "the start and the end of the sweep (points' median spread "
                      f"{prof.timing['median_spread']:.1%}): the device was not quiet; measure again when it is.")
+    failed = prof.collectives.get("tensor_parallel", {}).get("probe", {}).get("plain", {}).get("error")
+    if failed:
+        stderr.print(f"[yellow]Warning:[/] the tensor-parallel probe failed ({failed}); this profile charges no "
+                     "host time around tensor parallelism.")
     g = prof.gemm
     stdout.print(
         f"wrote {path}: {prof.device['name']}, {prof.dtype}; GEMM best {prof.device['measured_gemm_max_tflops']:.3g} "

@@ -46,6 +46,13 @@ class Network:
         self.inter_lat = float(c["inter_node"]["latency_us"]) * 1e-6
         self.overlap_slowdown = float(c.get("overlap_slowdown", 0.0))
         self.factor = profile.time_factors()["collectives"]
+        # What the runtime's tensor-parallel layer costs beyond its kernels and collectives, per
+        # pass (DTensor's dispatch on the host; measured by the profiler, absent in derived profiles).
+        tp = c.get("tensor_parallel", {})
+        self.tp_pass_overhead = {False: float(tp.get("layer_pass_overhead_s", 0.0)),
+                                 True: float(tp.get("sequence_parallel_layer_pass_overhead_s", 0.0))}
+        self.tp_micro_batch_overhead = {False: float(tp.get("micro_batch_overhead_s", 0.0)),
+                                        True: float(tp.get("sequence_parallel_micro_batch_overhead_s", 0.0))}
 
     def exposed(self, comm_s: float, compute_s: float) -> float:
         """Time a collective adds when it runs under `compute_s` of compute: the part that does

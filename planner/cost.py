@@ -12,7 +12,7 @@ PyTorch FSDP (Zhao et al. 2023) for sharded data parallelism.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 
 from planner.comm import Network, group
@@ -37,7 +37,7 @@ class StepBreakdown:
 
     compute_s: float
     recompute_s: float
-    tp_comm_s: float
+    tp_comm_s: float          # tensor-parallel collectives (and, on a CPU, the runtime's host time around them)
     pp_comm_s: float
     bubble_s: float
     dp_comm_s: float
@@ -150,12 +150,25 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     lt = layer_time(dev, model, lay, software)
     activation_bytes = lay.micro_batch * model.seq * model.hidden * dev.bytes_per_element
     tp_fwd = tp_bwd = tp_comm_per_pass_s(net, model, lay, dev.bytes_per_element, gpn)
+    # The runtime's host time around tensor parallelism (measured by the profiler): on a GPU it
+    # is issue time, hidden under the kernels unless the host is the bottleneck; on a CPU it adds,
+    # per layer pass and, for the vocabulary-parallel ends, per micro-batch.
+    tp_ends = tp_host = 0.0
+    if t > 1:
+        overhead = net.tp_pass_overhead[lay.sequence_parallel]
+        if dev.queued:
+            lt = replace(lt, issue_fwd=lt.issue_fwd + overhead, issue_bwd=lt.issue_bwd + overhead)
+        else:
+            tp_host = overhead
+            tp_fwd, tp_bwd = tp_fwd + overhead, tp_bwd + overhead
+            tp_ends = net.tp_micro_batch_overhead[lay.sequence_parallel]
 
     if lay.recompute == "full":
         recompute_layer, tp_recompute = lt.forward, tp_fwd
     elif lay.recompute == "selective":
         recompute_layer = lt.attention_core_fwd if lay.attention == "unfused" else lt.norm_act_fwd
-        tp_recompute = 0.0
+        # The forward is re-run with the products kept: its host time around tensor parallelism again.
+        tp_recompute = tp_host
     else:
         recompute_layer, tp_recompute = 0.0, 0.0
 
@@ -164,7 +177,7 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     # The last stage carries the output layer too: it is the slowest stage.
     compute_mb = layers_max * (lt.forward + lt.backward) + logit_fwd + logit_bwd
     recompute_mb = layers_max * recompute_layer
-    tp_mb = layers_max * (tp_fwd + tp_bwd + tp_recompute)
+    tp_mb = layers_max * (tp_fwd + tp_bwd + tp_recompute) + tp_ends
     stage_mb = compute_mb + recompute_mb + tp_mb
     mean_stage_mb = stage_mb - (logit_fwd + logit_bwd) * (p - 1) / p if p > 1 else stage_mb
 

@@ -137,17 +137,24 @@ def run_profile_for(run: RunRecord, plan: Plan, profile: Profile | None) -> Prof
 def shared_cores(run: RunRecord, profile: Profile) -> Profile:
     """A CPU run's ranks split the machine's cores: a rank with T threads, of P ranks on C cores,
     computes on min(T, C / P) cores, while the profile measured its kernels on its own thread
-    count; kernel times scale by that ratio (the rate taken as linear in cores)."""
+    count; kernel times scale by that ratio (the rate taken as linear in cores), and the
+    tensor-parallel host time by the share of one core a rank gets."""
     start = run.start
     if start.get("device_kind") != "cpu":
         return profile
     cores = max(1, start.get("cores", 1))
     rank_cores = min(start.get("threads", cores), cores / max(1, start.get("processes", 1)))
     share = profile.software.get("threads", cores) / rank_cores
-    if share == 1:
-        return profile
     factors = {k: v * (share if k != "collectives" else 1.0) for k, v in profile.time_factors().items()}
-    return replace(profile, calibration={**profile.calibration, "time_factors": factors})
+    collectives = profile.collectives
+    tp = collectives.get("tensor_parallel")
+    if tp and tp.get("probe", {}).get("rank_cores"):
+        # The tensor-parallel host time is one thread's work: it slows only where a rank has less
+        # than a core, against the probe's ranks.
+        slow = min(1.0, tp["probe"]["rank_cores"]) / min(1.0, rank_cores)
+        collectives = {**collectives, "tensor_parallel": {
+            **tp, **{k: v * slow for k, v in tp.items() if k.endswith("overhead_s")}}}
+    return replace(profile, calibration={**profile.calibration, "time_factors": factors}, collectives=collectives)
 
 
 def check_run(run: RunRecord, plan: Plan, profile: Profile) -> list[StageCheck]:

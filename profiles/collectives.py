@@ -1,4 +1,5 @@
-"""Collective bandwidth between local processes through torch.distributed.
+"""Collective bandwidth between local processes through torch.distributed, and what the
+runtime's tensor-parallel layer costs beyond its kernels and its collectives.
 
 NCCL between the GPUs of this machine, or gloo between `nproc` CPU processes. Reported as
 bus bandwidth (nccl-tests convention): all-reduce moves 2(n−1)/n of the buffer per rank,
@@ -30,18 +31,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], reps: int, out_path: str) -> None:
+def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], reps: int, out_path: str,
+            dtype: torch.dtype) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group(backend, rank=rank, world_size=nproc)
     device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if backend == "nccl":
         torch.cuda.set_device(device)
+    else:     # as `flmplan run` starts CPU ranks: the cores shared out among them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
     rows = [row for nbytes in sizes for row in _measure_size(rank, nproc, nbytes, device, reps)]
+    try:
+        tp = {sp: tensor_parallel_overhead(nproc, device, dtype, sp, reps=5 * reps) for sp in (False, True)}
+    except Exception as err:     # a profile without this entry still serves: say why it is missing
+        tp = {sp: {"layer_pass_s": 0.0, "micro_batch_s": 0.0, "error": f"{type(err).__name__}: {err}"}
+              for sp in (False, True)}
     if rank == 0:
         import json
 
         with open(out_path, "w") as f:
-            json.dump(rows, f)
+            json.dump({"rows": rows, "tensor_parallel": {
+                "layer_pass_overhead_s": tp[False]["layer_pass_s"],
+                "sequence_parallel_layer_pass_overhead_s": tp[True]["layer_pass_s"],
+                "micro_batch_overhead_s": tp[False]["micro_batch_s"],
+                "sequence_parallel_micro_batch_overhead_s": tp[True]["micro_batch_s"],
+                "probe": {**TP_PROBE, "ranks": nproc, "rank_cores": _rank_cores(nproc, device), "plain": tp[False],
+                          "sequence_parallel": tp[True]},
+                "method": "ParallelModel.train_batch of one micro-batch on 1- and 3-layer probe models, sharded "
+                          "and unsharded: per layer pass, half the sharded slope over the unsharded one less the "
+                          "layer's collectives timed alone; per micro-batch, the rest of the 1-layer difference "
+                          "(vocabulary-parallel embedding, output layer and loss)"}},
+                      f)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -80,12 +100,82 @@ def _measure_size(rank: int, nproc: int, nbytes: int, device: torch.device, reps
     return rows
 
 
-def measure_collectives(nproc: int, backend: str, sizes: list[int], reps: int = 3) -> list[dict]:
-    """Spawn nproc processes, measure every op at every size, return rank 0's rows."""
+# A model small enough that its kernels are mostly their dispatch: what the runtime adds around
+# tensor parallelism (DTensor's sharding propagation and redistribution on the host, the
+# vocabulary-parallel ends, their small collectives) is then most of its time, and is much the
+# same at any width (it is per operation).
+TP_PROBE = {"hidden": 128, "heads": 8, "seq": 64, "micro_batch": 2, "vocab": 256}
+
+
+def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtype, sequence_parallel: bool,
+                             reps: int = 9) -> dict:
+    """What the runtime's tensor parallelism costs beyond the kernels of its shards and the
+    collectives of its layers: one micro-batch of `train_batch` on 1- and 3-layer models, sharded
+    over the nproc ranks and unsharded; the difference in the layers' slope is per layer pass, the
+    rest (the vocabulary-parallel embedding, output layer and loss) per micro-batch. Every rank
+    calls this."""
+    from planner.specs import Layout
+    from runtime.model import Decoder, DecoderConfig, causal_lm_loss
+    from runtime.parallel import make_mesh, parallelize
+
+    h, seq, b, vocab = TP_PROBE["hidden"], TP_PROBE["seq"], TP_PROBE["micro_batch"], TP_PROBE["vocab"]
+    layout = Layout(tp=nproc, pp=1, dp=1, micro_batch=b, global_batch=b, sequence_parallel=sequence_parallel,
+                    zero=0)
+    mesh = make_mesh(layout, device.type)
+    tokens = torch.randint(0, vocab, (b, seq + 1), generator=torch.Generator().manual_seed(0))
+    x, y = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+
+    def model(layers: int) -> Decoder:
+        torch.manual_seed(0)
+        cfg = DecoderConfig(layers=layers, hidden=h, heads=TP_PROBE["heads"], ffn=4 * h, vocab=vocab, seq=seq)
+        return Decoder(cfg).to(device=device, dtype=dtype)
+
+    def unsharded_step(m: Decoder):
+        return lambda: causal_lm_loss(m(x), y).backward()
+
+    times = {}
+    for layers in (1, 3):
+        pm = parallelize(model(layers), layout, mesh, device)
+        times[f"tensor_parallel_{layers}_layers_s"] = time_lockstep(lambda pm=pm: pm.train_batch(x, y), device,
+                                                                    warmup=3, reps=reps)
+        times[f"unsharded_{layers}_layers_s"] = time_lockstep(unsharded_step(model(layers)), device, warmup=3,
+                                                              reps=reps)
+    full = torch.empty(b * seq * h, device=device, dtype=dtype)
+    part = torch.empty(b * seq * h // nproc, device=device, dtype=dtype)
+
+    def layer_collectives() -> None:
+        # One layer, forward and backward: two all-reduces of the activations each, or with
+        # sequence parallelism an all-gather and a reduce-scatter each (what the cost model charges).
+        for _ in range(4):
+            if sequence_parallel:
+                _all_gather(full, part)
+                _reduce_scatter(part, full)
+            else:
+                dist.all_reduce(full)
+
+    times["layer_collectives_s"] = time_lockstep(layer_collectives, device, warmup=1, reps=reps)
+    per_layer = ((times["tensor_parallel_3_layers_s"] - times["tensor_parallel_1_layers_s"]
+                  - (times["unsharded_3_layers_s"] - times["unsharded_1_layers_s"])) / 2 - times["layer_collectives_s"])
+    pass_s = max(0.0, per_layer) / 2
+    ends = (times["tensor_parallel_1_layers_s"] - times["unsharded_1_layers_s"] - times["layer_collectives_s"]
+            - 2 * pass_s)
+    return {**times, "layer_pass_s": pass_s, "micro_batch_s": max(0.0, ends)}
+
+
+def _rank_cores(nproc: int, device: torch.device) -> float | None:
+    """The cores each CPU rank computed on (None on GPUs)."""
+    return min(torch.get_num_threads(), (os.cpu_count() or 1) / nproc) if device.type == "cpu" else None
+
+
+def measure_collectives(nproc: int, backend: str, sizes: list[int], reps: int = 3,
+                        dtype: torch.dtype = torch.float32) -> tuple[list[dict], dict]:
+    """Spawn nproc processes, measure every op at every size and the tensor-parallel layer's
+    overhead; return rank 0's rows and that overhead."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "rows.json")
-        mp.spawn(_worker, args=(nproc, _free_port(), backend, sizes, reps, out), nprocs=nproc, join=True)
+        mp.spawn(_worker, args=(nproc, _free_port(), backend, sizes, reps, out, dtype), nprocs=nproc, join=True)
         import json
 
         with open(out) as f:
-            return json.load(f)
+            found = json.load(f)
+        return found["rows"], found["tensor_parallel"]

@@ -135,8 +135,8 @@ def run_profile(device_kind: str = "cpu", dtype: str | None = None, quick: bool 
         if multi:
             progress.update(task, description="collectives")
             ranks = count if device.type == "cuda" else nproc
-            coll_points = measure_collectives(ranks, "nccl" if device.type == "cuda" else "gloo",
-                                              sweep.collective_bytes)
+            coll_points, tensor_parallel = measure_collectives(ranks, "nccl" if device.type == "cuda" else "gloo",
+                                                               sweep.collective_bytes, dtype=tdtype)
             progress.advance(task)
 
     gpu = gpu_for_device(device_name) if device.type == "cuda" else None
@@ -147,6 +147,8 @@ def run_profile(device_kind: str = "cpu", dtype: str | None = None, quick: bool 
     gemm_fit = fit.fit_gemm(gemm_points, peak * 1e12, hbm * 1e9, elem)
     attn_fit = fit.fit_attention(attn_points, peak * 1e12)
     collectives = _collectives(coll_points, gpu, device.type == "cpu")
+    if coll_points:
+        collectives["tensor_parallel"] = tensor_parallel
     return Profile(
         name=name or _default_name(device_name, dtype),
         source="measured",

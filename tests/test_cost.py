@@ -137,3 +137,38 @@ def test_full_search_picks_a_fitting_fast_layout(flm101b, a800_192, a800):
     for tp, pp in ((8, 4), (4, 8), (8, 8)):
         other = search_layout(flm101b, a800_192, PartialLayout(global_batch=2160, tp=tp, pp=pp), a800)
         assert other.best.iteration_s >= r.best.iteration_s
+
+
+def test_tensor_parallel_host_overhead_by_hand(a800):
+    """The profiler's measured host time around a tensor-parallel layer pass (DTensor dispatch)
+    adds on a CPU once per forward and backward pass of every layer of every micro-batch (and per
+    recomputed forward); on a GPU it is issue time, which shows only when the host is the
+    bottleneck."""
+    plain = _synthetic(a800)
+    measured = {**plain.collectives, "tensor_parallel": {"layer_pass_overhead_s": 0.01,
+                                                          "sequence_parallel_layer_pass_overhead_s": 0.03,
+                                                          "micro_batch_overhead_s": 0.1,
+                                                          "sequence_parallel_micro_batch_overhead_s": 0.2}}
+    cluster = ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=2)
+
+    def step(profile, **layout):
+        lay = Layout(tp=2, pp=1, dp=1, micro_batch=1, global_batch=3, **layout)
+        return estimate_step(SMALL, cluster, lay, profile).breakdown
+
+    cpu, cpu_plain = (replace(p, device={**a800.device, "kind": "cpu"}) for p in (replace(plain, collectives=measured),
+                                                                                   plain))
+    passes = 3 * SMALL.layers * 2                      # micro-batches × layers × (forward, backward)
+    assert step(cpu).tp_comm_s - step(cpu_plain).tp_comm_s == pytest.approx(passes * 0.01 + 3 * 0.1)
+    assert (step(cpu, sequence_parallel=True).tp_comm_s - step(cpu_plain, sequence_parallel=True).tp_comm_s
+            == pytest.approx(passes * 0.03 + 3 * 0.2))
+    for recompute in ("full", "selective"):                # a recomputed forward pays it again
+        assert (step(cpu, recompute=recompute).tp_comm_s - step(cpu_plain, recompute=recompute).tp_comm_s
+                == pytest.approx(3 * SMALL.layers * 3 * 0.01 + 3 * 0.1))
+    def on_gpu(overhead_s: float):
+        return replace(plain, collectives={**plain.collectives,
+                                           "tensor_parallel": {"layer_pass_overhead_s": overhead_s}})
+
+    hidden = on_gpu(1e-6)                      # less than a pass's kernels: hidden under them
+    assert step(hidden).tp_comm_s == step(plain).tp_comm_s
+    assert step(hidden).compute_s == pytest.approx(step(plain).compute_s)
+    assert step(on_gpu(10.0)).compute_s >= passes * 10.0                      # the host is the bottleneck

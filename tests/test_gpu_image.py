@@ -21,7 +21,7 @@ IMPORTS = """
 import sys
 for name in ("pydantic", "simpy", "plotly", "scipy"):
     sys.modules[name] = None
-import profiles.run, profiles.collectives, profiles.fit, profiles.layer, runtime.model  # noqa
+import profiles.run, profiles.collectives, profiles.fit, profiles.layer, runtime.model, runtime.parallel  # noqa
 print("ok")
 """
 

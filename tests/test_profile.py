@@ -60,9 +60,18 @@ def test_profiler_writes_a_valid_measured_profile(tiny_profile):
 def test_gloo_collectives_between_two_processes():
     from profiles.collectives import measure_collectives
 
-    rows = measure_collectives(2, "gloo", [1 << 16], reps=1)
+    rows, tp = measure_collectives(2, "gloo", [1 << 16], reps=1)
     assert {r["op"] for r in rows} == {"all_reduce", "all_gather", "reduce_scatter", "send_recv"}
     assert all(r["busbw_gbps"] > 0 and r["ranks"] == 2 for r in rows)
+    # The runtime's tensor-parallel probe ran, sharded and unsharded, with and without sequence
+    # parallelism: the sharded steps are the slower ones, and the overheads are what is left.
+    for kind in ("plain", "sequence_parallel"):
+        probe = tp["probe"][kind]
+        assert "error" not in probe, probe
+        assert probe["tensor_parallel_1_layers_s"] > probe["unsharded_1_layers_s"] > 0
+        assert probe["tensor_parallel_3_layers_s"] > probe["tensor_parallel_1_layers_s"]
+    assert tp["layer_pass_overhead_s"] == tp["probe"]["plain"]["layer_pass_s"] >= 0
+    assert tp["probe"]["ranks"] == 2 and tp["probe"]["rank_cores"] > 0
 
 
 def test_builtin_profiles_say_where_each_value_comes_from():

@@ -144,3 +144,27 @@ def test_refit_refuses_bad_input(tmp_path):
     assert r.exit_code == 2 and "not a run folder" in " ".join(r.output.split())
     r = runner.invoke(app, ["profile", "--holdout", str(tmp_path)])
     assert r.exit_code == 2 and "go with --refit" in r.output
+
+
+def test_cpu_ranks_sharing_cores_slow_kernels_and_the_tensor_parallel_host_time():
+    """Kernels scale with the cores a rank gets against the profile's threads; the tensor-parallel
+    host time (one thread's work) slows only where a rank has less than a core, against the cores
+    its probe's ranks had."""
+    from dataclasses import replace
+
+    from planner.validate import RunRecord, shared_cores
+
+    base = builtin_profile("a800-80gb")
+    tp = {"layer_pass_overhead_s": 0.01, "sequence_parallel_layer_pass_overhead_s": 0.02,
+          "probe": {"rank_cores": 1.0}}
+    profile = replace(base, device={**base.device, "kind": "cpu"}, software={**base.software, "threads": 2},
+                      collectives={**base.collectives, "tensor_parallel": tp})
+
+    def run(processes: int) -> RunRecord:
+        return RunRecord(folder=Path("x"), steps=[], start={"device_kind": "cpu", "cores": 2, "threads": 1,
+                                                             "processes": processes})
+
+    two, four = shared_cores(run(2), profile), shared_cores(run(4), profile)
+    assert two.time_factors()["gemm"] == pytest.approx(2.0) and four.time_factors()["gemm"] == pytest.approx(4.0)
+    assert two.collectives["tensor_parallel"]["layer_pass_overhead_s"] == pytest.approx(0.01)
+    assert four.collectives["tensor_parallel"]["sequence_parallel_layer_pass_overhead_s"] == pytest.approx(0.04)
