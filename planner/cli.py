@@ -484,11 +484,7 @@ def _check_output_file(path: Path, option: str, example: str) -> None:
 
     if path.is_dir():
         raise FlmplanError(f"{option} {path} is a folder; give a file name, like {path / example}.")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise FlmplanError(f"{option} {path} cannot be written: {parent} is not a writable folder.")
+    _check_writable(path.parent, path, option)
 
 
 def _check_output_folder(path: Path, option: str) -> None:
@@ -498,11 +494,17 @@ def _check_output_folder(path: Path, option: str) -> None:
 
     if path.exists() and not path.is_dir():
         raise FlmplanError(f"{option} {path} is a file; give a folder.")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise FlmplanError(f"{option} {path} cannot be written: {parent} is not a writable folder.")
+    _check_writable(path, path, option)
+
+
+def _check_writable(where: Path, path: Path, option: str) -> None:
+    """`where`, or the nearest folder above it that exists, can be written into."""
+    from planner.errors import FlmplanError
+
+    while not where.exists():
+        where = where.parent
+    if not where.is_dir() or not os.access(where, os.W_OK):
+        raise FlmplanError(f"{option} {path} cannot be written: {where} is not a writable folder.")
 
 
 def _lock_run_folder(out: Path) -> Path:

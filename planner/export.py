@@ -26,6 +26,12 @@ TARGETS = ("megatron", "torchtitan", "slurm")
 MEGATRON_COMMIT = "d98e8a64ddf34856e74b24714e3bedb2f5a39553"
 
 
+def _unless_nearest(nearest: bool, where: str, what: str, tool: str, instead: str) -> None:
+    """Refuse a plan field `tool` cannot express, naming it, unless the user accepts the nearest."""
+    if not nearest:
+        raise FlmplanError(f"{where} {what}, which {tool} does not have; pass --nearest to export {instead} instead.")
+
+
 def checkpoint_every_steps(plan: Plan, k: int) -> int:
     """Steps between checkpoints: the simulation's interval (Daly's optimum, or the one given),
     in this stage's step time; 1,000 steps when the plan was not simulated."""
@@ -41,9 +47,8 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
     st = plan.stages[k]
     m, lay = st.model, st.layout
     where = f"Stage {k + 1} ({st.name})"
-    if m.position == "xpos" and not nearest:
-        raise FlmplanError(f"{where} uses xPos (model.position), which Megatron-LM does not have; pass "
-                           "--nearest to export it as plain rotary.")
+    if m.position == "xpos":
+        _unless_nearest(nearest, where, "uses xPos (model.position)", "Megatron-LM", "plain rotary")
     notes = []
     args = [
         f"--num-layers {m.layers}", f"--hidden-size {m.hidden}", f"--num-attention-heads {m.heads}",
@@ -110,8 +115,8 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
 # The torchtitan release on the package index the export targets. Since 0.3.0 a job config is a
 # function in a Python module (a "config registry") chosen with --module/--config and overridden
 # with tyro flags. The module is planner/data/torchtitan_registry.py (the model and config
-# builders) plus one function per stage; tests/test_torchtitan_export.py loads it with
-# torchtitan's own ConfigManager.
+# builders) plus one function per stage; tests/test_cli_simulate.py loads it with torchtitan's
+# own ConfigManager.
 TORCHTITAN_VERSION = "0.3.0"
 TORCHTITAN_MODULE = "flmplan_torchtitan"
 
@@ -126,24 +131,20 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
         raise FlmplanError(f"{where} trains in fp16, which torchtitan does not (bf16 or fp32).")
     ffn = m.ffn
     if m.activation == "gelu":
-        if not nearest:
-            raise FlmplanError(f"{where} has a GeLU MLP (model.activation), which torchtitan's decoders do not; pass "
-                               "--nearest to export SwiGLU with the same parameters instead.")
+        _unless_nearest(nearest, where, "has a GeLU MLP (model.activation)", "torchtitan",
+                        "SwiGLU with the same parameters")
         # SwiGLU has three matrices where GeLU has two: 2/3 of the width keeps parameters and FLOPs
         # (to a multiple of 128, so that any tensor-parallel degree divides it).
         ffn = round(2 * m.ffn / 3 / 128) * 128
         notes.append(f"SwiGLU MLP of width {ffn} in place of the plan's GeLU of width {m.ffn} (the same parameters "
                      f"to {abs(3 * ffn - 2 * m.ffn) / (2 * m.ffn):.2%}).")
     if m.position == "xpos":
-        if not nearest:
-            raise FlmplanError(f"{where} uses xPos (model.position), which torchtitan does not have; pass --nearest "
-                               "to export it as plain rotary.")
+        _unless_nearest(nearest, where, "uses xPos (model.position)", "torchtitan", "plain rotary")
         notes.append("Plain rotary position embedding in place of xPos.")
     tied = m.tied_embeddings
     if tied and lay.pp > 1:
-        if not nearest:
-            raise FlmplanError(f"{where} ties the embedding to the output layer (model.tied_embeddings) under pipeline "
-                               "parallelism, which torchtitan does not; pass --nearest to untie them.")
+        _unless_nearest(nearest, where, "ties the embedding to the output layer (model.tied_embeddings) under "
+                        "pipeline parallelism", "torchtitan", "untied embeddings")
         tied = False
         notes.append(f"Untied embeddings (torchtitan cannot tie them across pipeline stages): "
                      f"{m.vocab * m.hidden / 1e9:.2f}B more parameters on the last pipeline stage.")
