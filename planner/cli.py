@@ -79,6 +79,7 @@ Attention = StrEnum("Attention", ["flash", "unfused"])
 IntervalRule = StrEnum("IntervalRule", ["daly", "young"])
 ExportTarget = StrEnum("ExportTarget", ["megatron", "torchtitan", "slurm"])
 Scale = StrEnum("Scale", ["tiny", "full"])
+Parametrization = StrEnum("Parametrization", ["both", "mup", "sp"])
 
 
 def _value(choice: Enum | None) -> str | None:
@@ -354,6 +355,105 @@ def validate(
         print_validation(stdout, run, prof, checks, tolerance)
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def tune(
+    widths: Annotated[str, typer.Option(help="Proxy widths (hidden sizes), comma-separated.")] = "32,64,128,256",
+    lrs: Annotated[str, typer.Option(help="Peak learning rates to try, comma-separated.")
+                   ] = "0.001,0.003,0.01,0.03,0.1",
+    output_mults: Annotated[str, typer.Option(help="µP output multipliers to try, comma-separated.")] = "1",
+    parametrization: Annotated[Parametrization, typer.Option(
+        case_sensitive=False, help="Train under SP, µP or both (both shows whether the optimum transfers).")
+    ] = Parametrization.both,
+    base_width: Annotated[int | None, typer.Option(min=1, help="µP's base width (default: the narrowest).")] = None,
+    layers: Annotated[int, typer.Option(min=1, help="Blocks of every proxy.")] = 2,
+    head_dim: Annotated[int, typer.Option(min=2, help="Head width; heads = width / head_dim.")] = 16,
+    seq: Annotated[int, typer.Option(min=2, help="Sequence length.")] = 64,
+    batch: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 8,
+    steps: Annotated[int, typer.Option(min=5, help="Optimizer steps per proxy (warm-up, then cosine decay).")] = 100,
+    data: Annotated[list[Path] | None, typer.Option(help="Text files or folders (default: Python's standard "
+                                                          "library), or one .bin of uint16 tokens.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the init and the data order (the same for every proxy).")] = 1234,
+    device: Annotated[Device, typer.Option(case_sensitive=False, help="Where to train the proxies.")] = Device.cpu,
+    out: Annotated[Path, typer.Option(help="The folder for tune.json, tune.html and each proxy's run.")
+                   ] = Path("runs/tune"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print tune.json.")] = False,
+) -> None:
+    """Tune the learning rate (and µP's output multiplier) on proxies of several widths, under SP and
+    µP, with the runtime; print the loss landscape and the best value per width."""
+    import torch
+
+    from planner.report import print_tune
+    from planner.report_html import tune_chart, write_figure
+    from runtime.tune import ProxyShape
+    from runtime.tune import tune as run_grid
+
+    _check_output_folder(out, "--out")
+    torch.set_num_threads(os.cpu_count() or 1)
+    kinds = ["sp", "mup"] if parametrization.value == "both" else [parametrization.value]
+    shape = ProxyShape(layers=layers, head_dim=head_dim, seq=seq, batch=batch, steps=steps)
+    result = run_grid(_numbers(widths, int, "--widths"), _numbers(lrs, float, "--lrs"),
+                      _numbers(output_mults, float, "--output-mults"), kinds, shape, out,
+                      data=[str(d) for d in data] if data else None, base_width=base_width, seed=seed,
+                      device=device.value, log=(lambda _: None) if as_json else stderr.print)
+    chart = write_figure(tune_chart(result), out / "tune.html")
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    print_tune(stdout, result)
+    stdout.print(f"wrote {out / 'tune.json'} and the chart {chart}; `flmplan fit-loss {out}/runs/mup-*` fits a loss "
+                 "law to these runs")
+
+
+@app.command("fit-loss")
+def fit_loss(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders: proxies of `flmplan tune`, or one-stage runs "
+                                                    "of `flmplan run`.")],
+    holdout: Annotated[int, typer.Option(min=0, help="The largest models µScaling predicts instead of fitting.")
+                       ] = 1,
+    at_step: Annotated[int | None, typer.Option(min=0, help="The step µScaling compares (default: the last).")
+                       ] = None,
+    name: Annotated[str, typer.Option(help="The fitted law's name.")] = "fitted",
+    out: Annotated[Path, typer.Option(help="The loss-law file to write (for `simulate --loss-law`).")
+                   ] = Path("loss-law.json"),
+    chart: Annotated[Path | None, typer.Option(help="The chart to write (default: beside --out, .html).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the loss-law file.")] = False,
+) -> None:
+    """Fit the loss law of runs: µScaling's L(N) = a·N^b + c at one step (predicting the held-out
+    largest), and L(N, D) = E + A/N^α + B/D^β over the curves, for `flmplan simulate --loss-law`."""
+    from planner.loss_fit import fit_loss as fit
+    from planner.loss_fit import law_file
+    from planner.report import print_loss_fit
+    from planner.report_html import loss_fit_chart, write_figure
+
+    _check_output_file(out, "--out", "loss-law.json")
+    chart = chart or out.with_suffix(".html")
+    _check_output_file(chart, "--chart", "loss-law.html")
+    result = fit(runs, holdout=holdout, at_step=at_step)
+    law = law_file(result, name)
+    out.write_text(json.dumps(law, indent=1))
+    write_figure(loss_fit_chart(result), chart)
+    if as_json:
+        print(json.dumps(law, indent=1))
+        return
+    print_loss_fit(stdout, result)
+    stdout.print(f"wrote {out} (use: flmplan simulate --loss-law {out}) and the chart {chart}")
+
+
+def _numbers(text: str, kind: type, option: str) -> list:
+    """A comma-separated list of numbers, or one sentence saying which item is not one."""
+    from planner.errors import FlmplanError
+
+    values = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        try:
+            values.append(kind(item))
+        except ValueError:
+            raise FlmplanError(f"{option} takes comma-separated numbers; {item!r} is not one.") from None
+    if not values:
+        raise FlmplanError(f"{option} is empty; give comma-separated numbers.")
+    return values
 
 
 @app.command()

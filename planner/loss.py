@@ -29,6 +29,8 @@ class ScalingLaw:
     alpha: float
     beta: float
     source: str = ""
+    kind: str = "published"          # or "fitted" (flmplan fit-loss), with the runs it came from
+    runs: tuple[str, ...] = ()
 
     def loss(self, params, tokens):
         """L(N, D); numbers or numpy arrays of D."""
@@ -57,7 +59,8 @@ LAWS = {law.name: law for law in (CHINCHILLA, BESIROGLU)}
 
 
 def load_law(name_or_path: str) -> ScalingLaw:
-    """A built-in law by name, or constants from a JSON file {E, A, B, alpha, beta}."""
+    """A built-in law by name, or constants from a JSON file {E, A, B, alpha, beta} (as `flmplan
+    fit-loss` writes it, with the runs it was fitted to)."""
     if name_or_path in LAWS:
         return LAWS[name_or_path]
     path = Path(name_or_path)
@@ -66,8 +69,9 @@ def load_law(name_or_path: str) -> ScalingLaw:
     try:
         raw = json.loads(path.read_text())
         return ScalingLaw(name=raw.get("name", path.stem), E=float(raw["E"]), A=float(raw["A"]), B=float(raw["B"]),
-                          alpha=float(raw["alpha"]), beta=float(raw["beta"]), source=raw.get("source", str(path)))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                          alpha=float(raw["alpha"]), beta=float(raw["beta"]), source=raw.get("source", str(path)),
+                          kind=str(raw.get("kind", "from a file")), runs=tuple(map(str, raw.get("runs", ()))))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise FlmplanError(f"Loss-law file {path} needs numbers E, A, B, alpha and beta ({err}).") from None
 
 

@@ -30,6 +30,22 @@ class PlanGrowth(Strict):
     lr_rewarm_steps: int = Field(default=100, ge=0)
 
 
+class PlanParametrization(Strict):
+    """How widths scale the model's init, learning rates and multipliers: "sp" (standard) or "mup"
+    (Yang et al. 2022, Tensor Programs V; the runtime's rules are runtime/mup.py's). Under µP a
+    stage's learning rate is the one tuned at base_width (`flmplan tune`)."""
+
+    kind: Literal["sp", "mup"] = "sp"
+    base_width: int = Field(default=256, gt=0)
+    output_mult: float = Field(default=1.0, gt=0)
+    attn_mult: float = Field(default=1.0, gt=0)
+
+    def config_fields(self) -> dict:
+        """The runtime model's fields for this parametrization."""
+        return {"mup": self.kind == "mup", "mup_base_width": self.base_width, "mup_output_mult": self.output_mult,
+                "mup_attn_mult": self.attn_mult}
+
+
 class PlanPredicted(Strict):
     step_s: float
     tflops_per_gpu_hfu: float
@@ -49,6 +65,7 @@ class PlanStage(Strict):
     lr: float = Field(default=3e-4, gt=0)
     layout: Layout
     growth: PlanGrowth | None = None
+    parametrization: PlanParametrization = Field(default_factory=PlanParametrization)
     predicted: PlanPredicted
 
 
@@ -121,7 +138,10 @@ def plan_fingerprint(plan: Plan) -> str:
     import hashlib
     import json
 
-    keep = [st.model_dump(mode="json", include={"model", "layout", "steps", "growth"}) for st in plan.stages]
+    fields = {"model", "layout", "steps", "growth"}
+    # µP changes what is trained; SP (the default) keeps the fingerprints of plans written before it.
+    keep = [st.model_dump(mode="json", include=fields | ({"parametrization"} if st.parametrization.kind == "mup"
+                                                         else set())) for st in plan.stages]
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -140,13 +160,16 @@ def plan_from_dict(raw: object, origin: str = "plan") -> Plan:
                           gpus_per_node=plan.cluster.gpus_per_node)
     for k, st in enumerate(plan.stages):
         if k > 0 and st.growth is None:
-            raise FlmplanError(f"{origin}, stage {k} ({st.name}) has no growth from the stage before it.")
+            raise FlmplanError(f"{origin}, stage {k + 1} ({st.name}) has no growth from the stage before it.")
+        if k > 0 and st.parametrization != plan.stages[k - 1].parametrization:
+            raise FlmplanError(f"{origin}, stage {k + 1} ({st.name}) has another parametrization than stage {k}: "
+                               "a growth keeps it (µP's multipliers follow the width by themselves).")
         if k > 0 and (problem := msg_problem(plan.stages[k - 1].model, st.model)):
-            raise FlmplanError(f"{origin}, stage {k} ({st.name}) cannot be grown from stage {k - 1}: {problem}.")
+            raise FlmplanError(f"{origin}, stage {k + 1} ({st.name}) cannot be grown from stage {k}: {problem}.")
         try:
             validate_layout(st.model, cluster, st.layout)
         except FlmplanError as err:
-            raise FlmplanError(f"{origin}, stage {k} ({st.name}): {err}") from None
+            raise FlmplanError(f"{origin}, stage {k + 1} ({st.name}): {err}") from None
     return plan
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -178,15 +179,23 @@ def print_plan(console: Console, plan, searched: int = 0) -> None:
             console.print(f" • {a['message']}")
     lm = plan.assumptions.get("loss_model", {})
     law = lm.get("law", {})
+    origin = (f"fitted to {len(law.get('runs', []))} runs" if law.get("kind") == "fitted"
+              else law.get("kind", "published"))
     console.print(
-        f"[dim]Assumptions (a model, not a measurement): loss {law.get('name')} scaling law "
-        f"L = {law.get('E')} + {law.get('A')}/N^{law.get('alpha')} + {law.get('B')}/D^{law.get('beta')}; "
+        f"[dim]Assumptions (a model, not a measurement): loss {law.get('name')} scaling law ({origin}; "
+        f"{law.get('source')}) "
+        f"L = {_g(law.get('E'))} + {_g(law.get('A'))}/N^{_g(law.get('alpha'))} + {_g(law.get('B'))}/D^"
+        f"{_g(law.get('beta'))}; "
         f"equal-loss continuation after growth (carry-over {lm.get('carryover')}, mask ramp counts "
         f"{lm.get('ramp_efficiency')}); {plan.assumptions.get('grow_steps')} mask-ramp steps + "
         f"{plan.assumptions.get('min_steps_after_growth')} after each growth; deadline "
         f"{plan.assumptions.get('max_days')} days; step times from profile {plan.profile.get('name')} "
         f"({plan.profile.get('source')}).[/]"
     )
+
+
+def _g(x) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
 def print_simulation(console: Console, sim: dict) -> None:
@@ -242,3 +251,54 @@ def print_validation(console: Console, run, profile, checks, tolerance: float) -
     verdict = (f"[red]{len(failed)} of {len(checks)} stages off by more than {tolerance:.0%}[/]" if failed
                else f"[green]every stage within {tolerance:.0%}[/]")
     console.print(verdict)
+
+
+def print_tune(console: Console, result: dict) -> None:
+    """The loss landscape of `flmplan tune`: per parametrization, final loss by width × learning
+    rate (at each width's best output multiplier), the best marked, and how far the best rate drifts."""
+    names = {"sp": "SP (standard parametrization)", "mup": "µP"}
+    for kind, best in result["best"].items():
+        t = Table(title=f"{names.get(kind, kind)}: final loss by width and learning rate", title_justify="left")
+        t.add_column("width", justify="right")
+        for lr in result["lrs"]:
+            t.add_column(f"lr {lr:g}", justify="right")
+        t.add_column("best lr", justify="right")
+        for width in result["widths"]:
+            b = best.get(width) or best.get(str(width))
+            if b is None:
+                t.add_row(str(width), *["diverged"] * len(result["lrs"]), "—")
+                continue
+            cells = []
+            for lr in result["lrs"]:
+                r = next(r for r in result["runs"] if r["parametrization"] == kind and r["width"] == width
+                         and r["lr"] == lr and r["output_mult"] == b["output_mult"])
+                text = "diverged" if r["diverged"] else f"{r['final_loss']:.4f}"
+                cells.append(f"[bold green]{text}[/]" if lr == b["lr"] else text)
+            om = f" (×{b['output_mult']:g})" if len(result["output_mults"]) > 1 else ""
+            t.add_row(str(width), *cells, f"{b['lr']:g}{om}")
+        console.print(t)
+        console.print(f"  best learning rate moves {result['drift'][kind]:+.2f} factors of 2 from width "
+                      f"{result['widths'][0]} to {result['widths'][-1]}")
+    console.print(f"[dim]{result['how']}; data: {result['data']}.[/]")
+
+
+def print_loss_fit(console: Console, result: dict) -> None:
+    """µScaling's prediction of each model (held-out ones marked) and the fitted L(N, D) with errors."""
+    mu, law = result["mu_scaling"], result["law"]
+    console.print(f"µScaling at step {mu['at_step']} ({mu['measure']}): L(N) = "
+                  f"{mu['a']:.4g}±{mu['a_err']:.2g}·(N/1e6)^({mu['b']:.3f}±{mu['b_err']:.2g}) + "
+                  f"{mu['c']:.4f}±{mu['c_err']:.2g}")
+    t = Table(title_justify="left")
+    for col in ("run", "width", "params", "measured", "predicted", "error", "error %", ""):
+        t.add_column(col, justify="right" if col not in ("run", "") else "left")
+    for p in sorted(mu["predictions"], key=lambda p: p["params"]):
+        t.add_row(Path(p["run"]).name, str(p["width"]), f"{p['params'] / 1e6:.3f}M", f"{p['measured']:.4f}",
+                  f"{p['predicted']:.4f}", f"{p['error']:+.4f}", f"{p['error_pct']:+.2f}",
+                  "[bold]held out[/]" if p["held_out"] else "fitted")
+    console.print(t)
+    e = law["errors"]
+    console.print(f"L(N, D) = {law['E']:.4f}±{e['E']:.2g} + {law['A']:.4g}±{e['A']:.2g}/N^({law['alpha']:.3f}±"
+                  f"{e['alpha']:.2g}) + {law['B']:.4g}±{e['B']:.2g}/D^({law['beta']:.3f}±{e['beta']:.2g}); rms "
+                  f"residual {law['rms_residual']:.4f} over {law['points']} points of {len(result['runs'])} runs")
+    console.print("[dim]Points along a curve are under that run's own schedule, not ends of runs of that length; "
+                  "a law fitted on small models extrapolates with its errors.[/]")

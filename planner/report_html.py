@@ -178,3 +178,71 @@ def write_report(result, path: str | Path) -> Path:
     path.write_text(page)
     return path
 
+
+
+def tune_chart(result: dict) -> go.Figure:
+    """`flmplan tune`: final loss against the learning rate, one line per width (at each width's best
+    output multiplier), one panel per parametrization; the best point of each line marked."""
+    from plotly.subplots import make_subplots
+
+    kinds = sorted(result["best"])
+    titles = [{"sp": "SP (standard)", "mup": "µP"}.get(k, k) for k in kinds]
+    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=titles, shared_yaxes=True)
+    for col, kind in enumerate(kinds, 1):
+        for i, width in enumerate(result["widths"]):
+            best = result["best"][kind].get(width) or result["best"][kind].get(str(width))
+            if best is None:
+                continue
+            rows = sorted((r for r in result["runs"] if r["parametrization"] == kind and r["width"] == width
+                           and r["output_mult"] == best["output_mult"] and not r["diverged"]), key=lambda r: r["lr"])
+            color = _COLORS[i % len(_COLORS)]
+            fig.add_trace(go.Scatter(x=[r["lr"] for r in rows], y=[r["final_loss"] for r in rows], mode="lines+markers",
+                                     name=f"width {width}", legendgroup=str(width), showlegend=col == 1,
+                                     line_color=color), row=1, col=col)
+            fig.add_trace(go.Scatter(x=[best["lr"]], y=[best["final_loss"]], mode="markers", showlegend=False,
+                                     marker=dict(symbol="star", size=14, color=color)), row=1, col=col)
+        fig.update_xaxes(type="log", title_text="learning rate", row=1, col=col)
+    fig.update_yaxes(title_text="final loss (nats/token)", row=1, col=1)
+    fig.update_layout(title="Learning-rate sweep per width: under µP the best rate should hold across widths",
+                      height=460)
+    return fig
+
+
+def loss_fit_chart(result: dict) -> go.Figure:
+    """`flmplan fit-loss`: each run's curve with the fitted L(N, D), and µScaling's L(N) at one step
+    with the held-out models' measured and predicted losses."""
+    from plotly.subplots import make_subplots
+
+    law, mu = result["law"], result["mu_scaling"]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["curves and the fitted L(N, D)",
+                                                        f"µScaling L(N) at step {mu['at_step']}"])
+    for i, c in enumerate(sorted(result["curves"], key=lambda c: c.params)):
+        color = _COLORS[i % len(_COLORS)]
+        fit = law["E"] + law["A"] / c.params ** law["alpha"] + law["B"] / c.tokens ** law["beta"]
+        fig.add_trace(go.Scatter(x=c.tokens, y=c.loss, mode="lines", line=dict(color=color, width=1), opacity=0.5,
+                                 name=f"{c.params / 1e6:.2f}M ({c.parametrization})"), row=1, col=1)
+        fig.add_trace(go.Scatter(x=c.tokens, y=fit, mode="lines", line=dict(color=color, dash="dash"),
+                                 showlegend=False), row=1, col=1)
+    preds = sorted(mu["predictions"], key=lambda p: p["params"])
+    import numpy as np
+
+    n = np.geomspace(preds[0]["params"], preds[-1]["params"] * 2, 60)
+    fig.add_trace(go.Scatter(x=n, y=mu["a"] * (n / mu["n_unit"]) ** mu["b"] + mu["c"], mode="lines",
+                             name="a·N^b + c (fit)", line_color="black"), row=1, col=2)
+    for held, symbol, label in ((False, "circle", "fitted on"), (True, "x", "held out (measured)")):
+        pts = [p for p in preds if p["held_out"] == held]
+        if pts:
+            fig.add_trace(go.Scatter(x=[p["params"] for p in pts], y=[p["measured"] for p in pts], mode="markers",
+                                     marker=dict(symbol=symbol, size=11), name=label), row=1, col=2)
+    fig.update_xaxes(type="log", title_text="tokens", row=1, col=1)
+    fig.update_xaxes(type="log", title_text="parameters N", row=1, col=2)
+    fig.update_yaxes(title_text="loss (nats/token)", row=1, col=1)
+    fig.update_layout(title="Loss law fitted to runs", height=460)
+    return fig
+
+
+def write_figure(fig: go.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=True)
+    return path

@@ -7,13 +7,16 @@ ramps c: 0 → 1 over `grow_steps` optimizer steps, then is removed. New blocks 
 the block before them, blended with identity: h ← c·Block(h) + (1 − c)·h.
 
 The optimizer state is grown the same way: Adam moments of old slices kept, zeros for new
-entries and new blocks, the step count kept. In a run the operator is applied per shard
+entries and new blocks, the step count kept. Under µP a wider model has a smaller readout
+multiplier (output_mult / width_mult); the final LayerNorm's weight and bias absorb the change
+(`readout_compensation`), so the function is kept and the grown model trains at its own width's
+rates from the first step. In a run the operator is applied per shard
 (`grow_sharded`): every rank reads from the old checkpoint only what lands in its shards.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +26,7 @@ from torch.distributed.tensor._utils import compute_local_shape_and_global_offse
 
 from planner.errors import FlmplanError
 from planner.growth import msg_problem
+from runtime import mup
 from runtime.checkpoint import load_regions, saved_shapes
 from runtime.model import Decoder, DecoderConfig
 
@@ -88,6 +92,29 @@ def check_growth(oc: DecoderConfig, cfg: DecoderConfig) -> None:
     problem = msg_problem(oc, cfg)
     if problem:
         raise FlmplanError(f"MSG cannot grow {oc.layers}×{oc.hidden} into {cfg.layers}×{cfg.hidden}: {problem}.")
+    if (oc.mup, oc.mup_base_width, oc.mup_attn_mult) != (cfg.mup, cfg.mup_base_width, cfg.mup_attn_mult):
+        raise FlmplanError("A growth keeps the parametrization (SP or µP, its base width and attention multiplier).")
+
+
+def readout_compensation(oc: DecoderConfig, cfg: DecoderConfig) -> float:
+    """r with readout_mult(cfg) · r = readout_mult(oc): the factor on ln_f's weight and bias that keeps
+    the logits of a µP model whose width grew (1 under SP, and for depth alone)."""
+    return mup.readout_mult(oc) / mup.readout_mult(cfg)
+
+
+def compensate_readout(chunk: Decoder, optimizer: torch.optim.Optimizer | None, r: float) -> None:
+    """Scale ln_f (this rank's piece of it) by r, and its Adam moments to the gradient's new scale
+    (the gradient of r·w is 1/r of w's: exp_avg / r, exp_avg_sq / r²), so the update is Adam's
+    own."""
+    if r == 1.0 or chunk.ln_f is None:
+        return
+    with torch.no_grad():
+        for p in chunk.ln_f.parameters():
+            local_box(p)[2].mul_(r)
+            state = optimizer.state.get(p, {}) if optimizer is not None else {}
+            if "exp_avg" in state:
+                local_box(state["exp_avg"])[2].div_(r)
+                local_box(state["exp_avg_sq"])[2].div_(r * r)
 
 
 def growth_state(oc: DecoderConfig, cfg: DecoderConfig, grow_steps: int) -> GrowthState:
@@ -104,8 +131,6 @@ def grow_decoder(old: Decoder, cfg: DecoderConfig, grow_steps: int, generator: t
     one process holds; `grow_sharded` applies the same rule shard by shard from a checkpoint."""
     oc = old.cfg
     check_growth(oc, cfg)
-    # µP multipliers stay those of the model before growth, or the logits would change scale.
-    cfg = replace(cfg, mup=oc.mup, mup_width_mult=oc.mup_width_mult, mup_output_mult=oc.mup_output_mult)
     new = Decoder(cfg)
     if generator is not None:
         new.init_weights(generator)
@@ -123,6 +148,7 @@ def grow_decoder(old: Decoder, cfg: DecoderConfig, grow_steps: int, generator: t
                 p[region[1]] = old_sd[src][region[0]]
             if not is_new_block(name, mapping):
                 name_map[name] = src
+    compensate_readout(new, None, readout_compensation(oc, cfg))
     state = growth_state(oc, cfg, grow_steps)
     apply_masks(new, state, 0.0)
     return new, state, name_map
@@ -248,6 +274,8 @@ def grow_sharded(chunks: list[Decoder], optimizers: list[torch.optim.Optimizer],
                 local[dst_box] = read.pop(key)
     for _, p, opt in params:                 # the step count kept (MSG §3.4)
         opt.state[p]["step"].fill_(float(step))
+    for chunk, opt in zip(chunks, optimizers, strict=True):
+        compensate_readout(chunk, opt, readout_compensation(old_cfg, cfg))
     state = growth_state(old_cfg, cfg, grow_steps)
     for chunk in chunks:
         apply_masks(chunk, state, 0.0)

@@ -2,8 +2,7 @@
 
 Pre-LayerNorm blocks, tanh-GeLU MLP (or SwiGLU), rotary position embedding with optional xPos
 (Sun et al. 2022), grouped-query attention, tied input/output embeddings (or an output layer of
-its own), optional µP multipliers (Yang et al. 2021;
-FLM-101B: base width 256, output multiplier 2.0).
+its own), and SP or µP (Yang et al. 2022; the rules are runtime/mup.py's).
 
 Every place that Masked Structural Growth (Yao et al., ICLR 2024) needs a mask has one,
 `None` unless a growth is ramping: the residual stream (`hidden_mask`), FFN neurons
@@ -21,7 +20,6 @@ blocks it does not own and keep the checkpoint names.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +29,7 @@ from torch.distributed.tensor import DTensor, Replicate
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from planner.specs import ModelSpec
+from runtime import mup
 
 
 @dataclass(frozen=True)
@@ -42,10 +41,11 @@ class DecoderConfig(ModelSpec):
     xpos_scale_base: float = 512.0      # xPos's scale base (FLM-101B: 512), when model.position is "xpos"
     ln_eps: float = 1e-5
     init_std: float = 0.02
-    # µP: output logits × output_mult / width_mult, attention scale 1/d instead of 1/√d.
+    # µP (runtime/mup.py): width_mult = hidden / mup_base_width scales init, learning rates and the readout.
     mup: bool = False
-    mup_width_mult: float = 1.0
+    mup_base_width: int = 256
     mup_output_mult: float = 1.0
+    mup_attn_mult: float = 1.0
 
     @property
     def head_dim(self) -> int:
@@ -128,7 +128,7 @@ class Attention(nn.Module):
             k, v = k * kv_mask, v * kv_mask
         cos, sin, q_scale, k_scale = rope
         q, k = apply_rotary(q, cos, sin, q_scale), apply_rotary(k, cos, sin, k_scale)
-        scale = 1.0 / d if self.cfg.mup else 1.0 / math.sqrt(d)
+        scale = mup.attention_scale(self.cfg)
         # The kernel (flash, or the unfused math path) is chosen around the step: parallel.sdpa_backends.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
                                            enable_gqa=k.shape[1] != q.shape[1])
@@ -289,15 +289,13 @@ class Decoder(nn.Module):
         self.init_weights()
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """GPT-2 style init; output projections scaled by 1/√(2·layers)."""
-        std = self.cfg.init_std
+        """GPT-2 style init (output projections scaled by 1/√(2·layers)), µP's where asked."""
         for name, p in self.named_parameters():
             if p.dim() == 1:
                 nn.init.zeros_(p) if name.endswith("bias") else nn.init.ones_(p)
                 continue
-            s = std / math.sqrt(2 * self.cfg.layers) if name.endswith(("o.weight", "down.weight")) else std
             with torch.no_grad():
-                p.normal_(0.0, s, generator=generator)
+                p.normal_(0.0, mup.init_std(self.cfg, name, p), generator=generator)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, T) → logits (B, T, vocab). A pipeline stage without the embedding takes the
@@ -327,7 +325,7 @@ class Decoder(nn.Module):
             x = DTensor.from_local(x, w.device_mesh, [Replicate()], run_check=False)
         logits = F.linear(x, w)
         if self.cfg.mup:
-            logits = logits * (self.cfg.mup_output_mult / self.cfg.mup_width_mult)
+            logits = logits * mup.readout_mult(self.cfg)
         return logits
 
 

@@ -36,6 +36,7 @@ from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, 
 
 from planner.errors import FlmplanError
 from planner.specs import Layout
+from runtime import mup
 from runtime.model import Decoder, causal_lm_loss
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -103,20 +104,28 @@ def sdpa_backends(device: torch.device, layout: Layout, precision: Precision) ->
 
 
 def make_optimizer(chunk: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (β = 0.9, 0.95; weight decay 0.1 on matrices only, not on LayerNorms, biases or the
-    embedding, as GPT-3 and Megatron do); the fused kernel on GPUs, foreach on CPUs. Parameters
-    are grouped by kind as well (plain tensors, DTensors of each mesh): the multi-tensor kernels
-    take one kind per call."""
+    """AdamW (β = 0.9, 0.95; weight decay on matrices only, not on LayerNorms, biases or the
+    embedding, as GPT-3 and Megatron do); the fused kernel on GPUs, foreach on CPUs. One parameter
+    group per learning-rate factor and decay (µP's, runtime/mup.py: each group's `lr_mult` scales
+    the stage's rate) and per kind of tensor (plain, DTensors of each mesh): the multi-tensor
+    kernels take one kind per call. Groups follow the shards: a chunk names its parameters as the
+    whole model does."""
+    cfg = chunk.cfg
     groups: dict[tuple, list[nn.Parameter]] = {}
     for name, p in chunk.named_parameters():
-        decay = p.dim() >= 2 and not name.startswith("embed.")
         kind = (tuple(p.device_mesh.mesh.flatten().tolist()), p.device_mesh.mesh_dim_names) \
             if isinstance(p, DTensor) else None
-        groups.setdefault((decay, kind), []).append(p)
+        groups.setdefault((mup.lr_mult(cfg, name, p), mup.weight_decay(cfg, name, p), kind), []).append(p)
     fused = device.type == "cuda"
-    return torch.optim.AdamW([{"params": ps, "weight_decay": 0.1 if decay else 0.0}
-                              for (decay, _), ps in groups.items()],
+    return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr": lr * mult, "lr_mult": mult}
+                              for (mult, wd, _), ps in groups.items()],
                              lr=lr, betas=(0.9, 0.95), fused=fused, foreach=None if fused else True)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's rate for this step, times each group's µP factor."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
 
 
 @dataclass

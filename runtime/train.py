@@ -33,13 +33,13 @@ import torch.distributed as dist
 
 from planner.errors import FlmplanError
 from planner.flops import hardware_flops_per_token, model_flops_per_token
-from planner.plan import MIN_LR_FRACTION, stage_warmup_steps
+from planner.plan import MIN_LR_FRACTION, PlanParametrization, stage_warmup_steps
 from planner.specs import Layout, ModelSpec
 from runtime import checkpoint
 from runtime.data import Sampler, check_tokens, load_tokens
 from runtime.grow import GrowthState, apply_masks, grow_sharded
 from runtime.model import Decoder, DecoderConfig
-from runtime.parallel import ParallelModel, Precision, make_mesh, make_optimizer, parallelize
+from runtime.parallel import ParallelModel, Precision, make_mesh, make_optimizer, parallelize, set_lr
 
 if TYPE_CHECKING:
     from planner.plan import PlanStage
@@ -55,10 +55,10 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def config_of(model: ModelSpec) -> DecoderConfig:
-    """The runtime's model for a plan stage's validated `model`: the same fields, every one honoured
-    (GeLU or SwiGLU, tied or untied embeddings, grouped-query attention)."""
-    return DecoderConfig(**model.to_dict())
+def config_of(model: ModelSpec, parametrization: PlanParametrization | None = None) -> DecoderConfig:
+    """The runtime's model for a plan stage's validated `model` and parametrization: the same fields,
+    every one honoured (GeLU or SwiGLU, tied or untied embeddings, grouped-query attention, SP or µP)."""
+    return DecoderConfig(**model.to_dict(), **(parametrization or PlanParametrization()).config_fields())
 
 
 def measured_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
@@ -136,7 +136,7 @@ class Run:
         from planner.plan import load_plan
 
         self.plan = load_plan(args.plan)             # validated: the runtime works from the plan type
-        self.configs = [config_of(st.model) for st in self.plan.stages]
+        self.configs = [config_of(st.model, st.parametrization) for st in self.plan.stages]
         self.out = Path(args.out)
         self.ckpt_dir = self.out / "checkpoints"
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -310,8 +310,7 @@ class Run:
                 apply_masks(chunk, growth, c)
             lr = lr_at(step, steps, stage.lr, warmup)
             for o in opts:
-                for g in o.param_groups:
-                    g["lr"] = lr
+                set_lr(o, lr)
             x, y = sampler.batch(layout.global_batch, pm.dp_rank, layout.dp)
             loss = pm.train_batch(x, y)
             norm, overflow = pm.clip_and_unscale(MAX_GRAD_NORM)

@@ -22,14 +22,16 @@ def growths(draw):
     old = DecoderConfig(layers=layers, hidden=heads * head_dim, heads=heads, fixed_head_dim=head_dim,
                         kv_heads=heads // kv_ratio, ffn=ffn, vocab=31, seq=12,
                         position=draw(st.sampled_from(["rotary", "xpos"])), mup=draw(st.booleans()),
-                        mup_width_mult=2.0, mup_output_mult=2.0, activation=draw(st.sampled_from(["gelu", "swiglu"])),
-                        tied_embeddings=draw(st.booleans()))
+                        mup_base_width=head_dim, mup_output_mult=2.0, mup_attn_mult=draw(st.sampled_from([1.0, 3.0])),
+                        activation=draw(st.sampled_from(["gelu", "swiglu"])), tied_embeddings=draw(st.booleans()))
     new = DecoderConfig(
         layers=layers * 2 if "depth" in dims else layers,
         hidden=new_heads * head_dim if "hidden" in dims else old.hidden,
         heads=new_heads, fixed_head_dim=head_dim, kv_heads=new_heads // kv_ratio,
         ffn=ffn + draw(st.integers(1, 16)) if "ffn" in dims else ffn,
-        vocab=31, seq=12, position=old.position, activation=old.activation, tied_embeddings=old.tied_embeddings)
+        vocab=31, seq=12, position=old.position, activation=old.activation, tied_embeddings=old.tied_embeddings,
+        mup=old.mup, mup_base_width=old.mup_base_width, mup_output_mult=old.mup_output_mult,
+        mup_attn_mult=old.mup_attn_mult)   # µP: the grown model has its own width_mult
     return old, new, draw(st.integers(0, 10_000))
 
 

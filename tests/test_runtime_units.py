@@ -164,7 +164,7 @@ def test_run_checks_data_plan_and_folder_before_any_process_starts(tmp_path):
         ([plan_path, "--nproc", "1", "--data", str(tmp_path / "ids.bin"), "--out", out],
          "token id 300, outside the plan's vocabulary of 256"),
         ([str(tmp_path / "shrink.json"), "--nproc", "1", "--out", out],
-         "cannot be grown from stage 0: hidden shrinks (64 → 32)"),
+         "cannot be grown from stage 1: hidden shrinks (64 → 32)"),
         ([str(tmp_path / "drop.json"), "--nproc", "1", "--out", out], "would never be trained"),
         ([plan_path, "--nproc", "1", "--out", str(tmp_path / "afile")], "is a file"),
     ]
