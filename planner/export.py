@@ -32,6 +32,15 @@ def _unless_nearest(nearest: bool, where: str, what: str, tool: str, instead: st
         raise FlmplanError(f"{where} {what}, which {tool} does not have; pass --nearest to export {instead} instead.")
 
 
+def _mup_nearest(st, where: str, tool: str, nearest: bool) -> list[str]:
+    """µP (per-group learning rates and multipliers) has no switch in either tool."""
+    if st.parametrization.kind != "mup":
+        return []
+    _unless_nearest(nearest, where, "is parametrized by µP (parametrization.kind)", tool, "standard parametrization")
+    return [f"Standard parametrization in place of µP (base width {st.parametrization.base_width}): the learning "
+            f"rate {st.lr:g} was tuned for µP and may not suit SP at this width."]
+
+
 def checkpoint_every_steps(plan: Plan, k: int) -> int:
     """Steps between checkpoints: the simulation's interval (Daly's optimum, or the one given),
     in this stage's step time; 1,000 steps when the plan was not simulated."""
@@ -49,7 +58,7 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
     where = f"Stage {k + 1} ({st.name})"
     if m.position == "xpos":
         _unless_nearest(nearest, where, "uses xPos (model.position)", "Megatron-LM", "plain rotary")
-    notes = []
+    notes = _mup_nearest(st, where, "Megatron-LM", nearest)
     args = [
         f"--num-layers {m.layers}", f"--hidden-size {m.hidden}", f"--num-attention-heads {m.heads}",
         f"--ffn-hidden-size {m.ffn}", f"--seq-length {m.seq}", f"--max-position-embeddings {m.seq}",
@@ -129,6 +138,7 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
     notes = ["RMSNorm where flmplan's model has LayerNorm (torchtitan's decoders have no LayerNorm)."]
     if plan.dtype == "fp16":
         raise FlmplanError(f"{where} trains in fp16, which torchtitan does not (bf16 or fp32).")
+    notes += _mup_nearest(st, where, "torchtitan", nearest)
     ffn = m.ffn
     if m.activation == "gelu":
         _unless_nearest(nearest, where, "has a GeLU MLP (model.activation)", "torchtitan",

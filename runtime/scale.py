@@ -43,6 +43,11 @@ def tiny_plan(plan: dict, nproc: int, steps: int = TINY["steps"]) -> dict:
         st["steps"] = steps + (TINY["grow_steps"] if k else 0)
         st["tokens"] = float(st["steps"] * st["layout"]["global_batch"] * TINY["seq"])
         st["lr"] = 3e-3
+        if (par := st.get("parametrization")) and par.get("kind") == "mup":
+            # µP's width_mult kept: the base width shrinks with the model (one factor for every stage).
+            tiny_final = max(2 * group, round(TINY["hidden"] / hd / (2 * group)) * 2 * group) * hd
+            st["parametrization"] = {**par, "base_width": max(1, round(par.get("base_width", 256) * tiny_final
+                                                                         / final["hidden"]))}
         if st.get("growth"):
             dims = {}
             for d, key in (("hidden", "hidden"), ("ffn", "ffn"), ("heads", "heads"), ("layers", "layers")):

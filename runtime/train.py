@@ -252,7 +252,7 @@ class Run:
                                f"steps or growths); resume with that plan, or use a new --out.")
         self.log({"event": "start", "resume_from": resume[0].name if resume else None,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "processes": dist.get_world_size(),
-                  **self.device_facts()})
+                  "data": self.data_desc, **self.device_facts()})
         if resume:
             path, manifest = resume
             start_stage, start_step = checkpoint.stage_index(manifest), manifest["step"]

@@ -115,3 +115,33 @@ def test_bad_input_to_tune_and_fit_loss_is_one_sentence_and_exit_2(proxies, tmp_
         assert code == 2 and words in output and "Traceback" not in output, (args, output)
         assert len(output.strip().splitlines()) == 1 or "Missing argument" in output, output
     assert not (tmp_path / "t").exists()
+
+
+def test_a_run_of_flmplan_run_is_read_as_one_curve(tmp_path):
+    """A one-stage run folder (plan.json beside metrics.jsonl, as the runtime writes them): the plan's
+    parameters, tokens per step from its batch, the data from the start record, a resumed step's last
+    record; a grown run is refused."""
+    from pathlib import Path
+
+    from planner.errors import FlmplanError
+    from planner.loss_fit import read_curve
+    from planner.plan import load_plan
+
+    plan_file = Path(__file__).parents[1] / "runtime/data/tiny_one_stage.json"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "plan.json").write_text(plan_file.read_text())
+    rows = [{"event": "start", "data": "corpus A"}] + [{"stage": 1, "step": s, "loss": 5.0 - s} for s in range(4)]
+    rows += [{"event": "start", "data": "corpus A"}, {"stage": 1, "step": 3, "loss": 1.5}]     # resumed at step 3
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    c = read_curve(run)
+    st = load_plan(plan_file).stages[0]
+    assert c.params == st.model.params() and c.data == "corpus A"
+    assert c.tokens.tolist() == [(s + 1) * st.layout.global_batch * st.model.seq for s in range(4)]
+    assert c.loss.tolist() == [5.0, 4.0, 3.0, 1.5]
+    grown = tmp_path / "grown"
+    grown.mkdir()
+    (grown / "plan.json").write_text((Path(__file__).parents[1] / "runtime/data/tiny_two_stage.json").read_text())
+    (grown / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text())
+    with pytest.raises(FlmplanError, match="run of 2 stages"):
+        read_curve(grown)

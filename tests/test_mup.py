@@ -116,3 +116,26 @@ def test_sharded_growth_under_mup_rescales_ln_f_and_its_adam_moments(process_gro
     # r = readout_mult(old) / readout_mult(new) = 2 / 1 = 2: ln_f × 2, exp_avg / 2.
     assert torch.allclose(grown.ln_f.weight[:16], old.ln_f.weight * 2)
     assert torch.allclose(opts[0].state[grown.ln_f.weight]["exp_avg"][:16], old_m / 2)
+
+
+def test_exports_refuse_mup_unless_nearest(tmp_path):
+    """Neither Megatron-LM nor torchtitan has µP: refused with the field named, or exported as SP with the
+    difference written down."""
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+
+    plan = json.loads((Path(__file__).parents[1] / "runtime/data/tiny_one_stage.json").read_text())
+    plan["stages"][0]["model"]["position"] = "rotary"
+    plan["stages"][0]["parametrization"] = {"kind": "mup", "base_width": 32}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    for tool in ("megatron", "torchtitan"):
+        r = CliRunner().invoke(app, ["export", str(path), "--to", tool, "--out", str(tmp_path / tool)])
+        assert r.exit_code == 2 and "parametrized by µP (parametrization.kind)" in r.output, r.output
+    r = CliRunner().invoke(app, ["export", str(path), "--to", "megatron", "--nearest", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "Standard parametrization in place of µP" in "".join(p.read_text() for p in (tmp_path / "m").iterdir())
