@@ -4,10 +4,11 @@ the fitted law beside the Chinchilla one.
 
     python benchmarks/mup_sweep.py [--out DIR] [--widths 32,64,128,256,512] [--steps 150]
 
-1. `flmplan tune` (runtime/tune.py, in this process): every width × learning rate, SP and µP, the
-   same seed, data order and tokens for every proxy (byte-level text of Python's standard library).
-2. Each parametrization's best rate at the narrowest width is used at every width (what one does
-   with a rate tuned small); µScaling L(N) = a·N^b + c is fitted on all widths but the widest at the
+1. `flmplan tune` (runtime/tune.py, in this process): every width × learning rate (× output
+   multiplier under µP), SP and µP, the same seed, data order and tokens for every proxy
+   (byte-level text of Python's standard library).
+2. Each parametrization's best rate (and multiplier) at the narrowest width is used at every width
+   (what one does with values tuned small); µScaling L(N) = a·N^b + c is fitted on all widths but the widest at the
    last step and predicts the widest; the error is printed in nats and in %.
 3. `flmplan simulate --budget 100000` with the µP runs' fitted L(N, D) and with Chinchilla's.
 
@@ -47,40 +48,43 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "mup-sweep")
     ap.add_argument("--widths", default="32,64,128,256,512")
     ap.add_argument("--lrs", default="0.001,0.002,0.004,0.008,0.016,0.032")
+    ap.add_argument("--output-mults", default="1,4")
     ap.add_argument("--steps", type=int, default=150)
     args = ap.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
     lrs = [float(x) for x in args.lrs.split(",")]
     shape = ProxyShape(layers=2, head_dim=16, seq=64, batch=8, steps=args.steps)
-    result = tune(widths, lrs, [1.0], ["sp", "mup"], shape, args.out, log=lambda s: print(s, flush=True))
+    mults = [float(x) for x in args.output_mults.split(",")]
+    result = tune(widths, lrs, mults, ["sp", "mup"], shape, args.out, log=lambda s: print(s, flush=True))
 
     print("\n## Best learning rate per width (final loss)\n")
-    print("| width | params | SP best lr | SP loss | µP best lr | µP loss |")
+    print("| width | params | SP best lr | SP loss | µP best lr (output mult) | µP loss |")
     print("|---:|---:|---:|---:|---:|---:|")
     params = {r["width"]: r["params"] for r in result["runs"]}
     for w in result["widths"]:
         sp, mu = result["best"]["sp"].get(w), result["best"]["mup"].get(w)
-        print(f"| {w} | {params[w] / 1e6:.2f}M | {sp['lr']:g} | {sp['final_loss']:.4f} | {mu['lr']:g} | "
-              f"{mu['final_loss']:.4f} |")
+        print(f"| {w} | {params[w] / 1e6:.2f}M | {sp['lr']:g} | {sp['final_loss']:.4f} | {mu['lr']:g} "
+              f"(×{mu['output_mult']:g}) | {mu['final_loss']:.4f} |")
     print(f"\nbest-rate drift narrowest → widest (factors of 2): SP {result['drift']['sp']:+.2f}, "
           f"µP {result['drift']['mup']:+.2f}")
 
     summary = {"tune": {k: result[k] for k in ("widths", "lrs", "best", "drift", "shape", "data")}}
     print("\n## µScaling: fit on all widths but the widest, predict the widest (rate tuned at the narrowest)\n")
-    print("| parametrization | lr (all widths) | widest: measured | predicted | error (nats) | error % |")
+    print("| parametrization | lr, output mult (all widths) | widest: measured | predicted | error (nats) | error % |")
     print("|---|---:|---:|---:|---:|---:|")
     for kind in ("mup", "sp"):
-        lr = result["best"][kind][min(widths)]["lr"]
-        runs = [Path(r["run"]) for r in result["runs"] if r["parametrization"] == kind and r["lr"] == lr]
+        narrow = result["best"][kind][min(widths)]
+        lr, om = narrow["lr"], narrow["output_mult"]
+        runs = [Path(r["run"]) for r in result["runs"] if r["parametrization"] == kind and r["lr"] == lr
+                and r["output_mult"] == om]
         fit = fit_loss(runs, holdout=1)
         held = next(p for p in fit["mu_scaling"]["predictions"] if p["held_out"])
-        print(f"| {kind} | {lr:g} | {held['measured']:.4f} | {held['predicted']:.4f} | {held['error']:+.4f} | "
-              f"{held['error_pct']:+.2f} |")
+        print(f"| {kind} | {lr:g}, ×{om:g} | {held['measured']:.4f} | {held['predicted']:.4f} | {held['error']:+.4f} "
+              f"| {held['error_pct']:+.2f} |")
         law = law_file(fit, f"fitted-{kind}")
         (args.out / f"loss-law-{kind}.json").write_text(json.dumps(law, indent=1))
-        summary[kind] = {"lr": lr, "held_out": held, "mu_scaling": {k: v for k, v in fit["mu_scaling"].items()
-                                                                     if k != "predictions"},
-                         "law": fit["law"]}
+        mu = {k: v for k, v in fit["mu_scaling"].items() if k != "predictions"}
+        summary[kind] = {"lr": lr, "output_mult": om, "held_out": held, "mu_scaling": mu, "law": fit["law"]}
         e = fit["law"]["errors"]
         print(f"  {kind} L(N, D) = {law['E']:.3f}±{e['E']:.2g} + {law['A']:.4g}/N^{law['alpha']:.3f}±"
               f"{e['alpha']:.2g} + {law['B']:.4g}/D^{law['beta']:.3f}±{e['beta']:.2g} "

@@ -275,6 +275,12 @@ def simulate(
     spot_notice_min: Annotated[float, typer.Option(min=0.0, help="Preemption notice, minutes.")] = 2.0,
     trials: Annotated[int, typer.Option(min=1, help="Monte Carlo trials of the run.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the run simulation.")] = 0,
+    teacher_every: Annotated[int, typer.Option(
+        min=0, help="FreeLM's objective: every K-th step a teacher batch of propositions (0: off; K ≥ 2); the "
+                    "plan pays for those steps on top of the language tokens.")] = 0,
+    teacher_data: Annotated[Path | None, typer.Option(
+        help="The teacher signal's propositions (JSON lines: text, proposition, label), written into the plan.")
+    ] = None,
 ) -> None:
     """Plan growth stages, layouts and cluster for a budget; simulate the run with failures."""
     from planner.loss import GrowthLossModel, load_law
@@ -290,10 +296,13 @@ def simulate(
         if path is not None:
             _check_output_file(path, option, example)
     spec = get_gpu(gpu)
+    if teacher_data is not None:
+        _check_teacher_data(teacher_data, teacher_every)
     settings = Settings(gpu=spec, price_per_gpu_hour=spec.price.usd_per_gpu_hour if price is None else price,
                         max_gpus=max_gpus, target_params=parse_size(target_size), budget_usd=budget,
                         global_batch=global_batch, grow_steps=grow_steps, max_days=max_days, attention=attention.value,
-                        max_growth_factor=max_growth_factor)
+                        max_growth_factor=max_growth_factor, teacher_every=teacher_every,
+                        teacher_data=str(teacher_data.resolve()) if teacher_data else None)
     loss_model = GrowthLossModel(law=load_law(loss_law), carryover=carryover, ramp_efficiency=ramp_efficiency)
     failures = FailureModel(
         failures_per_1000_node_days=failure_rate, restart_min=restart_min, checkpoint_min=checkpoint_min,
@@ -499,6 +508,9 @@ def run(
                                                  "(default: on with GPUs, off on CPUs).")] = None,
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Start over when no checkpoint in --out "
                                                "is usable (by default the run stops and says so).")] = False,
+    teacher_data: Annotated[Path | None, typer.Option(
+        help="Propositions for the plan's FreeLM stages (JSON lines: text, proposition, label), instead of "
+             "the plan's teacher_data.")] = None,
 ) -> None:
     """Execute a plan with torch.distributed under torchrun --standalone (see the README for clusters)."""
 
@@ -526,6 +538,7 @@ def run(
     tokens, what = load_tokens(data)
     first = plan.stages[0].model
     check_tokens(tokens, first.vocab, first.seq, what)
+    plan = _with_teacher_data(plan, teacher_data, what)
     out.mkdir(parents=True, exist_ok=True)
     if _finished(out, plan):
         return
@@ -535,6 +548,26 @@ def run(
     finally:
         lock.unlink(missing_ok=True)
     _validate_after_run(out)
+
+
+def _with_teacher_data(plan, teacher_data: Path | None, data: str):
+    """The plan with --teacher-data in its FreeLM stages (as an absolute path, so the run folder's copy
+    of the plan resumes from anywhere), each stage's teacher file checked before any process starts."""
+    from planner.errors import FlmplanError
+    from planner.plan import plan_from_dict
+    from runtime.train import teacher_samplers
+
+    freelm = [k for k, st in enumerate(plan.stages) if st.objective.kind == "freelm"]
+    if teacher_data is not None and not freelm:
+        raise FlmplanError("--teacher-data is for plans with a FreeLM objective; this plan trains language only "
+                           "(plan one with `flmplan simulate --teacher-every K`).")
+    raw = plan.to_json()
+    for k in freelm:
+        given = teacher_data or raw["stages"][k]["objective"].get("teacher_data")
+        raw["stages"][k]["objective"]["teacher_data"] = str(Path(given).resolve()) if given else None
+    plan = plan_from_dict(raw)
+    teacher_samplers(plan, seed=0, data=data)
+    return plan
 
 
 def _finished(out: Path, plan) -> bool:
@@ -576,6 +609,16 @@ def _validate_after_run(out: Path) -> None:
     from planner.report import print_validation
 
     print_validation(stdout, run, prof, checks, VALIDATE_TOLERANCE)
+
+
+def _check_teacher_data(path: Path, teacher_every: int) -> None:
+    """A teacher file is only meaningful with a teacher schedule, and must read as propositions."""
+    from planner.errors import FlmplanError
+    from runtime.freelm import read_teacher_file
+
+    if not teacher_every:
+        raise FlmplanError("--teacher-data needs --teacher-every K (every K-th step a teacher batch).")
+    read_teacher_file(path)
 
 
 def _check_output_file(path: Path, option: str, example: str) -> None:

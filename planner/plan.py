@@ -10,7 +10,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from planner.case import Strict, first_error
 from planner.errors import FlmplanError
@@ -46,6 +46,30 @@ class PlanParametrization(Strict):
                 "mup_attn_mult": self.attn_mult}
 
 
+class PlanObjective(Strict):
+    """What a stage trains on: language modelling ("lm"), or FreeLM's objective (Li et al. 2023):
+    every `teacher_every`-th step a teacher batch of true/false propositions from `teacher_data`
+    (JSON lines; runtime/freelm.py), the other steps language modelling. Teacher steps cost what
+    language steps cost, and the stage's `steps` count both."""
+
+    kind: Literal["lm", "freelm"] = "lm"
+    teacher_every: int = Field(default=0, ge=0)
+    teacher_data: str | None = None
+
+    @model_validator(mode="after")
+    def _every(self) -> PlanObjective:
+        if self.kind == "freelm" and self.teacher_every < 2:
+            raise ValueError("a freelm objective needs teacher_every of at least 2 (every k-th step a teacher "
+                             "batch, the others language)")
+        if self.kind == "lm" and self.teacher_every:
+            raise ValueError("teacher_every belongs to a freelm objective")
+        return self
+
+    def teacher_steps(self, steps: int) -> int:
+        """How many of a stage's steps are teacher batches."""
+        return steps // self.teacher_every if self.kind == "freelm" else 0
+
+
 class PlanPredicted(Strict):
     step_s: float
     tflops_per_gpu_hfu: float
@@ -66,6 +90,7 @@ class PlanStage(Strict):
     layout: Layout
     growth: PlanGrowth | None = None
     parametrization: PlanParametrization = Field(default_factory=PlanParametrization)
+    objective: PlanObjective = Field(default_factory=PlanObjective)
     predicted: PlanPredicted
 
 
@@ -138,10 +163,15 @@ def plan_fingerprint(plan: Plan) -> str:
     import hashlib
     import json
 
-    fields = {"model", "layout", "steps", "growth"}
-    # µP changes what is trained; SP (the default) keeps the fingerprints of plans written before it.
-    keep = [st.model_dump(mode="json", include=fields | ({"parametrization"} if st.parametrization.kind == "mup"
-                                                         else set())) for st in plan.stages]
+    keep = []
+    for st in plan.stages:
+        part = st.model_dump(mode="json", include={"model", "layout", "steps", "growth"})
+        # µP and FreeLM change what is trained; the defaults keep the fingerprints of earlier plans.
+        if st.parametrization.kind == "mup":
+            part["parametrization"] = st.parametrization.model_dump(mode="json")
+        if st.objective.kind == "freelm":
+            part["objective"] = st.objective.model_dump(mode="json", exclude={"teacher_data"})
+        keep.append(part)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -143,6 +143,8 @@ def print_plan(console: Console, plan, searched: int = 0) -> None:
     t.add_row("[bold]total[/]", "", "", f"{tot.tokens / 1e9:,.1f}B", f"{tot.days:.2f}", f"${tot.cost_usd:,.0f}",
               f"{tot.predicted_loss:.3f}")
     console.print(t)
+    if teacher := teacher_cost(plan):
+        console.print(teacher)
     console.print(lay_t)
     console.print(f"[dim]{LAYOUT_LEGEND} TFLOP/s per GPU HFU-style (recompute counted); MFU counts model FLOPs "
                   "only.[/]")
@@ -192,6 +194,19 @@ def print_plan(console: Console, plan, searched: int = 0) -> None:
         f"{plan.assumptions.get('max_days')} days; step times from profile {plan.profile.get('name')} "
         f"({plan.profile.get('source')}).[/]"
     )
+
+
+def teacher_cost(plan) -> str:
+    """What FreeLM's teacher signal adds to the plan, in steps and tokens (included in days and cost)."""
+    teacher = [(st.objective.teacher_steps(st.steps), st) for st in plan.stages if st.objective.kind == "freelm"]
+    if not teacher:
+        return ""
+    steps = sum(n for n, _ in teacher)
+    tokens = sum(n * st.layout.global_batch * st.model.seq for n, st in teacher)
+    every = teacher[0][1].objective.teacher_every
+    return (f"FreeLM objective: every {every}th step is a teacher batch — {steps:,} steps, {tokens / 1e9:,.1f}B tokens "
+            f"on top of the {plan.totals.tokens / 1e9:,.1f}B language tokens (+{tokens / plan.totals.tokens:.0%}), "
+            "counted in the days and cost above.")
 
 
 def _g(x) -> str:

@@ -48,6 +48,8 @@ class Settings:
     cost_factor: float = 1.0      # > 1 to fit the budget at a failure-inflated cost (P90)
     max_growth_factor: float = DEFAULT_MAX_GROWTH_FACTOR   # largest parameter ratio of one growth
     attention: str = "flash"      # the kernel the run will use
+    teacher_every: int = 0        # FreeLM: every k-th step a teacher batch (0: language modelling only)
+    teacher_data: str | None = None   # FreeLM's propositions, written into the plan for the runtime
     software: Software = field(default_factory=Software)   # what else of the stack changes kernel costs
 
     def __post_init__(self) -> None:
@@ -65,6 +67,8 @@ class Settings:
             raise FlmplanError(f"--grow-steps must not be negative, got {self.grow_steps}.")
         if self.max_days <= 0:
             raise FlmplanError(f"--max-days must be positive, got {self.max_days}.")
+        if self.teacher_every == 1 or self.teacher_every < 0:
+            raise FlmplanError(f"--teacher-every must be 0 (off) or at least 2, got {self.teacher_every}.")
         if self.max_growth_factor < 1:
             raise FlmplanError(f"--max-growth-factor must be at least 1, got {self.max_growth_factor}.")
 
@@ -84,9 +88,20 @@ class StageRun:
     loss_end: float = 0.0
     breakdown: dict = field(default_factory=dict)
     lr: float | None = None          # the peak learning rate the stage's source states, if any
+    teacher_every: int = 0           # FreeLM's teacher batches: every k-th step (planner/plan.py PlanObjective)
+
+    def language_steps(self, global_batch: int) -> int:
+        return math.ceil(self.tokens / (global_batch * self.model.seq))
 
     def steps(self, global_batch: int) -> int:
-        return math.ceil(self.tokens / (global_batch * self.model.seq))
+        """Optimizer steps: the language steps for `tokens`, and one teacher step after every k − 1 of them."""
+        language = self.language_steps(global_batch)
+        return language + (language // (self.teacher_every - 1) if self.teacher_every else 0)
+
+    def seconds_per_token(self) -> float:
+        """Seconds per language token: a teacher step costs a language step (the same batch and length)."""
+        extra = self.teacher_every / (self.teacher_every - 1) if self.teacher_every else 1.0
+        return self.step_s / (self.layout.global_batch * self.model.seq) * extra
 
     def days(self, global_batch: int) -> float:
         return self.steps(global_batch) * self.step_s / SECONDS_PER_DAY
@@ -165,16 +180,15 @@ class Planner:
                     tflops_mfu=e.tflops_per_gpu_mfu, mfu=e.mfu, memory_gib=e.memory_gib_per_gpu,
                     breakdown=e.to_dict()["breakdown_s"])
         cached = self._stage_cache[key]
-        return None if cached is None else StageRun(**{**cached.__dict__})
+        return None if cached is None else StageRun(**{**cached.__dict__, "teacher_every": self.s.teacher_every})
 
     def usd_per_token(self, st: StageRun, gpus: int) -> float:
-        tokens_per_step = st.layout.global_batch * st.model.seq
-        return st.step_s / tokens_per_step * gpus * self.s.price_per_gpu_hour / 3600 * self.s.cost_factor
+        return st.seconds_per_token() * gpus * self.s.price_per_gpu_hour / 3600 * self.s.cost_factor
 
     def affordable_tokens(self, st: StageRun, gpus: int) -> float:
-        """Tokens one fixed-size stage can train for the budget before the deadline."""
-        tokens_per_s = st.layout.global_batch * st.model.seq / st.step_s
-        return min(self.s.budget_usd / self.usd_per_token(st, gpus), self.s.max_days * SECONDS_PER_DAY * tokens_per_s)
+        """Language tokens one fixed-size stage can train for the budget before the deadline."""
+        return min(self.s.budget_usd / self.usd_per_token(st, gpus), self.s.max_days * SECONDS_PER_DAY /
+                   st.seconds_per_token())
 
     def floor_cost_usd(self, stages: list[StageRun], gpus: int) -> float:
         """What a chain costs at its minimum tokens, growth transitions included."""
@@ -192,7 +206,7 @@ class Planner:
         if any(s is None for s in stages):
             return None
         price = np.array([self.usd_per_token(s, gpus) for s in stages])
-        seconds = np.array([s.step_s / (s.layout.global_batch * s.model.seq) for s in stages])
+        seconds = np.array([s.seconds_per_token() for s in stages])
         d_min = np.array([self.min_tokens(k, s) for k, s in enumerate(stages)])
         transition_h = (len(chain) - 1) * self.s.transition_hours
         spare = self.s.budget_usd - self.floor_cost_usd(stages, gpus)
@@ -240,7 +254,10 @@ class Planner:
         return best * money_tokens
 
     def ramps(self, stages: list[StageRun]) -> list[float]:
-        return [0.0] + [self.s.grow_steps * s.layout.global_batch * s.model.seq for s in stages[1:]]
+        """Language tokens under each growth's mask ramp (grow_steps optimizer steps, teacher ones excluded)."""
+        k = self.s.teacher_every
+        share = 1 - 1 / k if k else 1.0
+        return [0.0] + [self.s.grow_steps * share * s.layout.global_batch * s.model.seq for s in stages[1:]]
 
     def _finish(self, name: str, stages: list[StageRun], gpus: int) -> Schedule:
         params = [s.model.params() for s in stages]

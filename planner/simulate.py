@@ -17,6 +17,7 @@ from planner.plan import (
     PlanBaseline,
     PlanCluster,
     PlanGrowth,
+    PlanObjective,
     PlanPredicted,
     PlanStage,
     PlanTotals,
@@ -203,6 +204,13 @@ def pipeline_timelines(s: Schedule, profile: Profile, max_micro_batches: int = 1
     return out
 
 
+def objective_of(settings: Settings) -> PlanObjective:
+    """The stages' objective: FreeLM's teacher signal every k-th step when planned with one."""
+    if not settings.teacher_every:
+        return PlanObjective()
+    return PlanObjective(kind="freelm", teacher_every=settings.teacher_every, teacher_data=settings.teacher_data)
+
+
 def _stage_lr(st: StageRun) -> float:
     """The stage's own learning rate when its source states one; else FLM-101B's 4e-4 at 16B,
     scaled by 1/√(params / 16B) above it."""
@@ -238,6 +246,7 @@ def build_plan(s: Schedule, settings: Settings, profile: Profile, loss_model: Gr
             tokens=st.tokens,
             steps=st.steps(st.layout.global_batch),
             lr=_stage_lr(st),
+            objective=objective_of(settings),
             layout=st.layout,
             growth=growth,
             predicted=PlanPredicted(

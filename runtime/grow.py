@@ -258,6 +258,8 @@ def grow_sharded(chunks: list[Decoder], optimizers: list[torch.optim.Optimizer],
             if kind != "model" and is_new_block(name, mapping):
                 continue              # a new block's moments start at zero
             fqn = f"model.{src}" if kind == "model" else f"optim.state.{src}.{kind}"
+            if fqn not in shapes:
+                continue              # new in this stage (FreeLM's head): its own init, zero moments
             dest = p if kind == "model" else opt.state[p][kind]
             offsets, sizes, local = local_box(dest)
             box = overlap(shapes[fqn], offsets, sizes)

@@ -46,6 +46,8 @@ class DecoderConfig(ModelSpec):
     mup_base_width: int = 256
     mup_output_mult: float = 1.0
     mup_attn_mult: float = 1.0
+    # FreeLM's teacher signal (runtime/freelm.py): a true/false head read at [cls].
+    teacher_head: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -280,6 +282,9 @@ class Decoder(nn.Module):
         self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
         # The output layer: the embedding itself when tied (FLM-101B), else a matrix of its own.
         self.head = None if cfg.tied_embeddings else nn.Linear(cfg.hidden, cfg.vocab, bias=False)
+        # FreeLM's classification head (no bias: runtime/freelm.py says why); `signal` picks the output.
+        self.teacher = nn.Linear(cfg.hidden, 2, bias=False) if cfg.teacher_head else None
+        self.signal = "language"
         self.blocks = nn.ModuleDict({str(i): Block(cfg) for i in range(cfg.layers)})
         self.ln_f = MaskedLayerNorm(cfg.hidden, cfg.ln_eps)
         self.hidden_mask: torch.Tensor | None = None  # (hidden,), MSG width growth
@@ -298,8 +303,9 @@ class Decoder(nn.Module):
                 p.normal_(0.0, mup.init_std(self.cfg, name, p), generator=generator)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) → logits (B, T, vocab). A pipeline stage without the embedding takes the
-        hidden states (B, T, hidden) instead, and one without ln_f returns hidden states."""
+        """tokens (B, T) → logits (B, T, vocab), or (B, T, 2) of the teacher head when `signal` is
+        "teacher". A pipeline stage without the embedding takes the hidden states (B, T, hidden)
+        instead, and one without ln_f returns hidden states."""
         if self.compute_dtype is None:
             return self._forward(tokens)
         with torch.autocast(tokens.device.type, dtype=self.compute_dtype):
@@ -317,6 +323,11 @@ class Decoder(nn.Module):
         if self.ln_f is None:
             return x
         x = gather_sequence(self.ln_f(x, self.hidden_mask), self.sp_group)
+        if self.signal == "teacher":
+            # True/false logits at every position (B, T, 2); the loss reads them at [cls]. The head is
+            # replicated over tensor-parallel ranks, which all hold the whole gathered sequence.
+            logits = self.teacher(x)
+            return logits * mup.readout_mult(self.cfg) if self.cfg.mup else logits
         # Tied embeddings: a last pipeline stage keeps its own copy of `embed` for this.
         w = self.embed.weight if self.head is None else self.head.weight
         if isinstance(w, DTensor):

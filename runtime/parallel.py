@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -37,6 +37,7 @@ from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, 
 from planner.errors import FlmplanError
 from planner.specs import Layout
 from runtime import mup
+from runtime.freelm import accuracy
 from runtime.model import Decoder, causal_lm_loss
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -141,6 +142,8 @@ class ParallelModel:
     attention_backends: list
     schedule: object | None = None
     tied_group: object | None = None
+    schedules: dict = field(default_factory=dict)       # pipeline schedules of other signals (FreeLM's)
+    teacher_accuracy: torch.Tensor | None = None
 
     @property
     def pp_rank(self) -> int:
@@ -189,15 +192,20 @@ class ParallelModel:
         with sdpa_kernel(self.attention_backends), (loss_parallel() if self.layout.tp > 1 else nullcontext()):
             yield
 
-    def train_batch(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def train_batch(self, inputs: torch.Tensor, targets: torch.Tensor, signal: str = "language") -> torch.Tensor:
         """Forward and backward of this rank's share of one global batch, in micro-batches with
         gradient accumulation; returns the batch's mean loss (the same on every rank) as a device
-        tensor — nothing here waits for the GPU."""
+        tensor — nothing here waits for the GPU. `signal` "teacher" trains FreeLM's head on a
+        batch of propositions (runtime/freelm.py) and leaves its accuracy in `teacher_accuracy`."""
         lay = self.layout
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         m = inputs.shape[0] // lay.micro_batch
         scale = self.precision.scale
+        teacher = signal == "teacher"
+        for c in self.chunks:
+            c.signal = signal
+        accuracies: list[torch.Tensor] = []
         with self.kernels():
             if lay.pp == 1:
                 model = self.chunks[0]
@@ -206,29 +214,48 @@ class ParallelModel:
                     sl = slice(i * lay.micro_batch, (i + 1) * lay.micro_batch)
                     if hasattr(model, "set_requires_gradient_sync"):
                         model.set_requires_gradient_sync(i == m - 1)
-                    loss = causal_lm_loss(model(inputs[sl]), targets[sl])
+                    logits = model(inputs[sl])
+                    loss = causal_lm_loss(logits, targets[sl])
+                    if teacher:
+                        accuracies.append(accuracy(logits.detach(), targets[sl]))
                     (loss * (scale / m)).backward()
                     total += _plain(loss.detach())
                 local = total / m
             else:
                 losses: list[torch.Tensor] = []
                 args = (inputs,) if self.is_first else ()
-                self.schedule._loss_fn = _scaled_loss(scale)
+                schedule = self.schedule_for(signal)
+                schedule._loss_fn = _scaled_loss(scale, accuracies if teacher else None)
                 if self.is_last:
-                    self.schedule.step(*args, target=targets, losses=losses)
+                    schedule.step(*args, target=targets, losses=losses)
                 else:
-                    self.schedule.step(*args)
+                    schedule.step(*args)
                 local = (torch.stack([_plain(x.detach()) for x in losses]).mean() / scale if losses
                          else torch.zeros((), device=self.device))
+            # The last m: a schedule's first step may call the loss function once more (shape inference).
+            acc = torch.stack(accuracies[-m:]).mean() if accuracies else torch.zeros((), device=self.device)
             # Only the last stage saw the losses: share them along the pipeline.
+            local = torch.stack([local, acc])
             dist.all_reduce(local, group=self.mesh.get_group("pp"))
             if self.tied_group is not None:
                 self._sync_tied_embedding()
+        for c in self.chunks:
+            c.signal = "language"
         if lay.sequence_parallel and lay.tp > 1:
             self._sync_sequence_parallel_grads()
         if lay.dp > 1:
             dist.all_reduce(local, op=dist.ReduceOp.AVG, group=self.mesh.get_group("dp"))
-        return local
+        self.teacher_accuracy = local[1] if teacher else None
+        return local[0]
+
+    def schedule_for(self, signal: str):
+        """The pipeline schedule of a signal: the teacher head's output has another shape than the
+        language logits, and a schedule checks each stage's outputs against the first it saw."""
+        if signal == "language":
+            return self.schedule
+        if signal not in self.schedules:
+            self.schedules[signal] = _pipeline_schedule(self, self.layout.pp, self.layout.interleave)
+        return self.schedules[signal]
 
     def _sync_sequence_parallel_grads(self) -> None:
         """LayerNorm weights, replicated over tp, saw only this rank's slice of the sequence under
@@ -238,15 +265,22 @@ class ParallelModel:
         for c in self.chunks:
             for name, p in c.named_parameters():
                 module = name.rsplit(".", 1)[0]
-                if p.grad is None or name.startswith(("embed.", "head.")) or any(module.endswith(k) for k in TP_PLAN):
+                # The teacher head reads the gathered sequence: its gradient is already whole on every rank.
+                if p.grad is None or name.startswith(("embed.", "head.", "teacher.")) or \
+                        any(module.endswith(k) for k in TP_PLAN):
                     continue
                 g = p.grad
                 dist.all_reduce(g.to_local() if isinstance(g, DTensor) else g, group=group)
 
     def _sync_tied_embedding(self) -> None:
+        """Sum the tied embedding's gradient between the first and the last stage. A teacher batch
+        (FreeLM) leaves the last stage's copy without one: it joins with zeros."""
         for c in self.chunks:
-            if c.embed is not None and c.embed.weight.grad is not None:
-                g = c.embed.weight.grad
+            if c.embed is not None:
+                w = c.embed.weight
+                if w.grad is None:
+                    w.grad = torch.zeros_like(w)
+                g = w.grad
                 dist.all_reduce(g.to_local() if isinstance(g, DTensor) else g, group=self.tied_group)
 
     def grad_norm(self) -> torch.Tensor:
@@ -291,8 +325,11 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
-def _scaled_loss(scale: float):
+def _scaled_loss(scale: float, accuracies: list | None = None):
+    """The pipeline's loss function; with `accuracies` it also keeps each teacher micro-batch's accuracy."""
     def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if accuracies is not None:
+            accuracies.append(accuracy(logits.detach(), targets))
         return causal_lm_loss(logits, targets) * scale
 
     return loss_fn
@@ -322,6 +359,7 @@ def split_for_pipeline(full: Decoder, chunk_ids: list[int], total_chunks: int) -
         if not last:
             c.ln_f = None
             c.head = None
+            c.teacher = None
         # The last stage keeps a copy of a tied embedding for the output layer.
         if not (first or (last and full.cfg.tied_embeddings)):
             c.embed = None

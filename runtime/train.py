@@ -35,8 +35,9 @@ from planner.errors import FlmplanError
 from planner.flops import hardware_flops_per_token, model_flops_per_token
 from planner.plan import MIN_LR_FRACTION, PlanParametrization, stage_warmup_steps
 from planner.specs import Layout, ModelSpec
-from runtime import checkpoint
+from runtime import checkpoint, freelm
 from runtime.data import Sampler, check_tokens, load_tokens
+from runtime.freelm import is_teacher_step, teacher_steps_before
 from runtime.grow import GrowthState, apply_masks, grow_sharded
 from runtime.model import Decoder, DecoderConfig
 from runtime.parallel import ParallelModel, Precision, make_mesh, make_optimizer, parallelize, set_lr
@@ -55,10 +56,13 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def config_of(model: ModelSpec, parametrization: PlanParametrization | None = None) -> DecoderConfig:
+def config_of(model: ModelSpec, parametrization: PlanParametrization | None = None,
+              teacher_head: bool = False) -> DecoderConfig:
     """The runtime's model for a plan stage's validated `model` and parametrization: the same fields,
-    every one honoured (GeLU or SwiGLU, tied or untied embeddings, grouped-query attention, SP or µP)."""
-    return DecoderConfig(**model.to_dict(), **(parametrization or PlanParametrization()).config_fields())
+    every one honoured (GeLU or SwiGLU, tied or untied embeddings, grouped-query attention, SP or µP,
+    FreeLM's teacher head)."""
+    return DecoderConfig(**model.to_dict(), **(parametrization or PlanParametrization()).config_fields(),
+                         teacher_head=teacher_head)
 
 
 def measured_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
@@ -136,7 +140,8 @@ class Run:
         from planner.plan import load_plan
 
         self.plan = load_plan(args.plan)             # validated: the runtime works from the plan type
-        self.configs = [config_of(st.model, st.parametrization) for st in self.plan.stages]
+        self.configs = [config_of(st.model, st.parametrization, st.objective.kind == "freelm")
+                        for st in self.plan.stages]
         self.out = Path(args.out)
         self.ckpt_dir = self.out / "checkpoints"
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -156,6 +161,7 @@ class Run:
         first = self.plan.stages[0].model
         check_tokens(tokens, first.vocab, first.seq, self.data_desc)
         self.tokens = tokens
+        self.teacher = teacher_samplers(self.plan, args.seed, self.data_desc)
         compute = Precision.of(self.dtype).compute or torch.float32
         self.peak, self.peak_source, self.gpu_key = peak_flops(self.device, compute)
         # Preemption: a signal only sets a flag; the ranks agree on it after each step over a CPU
@@ -296,6 +302,7 @@ class Run:
             grew = True
         steps = stage.steps
         warmup = stage_warmup_steps(stage)
+        teacher_every = stage.objective.teacher_every if stage.objective.kind == "freelm" else 0
         for chunk in pm.chunks:        # masks sliced to this rank's heads and neurons
             apply_masks(chunk, growth, growth.value(start_step) if growth else 1.0)
         if grew:
@@ -311,8 +318,13 @@ class Run:
             lr = lr_at(step, steps, stage.lr, warmup)
             for o in opts:
                 set_lr(o, lr)
-            x, y = sampler.batch(layout.global_batch, pm.dp_rank, layout.dp)
-            loss = pm.train_batch(x, y)
+            signal = "teacher" if is_teacher_step(step, teacher_every) else "language"
+            if signal == "teacher":
+                x, y = self.teacher[k][0].batch(teacher_steps_before(step, teacher_every), layout.global_batch,
+                                               pm.dp_rank, layout.dp)
+            else:
+                x, y = sampler.batch(layout.global_batch, pm.dp_rank, layout.dp)
+            loss = pm.train_batch(x, y, signal)
             norm, overflow = pm.clip_and_unscale(MAX_GRAD_NORM)
             skipped = pm.precision.loss_scaling and bool(overflow)   # fp16 only: one host sync
             if not skipped:
@@ -323,11 +335,14 @@ class Run:
             for o in opts:
                 o.zero_grad(set_to_none=True)
             pm.precision.update(skipped)
-            meter.step(step, loss, norm, lr, c, sampler.position, skipped, pm.precision.scale)
+            meter.step(step, loss, norm, lr, c, sampler.position, skipped, pm.precision.scale, signal,
+                       pm.teacher_accuracy)
             done = step == steps - 1
             stop = self.preempted()
             if done or stop or (step + 1) % every == 0 or (step + 1) % self.args.log_every == 0:
                 meter.flush()
+            if teacher_every and (done or (step + 1) % every == 0):
+                self.eval_teacher(k, pm, step + 1)
             if (done or stop or (step + 1) % every == 0) and not self.args.no_checkpoints:
                 self.save(k, step + 1, sampler, pm, opts, growth if c < 1 else None, done)
             if stop:
@@ -368,6 +383,32 @@ class Run:
         for c in pm.chunks:
             c.zero_grad(set_to_none=True)
         self.log({"event": when, "growth_into_stage": k + 1, "loss": float(loss)})
+
+    def eval_teacher(self, k: int, pm: ParallelModel, step: int) -> None:
+        """FreeLM's teacher signal on its held-out propositions, per task (nothing is updated): loss and
+        accuracy, each task's batches filled by repeating its propositions."""
+        gb, per_rank = pm.layout.global_batch, pm.layout.global_batch // pm.layout.dp
+        cfg = self.configs[k]
+        tasks: dict[str, list] = {}
+        for p in self.teacher[k][1]:
+            tasks.setdefault(p.task, []).append(p)
+        results = {}
+        for task, held in sorted(tasks.items()):
+            losses, correct = [], []
+            for n in range(min(4, -(-len(held) // gb))):
+                picked = [held[(n * gb + i) % len(held)] for i in range(gb)]
+                x, y = freelm.batch(picked[pm.dp_rank * per_rank:(pm.dp_rank + 1) * per_rank], cfg.seq, cfg.vocab)
+                losses.append(pm.train_batch(x, y, "teacher"))
+                correct.append(pm.teacher_accuracy)
+                for c in pm.chunks:
+                    c.zero_grad(set_to_none=True)
+            results[task] = (float(torch.stack(losses).mean()), float(torch.stack(correct).mean()), len(held))
+        n = sum(r[2] for r in results.values())
+        self.log({"event": "teacher_eval", "stage": k + 1, "step": step,
+                  "loss": sum(r[0] * r[2] for r in results.values()) / n,
+                  "accuracy": sum(r[1] * r[2] for r in results.values()) / n, "propositions": n,
+                  **({"tasks": {t: {"accuracy": r[1], "loss": r[0], "propositions": r[2]} for t, r in results.items()}}
+                     if len(results) > 1 or "" not in results else {})})
 
     def save(self, k, step, sampler, pm, opts, growth, done) -> None:
         manifest = {"stage": k + 1, "stage_numbering": 1, "step": step, "stage_done": done,
@@ -432,15 +473,17 @@ class Meter:
                 f"({p['predicted_source']})")
 
     def step(self, step: int, loss, norm, lr: float, mask: float, position: int, skipped: bool,
-             scale: float) -> None:
+             scale: float, signal: str = "language", accuracy=None) -> None:
         self.pending.append({"step": step, "loss": loss, "grad_norm": norm, "lr": lr, "mask": mask,
-                             "data_position": position, "skipped": skipped, "scale": scale})
+                             "data_position": position, "skipped": skipped, "scale": scale, "signal": signal,
+                             "accuracy": accuracy if accuracy is not None else torch.zeros_like(loss)})
 
     def flush(self) -> None:
         if not self.pending:
             return
         run = self.run
-        values = torch.stack([torch.stack([r["loss"].float(), r["grad_norm"].float()]) for r in self.pending]).cpu()
+        values = torch.stack([torch.stack([r["loss"].float(), r["grad_norm"].float(), r["accuracy"].float()])
+                              for r in self.pending]).cpu()
         if run.device.type == "cuda":
             torch.cuda.synchronize(run.device)
         elapsed = time.perf_counter() - self.window_start
@@ -450,8 +493,11 @@ class Meter:
         memory = torch.tensor(run.memory_gib(), dtype=torch.float64, device=run.device)
         dist.all_reduce(memory, op=dist.ReduceOp.MAX)
         model_fu = mfu(tps, self.model_flops, run.peak, world)
-        for r, (loss, norm) in zip(self.pending, values.tolist(), strict=True):
-            run.log({"stage": self.k + 1, "stage_name": self.stage.name, "step": r["step"], "loss": loss,
+        for r, (loss, norm, acc) in zip(self.pending, values.tolist(), strict=True):
+            # A FreeLM teacher step has no language loss: its loss and accuracy are the teacher signal's.
+            signal = {"loss": loss} if r["signal"] == "language" else {
+                "signal": "teacher", "teacher_loss": loss, "teacher_accuracy": acc}
+            run.log({"stage": self.k + 1, "stage_name": self.stage.name, "step": r["step"], **signal,
                      "lr": r["lr"], "grad_norm": norm, "mask": r["mask"], "skipped": r["skipped"],
                      "tokens_per_s": tps, "step_s": step_s,
                      "mfu": model_fu,
@@ -460,7 +506,8 @@ class Meter:
                      "dtype": run.dtype, "compile": run.compile, "loss_scale": r["scale"],
                      **self.predicted})
         last = self.pending[-1]["step"] + 1
-        text = f"{tps:,.0f} tokens/s, MFU {model_fu:.1%}, loss {values[-1, 0]:.4f}"
+        language = [v[0] for r, v in zip(self.pending, values.tolist(), strict=True) if r["signal"] == "language"]
+        text = f"{tps:,.0f} tokens/s, MFU {model_fu:.1%}" + (f", loss {language[-1]:.4f}" if language else "")
         if self.progress is not None:
             self.progress.update(self.task, completed=last, rate=text)
         elif run.rank == 0:
@@ -472,6 +519,26 @@ class Meter:
         self.flush()
         if self.progress is not None:
             self.progress.stop()
+
+
+def teacher_samplers(plan, seed: int, data: str) -> dict[int, tuple[freelm.TeacherSampler, list]]:
+    """Stage index → (sampler of its training propositions, its held-out ones), for FreeLM stages."""
+    out, files = {}, {}
+    for k, st in enumerate(plan.stages):
+        if st.objective.kind != "freelm":
+            continue
+        path = st.objective.teacher_data
+        if not path:
+            raise FlmplanError(f"Stage {k + 1} ({st.name}) trains FreeLM's teacher signal but names no teacher_data; "
+                               "give a JSON-lines file of propositions (flmplan run --teacher-data FILE).")
+        if data.endswith(".bin"):
+            raise FlmplanError("The teacher signal encodes propositions as bytes; train it on text data, not a .bin "
+                               "of another tokenizer's ids.")
+        if path not in files:
+            files[path] = freelm.split(freelm.read_teacher_file(path), seed)
+        train, held = files[path]
+        out[k] = (freelm.TeacherSampler(train, st.model.seq, st.model.vocab, seed=seed + 1000 * (k + 1)), held)
+    return out
 
 
 def predicted_for(run: Run, stage: PlanStage, layout: Layout) -> dict:

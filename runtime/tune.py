@@ -140,7 +140,7 @@ def tune(widths: list[int], lrs: list[float], output_mults: list[float], paramet
     rows = []
     for kind in parametrizations:
         for width in sorted(set(widths)):
-            for m in output_mults:
+            for m in output_mults if kind == "mup" else [1.0]:      # SP has no output multiplier
                 for lr in lrs:
                     folder = out / "runs" / run_name(kind, width, lr, m)
                     done = folder / PROXY_FILE

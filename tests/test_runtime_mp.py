@@ -29,14 +29,20 @@ def torchrun(plan: dict, out: Path, nproc: int, env: dict | None = None, timeout
     return r.returncode
 
 
-def losses(out: Path, stage: int | None = None) -> list[float]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "step" in r and "event" not in r and (stage is None or r["stage"] == stage)]
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out: Path, stage: int | None = None, key: str = "loss") -> list[float]:
+    """Per step: the language loss (FreeLM's teacher steps have none), or `key` ("teacher_loss")."""
+    return [r[key] for r in records(out) if "step" in r and "event" not in r and key in r
+            and (stage is None or r["stage"] == stage)]
 
 
 def events(out: Path) -> dict:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {(r["event"], r["growth_into_stage"]): r["loss"] for r in rows if "event" in r and "loss" in r}
+    """The fixed-batch losses just before and after each growth."""
+    return {(r["event"], r["growth_into_stage"]): r["loss"] for r in records(out) if "growth_into_stage" in r
+            and "loss" in r}
 
 
 def state_bytes(out: Path) -> list[dict]:
@@ -167,15 +173,55 @@ def test_mup_trains_alike_on_every_kind_of_layout(single, tmp_path):
         assert max(abs(a - b) for a, b in zip(got, base, strict=True)) < 1e-4, (name, got, base)
 
 
+def test_freelm_trains_alike_on_every_kind_of_layout(tmp_path):
+    """FreeLM's objective (every 3rd step a teacher batch): the language loss, the teacher loss and
+    accuracy, and the held-out teacher evaluation agree alone, under tensor and sequence
+    parallelism, pipeline parallelism (the head on the last stage) and FSDP."""
+    from runtime.freelm import synthetic_propositions, write_teacher_file
+
+    teacher = write_teacher_file(synthetic_propositions(200, seed=1), tmp_path / "teacher.jsonl")
+
+    def plan(**layout) -> dict:
+        p = one_stage(**layout)
+        p["stages"][0]["steps"] = 9
+        p["stages"][0]["objective"] = {"kind": "freelm", "teacher_every": 3, "teacher_data": str(teacher)}
+        return p
+
+    def signals(out: Path) -> list:
+        return [(r["step"], r.get("signal", "language")) for r in records(out) if "step" in r and "event" not in r]
+
+    def figures(out: Path) -> list[float]:
+        evals = [r["accuracy"] for r in records(out) if r.get("event") == "teacher_eval"]
+        return losses(out) + losses(out, key="teacher_loss") + losses(out, key="teacher_accuracy") + evals
+
+    base_out = tmp_path / "single"
+    assert torchrun(plan(), base_out, 1, args=("--checkpoint-every", "3")) == 0
+    assert signals(base_out) == [(s, "teacher" if s % 3 == 2 else "language") for s in range(9)]
+    assert len([r for r in records(base_out) if r.get("event") == "teacher_eval"]) == 3
+    base = figures(base_out)
+    for name, layout in {"tp2-sp": dict(tp=2, sequence_parallel=True), "pp2": dict(pp=2, zero=1),
+                         "fsdp2": dict(dp=2, zero=3)}.items():
+        out = tmp_path / name
+        assert torchrun(plan(**layout), out, 2, args=("--checkpoint-every", "3")) == 0, name
+        got = figures(out)
+        assert len(got) == len(base) and max(abs(a - b) for a, b in zip(got, base, strict=True)) < 1e-4, name
+
+
 @pytest.fixture(scope="module")
 def two_stage(tmp_path_factory):
-    """The tiny growth plan under µP: width 64 → 128 over base 64 doubles width_mult at the growth,
-    through a change from FSDP to tensor × pipeline parallelism with sequence parallelism."""
+    """The tiny growth plan under µP and FreeLM's objective: width 64 → 128 over base 64 doubles
+    width_mult at the growth, through a change from FSDP to tensor × pipeline parallelism with
+    sequence parallelism; every 4th step is a teacher batch, and the teacher head grows too."""
+    from runtime.freelm import synthetic_propositions, write_teacher_file
+
+    folder = tmp_path_factory.mktemp("two")
+    teacher = write_teacher_file(synthetic_propositions(200, seed=2), folder / "teacher.jsonl")
     plan = json.loads((ROOT / "runtime/data/tiny_two_stage.json").read_text())
     for st in plan["stages"]:
         st["steps"] = 16
         st["parametrization"] = {"kind": "mup", "base_width": 64, "output_mult": 2.0}
-    out = tmp_path_factory.mktemp("two") / "run"
+        st["objective"] = {"kind": "freelm", "teacher_every": 4, "teacher_data": str(teacher)}
+    out = folder / "run"
     assert torchrun(plan, out, 4) == 0
     return plan, out
 
@@ -187,7 +233,7 @@ def test_two_stage_growth_with_a_layout_change(two_stage):
     assert {p.name.split("-")[0] for p in (out / "checkpoints").iterdir()} == {"stage1", "stage2"}
     for k in (1, 2):
         stage = losses(out, k)
-        assert len(stage) == 16
+        assert len(stage) == 12 and len(losses(out, k, "teacher_loss")) == 4     # steps 3, 7, 11, 15 teach
         assert sum(stage[-3:]) / 3 < sum(stage[:3]) / 3, f"loss does not fall in stage {k}"
     ev = events(out)
     before, after = ev[("before_growth", 2)], ev[("after_growth", 2)]
@@ -224,6 +270,8 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(two_stage, tmp
     assert newest.name == "stage2-step0000005"
     final = losses(out, 2)[-1]
     assert final == pytest.approx(losses(reference, 2)[-1], abs=1e-5)
+    # The teacher batches after the resume are the ones the uninterrupted run had (chosen by the step).
+    assert losses(out, 2, "teacher_loss")[-1] == pytest.approx(losses(reference, 2, "teacher_loss")[-1], abs=1e-5)
 
 
 def test_flmplan_run_scales_the_flm_plan_to_this_machine(tmp_path):
