@@ -253,13 +253,17 @@ def print_validation(console: Console, run, profile, checks, tolerance: float) -
         ok = c.passes(tolerance)
         memory = f"{c.measured_memory_gib:.2f} / {c.predicted_memory_gib:.2f}"
         memory += f" ({c.memory_error:+.0%})" if c.memory_judged else " (—)"
-        table.add_row(f"{c.stage} {c.name}", f"{c.steps} ({c.warmup_steps})",
+        teacher = f", {c.teacher_steps} teacher" if c.teacher_steps else ""
+        table.add_row(f"{c.stage} {c.name}", f"{c.steps} ({c.warmup_steps}){teacher}",
                       f"{c.measured_step_s:.3g} / {c.predicted_step_s:.3g}",
                       f"[{'green' if ok else 'red'}]{c.step_error:+.1%}[/]",
                       f"{c.measured_tokens_per_s:,.0f} / {c.predicted_tokens_per_s:,.0f}",
                       f"{c.measured_mfu:.1%} / {c.predicted_mfu:.1%}", memory)
     console.print(table)
     failed = [c for c in checks if not c.passes(tolerance)]
+    if any(c.teacher_steps for c in checks):
+        console.print("FreeLM's teacher steps train on batches of the same size and length as language steps: "
+                      "their tokens count in tokens/s, as the plan's steps and cost count them.")
     if any(not c.memory_judged for c in checks):
         console.print("(—) memory on a CPU is each process's peak resident set, which includes the Python and "
                       "torch runtime the planner does not count: shown, not judged.")
@@ -317,3 +321,19 @@ def print_loss_fit(console: Console, result: dict) -> None:
                   f"residual {law['rms_residual']:.4f} over {law['points']} points of {len(result['runs'])} runs")
     console.print("[dim]Points along a curve are under that run's own schedule, not ends of runs of that length; "
                   "a law fitted on small models extrapolates with its errors.[/]")
+
+
+def print_iq(console: Console, result: dict) -> None:
+    """Stage × family accuracy with its 95 % interval, against the chance level."""
+    t = Table(title=f"{result['suite']}: accuracy by stage ({result['items_per_task']} items per task)",
+              title_justify="left")
+    for col in ("stage", "family", "accuracy", "95 % interval", "chance", "items"):
+        t.add_column(col, justify="left" if col in ("stage", "family") else "right")
+    for r in result["rows"]:
+        above = r["low"] > r["chance"]
+        acc = f"[bold green]{r['accuracy']:.1%}[/]" if above else f"{r['accuracy']:.1%}"
+        t.add_row(str(r["stage"]), r["family"].replace("_", " "), acc, f"{r['low']:.1%}–{r['high']:.1%}",
+                  f"{r['chance']:.1%}", str(r["items"]))
+    console.print(t)
+    console.print("[dim]Green: the whole interval is above chance. Multiple choice scored by log-likelihood, "
+                  "generation by exact match (chance 0).[/]")

@@ -241,6 +241,25 @@ def loss_fit_chart(result: dict) -> go.Figure:
     return fig
 
 
+def iq_chart(result: dict) -> go.Figure:
+    """`flmplan eval`: accuracy by stage per family, with 95 % intervals and the chance level dashed."""
+    fig = go.Figure()
+    families = sorted({r["family"] for r in result["rows"]})
+    for i, family in enumerate(families):
+        rows = [r for r in result["rows"] if r["family"] == family]
+        color = _COLORS[i % len(_COLORS)]
+        fig.add_trace(go.Scatter(
+            x=[r["stage"] for r in rows], y=[r["accuracy"] for r in rows], mode="lines+markers",
+            name=family.replace("_", " "), line_color=color,
+            error_y=dict(type="data", symmetric=False, array=[r["high"] - r["accuracy"] for r in rows],
+                         arrayminus=[r["accuracy"] - r["low"] for r in rows])))
+        fig.add_trace(go.Scatter(x=[r["stage"] for r in rows], y=[r["chance"] for r in rows], mode="lines",
+                                 line=dict(color=color, dash="dot"), showlegend=False, hoverinfo="skip"))
+    fig.update_layout(title="IQ tests by growth stage (dotted: chance)", xaxis_title="stage", yaxis_title="accuracy",
+                      yaxis_range=[0, 1], xaxis=dict(dtick=1), height=420)
+    return fig
+
+
 def write_figure(fig: go.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

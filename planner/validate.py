@@ -51,6 +51,7 @@ class StageCheck:
     measured_memory_gib: float
     predicted_memory_gib: float
     memory_judged: bool        # False on a CPU: the process's resident set includes the runtime itself
+    teacher_steps: int = 0     # of the steady steps, FreeLM teacher batches (same batch and length, counted alike)
 
     @property
     def step_error(self) -> float:
@@ -196,6 +197,7 @@ def check_run(run: RunRecord, plan: Plan, profile: Profile) -> list[StageCheck]:
             measured_memory_gib=max(r["memory_gib_per_gpu"] for r in steady),
             predicted_memory_gib=est.memory.total_gib,
             memory_judged=run.start.get("device_kind") == "cuda",
+            teacher_steps=sum(r.get("signal") == "teacher" for r in steady),
         ))
     if not checks:
         raise ValidateError(f"The run in {run.folder} has only warm-up steps so far (the first logging window of "

@@ -168,3 +168,21 @@ def test_cpu_ranks_sharing_cores_slow_kernels_and_the_tensor_parallel_host_time(
     assert two.time_factors()["gemm"] == pytest.approx(2.0) and four.time_factors()["gemm"] == pytest.approx(4.0)
     assert two.collectives["tensor_parallel"]["layer_pass_overhead_s"] == pytest.approx(0.01)
     assert four.collectives["tensor_parallel"]["sequence_parallel_layer_pass_overhead_s"] == pytest.approx(0.04)
+
+
+def test_freelm_teacher_steps_are_counted_like_language_steps(tmp_path):
+    """A FreeLM run's teacher steps have no language loss but the same batch: validate times them with
+    the rest (every step's tokens count) and says how many there were."""
+    _, est = predicted()
+    p = est.iteration_s
+    run = write_run(tmp_path / "run", [("start", 0), ("w", 10 * p), ("w", p), ("w", p)])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        if r.get("step", 0) % 2 == 1:          # every 2nd step a teacher batch
+            del r["loss"]
+            r.update(signal="teacher", teacher_loss=0.69, teacher_accuracy=0.5)
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = json.loads(runner.invoke(app, ["validate", str(run), "--json"]).stdout)
+    (stage,) = out["stages"]
+    assert stage["steps"] == 8 and stage["teacher_steps"] == 4 and stage["step_error"] == pytest.approx(0.0)
+    assert "FreeLM's teacher steps" in runner.invoke(app, ["validate", str(run)]).output

@@ -1,0 +1,298 @@
+"""FLM-101B's four tests of intelligence (arXiv 2309.03852, §5), generated so that nothing scored
+can have been memorised: symbolic mapping, rule understanding, pattern mining, anti-interference.
+
+Every item is deterministic from (task, split, seed, index), has an n-shot prompt in the style of
+the FLM-101B evaluation (examples, then the query), and an answer that follows from the prompt
+alone — `solve` in each task is a reference solver that reads only the prompt, and the tests
+hold every item's answer to it. The train and eval splits draw their symbols, words, keys and
+names from disjoint pools, so an evaluated mapping or key was never in training text.
+
+Items are dictionaries (one JSON line each):
+    {"task", "family", "split", "prompt", "answer", "choices" (multiple choice only), "distractors"}
+Multiple-choice items are scored by log-likelihood of each choice after the prompt, the others by
+exact match of the generated answer (runtime/iq/lm_eval_tasks.py writes lm-eval's task configs).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SPLITS = ("train", "eval")
+
+
+def _pool(items: list[str], split: str) -> list[str]:
+    """Disjoint halves of a pool: even positions for train, odd for eval."""
+    return items[0::2] if split == "train" else items[1::2]
+
+
+def _words(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    out: set[str] = set()
+    while len(out) < n:
+        out.add("".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 6))))
+    return sorted(out)
+
+
+# Pools fixed once (their own seeds), then split in two: the splits never share an entry.
+SYMBOLS = [a + b for a in "#$%&*@^~" for b in "!?+=<>|/"]
+CATEGORIES = {
+    "animal": ["cat", "dog", "horse", "tiger", "mouse", "sheep", "whale", "eagle", "camel", "zebra", "otter", "goat"],
+    "fruit": ["apple", "pear", "plum", "mango", "lemon", "grape", "peach", "melon", "cherry", "kiwi", "lime", "fig"],
+    "color": ["red", "blue", "green", "black", "white", "pink", "brown", "grey", "gold", "violet", "teal", "navy"],
+    "tool": ["hammer", "saw", "drill", "wrench", "chisel", "axe", "file", "plane", "rasp", "level", "clamp", "vise"],
+}
+NAMES = ["Mary", "John", "Sandra", "Daniel", "Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi",
+         "Ivan", "Judy", "Mallory", "Oscar", "Peggy", "Rupert", "Sybil", "Trent", "Victor", "Walter", "Xena", "Yuri"]
+PLACES = ["kitchen", "garden", "office", "bedroom", "hallway", "bathroom", "cellar", "attic", "garage", "porch",
+          "library", "studio", "pantry", "balcony", "lobby", "yard"]
+THINGS = ["ball", "book", "key", "apple", "box", "cup", "pen", "hat", "lamp", "coin", "ring", "shoe"]
+KEYWORDS = _words(400, seed=11)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One sub-task: a family, a generator of one item from an rng, and the reference solver."""
+
+    name: str
+    family: str
+    kind: str                                    # "multiple_choice" or "generate"
+    make: Callable[[random.Random, str, dict], dict]
+    solve: Callable[[str], str]
+    chance: Callable[[dict], float]              # the chance level of one item
+
+
+def item(task: Task, split: str, seed: int, index: int, **difficulty) -> dict:
+    rng = random.Random(f"{task.name}/{split}/{seed}/{index}")
+    out = task.make(rng, split, difficulty)
+    return {"task": task.name, "family": task.family, "split": split, "id": index, **out}
+
+
+def generate(task: Task, split: str, n: int, seed: int = 0, **difficulty) -> list[dict]:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}")
+    return [item(task, split, seed, i, **difficulty) for i in range(n)]
+
+
+# --- symbolic mapping: labels replaced by arbitrary symbols --------------------------------------
+
+def _symbolic_category(rng: random.Random, split: str, d: dict) -> dict:
+    shots = d.get("shots", 6)
+    cats = rng.sample(sorted(CATEGORIES), d.get("classes", 2))
+    symbols = rng.sample(_pool(SYMBOLS, split), len(cats))
+    words = {c: _pool(CATEGORIES[c], split) for c in cats}
+    lines = []
+    for k in range(shots):
+        c = cats[k % len(cats)] if k < len(cats) else rng.choice(cats)
+        lines.append(f"{rng.choice(words[c])} -> {symbols[cats.index(c)]}")
+    rng.shuffle(lines)
+    target = rng.choice(cats)
+    query = rng.choice(words[target])
+    prompt = "\n".join(lines) + f"\n{query} ->"
+    return {"prompt": prompt, "answer": f" {symbols[cats.index(target)]}", "choices": [f" {s}" for s in symbols],
+            "distractors": len(symbols) - 1}
+
+
+def _solve_symbolic_category(prompt: str) -> str:
+    *examples, query = prompt.split("\n")
+    word = query.removesuffix(" ->")
+    cat = next(c for c, ws in CATEGORIES.items() if word in ws)
+    for line in examples:
+        w, s = line.split(" -> ")
+        if w in CATEGORIES[cat]:
+            return f" {s}"
+    raise ValueError("no example of the query's class")
+
+
+def _symbolic_parity(rng: random.Random, split: str, d: dict) -> dict:
+    shots = d.get("shots", 6)
+    symbols = rng.sample(_pool(SYMBOLS, split), 2)         # even, odd
+    n_even = max(1, shots // 2)
+    evens = rng.sample(range(10, 100, 2), n_even + 1)
+    odds = rng.sample(range(11, 100, 2), shots - n_even + 1)
+    lines = [f"{n} -> {symbols[n % 2]}" for n in evens[:-1] + odds[:-1]]   # both parities shown
+    rng.shuffle(lines)
+    q = rng.choice([evens[-1], odds[-1]])
+    return {"prompt": "\n".join(lines) + f"\n{q} ->", "answer": f" {symbols[q % 2]}",
+            "choices": [f" {s}" for s in symbols], "distractors": 1}
+
+
+def _solve_symbolic_parity(prompt: str) -> str:
+    *examples, query = prompt.split("\n")
+    q = int(query.removesuffix(" ->"))
+    for line in examples:
+        n, s = line.split(" -> ")
+        if int(n) % 2 == q % 2:
+            return f" {s}"
+    raise ValueError("no example of the query's parity")
+
+
+# --- rule understanding: follow a stated rule -----------------------------------------------------
+
+def _rule_count(rng: random.Random, split: str, d: dict) -> dict:
+    length = d.get("length", 8)
+    letters = "abcdefghijklm" if split == "train" else "nopqrstuvwxyz"
+    shots = d.get("shots", 3)
+
+    def one() -> tuple[str, str]:
+        ch = rng.choice(letters)
+        s = "".join(rng.choice(letters) for _ in range(length))
+        return f"Count the letter {ch} in: {s}\nAnswer:", f" {s.count(ch)}"
+
+    examples = [one() for _ in range(shots)]
+    q, a = one()
+    return {"prompt": "\n".join(p + ans for p, ans in examples) + "\n" + q, "answer": a, "distractors": 0}
+
+
+def _solve_rule_count(prompt: str) -> str:
+    m = re.search(r"Count the letter (\w) in: (\w+)\nAnswer:$", prompt)
+    return f" {m.group(2).count(m.group(1))}"
+
+
+def _rule_replace(rng: random.Random, split: str, d: dict) -> dict:
+    length = d.get("length", 6)
+    letters = "abcdefghijklm" if split == "train" else "nopqrstuvwxyz"
+    shots = d.get("shots", 3)
+
+    def one() -> tuple[str, str]:
+        a, b = rng.sample(letters, 2)
+        s = "".join(rng.choice(letters) for _ in range(length - 1)) + a
+        s = "".join(rng.sample(s, len(s)))
+        return f"Replace {a} with {b} in: {s}\nAnswer:", f" {s.replace(a, b)}"
+
+    examples = [one() for _ in range(shots)]
+    q, ans = one()
+    return {"prompt": "\n".join(p + x for p, x in examples) + "\n" + q, "answer": ans, "distractors": 0}
+
+
+def _solve_rule_replace(prompt: str) -> str:
+    m = re.search(r"Replace (\w) with (\w) in: (\w+)\nAnswer:$", prompt)
+    return f" {m.group(3).replace(m.group(1), m.group(2))}"
+
+
+# --- pattern mining: induce a transformation from examples ----------------------------------------
+
+PATTERNS = {
+    "head": lambda s, k: s[:k],
+    "tail": lambda s, k: s[-k:],
+    "repeat": lambda s, k: s * 2,
+    "reverse": lambda s, k: s[::-1],
+}
+
+
+def _pattern(rng: random.Random, split: str, d: dict) -> dict:
+    length = d.get("length", 6)
+    shots = d.get("shots", 4)
+    letters = "abcdefghijklm" if split == "train" else "nopqrstuvwxyz"
+    while True:       # only items whose examples leave one answer (induction has a unique conclusion)
+        name = rng.choice(sorted(PATTERNS))
+        k = rng.randint(2, length - 2)
+        strings = ["".join(rng.choice(letters) for _ in range(length)) for _ in range(shots + 1)]
+        pairs = [(x, PATTERNS[name](x, k)) for x in strings[:shots]]
+        answers = {f(strings[-1], j) for f in PATTERNS.values() for j in range(1, length + 1)
+                   if all(f(a, j) == b for a, b in pairs)}
+        if len(answers) == 1:
+            break
+    lines = [f"{a} -> {b}" for a, b in pairs]
+    return {"prompt": "\n".join(lines) + f"\n{strings[-1]} ->", "answer": f" {answers.pop()}",
+            "distractors": 0, "pattern": name}
+
+
+def _solve_pattern(prompt: str) -> str:
+    """Induction: the one (pattern, k) consistent with every example; deduction: apply it."""
+    *examples, query = prompt.split("\n")
+    pairs = [line.split(" -> ") for line in examples]
+    q = query.removesuffix(" ->")
+    if not pairs or not query.endswith(" ->"):
+        raise ValueError("not a pattern-mining prompt")
+    for _, f in sorted(PATTERNS.items()):
+        for k in range(1, len(q) + 1):
+            if all(f(a, k) == b for a, b in pairs):
+                return f" {f(q, k)}"
+    raise ValueError("no pattern fits the examples")
+
+
+# --- anti-interference: the right item among distractors ------------------------------------------
+
+def _multi_key(rng: random.Random, split: str, d: dict) -> dict:
+    keys = rng.sample(_pool(KEYWORDS, split), d.get("keys", 6))
+    values = [str(v) for v in rng.sample(range(100, 1000), len(keys))]
+    asked = rng.randrange(len(keys))
+    text = "\n".join(f"{k}: {v}" for k, v in zip(keys, values, strict=True))
+    return {"prompt": f"{text}\nThe value of {keys[asked]} is", "answer": f" {values[asked]}",
+            "choices": [f" {v}" for v in values], "distractors": len(keys) - 1}
+
+
+def _solve_multi_key(prompt: str) -> str:
+    *lines, question = prompt.split("\n")
+    key = question.removeprefix("The value of ").removesuffix(" is")
+    return " " + dict(line.split(": ") for line in lines)[key]
+
+
+def _one_fact(rng: random.Random, split: str, d: dict) -> dict:
+    names = rng.sample(_pool(NAMES, split), d.get("people", 3))
+    places = _pool(PLACES, split)
+    where = {}
+    facts = []
+    for _ in range(d.get("moves", 5)):
+        n, p = rng.choice(names), rng.choice(places)
+        where[n] = p
+        facts.append(f"{n} went to the {p}.")
+    asked = rng.choice(sorted(where))
+    choices = sorted(set(places))
+    return {"prompt": " ".join(facts) + f" Where is {asked}? Answer: the", "answer": f" {where[asked]}",
+            "choices": [f" {c}" for c in choices], "distractors": len(facts) - 1}
+
+
+def _solve_one_fact(prompt: str) -> str:
+    asked = re.search(r"Where is (\w+)\? Answer: the$", prompt).group(1)
+    last = None
+    for n, p in re.findall(r"(\w+) went to the (\w+)\.", prompt):
+        if n == asked:
+            last = p
+    return f" {last}"
+
+
+def _two_facts(rng: random.Random, split: str, d: dict) -> dict:
+    names = rng.sample(_pool(NAMES, split), d.get("people", 3))
+    places = _pool(PLACES, split)
+    thing = rng.choice(_pool(THINGS, split))
+    holder = rng.choice(names)
+    facts = [f"{n} went to the {rng.choice(places)}." for n in names]
+    facts.insert(rng.randrange(len(facts) + 1), f"{holder} picked up the {thing}.")
+    final = rng.choice(places)
+    facts.append(f"{holder} went to the {final}.")
+    for _ in range(d.get("distractors", 2)):
+        facts.append(f"{rng.choice([n for n in names if n != holder] or names)} went to the {rng.choice(places)}.")
+    return {"prompt": " ".join(facts) + f" Where is the {thing}? Answer: the", "answer": f" {final}",
+            "choices": [f" {c}" for c in sorted(set(places))], "distractors": len(facts) - 2}
+
+
+def _solve_two_facts(prompt: str) -> str:
+    thing = re.search(r"Where is the (\w+)\? Answer: the$", prompt).group(1)
+    holder = re.search(rf"(\w+) picked up the {thing}\.", prompt).group(1)
+    after = prompt[prompt.index(f"picked up the {thing}."):]
+    before = prompt[:prompt.index(f"picked up the {thing}.")]
+    moves = re.findall(rf"{holder} went to the (\w+)\.", after) or re.findall(rf"{holder} went to the (\w+)\.", before)
+    return f" {moves[-1]}"
+
+
+def _uniform(item: dict) -> float:
+    return 1 / len(item["choices"]) if "choices" in item else 0.0
+
+
+TASKS = {t.name: t for t in (
+    Task("symbolic_category", "symbolic_mapping", "multiple_choice", _symbolic_category, _solve_symbolic_category,
+         _uniform),
+    Task("symbolic_parity", "symbolic_mapping", "multiple_choice", _symbolic_parity, _solve_symbolic_parity, _uniform),
+    Task("rule_count", "rule_understanding", "generate", _rule_count, _solve_rule_count, _uniform),
+    Task("rule_replace", "rule_understanding", "generate", _rule_replace, _solve_rule_replace, _uniform),
+    Task("pattern_mining", "pattern_mining", "generate", _pattern, _solve_pattern, _uniform),
+    Task("multi_key_retrieval", "anti_interference", "multiple_choice", _multi_key, _solve_multi_key, _uniform),
+    Task("single_supporting_fact", "anti_interference", "multiple_choice", _one_fact, _solve_one_fact, _uniform),
+    Task("two_supporting_facts", "anti_interference", "multiple_choice", _two_facts, _solve_two_facts, _uniform),
+)}
+FAMILIES = sorted({t.family for t in TASKS.values()})

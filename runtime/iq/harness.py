@@ -1,0 +1,150 @@
+"""The IQ tests on EleutherAI's lm-evaluation-harness (`pip install -e '.[eval]'`).
+
+- `write_tasks` generates each task's eval split as JSON lines and writes lm-eval task configs
+  (YAML) over them, with a group `iq`: multiple choice scored by the log-likelihood of each choice,
+  generation by exact match. `lm_eval --include_path DIR --tasks iq --model …` scores any model
+  lm-eval supports with them.
+- `FlmplanLM` is lm-eval's model interface (`--model flmplan --model_args checkpoint=PATH`) over a
+  flmplan checkpoint of any layout, loaded whole onto one process, with the runtime's byte tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from planner.errors import FlmplanError
+from runtime.iq.generators import TASKS, generate
+
+GROUP = "iq"
+
+
+def task_name(name: str) -> str:
+    return f"{GROUP}_{name}"
+
+
+def write_tasks(folder: Path, n: int = 100, seed: int = 0, tasks: list[str] | None = None) -> list[str]:
+    """Eval-split items and lm-eval task configs for each task; returns the task names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for t in (TASKS[k] for k in (tasks or sorted(TASKS))):
+        data = folder / f"{t.name}.jsonl"
+        data.write_text("".join(json.dumps(i) + "\n" for i in generate(t, "eval", n, seed=seed)))
+        common = [f"task: {task_name(t.name)}", "dataset_path: json",
+                  f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data.resolve()))}", "test_split: test",
+                  'doc_to_text: "{{prompt}}"', f"tag: {GROUP}_{t.family}", "metadata:\n  version: 1.0"]
+        if t.kind == "multiple_choice":
+            body = ["output_type: multiple_choice", 'doc_to_choice: "{{choices}}"',
+                    'doc_to_target: "{{choices.index(answer)}}"', "target_delimiter: \"\"",
+                    "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true"]
+        else:
+            body = ["output_type: generate_until", 'doc_to_target: "{{answer}}"', "target_delimiter: \"\"",
+                    "generation_kwargs:\n  until: [\"\\n\"]\n  do_sample: false\n  max_gen_toks: 16",
+                    "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+                    "    regexes_to_ignore: [\"^\\\\s+\", \"\\\\s+$\"]"]
+        (folder / f"{t.name}.yaml").write_text("\n".join(common + body) + "\n")
+        names.append(task_name(t.name))
+    (folder / f"{GROUP}.yaml").write_text(f"group: {GROUP}\ntask:\n" + "".join(f"  - {n}\n" for n in names)
+                                          + "metadata:\n  version: 1.0\n")
+    return names
+
+
+def load_checkpoint(path: Path, parametrization: dict | None = None):
+    """A flmplan checkpoint (any layout: DCP reshards on load) as one whole Decoder on this process."""
+    from planner.plan import PlanParametrization
+    from runtime.checkpoint import load_regions, read_manifest, saved_shapes, verify
+    from runtime.model import Decoder, DecoderConfig
+
+    manifest, problem = read_manifest(path)
+    if problem or (problem := verify(path, manifest)):
+        raise FlmplanError(f"Checkpoint {path} is unusable: {problem}.")
+    shapes = saved_shapes(path)
+    par = PlanParametrization(**(parametrization or {}))
+    cfg = DecoderConfig(**manifest["model"], **par.config_fields(), teacher_head="model.teacher.weight" in shapes)
+    model = Decoder(cfg)
+    params = dict(model.named_parameters())
+    regions = {n: (f"model.{n}", (0,) * p.dim(), tuple(p.shape)) for n, p in params.items()}
+    read = load_regions(path, regions, {n: p.dtype for n, p in params.items()}, torch.device("cpu"))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(read[n])
+    return model.eval()
+
+
+@register_model("flmplan")
+class FlmplanLM(LM):
+    """lm-eval's model interface over a flmplan Decoder and its byte tokens (vocabulary 256)."""
+
+    def __init__(self, model=None, checkpoint: str | None = None, batch_size: int = 16, **kwargs) -> None:
+        super().__init__()
+        self.model = model if model is not None else load_checkpoint(Path(checkpoint))
+        self.seq = self.model.cfg.seq
+        self.batch_size = int(batch_size)
+
+    @staticmethod
+    def encode(text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    @torch.no_grad()
+    def _logprobs(self, sequences: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per sequence (at most seq + 1 tokens): the log-probability of each token after the first,
+        and whether it was the most likely one."""
+        out = []
+        for i in range(0, len(sequences), self.batch_size):
+            chunk = sequences[i:i + self.batch_size]
+            width = max(len(s) for s in chunk) - 1
+            x = torch.zeros(len(chunk), width, dtype=torch.long)
+            for j, s in enumerate(chunk):
+                x[j, :len(s) - 1] = torch.tensor(s[:-1])
+            logp = F.log_softmax(self.model(x).float(), dim=-1)
+            for j, s in enumerate(chunk):
+                n, target = len(s) - 1, torch.tensor(s[1:])
+                out.append((logp[j, torch.arange(n), target], logp[j, :n].argmax(-1) == target))
+        return out
+
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        seqs, lengths = [], []
+        for context, continuation in (r.args for r in requests):
+            cont = self.encode(continuation)
+            seqs.append([0, *self.encode(context)][-(self.seq + 1 - len(cont)):] + cont)
+            lengths.append(len(cont))
+        return [(float(lp[-n:].sum()), bool(greedy[-n:].all()))
+                for (lp, greedy), n in zip(self._logprobs(seqs), lengths, strict=True)]
+
+    def loglikelihood_rolling(self, requests) -> list[float]:
+        """Every byte of the text predicted once, each with as much context as fits (byte 0 first)."""
+        out = []
+        for (text,) in (r.args for r in requests):
+            tokens = [0, *self.encode(text)]
+            total = 0.0
+            for start in range(1, len(tokens), self.seq):
+                end = min(start + self.seq, len(tokens))
+                (lp, _), = self._logprobs([tokens[max(0, end - self.seq - 1):end]])
+                total += float(lp[-(end - start):].sum())
+            out.append(total)
+        return out
+
+    @torch.no_grad()
+    def generate_until(self, requests) -> list[str]:
+        out = []
+        for context, kwargs in (r.args for r in requests):
+            until = kwargs.get("until", ["\n"])
+            until = [until] if isinstance(until, str) else until
+            tokens = self.encode(context)
+            made: list[int] = []
+            for _ in range(int(kwargs.get("max_gen_toks", 32))):
+                x = torch.tensor([(tokens + made)[-self.seq:]])
+                made.append(int(self.model(x)[0, -1].argmax()))
+                text = bytes(made).decode("utf-8", errors="replace")
+                if any(u in text for u in until):
+                    break
+            text = bytes(made).decode("utf-8", errors="replace")
+            for u in until:
+                text = text.split(u)[0]
+            out.append(text)
+        return out
