@@ -279,7 +279,8 @@ def simulate(
         min=0, help="FreeLM's objective: every K-th step a teacher batch of propositions (0: off; K ≥ 2); the "
                     "plan pays for those steps on top of the language tokens.")] = 0,
     teacher_data: Annotated[Path | None, typer.Option(
-        help="The teacher signal's propositions (JSON lines: text, proposition, label), written into the plan.")
+        help="The teacher signal's propositions (JSON lines: text, proposition, label; or iq: the IQ "
+             "generators' train split), written into the plan.")
     ] = None,
 ) -> None:
     """Plan growth stages, layouts and cluster for a budget; simulate the run with failures."""
@@ -302,7 +303,7 @@ def simulate(
                         max_gpus=max_gpus, target_params=parse_size(target_size), budget_usd=budget,
                         global_batch=global_batch, grow_steps=grow_steps, max_days=max_days, attention=attention.value,
                         max_growth_factor=max_growth_factor, teacher_every=teacher_every,
-                        teacher_data=str(teacher_data.resolve()) if teacher_data else None)
+                        teacher_data=_teacher_source(teacher_data))
     loss_model = GrowthLossModel(law=load_law(loss_law), carryover=carryover, ramp_efficiency=ramp_efficiency)
     failures = FailureModel(
         failures_per_1000_node_days=failure_rate, restart_min=restart_min, checkpoint_min=checkpoint_min,
@@ -540,8 +541,8 @@ def run(
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="Start over when no checkpoint in --out "
                                                "is usable (by default the run stops and says so).")] = False,
     teacher_data: Annotated[Path | None, typer.Option(
-        help="Propositions for the plan's FreeLM stages (JSON lines: text, proposition, label), instead of "
-             "the plan's teacher_data.")] = None,
+        help="Propositions for the plan's FreeLM stages (JSON lines: text, proposition, label; or iq: the IQ "
+             "generators' train split), instead of the plan's teacher_data.")] = None,
 ) -> None:
     """Execute a plan with torch.distributed under torchrun --standalone (see the README for clusters)."""
 
@@ -595,7 +596,7 @@ def _with_teacher_data(plan, teacher_data: Path | None, data: str):
     raw = plan.to_json()
     for k in freelm:
         given = teacher_data or raw["stages"][k]["objective"].get("teacher_data")
-        raw["stages"][k]["objective"]["teacher_data"] = str(Path(given).resolve()) if given else None
+        raw["stages"][k]["objective"]["teacher_data"] = _teacher_source(Path(given) if given else None)
     plan = plan_from_dict(raw)
     teacher_samplers(plan, seed=0, data=data)
     return plan
@@ -645,11 +646,19 @@ def _validate_after_run(out: Path) -> None:
 def _check_teacher_data(path: Path, teacher_every: int) -> None:
     """A teacher file is only meaningful with a teacher schedule, and must read as propositions."""
     from planner.errors import FlmplanError
-    from runtime.freelm import read_teacher_file
+    from runtime.freelm import IQ_SOURCE, read_teacher_file
 
     if not teacher_every:
         raise FlmplanError("--teacher-data needs --teacher-every K (every K-th step a teacher batch).")
-    read_teacher_file(path)
+    if str(path) != IQ_SOURCE:
+        read_teacher_file(path)
+
+
+def _teacher_source(path: Path | None) -> str | None:
+    """What a plan records as teacher_data: "iq", or the file's absolute path."""
+    from runtime.freelm import IQ_SOURCE
+
+    return None if path is None else IQ_SOURCE if str(path) == IQ_SOURCE else str(path.resolve())
 
 
 def _check_output_file(path: Path, option: str, example: str) -> None:

@@ -18,8 +18,9 @@ Where this departs from FreeLM, and why:
   mixing ratio), so a resumed run knows from the step alone which batch comes next.
 
 A teacher file is JSON lines `{"text": …, "proposition": …, "label": true|false}` (and optionally
-`"task"`); a seeded tenth of it is held out and scored, per task, whenever the run checkpoints
-(`teacher_eval` in metrics.jsonl).
+`"task"`); `teacher_data: "iq"` takes the IQ generators' train split instead (runtime/iq: each
+multiple-choice item with one of its choices, true when it is the answer). A seeded tenth is held
+out and scored, per task, whenever the run checkpoints (`teacher_eval` in metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ if TYPE_CHECKING:      # torch is imported where tensors are made: `flmplan simu
 
 IGNORE = -100          # the target of every position but [cls] (cross-entropy's ignore_index)
 HELDOUT_FRACTION = 0.1
+IQ_SOURCE = "iq"       # teacher_data naming the IQ generators' train split instead of a file
+IQ_ITEMS_PER_TASK = 2000
 
 
 def sep_id(vocab: int) -> int:
@@ -95,6 +98,13 @@ def read_teacher_file(path: str | Path) -> list[Proposition]:
         raise FlmplanError(f"Teacher file {path} has {len(props)} propositions; the teacher signal needs at least 10 "
                            "(a tenth is held out to score it).")
     return props
+
+
+def iq_propositions(seed: int = 0) -> list[Proposition]:
+    """The IQ generators' train split as propositions (runtime/iq/generators.py `propositions`)."""
+    from runtime.iq.generators import propositions
+
+    return [Proposition(**p) for p in propositions(IQ_ITEMS_PER_TASK, seed=seed)]
 
 
 def split(props: list[Proposition], seed: int) -> tuple[list[Proposition], list[Proposition]]:

@@ -19,7 +19,8 @@ def _tiny_layout(layout: dict, nproc: int, global_batch: int) -> dict:
     unit = micro * dp
     global_batch = -(-global_batch // unit) * unit
     return {**layout, "tp": tp, "pp": pp, "dp": dp, "micro_batch": micro, "global_batch": global_batch,
-            "interleave": 1, "attention": "flash"}
+            "interleave": 1, "attention": "flash",
+            "sequence_parallel": bool(layout.get("sequence_parallel")) and tp > 1}   # needs tp ≥ 2
 
 
 def tiny_plan(plan: dict, nproc: int, steps: int = TINY["steps"]) -> dict:

@@ -535,7 +535,8 @@ def teacher_samplers(plan, seed: int, data: str) -> dict[int, tuple[freelm.Teach
             raise FlmplanError("The teacher signal encodes propositions as bytes; train it on text data, not a .bin "
                                "of another tokenizer's ids.")
         if path not in files:
-            files[path] = freelm.split(freelm.read_teacher_file(path), seed)
+            files[path] = freelm.split(freelm.iq_propositions() if path == freelm.IQ_SOURCE
+                                       else freelm.read_teacher_file(path), seed)
         train, held = files[path]
         out[k] = (freelm.TeacherSampler(train, st.model.seq, st.model.vocab, seed=seed + 1000 * (k + 1)), held)
     return out

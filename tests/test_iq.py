@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from planner.cli import app
-from runtime.iq.generators import TASKS, generate
+from runtime.iq.generators import TASKS, generate, propositions, training_text
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -32,9 +32,9 @@ def test_every_answer_follows_from_the_prompt_alone(name):
             assert all(len(i["choices"]) == 9 for i in items)     # the difficulty knob: 9 keys, 8 distractors
 
 
-def test_train_and_eval_share_no_symbol_mapping_key_name_or_letter():
+def test_train_and_eval_share_no_symbol_mapping_key_name_or_string():
     def used(split: str) -> dict[str, set]:
-        out = {"symbols": set(), "keys": set(), "names": set(), "letters": set()}
+        out = {"symbols": set(), "keys": set(), "names": set(), "strings": set()}
         for name in ("symbolic_category", "symbolic_parity"):
             for i in generate(TASKS[name], split, 200):
                 out["symbols"] |= {c.strip() for c in i["choices"]}
@@ -45,14 +45,25 @@ def test_train_and_eval_share_no_symbol_mapping_key_name_or_letter():
                 out["names"] |= set(re.findall(r"([A-Z][a-z]+) (?:went|picked)", i["prompt"]))
         for name in ("rule_count", "rule_replace", "pattern_mining"):
             for i in generate(TASKS[name], split, 200):
-                words = set(re.findall(r"\b[a-z]+\b", i["prompt"])) - {"count", "the", "letter", "in", "replace",
-                                                                         "with"}
-                out["letters"] |= set("".join(words))
+                query = "\n".join(i["prompt"].split("\n")[-2:])        # the query's string, on its last lines
+                out["strings"].add(re.findall(r"\b[a-p]{4,}\b", query)[-1])
         return out
 
     train, held = used("train"), used("eval")
     for kind in train:
         assert train[kind] and held[kind] and not train[kind] & held[kind], kind
+
+
+def test_the_train_split_as_text_and_as_freelm_propositions():
+    from runtime.freelm import Proposition
+
+    text = training_text(5)
+    assert text.count("\n\n") == 5 * len(TASKS) and "Answer:" in text
+    props = propositions(20)
+    assert {p["task"] for p in props} == {n for n, t in TASKS.items() if t.kind == "multiple_choice"}
+    for p in props:
+        item = Proposition(p["text"], p["proposition"], p["label"])
+        assert (" " + item.proposition == TASKS[p["task"]].solve(item.text)) == item.label
 
 
 @pytest.fixture(scope="module")

@@ -152,31 +152,11 @@ def test_compiled_blocks_with_selective_recompute_match_eager(single, tmp_path):
     assert max(abs(a - b) for a, b in zip(got, base, strict=True)) < 1e-4, (got, base)
 
 
-def test_mup_trains_alike_on_every_kind_of_layout(single, tmp_path):
-    """µP's parameter groups follow the shards: the same losses alone, under tensor and sequence
-    parallelism, pipeline chunks and FSDP; and they are not SP's (µP is in force: width 64 over
-    base 32 halves the hidden matrices' rates and the readout)."""
-    def plan(**layout) -> dict:
-        p = one_stage(**layout)
-        p["stages"][0]["parametrization"] = {"kind": "mup", "base_width": 32, "output_mult": 2.0}
-        return p
-
-    base_out = tmp_path / "single"
-    assert torchrun(plan(), base_out, 1) == 0
-    base = losses(base_out)
-    assert base[-1] < base[0] and max(abs(a - b) for a, b in zip(base, losses(single), strict=True)) > 1e-3
-    for name, layout in {"tp2-sp": dict(tp=2, sequence_parallel=True), "pp2": dict(pp=2, zero=1),
-                         "fsdp2": dict(dp=2, zero=3)}.items():
-        out = tmp_path / name
-        assert torchrun(plan(**layout), out, 2) == 0, name
-        got = losses(out)
-        assert max(abs(a - b) for a, b in zip(got, base, strict=True)) < 1e-4, (name, got, base)
-
-
-def test_freelm_trains_alike_on_every_kind_of_layout(tmp_path):
-    """FreeLM's objective (every 3rd step a teacher batch): the language loss, the teacher loss and
-    accuracy, and the held-out teacher evaluation agree alone, under tensor and sequence
-    parallelism, pipeline parallelism (the head on the last stage) and FSDP."""
+def test_mup_and_freelm_train_alike_on_every_kind_of_layout(single, tmp_path):
+    """µP's parameter groups and FreeLM's teacher head follow the shards: the language loss, the teacher
+    loss and accuracy, and the held-out teacher evaluation agree alone, under tensor and sequence
+    parallelism, pipeline parallelism (the head on the last stage) and FSDP. Every 3rd step is a teacher
+    batch; µP is in force (width 64 over base 32: the first loss is not SP's)."""
     from runtime.freelm import synthetic_propositions, write_teacher_file
 
     teacher = write_teacher_file(synthetic_propositions(200, seed=1), tmp_path / "teacher.jsonl")
@@ -184,6 +164,7 @@ def test_freelm_trains_alike_on_every_kind_of_layout(tmp_path):
     def plan(**layout) -> dict:
         p = one_stage(**layout)
         p["stages"][0]["steps"] = 9
+        p["stages"][0]["parametrization"] = {"kind": "mup", "base_width": 32, "output_mult": 2.0}
         p["stages"][0]["objective"] = {"kind": "freelm", "teacher_every": 3, "teacher_data": str(teacher)}
         return p
 
@@ -198,6 +179,7 @@ def test_freelm_trains_alike_on_every_kind_of_layout(tmp_path):
     assert torchrun(plan(), base_out, 1, args=("--checkpoint-every", "3")) == 0
     assert signals(base_out) == [(s, "teacher" if s % 3 == 2 else "language") for s in range(9)]
     assert len([r for r in records(base_out) if r.get("event") == "teacher_eval"]) == 3
+    assert abs(losses(base_out)[0] - losses(single)[0]) > 1e-3
     base = figures(base_out)
     for name, layout in {"tp2-sp": dict(tp=2, sequence_parallel=True), "pp2": dict(pp=2, zero=1),
                          "fsdp2": dict(dp=2, zero=3)}.items():

@@ -118,10 +118,14 @@ def test_no_usable_checkpoint_stops_the_run_instead_of_starting_over(process_gro
     assert latest_good(tmp_path / "none-yet", log=said.append) is None       # a new run
 
 
-def test_tiny_scale_never_drops_a_sequence():
+def test_tiny_scale_never_drops_a_sequence_and_is_a_valid_plan_on_any_process_count():
+    from planner.plan import plan_from_dict
+
     plan = json.loads((Path(__file__).resolve().parents[1] / "runtime/data/flm101b_plan.json").read_text())
     for nproc in range(1, 9):
-        for s in tiny_plan(plan, nproc=nproc, steps=4)["stages"]:
+        tiny = tiny_plan(plan, nproc=nproc, steps=4)
+        plan_from_dict(tiny)          # e.g. sequence parallelism dropped where tp falls to 1
+        for s in tiny["stages"]:
             lay = s["layout"]
             assert lay["global_batch"] % (lay["micro_batch"] * lay["dp"]) == 0, (nproc, lay)
 

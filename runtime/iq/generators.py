@@ -4,8 +4,9 @@ can have been memorised: symbolic mapping, rule understanding, pattern mining, a
 Every item is deterministic from (task, split, seed, index), has an n-shot prompt in the style of
 the FLM-101B evaluation (examples, then the query), and an answer that follows from the prompt
 alone — `solve` in each task is a reference solver that reads only the prompt, and the tests
-hold every item's answer to it. The train and eval splits draw their symbols, words, keys and
-names from disjoint pools, so an evaluated mapping or key was never in training text.
+hold every item's answer to it. The train and eval splits draw their symbols, words, keys, names
+and places from disjoint pools, so an evaluated mapping or key was never in training text; the
+random strings of the rule and pattern tasks come from one alphabet, never the same string.
 
 Items are dictionaries (one JSON line each):
     {"task", "family", "split", "prompt", "answer", "choices" (multiple choice only), "distractors"}
@@ -51,6 +52,9 @@ PLACES = ["kitchen", "garden", "office", "bedroom", "hallway", "bathroom", "cell
           "library", "studio", "pantry", "balcony", "lobby", "yard"]
 THINGS = ["ball", "book", "key", "apple", "box", "cup", "pen", "hat", "lamp", "coin", "ring", "shoe"]
 KEYWORDS = _words(400, seed=11)
+# The strings of rule understanding and pattern mining: random over one alphabet in both splits
+# (the rule is stated, or shown, in the prompt; the tests check no eval string is in the train split).
+LETTERS = "abcdefghijklmnop"
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ def _solve_symbolic_parity(prompt: str) -> str:
 
 def _rule_count(rng: random.Random, split: str, d: dict) -> dict:
     length = d.get("length", 8)
-    letters = "abcdefghijklm" if split == "train" else "nopqrstuvwxyz"
+    letters = LETTERS
     shots = d.get("shots", 3)
 
     def one() -> tuple[str, str]:
@@ -154,7 +158,7 @@ def _solve_rule_count(prompt: str) -> str:
 
 def _rule_replace(rng: random.Random, split: str, d: dict) -> dict:
     length = d.get("length", 6)
-    letters = "abcdefghijklm" if split == "train" else "nopqrstuvwxyz"
+    letters = LETTERS
     shots = d.get("shots", 3)
 
     def one() -> tuple[str, str]:
@@ -186,7 +190,7 @@ PATTERNS = {
 def _pattern(rng: random.Random, split: str, d: dict) -> dict:
     length = d.get("length", 6)
     shots = d.get("shots", 4)
-    letters = "abcdefghijklm" if split == "train" else "nopqrstuvwxyz"
+    letters = LETTERS
     while True:       # only items whose examples leave one answer (induction has a unique conclusion)
         name = rng.choice(sorted(PATTERNS))
         k = rng.randint(2, length - 2)
@@ -296,3 +300,24 @@ TASKS = {t.name: t for t in (
     Task("two_supporting_facts", "anti_interference", "multiple_choice", _two_facts, _solve_two_facts, _uniform),
 )}
 FAMILIES = sorted({t.family for t in TASKS.values()})
+
+
+def training_text(n: int, seed: int = 0) -> str:
+    """The train split of every task as plain text (prompt and answer, items apart by a blank line),
+    to mix into a run's --data."""
+    items = [i for t in TASKS.values() for i in generate(t, "train", n, seed=seed)]
+    random.Random(seed).shuffle(items)
+    return "".join(i["prompt"] + i["answer"] + "\n\n" for i in items)
+
+
+def propositions(n: int, seed: int = 0) -> list[dict]:
+    """The multiple-choice tasks' train split as FreeLM propositions (runtime/freelm.py's teacher file):
+    the prompt as text, one choice as the proposition, true when it is the answer (half of them)."""
+    rng = random.Random(seed)
+    out = []
+    for t in (t for t in TASKS.values() if t.kind == "multiple_choice"):
+        for i in generate(t, "train", n, seed=seed):
+            label = rng.random() < 0.5
+            choice = i["answer"] if label else rng.choice([c for c in i["choices"] if c != i["answer"]])
+            out.append({"text": i["prompt"], "proposition": choice.strip(), "label": label, "task": t.name})
+    return out
