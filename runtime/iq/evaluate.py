@@ -75,7 +75,7 @@ def evaluate(target: Path, out: Path, suite: str = "iq", limit: int | None = Non
     names = write_tasks(out / "tasks", n=n, seed=seed)
     items = {t: [json.loads(line) for line in (out / "tasks" / f"{t}.jsonl").read_text().splitlines()][:limit]
              for t in TASKS}
-    manager = TaskManager(include_path=str(out / "tasks"))
+    manager = TaskManager(include_path=str(out / "tasks"), include_defaults=False)   # only ours: no index of all
     rows = []
     for stage, ckpt in stages:
         log(f"stage {stage}: scoring {ckpt.name}")
@@ -91,7 +91,7 @@ def evaluate(target: Path, out: Path, suite: str = "iq", limit: int | None = Non
             f = families.setdefault(t.family, {"correct": 0.0, "n": 0, "chance": 0.0})
             f["correct"] += float(score) * k
             f["n"] += k
-            f["chance"] += sum(t.chance(i) for i in items[t.name])
+            f["chance"] += t.chance(items[t.name]) * k
         for family, f in sorted(families.items()):
             lo, hi = wilson(f["correct"], f["n"])
             rows.append({"stage": stage, "checkpoint": str(ckpt), "family": family, "accuracy": f["correct"] / f["n"],

@@ -66,7 +66,14 @@ class Task:
     kind: str                                    # "multiple_choice" or "generate"
     make: Callable[[random.Random, str, dict], dict]
     solve: Callable[[str], str]
-    chance: Callable[[dict], float]              # the chance level of one item
+
+    def chance(self, items: list[dict]) -> float:
+        """The accuracy of guessing: a uniform pick among the choices (multiple choice), or the most
+        common answer given to every item (generation: a count of 0 or 1 is often right)."""
+        if self.kind == "multiple_choice":
+            return sum(1 / len(i["choices"]) for i in items) / len(items)
+        answers = [i["answer"] for i in items]
+        return max(answers.count(a) for a in set(answers)) / len(answers)
 
 
 def item(task: Task, split: str, seed: int, index: int, **difficulty) -> dict:
@@ -284,20 +291,15 @@ def _solve_two_facts(prompt: str) -> str:
     return f" {moves[-1]}"
 
 
-def _uniform(item: dict) -> float:
-    return 1 / len(item["choices"]) if "choices" in item else 0.0
-
-
 TASKS = {t.name: t for t in (
-    Task("symbolic_category", "symbolic_mapping", "multiple_choice", _symbolic_category, _solve_symbolic_category,
-         _uniform),
-    Task("symbolic_parity", "symbolic_mapping", "multiple_choice", _symbolic_parity, _solve_symbolic_parity, _uniform),
-    Task("rule_count", "rule_understanding", "generate", _rule_count, _solve_rule_count, _uniform),
-    Task("rule_replace", "rule_understanding", "generate", _rule_replace, _solve_rule_replace, _uniform),
-    Task("pattern_mining", "pattern_mining", "generate", _pattern, _solve_pattern, _uniform),
-    Task("multi_key_retrieval", "anti_interference", "multiple_choice", _multi_key, _solve_multi_key, _uniform),
-    Task("single_supporting_fact", "anti_interference", "multiple_choice", _one_fact, _solve_one_fact, _uniform),
-    Task("two_supporting_facts", "anti_interference", "multiple_choice", _two_facts, _solve_two_facts, _uniform),
+    Task("symbolic_category", "symbolic_mapping", "multiple_choice", _symbolic_category, _solve_symbolic_category),
+    Task("symbolic_parity", "symbolic_mapping", "multiple_choice", _symbolic_parity, _solve_symbolic_parity),
+    Task("rule_count", "rule_understanding", "generate", _rule_count, _solve_rule_count),
+    Task("rule_replace", "rule_understanding", "generate", _rule_replace, _solve_rule_replace),
+    Task("pattern_mining", "pattern_mining", "generate", _pattern, _solve_pattern),
+    Task("multi_key_retrieval", "anti_interference", "multiple_choice", _multi_key, _solve_multi_key),
+    Task("single_supporting_fact", "anti_interference", "multiple_choice", _one_fact, _solve_one_fact),
+    Task("two_supporting_facts", "anti_interference", "multiple_choice", _two_facts, _solve_two_facts),
 )}
 FAMILIES = sorted({t.family for t in TASKS.values()})
 

@@ -4,8 +4,9 @@
   (YAML) over them, with a group `iq`: multiple choice scored by the log-likelihood of each choice,
   generation by exact match. `lm_eval --include_path DIR --tasks iq --model …` scores any model
   lm-eval supports with them.
-- `FlmplanLM` is lm-eval's model interface (`--model flmplan --model_args checkpoint=PATH`) over a
-  flmplan checkpoint of any layout, loaded whole onto one process, with the runtime's byte tokens.
+- `FlmplanLM` is lm-eval's model interface over a flmplan checkpoint of any layout, loaded whole
+  onto one process, with the runtime's byte tokens. Importing this module registers it with lm-eval
+  as "flmplan": `simple_evaluate(model="flmplan", model_args={"checkpoint": PATH}, tasks=[...])`.
 """
 
 from __future__ import annotations
