@@ -37,6 +37,7 @@ def flmplan(*args: str) -> float:
 def untrained(run: Path, folder: Path) -> Path:
     """A one-checkpoint run folder: the final stage's shape, initialised as the runtime does, not trained."""
     import torch
+    import torch.distributed as dist
 
     from planner.plan import load_plan
     from runtime import checkpoint
@@ -44,6 +45,8 @@ def untrained(run: Path, folder: Path) -> Path:
     from runtime.train import config_of
 
     st = load_plan(run / "plan.json").stages[-1]
+    if not dist.is_initialized():                # DCP saves through a process group: this process alone
+        dist.init_process_group("gloo", init_method=f"file://{folder.parent / 'pg-store'}", rank=0, world_size=1)
     torch.manual_seed(0)
     model = Decoder(config_of(st.model, st.parametrization))
     checkpoint.save(folder / "checkpoints", "stage1-step0000000", [model], [torch.optim.AdamW(model.parameters())],
@@ -66,7 +69,9 @@ def main() -> None:
     train_s = flmplan("run", "runtime/data/flm101b_plan.json", "--scale", "tiny", "--nproc", "1", "--steps",
                       str(args.steps), "--data", str(data), "--out", str(run))
     eval_s = flmplan("eval", str(run), "--items", str(args.items), "--out", str(args.out / "eval"))
-    blank = untrained(run, args.out / "untrained")
+    blank = args.out / "untrained"
+    if not (blank / "checkpoints").exists():
+        untrained(run, blank)
     flmplan("eval", str(blank), "--items", str(args.items), "--out", str(args.out / "eval-untrained"))
     print(f"train split: {data.stat().st_size / 1e6:.1f} MB; run {train_s / 60:.1f} min; `flmplan eval` of the "
           f"3-stage run {eval_s / 60:.1f} min\n")

@@ -402,7 +402,8 @@ class Run:
                 correct.append(pm.teacher_accuracy)
                 for c in pm.chunks:
                     c.zero_grad(set_to_none=True)
-            results[task] = (float(torch.stack(losses).mean()), float(torch.stack(correct).mean()), len(held))
+            results[task] = (float(torch.stack(losses).mean()), float(torch.stack(correct).mean()),
+                             min(len(held), len(losses) * gb))        # propositions scored (at most 4 batches)
         n = sum(r[2] for r in results.values())
         self.log({"event": "teacher_eval", "stage": k + 1, "step": step,
                   "loss": sum(r[0] * r[2] for r in results.values()) / n,
