@@ -99,7 +99,9 @@ class StageRun:
         return language + (language // (self.teacher_every - 1) if self.teacher_every else 0)
 
     def seconds_per_token(self) -> float:
-        """Seconds per language token: a teacher step costs a language step (the same batch and length)."""
+        """Seconds per language token: a teacher step costs a language step (the same batch and length;
+        it skips the LM head's logits, a few % of a step at a 100K vocabulary: charged anyway, a slight
+        over-estimate)."""
         extra = self.teacher_every / (self.teacher_every - 1) if self.teacher_every else 1.0
         return self.step_s / (self.layout.global_batch * self.model.seq) * extra
 
