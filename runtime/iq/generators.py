@@ -143,19 +143,22 @@ def _solve_symbolic_parity(prompt: str) -> str:
 
 # --- rule understanding: follow a stated rule -----------------------------------------------------
 
+def _shots(one: Callable[[], tuple[str, str]], shots: int) -> dict:
+    """A rule-understanding item: `shots` solved examples of the rule, then the query."""
+    examples = [one() for _ in range(shots)]
+    query, answer = one()
+    return {"prompt": "\n".join(p + a for p, a in examples) + "\n" + query, "answer": answer, "distractors": 0}
+
+
 def _rule_count(rng: random.Random, split: str, d: dict) -> dict:
     length = d.get("length", 8)
-    letters = LETTERS
-    shots = d.get("shots", 3)
 
     def one() -> tuple[str, str]:
-        ch = rng.choice(letters)
-        s = "".join(rng.choice(letters) for _ in range(length))
+        ch = rng.choice(LETTERS)
+        s = "".join(rng.choice(LETTERS) for _ in range(length))
         return f"Count the letter {ch} in: {s}\nAnswer:", f" {s.count(ch)}"
 
-    examples = [one() for _ in range(shots)]
-    q, a = one()
-    return {"prompt": "\n".join(p + ans for p, ans in examples) + "\n" + q, "answer": a, "distractors": 0}
+    return _shots(one, d.get("shots", 3))
 
 
 def _solve_rule_count(prompt: str) -> str:
@@ -165,18 +168,14 @@ def _solve_rule_count(prompt: str) -> str:
 
 def _rule_replace(rng: random.Random, split: str, d: dict) -> dict:
     length = d.get("length", 6)
-    letters = LETTERS
-    shots = d.get("shots", 3)
 
     def one() -> tuple[str, str]:
-        a, b = rng.sample(letters, 2)
-        s = "".join(rng.choice(letters) for _ in range(length - 1)) + a
+        a, b = rng.sample(LETTERS, 2)
+        s = "".join(rng.choice(LETTERS) for _ in range(length - 1)) + a
         s = "".join(rng.sample(s, len(s)))
         return f"Replace {a} with {b} in: {s}\nAnswer:", f" {s.replace(a, b)}"
 
-    examples = [one() for _ in range(shots)]
-    q, ans = one()
-    return {"prompt": "\n".join(p + x for p, x in examples) + "\n" + q, "answer": ans, "distractors": 0}
+    return _shots(one, d.get("shots", 3))
 
 
 def _solve_rule_replace(prompt: str) -> str:
@@ -197,11 +196,10 @@ PATTERNS = {
 def _pattern(rng: random.Random, split: str, d: dict) -> dict:
     length = d.get("length", 6)
     shots = d.get("shots", 4)
-    letters = LETTERS
     while True:       # only items whose examples leave one answer (induction has a unique conclusion)
         name = rng.choice(sorted(PATTERNS))
         k = rng.randint(2, length - 2)
-        strings = ["".join(rng.choice(letters) for _ in range(length)) for _ in range(shots + 1)]
+        strings = ["".join(rng.choice(LETTERS) for _ in range(length)) for _ in range(shots + 1)]
         pairs = [(x, PATTERNS[name](x, k)) for x in strings[:shots]]
         answers = {f(strings[-1], j) for f in PATTERNS.values() for j in range(1, length + 1)
                    if all(f(a, j) == b for a, b in pairs)}
