@@ -37,3 +37,27 @@ def process_group(tmp_path_factory):
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
+
+
+@pytest.fixture
+def grow_from_checkpoint(process_group, tmp_path):
+    """The runtime's growth path as a function: save `old` (and its optimizer) with DCP, build `cfg` on
+    the meta device on one process, grow it from the checkpoint; returns (grown chunk, its optimizer)."""
+    import torch
+
+    from runtime import checkpoint
+    from runtime.grow import grow_sharded
+    from runtime.model import Decoder
+    from runtime.parallel import make_mesh, make_optimizer, parallelize
+
+    def grow(old, opt, cfg):
+        checkpoint.save(tmp_path, "old", [old], [opt], {"global_step": 1})
+        with torch.device("meta"):
+            new = Decoder(cfg)
+        layout = Layout(tp=1, pp=1, dp=1, micro_batch=2, global_batch=2)
+        pm = parallelize(new, layout, make_mesh(layout, "cpu"), torch.device("cpu"), seed=5)
+        opts = [make_optimizer(c, 1e-3, torch.device("cpu")) for c in pm.chunks]
+        grow_sharded(pm.chunks, opts, tmp_path / "old", old.cfg, grow_steps=4)
+        return pm.chunks[0], opts[0]
+
+    return grow

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from planner.cli import app
 from planner.errors import FlmplanError
 from runtime import freelm
-from runtime.grow import grow_decoder, grow_sharded
+from runtime.grow import grow_decoder
 from runtime.model import Decoder, DecoderConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,12 +60,10 @@ def test_the_teacher_heads_output_is_kept_across_a_growth(change, mup):
     assert torch.allclose(after, before, atol=1e-5, rtol=0)
 
 
-def test_a_head_added_at_a_growth_starts_fresh_and_the_language_function_is_kept(process_group, tmp_path):
+def test_a_head_added_at_a_growth_starts_fresh_and_the_language_function_is_kept(grow_from_checkpoint):
     """A stage that begins the teacher signal after a language-only one: the head is new (its own init,
     zero moments), nothing else changes."""
-    from planner.specs import Layout
-    from runtime import checkpoint
-    from runtime.parallel import make_mesh, make_optimizer, parallelize
+    from runtime.parallel import make_optimizer
 
     torch.manual_seed(1)
     old_cfg = DecoderConfig(layers=1, hidden=16, heads=2, ffn=32, vocab=256, seq=8)
@@ -74,19 +72,12 @@ def test_a_head_added_at_a_growth_starts_fresh_and_the_language_function_is_kept
     tokens = torch.randint(0, 200, (2, 8))
     old(tokens).sum().backward()
     opt.step()
-    checkpoint.save(tmp_path, "old", [old], [opt], {"global_step": 1})
     cfg = DecoderConfig(**{**old_cfg.to_dict(), "hidden": 32, "heads": 4, "ffn": 64, "teacher_head": True})
-    with torch.device("meta"):
-        new = Decoder(cfg)
-    layout = Layout(tp=1, pp=1, dp=1, micro_batch=2, global_batch=2)
-    pm = parallelize(new, layout, make_mesh(layout, "cpu"), torch.device("cpu"), seed=5)
-    opts = [make_optimizer(c, 1e-3, torch.device("cpu")) for c in pm.chunks]
-    grow_sharded(pm.chunks, opts, tmp_path / "old", old_cfg, grow_steps=4)
-    grown = pm.chunks[0]
+    grown, grown_opt = grow_from_checkpoint(old, opt, cfg)
     with torch.no_grad():
         assert torch.allclose(grown(tokens), old(tokens), atol=1e-5, rtol=0)
     assert grown.teacher.weight.abs().sum() > 0
-    assert torch.count_nonzero(opts[0].state[grown.teacher.weight]["exp_avg"]) == 0
+    assert torch.count_nonzero(grown_opt.state[grown.teacher.weight]["exp_avg"]) == 0
 
 
 def cli(*args: str):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from runtime import mup
-from runtime.grow import grow_decoder, grow_sharded
+from runtime.grow import grow_decoder
 from runtime.model import Decoder, DecoderConfig
 from runtime.parallel import make_optimizer
 
@@ -85,13 +85,9 @@ def test_growth_under_mup_keeps_the_function_and_moves_to_the_new_widths_rates(c
     assert rates == {32 / new_cfg.hidden}
 
 
-def test_sharded_growth_under_mup_rescales_ln_f_and_its_adam_moments(process_group, tmp_path):
+def test_sharded_growth_under_mup_rescales_ln_f_and_its_adam_moments(grow_from_checkpoint):
     """The runtime's path (DCP checkpoint → meta-built, sharded stage): function kept, and ln_f's
     moments rescaled to the gradient's new scale, so Adam's next update equals its own."""
-    from planner.specs import Layout
-    from runtime import checkpoint
-    from runtime.parallel import make_mesh, parallelize
-
     torch.manual_seed(3)
     old_cfg = DecoderConfig(layers=1, hidden=16, heads=2, ffn=32, vocab=20, seq=8, mup=True, mup_base_width=16,
                             mup_output_mult=2.0)
@@ -101,21 +97,14 @@ def test_sharded_growth_under_mup_rescales_ln_f_and_its_adam_moments(process_gro
     old(tokens).sum().backward()
     opt.step()
     opt.zero_grad()
-    checkpoint.save(tmp_path, "old", [old], [opt], {"global_step": 1})
     old_m = opt.state[old.ln_f.weight]["exp_avg"].clone()
     cfg = DecoderConfig(**{**old_cfg.to_dict(), "hidden": 32, "heads": 4, "ffn": 64})     # width_mult 1 → 2
-    with torch.device("meta"):
-        new = Decoder(cfg)
-    layout = Layout(tp=1, pp=1, dp=1, micro_batch=2, global_batch=2)
-    pm = parallelize(new, layout, make_mesh(layout, "cpu"), torch.device("cpu"), seed=5)
-    opts = [make_optimizer(c, 1e-3, torch.device("cpu")) for c in pm.chunks]
-    grow_sharded(pm.chunks, opts, tmp_path / "old", old_cfg, grow_steps=4)
-    grown = pm.chunks[0]
+    grown, grown_opt = grow_from_checkpoint(old, opt, cfg)
     with torch.no_grad():
         assert torch.allclose(grown(tokens), old(tokens), atol=1e-5, rtol=0)
     # r = readout_mult(old) / readout_mult(new) = 2 / 1 = 2: ln_f × 2, exp_avg / 2.
     assert torch.allclose(grown.ln_f.weight[:16], old.ln_f.weight * 2)
-    assert torch.allclose(opts[0].state[grown.ln_f.weight]["exp_avg"][:16], old_m / 2)
+    assert torch.allclose(grown_opt.state[grown.ln_f.weight]["exp_avg"][:16], old_m / 2)
 
 
 def test_exports_refuse_mup_unless_nearest(tmp_path):
