@@ -118,13 +118,13 @@ def device_models(profile: Profile) -> tuple[DeviceModel, Network]:
 def tp_comm_per_pass_s(net: Network, model: ModelSpec, layout: Layout, bytes_per_element: int,
                        gpus_per_node: int) -> float:
     """Tensor-parallel collectives of one layer's forward (or backward) pass: two all-reduces of
-    the activations, or with sequence parallelism the same volume as all-gather + reduce-scatter
-    (Korthikanti et al. 2022, §4.2.2)."""
+    the activations, or with sequence parallelism two all-gathers and two reduce-scatters, the same
+    volume (Korthikanti et al. 2022, §4.2.2)."""
     tp_group = group(layout.tp, 1, gpus_per_node)
     activation_bytes = layout.micro_batch * model.seq * model.hidden * bytes_per_element
     if layout.sequence_parallel:
-        return (net.time("all_gather", activation_bytes, tp_group)
-                + net.time("reduce_scatter", activation_bytes, tp_group))
+        return 2 * (net.time("all_gather", activation_bytes, tp_group)
+                    + net.time("reduce_scatter", activation_bytes, tp_group))
     return 2 * net.time("all_reduce", activation_bytes, tp_group)
 
 
@@ -167,7 +167,8 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
         recompute_layer, tp_recompute = lt.forward, tp_fwd
     elif lay.recompute == "selective":
         recompute_layer = lt.attention_core_fwd if lay.attention == "unfused" else lt.norm_act_fwd
-        # The forward is re-run with the products kept: its host time around tensor parallelism again.
+        # The forward is re-run with the products and the collectives kept: its host time around
+        # tensor parallelism again, not its communication.
         tp_recompute = tp_host
     else:
         recompute_layer, tp_recompute = 0.0, 0.0

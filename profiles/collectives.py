@@ -145,7 +145,8 @@ def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtyp
 
     def layer_collectives() -> None:
         # One layer, forward and backward: two all-reduces of the activations each, or with
-        # sequence parallelism an all-gather and a reduce-scatter each (what the cost model charges).
+        # sequence parallelism two all-gathers and two reduce-scatters each (planner/cost.py
+        # tp_comm_per_pass_s; runtime/model.py column_parallel_input).
         for _ in range(4):
             if sequence_parallel:
                 _all_gather(full, part)

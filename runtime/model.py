@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor, Replicate
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from planner.specs import ModelSpec
@@ -167,7 +168,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.depth_gate: torch.Tensor | None = None   # MSG depth growth: c·Block(h) + (1 − c)·h (0-d)
         self.recompute = "none"                        # "full" or "selective" (set from the layout)
-        self.sp_group = None                           # sequence parallelism: the tensor-parallel group
+        self.tp_mesh: DeviceMesh | None = None         # tensor parallelism: its mesh (set by apply_tp)
+        self.sequence_parallel = False
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, ...],
                 hidden_mask: torch.Tensor | None) -> torch.Tensor:
@@ -183,9 +185,9 @@ class Block(nn.Module):
         # Under sequence parallelism x is this rank's slice of the sequence: LayerNorms and
         # residuals work on it, attention and the MLP on the gathered sequence, and their
         # row-parallel outputs come back reduce-scattered (Korthikanti et al. 2022, §4.2.2).
-        g = self.sp_group
-        y = x + _masked(self.attn(gather_sequence(self.ln1(x, hidden_mask), g), rope), hidden_mask)
-        y = y + _masked(self.mlp(gather_sequence(self.ln2(y, hidden_mask), g)), hidden_mask)
+        m, sp = self.tp_mesh, self.sequence_parallel
+        y = x + _masked(self.attn(column_parallel_input(self.ln1(x, hidden_mask), m, sp), rope), hidden_mask)
+        y = y + _masked(self.mlp(column_parallel_input(self.ln2(y, hidden_mask), m, sp)), hidden_mask)
         if self.depth_gate is not None:
             y = self.depth_gate * y + (1.0 - self.depth_gate) * x
         return y
@@ -195,8 +197,8 @@ def _saved_ops() -> frozenset:
     """Selective recompute keeps what these ops computed (torchtitan's explicit op list): matrix
     products, attention kernels and functional collectives. Everything else — the element-wise
     work of LayerNorms, activation, masks and rotary — is recomputed in backward, Megatron-Core's
-    selective recompute of LayerNorm and activation. (In-place c10d collectives, which write into
-    their arguments, cannot be saved; a sequence-parallel gather is re-run in backward.)"""
+    selective recompute of LayerNorm and activation. The blocks' sequence-parallel gathers and
+    reduce-scatters are DTensor redistributions, functional collectives: kept, not re-run."""
     aten = torch.ops.aten
     ops = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
            aten._scaled_dot_product_flash_attention.default,
@@ -268,6 +270,21 @@ def _slice(x: torch.Tensor, group) -> torch.Tensor:
 def gather_sequence(x: torch.Tensor, group) -> torch.Tensor:
     """The whole sequence from its tensor-parallel slices (identity without sequence parallelism)."""
     return x if group is None else _GatherSequence.apply(x, group)
+
+
+def column_parallel_input(x: torch.Tensor, mesh: DeviceMesh | None, sequence_parallel: bool) -> torch.Tensor:
+    """The input of a block's column-parallel layers (q, k, v; up, gate) as one replicated DTensor,
+    so that their partial input gradients are summed once per block half, in backward: an
+    all-reduce (Megatron's f), or under sequence parallelism the reduce-scatter that is the
+    conjugate of the all-gather (Korthikanti et al. 2022, §4.2.2). Each layer wrapping the plain
+    tensor itself would all-reduce its own gradient, and a plain gather would be undone by an
+    all-reduce and a slice: up to 2.5× the bytes. DTensor's collectives are functional ones, which
+    selective recompute keeps, so the gather is not re-run in backward."""
+    if mesh is None:
+        return x
+    if sequence_parallel:
+        return DTensor.from_local(x, mesh, [Shard(1)], run_check=False).redistribute(mesh, [Replicate()])
+    return DTensor.from_local(x, mesh, [Replicate()], run_check=False)
 
 
 def scatter_sequence(x: torch.Tensor, group) -> torch.Tensor:

@@ -418,7 +418,7 @@ def apply_tp(chunk: Decoder, tp_mesh: DeviceMesh, sequence_parallel: bool) -> No
     for block in chunk.blocks.values():
         parallelize_module(block, tp_mesh, {k: v for k, v in plan.items() if _has_module(block, k)})
         block.tp_shard = (rank, size)
-        block.sp_group = group
+        block.tp_mesh, block.sequence_parallel = tp_mesh, sequence_parallel
 
 
 def _has_module(module: nn.Module, path: str) -> bool:

@@ -328,3 +328,55 @@ def test_sigterm_saves_the_step_in_flight_and_resumes_bit_identically(tmp_path):
     printed = child.communicate(timeout=300)[0]
     assert child.returncode == 2 and "was written by a different plan" in printed
     assert "start the same command again" not in printed.splitlines()[-1]
+
+
+COMM_COUNTS = '''
+import json, sys, torch, torch.distributed as dist
+from torch.distributed.tensor.debug import CommDebugMode
+from planner.specs import Layout
+from runtime.model import Decoder, DecoderConfig
+from runtime.parallel import make_mesh, parallelize
+dist.init_process_group("gloo")
+out = {}
+for sp, recompute in ((False, "none"), (True, "none"), (True, "selective")):
+    for layers in (1, 3):
+        layout = Layout(tp=2, pp=1, dp=1, micro_batch=2, global_batch=2, sequence_parallel=sp, zero=0,
+                        recompute=recompute)
+        torch.manual_seed(0)
+        model = Decoder(DecoderConfig(layers=layers, hidden=64, heads=4, ffn=256, vocab=256, seq=32))
+        pm = parallelize(model, layout, make_mesh(layout, "cpu"), torch.device("cpu"))
+        tokens = torch.randint(0, 256, (2, 33), generator=torch.Generator().manual_seed(0))
+        with CommDebugMode() as comm:
+            pm.train_batch(tokens[:, :-1], tokens[:, 1:])
+        out[f"{sp}-{recompute}-{layers}"] = {str(k).split(".")[-1]: v for k, v in comm.get_comm_counts().items()}
+if dist.get_rank() == 0:
+    json.dump(out, open(sys.argv[1], "w"))
+dist.destroy_process_group()
+'''
+
+
+def test_tensor_parallel_blocks_communicate_what_the_planner_charges(tmp_path):
+    """Per layer, forward and backward, as planner/cost.py charges (Korthikanti et al. 2022, §4.2.2):
+    two all-reduces each way, or with sequence parallelism two all-gathers and two reduce-scatters
+    each way, none re-run by selective recompute. (Each column-parallel layer summing its own input
+    gradient would add all-reduces in backward; a plain gather, an all-reduce and a slice.)"""
+    script, counts = tmp_path / "comm_counts.py", tmp_path / "counts.json"
+    script.write_text(COMM_COUNTS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+           str(counts)]
+    env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    got = json.loads(counts.read_text())
+
+    def per_layer(key: str) -> dict:          # 3 layers less 1: the blocks alone, without the ends
+        three, one = got[f"{key}-3"], got[f"{key}-1"]
+        return {op: (three.get(op, 0) - one.get(op, 0)) / 2 for op in set(three) | set(one)
+                if three.get(op, 0) != one.get(op, 0)}
+
+    assert per_layer("False-none") == {"all_reduce": 4}
+    # Under sequence parallelism, once a step, the LayerNorms' gradients (4 vectors of width hidden)
+    # are summed over the group too, as in Megatron-LM.
+    sp = {"all_gather_into_tensor": 4, "reduce_scatter_tensor": 4, "allreduce_": 4}
+    assert per_layer("True-none") == sp
+    assert per_layer("True-selective") == sp
