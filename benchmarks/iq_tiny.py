@@ -2,7 +2,7 @@
 split, does a model score above chance on the eval split, does an untrained one score at chance,
 and does accuracy survive each growth?
 
-    python benchmarks/iq_tiny.py [--out DIR] [--steps 1000] [--items 100]
+    python benchmarks/iq_tiny.py [--out DIR] [--steps 3000] [--train-items 9000] [--items 100]
 
 1. The train split of every task as text (runtime/iq/generators.py `training_text`: prompt and
    answer, items apart by a blank line; `--train-items` per task) is the run's only --data.
@@ -58,9 +58,9 @@ def untrained(run: Path, folder: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "iq-tiny")
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--items", type=int, default=100)
-    ap.add_argument("--train-items", type=int, default=3000)
+    ap.add_argument("--train-items", type=int, default=9000)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / "iq_train.txt"

@@ -126,7 +126,7 @@ def test_lm_eval_scores_an_oracle_at_100_percent_and_a_random_model_at_chance(ta
 
     assert scores(Oracle(), tasks) == {name: 1.0 for name in TASKS}
     counts = [i for i in answers.values() if i["task"] == "rule_count"]
-    assert 0.2 < TASKS["rule_count"].chance(counts) < 0.8    # the most common count: guessing it is often right
+    assert 0.1 < TASKS["rule_count"].chance(counts) < 0.45   # counts spread over 0..4: no constant answer passes
     got = scores(Uniform(), tasks)
     for name, t in TASKS.items():
         items = [i for i in answers.values() if i["task"] == name]

@@ -151,12 +151,17 @@ def _shots(one: Callable[[], tuple[str, str]], shots: int) -> dict:
 
 
 def _rule_count(rng: random.Random, split: str, d: dict) -> dict:
+    """The count is drawn uniformly from 0..most, then placed: over uniform random strings a count
+    would be 0 most of the time, and answering 0 would pass as following the rule."""
     length = d.get("length", 8)
+    most = min(d.get("most", 4), length)
 
     def one() -> tuple[str, str]:
         ch = rng.choice(LETTERS)
-        s = "".join(rng.choice(LETTERS) for _ in range(length))
-        return f"Count the letter {ch} in: {s}\nAnswer:", f" {s.count(ch)}"
+        k = rng.randint(0, most)
+        chars = [ch] * k + [rng.choice(LETTERS.replace(ch, "")) for _ in range(length - k)]
+        rng.shuffle(chars)
+        return f"Count the letter {ch} in: {''.join(chars)}\nAnswer:", f" {k}"
 
     return _shots(one, d.get("shots", 3))
 
