@@ -44,6 +44,9 @@ class Network:
         self.intra_lat = float(c["intra_node"]["latency_us"]) * 1e-6
         self.inter_bw_per_gpu = float(c["inter_node"]["busbw_gbps"]) * 1e9
         self.inter_lat = float(c["inter_node"]["latency_us"]) * 1e-6
+        # A measured profile's own fit of each op inside the node, where it has one (profiles/fit.py).
+        self.intra_ops = {op: (float(v["busbw_gbps"]) * 1e9, float(v["latency_us"]) * 1e-6)
+                          for op, v in c["intra_node"].get("ops", {}).items()}
         self.overlap_slowdown = float(c.get("overlap_slowdown", 0.0))
         self.factor = profile.time_factors()["collectives"]
         # What the runtime's tensor-parallel layer costs beyond its kernels and collectives, per
@@ -69,6 +72,9 @@ class Network:
         """Seconds for one collective over a buffer of nbytes (the full, unsharded size)."""
         if g.size <= 1 or nbytes <= 0:
             return 0.0
+        if not g.spans_nodes and op in self.intra_ops:
+            bw, latency = self.intra_ops[op]
+            return (latency + bus_factor(op, g.size) * nbytes / bw) * self.factor
         latency = self.inter_lat if g.spans_nodes else self.intra_lat
         if op == "send_recv":
             bw = self.inter_bw_per_gpu if g.spans_nodes else self.intra_bw

@@ -73,10 +73,16 @@ def fit_memory_bound(points: list[dict]) -> dict:
 
 
 def fit_collective(points: list[dict]) -> dict:
-    """Bus bandwidth from the largest messages, latency from the smallest (all-reduce)."""
+    """Bus bandwidth from the largest messages, latency from the smallest: all-reduce's for the
+    tier, and each op's own under `ops` (gloo's all-gather and reduce-scatter move a byte several
+    times slower than its all-reduce; NCCL's rings run the three alike)."""
+    def one(rows: list[dict]) -> dict:
+        largest = max(p["bytes"] for p in rows)
+        smallest = min(p["bytes"] for p in rows)
+        busbw = statistics.median(p["busbw_gbps"] for p in rows if p["bytes"] == largest)
+        latency = min(p["time_s"] for p in rows if p["bytes"] == smallest)
+        return {"busbw_gbps": round(busbw, 3), "latency_us": round(latency * 1e6, 1)}
+
     ar = [p for p in points if p["op"] == "all_reduce"] or points
-    largest = max(p["bytes"] for p in ar)
-    smallest = min(p["bytes"] for p in ar)
-    busbw = statistics.median(p["busbw_gbps"] for p in ar if p["bytes"] == largest)
-    latency = min(p["time_s"] for p in ar if p["bytes"] == smallest)
-    return {"busbw_gbps": round(busbw, 3), "latency_us": round(latency * 1e6, 1)}
+    ops = {op: one([p for p in points if p["op"] == op]) for op in sorted({p["op"] for p in points})}
+    return {**one(ar), "ops": ops}

@@ -49,7 +49,8 @@ class Profile:
                  points {batch, seq, heads, head_dim, causal, fwd_s, bwd_s};
     memory_bound: bandwidth_gbps, overhead_us and points {op, bytes, time_s};
     collectives: intra_node / inter_node: {busbw_gbps, latency_us, points {op, ranks, bytes, time_s}};
-                 inter_node busbw_gbps is per GPU (its own NIC);
+                 inter_node busbw_gbps is per GPU (its own NIC); a measured tier also has each
+                 op's own fit, ops {op: {busbw_gbps, latency_us}}, which intra-node groups use;
     layers:      whole-layer ground truth {hidden, heads, ffn, seq, micro_batch, forward_s,
                  backward_s, backward_recompute_s, spread, host_s};
     timing:      how the points were timed and how still they held (spreads, a layer measured twice);

@@ -172,3 +172,29 @@ def test_tensor_parallel_host_overhead_by_hand(a800):
     assert step(hidden).tp_comm_s == step(plain).tp_comm_s
     assert step(hidden).compute_s == pytest.approx(step(plain).compute_s)
     assert step(on_gpu(10.0)).compute_s >= passes * 10.0                      # the host is the bottleneck
+
+
+def test_tensor_parallel_collectives_by_hand(a800):
+    """Per layer pass: two all-reduces of the activations, or under sequence parallelism two
+    all-gathers and two reduce-scatters (Korthikanti et al. 2022, §4.2.2), each op at its own
+    measured bus bandwidth where the profile has one; a full recompute re-runs them, a selective
+    one keeps them (runtime/model.py column_parallel_input)."""
+    plain = _synthetic(a800)
+    ops = {"all_gather": {"busbw_gbps": 50.0, "latency_us": 0.0},
+           "reduce_scatter": {"busbw_gbps": 25.0, "latency_us": 0.0}}
+    profile = replace(plain, collectives={**plain.collectives, "intra_node": {**plain.collectives["intra_node"],
+                                                                              "ops": ops}})
+    cluster = ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=2)
+
+    def tp_comm(**layout) -> float:
+        lay = Layout(tp=2, pp=1, dp=1, micro_batch=1, global_batch=3, **layout)
+        return estimate_step(SMALL, cluster, lay, profile).breakdown.tp_comm_s
+
+    activations = SMALL.seq * SMALL.hidden * 2                          # one micro-batch, bf16
+    passes = 3 * SMALL.layers * 2                                       # micro-batches × layers × (fwd, bwd)
+    all_reduce = 2 * (2 - 1) / 2 * activations / 100e9                  # ring: 2(n−1)/n of the buffer
+    gather, scatter = (2 - 1) / 2 * activations / 50e9, (2 - 1) / 2 * activations / 25e9
+    assert tp_comm() == pytest.approx(passes * 2 * all_reduce)
+    assert tp_comm(sequence_parallel=True) == pytest.approx(passes * 2 * (gather + scatter))
+    assert tp_comm(sequence_parallel=True, recompute="selective") == pytest.approx(passes * 2 * (gather + scatter))
+    assert tp_comm(sequence_parallel=True, recompute="full") == pytest.approx(passes * 1.5 * 2 * (gather + scatter))
