@@ -167,9 +167,12 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
         recompute_layer, tp_recompute = lt.forward, tp_fwd
     elif lay.recompute == "selective":
         recompute_layer = lt.attention_core_fwd if lay.attention == "unfused" else lt.norm_act_fwd
-        # The forward is re-run with the products and the collectives kept: its host time around
-        # tensor parallelism again, not its communication.
+        # The forward is re-run with the products, reduce-scatters and all-reduces kept: its host
+        # time around tensor parallelism again and, under sequence parallelism, its two all-gathers
+        # (runtime/model.py _saved_ops).
         tp_recompute = tp_host
+        if lay.sequence_parallel:
+            tp_recompute += 2 * net.time("all_gather", activation_bytes, group(t, 1, gpn))
     else:
         recompute_layer, tp_recompute = 0.0, 0.0
 

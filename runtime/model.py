@@ -195,10 +195,11 @@ class Block(nn.Module):
 
 def _saved_ops() -> frozenset:
     """Selective recompute keeps what these ops computed (torchtitan's explicit op list): matrix
-    products, attention kernels and functional collectives. Everything else — the element-wise
-    work of LayerNorms, activation, masks and rotary — is recomputed in backward, Megatron-Core's
-    selective recompute of LayerNorm and activation. The blocks' sequence-parallel gathers and
-    reduce-scatters are DTensor redistributions, functional collectives: kept, not re-run."""
+    products, attention kernels, reduce-scatters and all-reduces. Everything else — the
+    element-wise work of LayerNorms, activation, masks and rotary — is recomputed in backward,
+    Megatron-Core's selective recompute of LayerNorm and activation. A sequence-parallel
+    all-gather is re-run too, as in torchtitan and Megatron-LM: keeping it would keep the whole
+    sequence's LayerNorm output, where the planner (planner/anatomy.py) keeps none."""
     aten = torch.ops.aten
     ops = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default,
            aten._scaled_dot_product_flash_attention.default,
@@ -209,7 +210,7 @@ def _saved_ops() -> frozenset:
             ops.add(getattr(aten, name).default)
     fn = getattr(torch.ops, "_c10d_functional", None)
     if fn is not None:
-        ops |= {fn.all_gather_into_tensor.default, fn.reduce_scatter_tensor.default, fn.all_reduce.default}
+        ops |= {fn.reduce_scatter_tensor.default, fn.all_reduce.default}
     return frozenset(ops)
 
 
@@ -278,8 +279,7 @@ def column_parallel_input(x: torch.Tensor, mesh: DeviceMesh | None, sequence_par
     all-reduce (Megatron's f), or under sequence parallelism the reduce-scatter that is the
     conjugate of the all-gather (Korthikanti et al. 2022, §4.2.2). Each layer wrapping the plain
     tensor itself would all-reduce its own gradient, and a plain gather would be undone by an
-    all-reduce and a slice: up to 2.5× the bytes. DTensor's collectives are functional ones, which
-    selective recompute keeps, so the gather is not re-run in backward."""
+    all-reduce and a slice: up to 2.5× the bytes."""
     if mesh is None:
         return x
     if sequence_parallel:
