@@ -72,11 +72,12 @@ class Network:
         """Seconds for one collective over a buffer of nbytes (the full, unsharded size)."""
         if g.size <= 1 or nbytes <= 0:
             return 0.0
+        latency = self.inter_lat if g.spans_nodes else self.intra_lat
         if not g.spans_nodes and op in self.intra_ops:
             bw, latency = self.intra_ops[op]
-            return (latency + bus_factor(op, g.size) * nbytes / bw) * self.factor
-        latency = self.inter_lat if g.spans_nodes else self.intra_lat
-        if op == "send_recv":
+        elif op == "send_recv":
             bw = self.inter_bw_per_gpu if g.spans_nodes else self.intra_bw
-            return (latency + nbytes / bw) * self.factor
-        return (latency + bus_factor(op, g.size) * nbytes / self.bandwidth(g)) * self.factor
+        else:
+            bw = self.bandwidth(g)
+        # bus_factor is 1 for send_recv: the message crosses the link once.
+        return (latency + bus_factor(op, g.size) * nbytes / bw) * self.factor
