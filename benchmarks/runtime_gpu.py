@@ -161,7 +161,7 @@ def runtime(shape: tuple[int, ...], device: str, dtype: str, compiled: bool, ste
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         raise RuntimeError(f"runtime failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
+    rows = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "step_s" in r]
     steady = rows[len(rows) // 3:]
     median = statistics.median(r["tokens_per_s"] for r in steady)
     row = min(steady, key=lambda r: abs(r["tokens_per_s"] - median))

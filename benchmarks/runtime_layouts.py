@@ -49,7 +49,7 @@ def run(layout: dict, nproc: int, steps: int, folder: Path, dtype: str, log_ever
            "--log-every", str(log_every), "--dtype", dtype]
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, timeout=900)
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "step_s" in r]
 
 
 def main() -> None:

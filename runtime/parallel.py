@@ -260,8 +260,10 @@ class ParallelModel:
     def _sync_sequence_parallel_grads(self) -> None:
         """LayerNorm weights, replicated over tp, saw only this rank's slice of the sequence under
         sequence parallelism: sum their gradients over the tp group (as Megatron). The embedding
-        gets the whole sequence's gradient through scatter_sequence's backward."""
-        group = self.mesh.get_group("tp")
+        gets the whole sequence's gradient through scatter_sequence's backward. One all-reduce of
+        them all, flattened, per step (Megatron-LM's `_allreduce_layernorm_grads`): one per tensor
+        would pay the collective's latency some 4·layers times."""
+        grads: dict[torch.dtype, list[torch.Tensor]] = {}
         for c in self.chunks:
             for name, p in c.named_parameters():
                 module = name.rsplit(".", 1)[0]
@@ -269,8 +271,13 @@ class ParallelModel:
                 if p.grad is None or name.startswith(("embed.", "head.", "teacher.")) or \
                         any(module.endswith(k) for k in TP_PLAN):
                     continue
-                g = p.grad
-                dist.all_reduce(g.to_local() if isinstance(g, DTensor) else g, group=group)
+                g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+                grads.setdefault(g.dtype, []).append(g)
+        for same in grads.values():
+            flat = torch.cat([g.reshape(-1) for g in same])
+            dist.all_reduce(flat, group=self.mesh.get_group("tp"))
+            torch._foreach_copy_(same, [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in same]), same,
+                                                                           strict=True)])
 
     def _sync_tied_embedding(self) -> None:
         """Sum the tied embedding's gradient between the first and the last stage. A teacher batch

@@ -341,10 +341,13 @@ class Run:
             stop = self.preempted()
             if done or stop or (step + 1) % every == 0 or (step + 1) % self.args.log_every == 0:
                 meter.flush()
-            if teacher_every and (done or (step + 1) % every == 0):
-                self.eval_teacher(k, pm, step + 1)
-            if (done or stop or (step + 1) % every == 0) and not self.args.no_checkpoints:
-                self.save(k, step + 1, sampler, pm, opts, growth if c < 1 else None, done)
+            # Evaluations and checkpoints are not training steps: their time stays out of the step
+            # timings (as Megatron-LM stops its interval timer), and a checkpoint logs its own.
+            with meter.paused():
+                if teacher_every and (done or (step + 1) % every == 0):
+                    self.eval_teacher(k, pm, step + 1)
+                if (done or stop or (step + 1) % every == 0) and not self.args.no_checkpoints:
+                    self.save(k, step + 1, sampler, pm, opts, growth if c < 1 else None, done)
             if stop:
                 self.log({"event": "preempted", "stage": k + 1, "step": step + 1,
                           "saved": not self.args.no_checkpoints})
@@ -420,7 +423,10 @@ class Run:
                     "rng_state": torch.get_rng_state().tolist()[:64], "seed": self.args.seed,
                     "dtype": self.dtype, "loss_scale": pm.precision.scale,
                     "loss_scale_good_steps": pm.precision.good_steps, "plan_fingerprint": self.fingerprint}
+        start = time.perf_counter()
         checkpoint.save(self.ckpt_dir, f"stage{k + 1}-step{step:07d}", pm.chunks, opts, manifest)
+        self.log({"event": "checkpoint", "stage": k + 1, "step": step,
+                  "seconds": round(time.perf_counter() - start, 4)})
 
     def device_facts(self) -> dict:
         """What `flmplan validate` needs to predict this run: the device, and on a CPU how many
@@ -515,6 +521,15 @@ class Meter:
             print(f"  stage {self.k + 1} step {last}/{self.steps}: {text}, {float(memory):.1f} GiB", flush=True)
         self.pending = []
         self.window_start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave the time inside out of the current window."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.window_start += time.perf_counter() - start
 
     def close(self) -> None:
         self.flush()
