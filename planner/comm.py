@@ -56,6 +56,10 @@ class Network:
                                  True: float(tp.get("sequence_parallel_layer_pass_overhead_s", 0.0))}
         self.tp_micro_batch_overhead = {False: float(tp.get("micro_batch_overhead_s", 0.0)),
                                         True: float(tp.get("sequence_parallel_micro_batch_overhead_s", 0.0))}
+        # and per layer under selective recompute: the checkpoint's dispatch mode around every operation.
+        self.tp_selective_overhead = {
+            False: float(tp.get("selective_recompute_layer_overhead_s", 0.0)),
+            True: float(tp.get("sequence_parallel_selective_recompute_layer_overhead_s", 0.0))}
 
     def exposed(self, comm_s: float, compute_s: float) -> float:
         """Time a collective adds when it runs under `compute_s` of compute: the part that does

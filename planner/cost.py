@@ -153,13 +153,14 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     # The runtime's host time around tensor parallelism (measured by the profiler): on a GPU it
     # is issue time, hidden under the kernels unless the host is the bottleneck; on a CPU it adds,
     # per layer pass and, for the vocabulary-parallel ends, per micro-batch.
-    tp_ends = tp_host = 0.0
+    tp_ends = tp_host = selective_host = 0.0
     if t > 1:
         overhead = net.tp_pass_overhead[lay.sequence_parallel]
+        selective = net.tp_selective_overhead[lay.sequence_parallel] if lay.recompute == "selective" else 0.0
         if dev.queued:
-            lt = replace(lt, issue_fwd=lt.issue_fwd + overhead, issue_bwd=lt.issue_bwd + overhead)
+            lt = replace(lt, issue_fwd=lt.issue_fwd + overhead, issue_bwd=lt.issue_bwd + overhead + selective)
         else:
-            tp_host = overhead
+            tp_host, selective_host = overhead, selective
             tp_fwd, tp_bwd = tp_fwd + overhead, tp_bwd + overhead
             tp_ends = net.tp_micro_batch_overhead[lay.sequence_parallel]
 
@@ -168,9 +169,9 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     elif lay.recompute == "selective":
         recompute_layer = lt.attention_core_fwd if lay.attention == "unfused" else lt.norm_act_fwd
         # The forward is re-run with the products, reduce-scatters and all-reduces kept: its host
-        # time around tensor parallelism again and, under sequence parallelism, its two all-gathers
-        # (runtime/model.py _saved_ops).
-        tp_recompute = tp_host
+        # time around tensor parallelism again, the selective checkpoint's own (measured with it)
+        # and, under sequence parallelism, its two all-gathers (runtime/model.py _saved_ops).
+        tp_recompute = tp_host + selective_host
         if lay.sequence_parallel:
             tp_recompute += 2 * net.time("all_gather", activation_bytes, group(t, 1, gpn))
     else:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from profiles.schema import bus_factor
-from profiles.timing import time_lockstep
+from profiles.timing import time_interleaved, time_lockstep
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
 # torch 2.13 renamed the tensor collectives; the GPU image's torch 2.11 has only the old names.
@@ -44,7 +45,8 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
     try:
         tp = {sp: tensor_parallel_overhead(nproc, device, dtype, sp, reps=5 * reps) for sp in (False, True)}
     except Exception as err:     # a profile without this entry still serves: say why it is missing
-        tp = {sp: {"layer_pass_s": 0.0, "micro_batch_s": 0.0, "error": f"{type(err).__name__}: {err}"}
+        tp = {sp: {"layer_pass_s": 0.0, "micro_batch_s": 0.0, "selective_recompute_layer_s": 0.0,
+                   "error": f"{type(err).__name__}: {err}"}
               for sp in (False, True)}
     if rank == 0:
         import json
@@ -55,12 +57,16 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
                 "sequence_parallel_layer_pass_overhead_s": tp[True]["layer_pass_s"],
                 "micro_batch_overhead_s": tp[False]["micro_batch_s"],
                 "sequence_parallel_micro_batch_overhead_s": tp[True]["micro_batch_s"],
+                "selective_recompute_layer_overhead_s": tp[False]["selective_recompute_layer_s"],
+                "sequence_parallel_selective_recompute_layer_overhead_s": tp[True]["selective_recompute_layer_s"],
                 "probe": {**TP_PROBE, "ranks": nproc, "rank_cores": _rank_cores(nproc, device), "plain": tp[False],
                           "sequence_parallel": tp[True]},
                 "method": "ParallelModel.train_batch of one micro-batch on 1- and 3-layer probe models, sharded "
                           "and unsharded: per layer pass, half the sharded slope over the unsharded one less the "
                           "layer's collectives timed alone; per micro-batch, the rest of the 1-layer difference "
-                          "(vocabulary-parallel embedding, output layer and loss)"}},
+                          "(vocabulary-parallel embedding, output layer and loss); per layer under selective "
+                          "recompute, the 3- over 1-layer slope with it over the slope without, less a layer pass "
+                          "and the re-run all-gathers timed alone"}},
                       f)
     dist.barrier()
     dist.destroy_process_group()
@@ -112,8 +118,8 @@ def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtyp
     """What the runtime's tensor parallelism costs beyond the kernels of its shards and the
     collectives of its layers: one micro-batch of `train_batch` on 1- and 3-layer models, sharded
     over the nproc ranks and unsharded; the difference in the layers' slope is per layer pass, the
-    rest (the vocabulary-parallel embedding, output layer and loss) per micro-batch. Every rank
-    calls this."""
+    rest (the vocabulary-parallel embedding, output layer and loss) per micro-batch; the same
+    sharded models under selective recompute give its cost per layer. Every rank calls this."""
     from planner.specs import Layout
     from runtime.model import Decoder, DecoderConfig, causal_lm_loss
     from runtime.parallel import make_mesh, parallelize
@@ -133,13 +139,7 @@ def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtyp
     def unsharded_step(m: Decoder):
         return lambda: causal_lm_loss(m(x), y).backward()
 
-    times = {}
-    for layers in (1, 3):
-        pm = parallelize(model(layers), layout, mesh, device)
-        times[f"tensor_parallel_{layers}_layers_s"] = time_lockstep(lambda pm=pm: pm.train_batch(x, y), device,
-                                                                    warmup=3, reps=reps)
-        times[f"unsharded_{layers}_layers_s"] = time_lockstep(unsharded_step(model(layers)), device, warmup=3,
-                                                              reps=reps)
+    selective = replace(layout, recompute="selective")
     full = torch.empty(b * seq * h, device=device, dtype=dtype)
     part = torch.empty(b * seq * h // nproc, device=device, dtype=dtype)
 
@@ -154,13 +154,34 @@ def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtyp
             else:
                 dist.all_reduce(full)
 
-    times["layer_collectives_s"] = time_lockstep(layer_collectives, device, warmup=1, reps=reps)
+    def regathers() -> None:
+        # What a selective recompute re-runs of them: the two all-gathers (runtime/model.py _saved_ops).
+        for _ in range(2 if sequence_parallel else 0):
+            _all_gather(full, part)
+
+    steps = {"layer_collectives_s": layer_collectives, "regathers_s": regathers}
+    for layers in (1, 3):
+        sharded = parallelize(model(layers), layout, mesh, device)
+        recomputed = parallelize(model(layers), selective, mesh, device)
+        steps[f"tensor_parallel_{layers}_layers_s"] = lambda pm=sharded: pm.train_batch(x, y)
+        steps[f"unsharded_{layers}_layers_s"] = unsharded_step(model(layers))
+        steps[f"selective_recompute_{layers}_layers_s"] = lambda pm=recomputed: pm.train_batch(x, y)
+    # The figures below are differences of these times: taken in turns, not one after another.
+    times = time_interleaved(steps, device, warmup=3, rounds=reps)
     per_layer = ((times["tensor_parallel_3_layers_s"] - times["tensor_parallel_1_layers_s"]
                   - (times["unsharded_3_layers_s"] - times["unsharded_1_layers_s"])) / 2 - times["layer_collectives_s"])
     pass_s = max(0.0, per_layer) / 2
     ends = (times["tensor_parallel_1_layers_s"] - times["unsharded_1_layers_s"] - times["layer_collectives_s"]
             - 2 * pass_s)
-    return {**times, "layer_pass_s": pass_s, "micro_batch_s": max(0.0, ends)}
+    # Selective recompute per layer, beyond what the cost model charges for it (the re-run
+    # forward's host time around tensor parallelism, its all-gathers, and its LayerNorm and
+    # activation kernels, a few µs at the probe's size): the selective checkpoint's dispatch mode,
+    # which sees every operation of the forward and of its re-run on the host.
+    recompute_per_layer = (times["selective_recompute_3_layers_s"] - times["selective_recompute_1_layers_s"]
+                           - (times["tensor_parallel_3_layers_s"] - times["tensor_parallel_1_layers_s"])) / 2
+    selective_s = max(0.0, recompute_per_layer - pass_s - times["regathers_s"])
+    return {**times, "layer_pass_s": pass_s, "micro_batch_s": max(0.0, ends),
+            "selective_recompute_layer_s": selective_s}
 
 
 def _rank_cores(nproc: int, device: torch.device) -> float | None:

@@ -86,3 +86,18 @@ def time_lockstep(fn: Callable[[], object], device: torch.device, warmup: int, r
         fn()
     return statistics.median(_once(fn, device)[0] for _ in range(reps))
 
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
+                     rounds: int) -> dict[str, float]:
+    """Median of each function's calls, made in turns (one call of each per round) so that a
+    machine's slow phases fall on all of them alike: for figures taken as differences of these
+    times. A fixed count of calls, as time_lockstep, for collectives."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(_once(fn, device)[0])
+    return {name: statistics.median(t) for name, t in times.items()}
+

@@ -148,7 +148,10 @@ def test_tensor_parallel_host_overhead_by_hand(a800):
     measured = {**plain.collectives, "tensor_parallel": {"layer_pass_overhead_s": 0.01,
                                                           "sequence_parallel_layer_pass_overhead_s": 0.03,
                                                           "micro_batch_overhead_s": 0.1,
-                                                          "sequence_parallel_micro_batch_overhead_s": 0.2}}
+                                                          "sequence_parallel_micro_batch_overhead_s": 0.2,
+                                                          "selective_recompute_layer_overhead_s": 0.005,
+                                                          "sequence_parallel_selective_recompute_layer_overhead_s":
+                                                              0.007}}
     cluster = ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=2)
 
     def step(profile, **layout):
@@ -161,9 +164,13 @@ def test_tensor_parallel_host_overhead_by_hand(a800):
     assert step(cpu).tp_comm_s - step(cpu_plain).tp_comm_s == pytest.approx(passes * 0.01 + 3 * 0.1)
     assert (step(cpu, sequence_parallel=True).tp_comm_s - step(cpu_plain, sequence_parallel=True).tp_comm_s
             == pytest.approx(passes * 0.03 + 3 * 0.2))
-    for recompute in ("full", "selective"):                # a recomputed forward pays it again
+    # A recomputed forward pays it again; a selective one also its checkpoint's dispatch, per layer.
+    for recompute, selective in (("full", 0.0), ("selective", 0.005)):
         assert (step(cpu, recompute=recompute).tp_comm_s - step(cpu_plain, recompute=recompute).tp_comm_s
-                == pytest.approx(3 * SMALL.layers * 3 * 0.01 + 3 * 0.1))
+                == pytest.approx(3 * SMALL.layers * (3 * 0.01 + selective) + 3 * 0.1))
+    assert (step(cpu, recompute="selective", sequence_parallel=True).tp_comm_s
+            - step(cpu_plain, recompute="selective", sequence_parallel=True).tp_comm_s
+            == pytest.approx(3 * SMALL.layers * (3 * 0.03 + 0.007) + 3 * 0.2))
     def on_gpu(overhead_s: float):
         return replace(plain, collectives={**plain.collectives,
                                            "tensor_parallel": {"layer_pass_overhead_s": overhead_s}})

@@ -71,6 +71,8 @@ def test_gloo_collectives_between_two_processes():
         assert probe["tensor_parallel_1_layers_s"] > probe["unsharded_1_layers_s"] > 0
         assert probe["tensor_parallel_3_layers_s"] > probe["tensor_parallel_1_layers_s"]
     assert tp["layer_pass_overhead_s"] == tp["probe"]["plain"]["layer_pass_s"] >= 0
+    assert (tp["sequence_parallel_selective_recompute_layer_overhead_s"]
+            == tp["probe"]["sequence_parallel"]["selective_recompute_layer_s"] >= 0)
     assert tp["probe"]["ranks"] == 2 and tp["probe"]["rank_cores"] > 0
 
 
