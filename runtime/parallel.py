@@ -104,9 +104,10 @@ def sdpa_backends(device: torch.device, layout: Layout, precision: Precision) ->
     return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def make_optimizer(chunk: nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(chunk: nn.Module, lr: float) -> torch.optim.Optimizer:
     """AdamW (β = 0.9, 0.95; weight decay on matrices only, not on LayerNorms, biases or the
-    embedding, as GPT-3 and Megatron do); the fused kernel on GPUs, foreach on CPUs. One parameter
+    embedding, as GPT-3 and Megatron do); the fused kernel, on CPUs too (a third of foreach's time on
+    this project's CPU, DTensors or not: BENCHMARKS.md §17). One parameter
     group per learning-rate factor and decay (µP's, runtime/mup.py: each group's `lr_mult` scales
     the stage's rate) and per kind of tensor (plain, DTensors of each mesh): the multi-tensor
     kernels take one kind per call. Groups follow the shards: a chunk names its parameters as the
@@ -117,10 +118,9 @@ def make_optimizer(chunk: nn.Module, lr: float, device: torch.device) -> torch.o
         kind = (tuple(p.device_mesh.mesh.flatten().tolist()), p.device_mesh.mesh_dim_names) \
             if isinstance(p, DTensor) else None
         groups.setdefault((mup.lr_mult(cfg, name, p), mup.weight_decay(cfg, name, p), kind), []).append(p)
-    fused = device.type == "cuda"
     return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr": lr * mult, "lr_mult": mult}
                               for (mult, wd, _), ps in groups.items()],
-                             lr=lr, betas=(0.9, 0.95), fused=fused, foreach=None if fused else True)
+                             lr=lr, betas=(0.9, 0.95), fused=True)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

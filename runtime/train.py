@@ -7,9 +7,10 @@ Launched by torchrun (one machine or many):
 Rank 0 writes `metrics.jsonl`: one record per optimizer step (loss, lr, gradient norm, mask,
 tokens/s, step time, MFU and HFU against the GPU's dense peak, peak memory of the fullest
 rank) with the planner's prediction for the same stage beside it (`predicted_*`), and events
-(growth losses, growth memory). The step never waits for the GPU: losses and norms stay on the
-device and are read every `--log-every` steps, which is also the window the timings average
-over. A killed run started again with the same command resumes from its newest good checkpoint.
+(growth losses, growth memory, each checkpoint's seconds). The step never waits for the GPU:
+losses and norms stay on the device and are read every `--log-every` steps, which is also the
+window the timings average over (checkpoints and evaluations left out). A killed run started
+again with the same command resumes from its newest good checkpoint.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ class Run:
         mesh = make_mesh(layout, self.device.type)
         pm = parallelize(full, layout, mesh, self.device, seed=self.args.seed + k,
                          precision=Precision.of(self.dtype), compile=self.compile)
-        return pm, [make_optimizer(c, stage.lr, self.device) for c in pm.chunks]
+        return pm, [make_optimizer(c, stage.lr) for c in pm.chunks]
 
     def fresh(self, k: int, meta: bool = False) -> Decoder:
         """Stage k's model, initialised; on the meta device (no memory) when it is to be sharded

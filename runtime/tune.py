@@ -75,7 +75,7 @@ def train_proxy(cfg: DecoderConfig, lr: float, shape: ProxyShape, tokens: np.nda
     """Train one proxy; write its metrics and description to `out`; return the description."""
     torch.manual_seed(seed)
     model = Decoder(cfg).to(device)
-    opt = make_optimizer(model, lr, device)
+    opt = make_optimizer(model, lr)
     sampler = Sampler(tokens, seq=cfg.seq, seed=seed)
     warmup = min(FIRST_WARMUP_STEPS, max(1, shape.steps // 5))
     tokens_per_step = shape.batch * cfg.seq

@@ -56,7 +56,7 @@ def grow_from_checkpoint(process_group, tmp_path):
             new = Decoder(cfg)
         layout = Layout(tp=1, pp=1, dp=1, micro_batch=2, global_batch=2)
         pm = parallelize(new, layout, make_mesh(layout, "cpu"), torch.device("cpu"), seed=5)
-        opts = [make_optimizer(c, 1e-3, torch.device("cpu")) for c in pm.chunks]
+        opts = [make_optimizer(c, 1e-3) for c in pm.chunks]
         grow_sharded(pm.chunks, opts, tmp_path / "old", old.cfg, grow_steps=4)
         return pm.chunks[0], opts[0]
 

@@ -68,7 +68,7 @@ def test_a_head_added_at_a_growth_starts_fresh_and_the_language_function_is_kept
     torch.manual_seed(1)
     old_cfg = DecoderConfig(layers=1, hidden=16, heads=2, ffn=32, vocab=256, seq=8)
     old = Decoder(old_cfg)
-    opt = make_optimizer(old, 1e-3, torch.device("cpu"))
+    opt = make_optimizer(old, 1e-3)
     tokens = torch.randint(0, 200, (2, 8))
     old(tokens).sum().backward()
     opt.step()

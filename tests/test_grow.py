@@ -105,7 +105,7 @@ def test_sharded_growth_from_a_checkpoint_preserves_the_function_and_the_optimiz
     with torch.device("meta"):
         new = Decoder(cfg)
     pm = parallelize(new, layout, make_mesh(layout, "cpu"), torch.device("cpu"), seed=5)
-    opts = [make_optimizer(c, 1e-3, torch.device("cpu")) for c in pm.chunks]
+    opts = [make_optimizer(c, 1e-3) for c in pm.chunks]
     state = grow_sharded(pm.chunks, opts, tmp_path / "old", base, grow_steps=4)
     grown = pm.chunks[0]
     with torch.no_grad():

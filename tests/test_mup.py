@@ -17,7 +17,7 @@ MUP = DecoderConfig(layers=2, hidden=128, heads=4, ffn=512, vocab=64, seq=16, ti
 
 
 def groups_by_name(model: Decoder) -> dict[str, dict]:
-    opt = make_optimizer(model, 1e-3, torch.device("cpu"))
+    opt = make_optimizer(model, 1e-3)
     ids = {id(p): n for n, p in model.named_parameters()}
     return {ids[id(p)]: g for g in opt.param_groups for p in g["params"]}
 
@@ -92,7 +92,7 @@ def test_sharded_growth_under_mup_rescales_ln_f_and_its_adam_moments(grow_from_c
     old_cfg = DecoderConfig(layers=1, hidden=16, heads=2, ffn=32, vocab=20, seq=8, mup=True, mup_base_width=16,
                             mup_output_mult=2.0)
     old = Decoder(old_cfg)
-    opt = make_optimizer(old, 1e-3, torch.device("cpu"))
+    opt = make_optimizer(old, 1e-3)
     tokens = torch.randint(0, 20, (2, 8))
     old(tokens).sum().backward()
     opt.step()

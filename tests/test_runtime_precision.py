@@ -73,7 +73,7 @@ def test_bf16_compute_keeps_fp32_master_weights_and_optimizer_state(process_grou
     logits = model(x)
     assert logits.dtype == torch.bfloat16                     # the forward ran in bf16
     causal_lm_loss(logits, y).backward()
-    opt = make_optimizer(model, 1e-3, torch.device("cpu"))
+    opt = make_optimizer(model, 1e-3)
     opt.step()
     for p in model.parameters():
         assert p.dtype == torch.float32 and p.grad.dtype == torch.float32
