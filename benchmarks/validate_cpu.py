@@ -3,7 +3,7 @@ FLM-101B plan, run for real (gloo, fp32), then held against the cost model's pre
 `flmplan validate` and a profile of this machine (all its cores); then
 `flmplan profile --refit` on half of the runs, checked on the other half.
 
-    python benchmarks/validate_cpu.py [--runs DIR] [--steps 14]
+    python benchmarks/validate_cpu.py [--runs DIR] [--steps 14] [--repeats 2]
 
 DIR keeps the run folders and profiles (a second call reuses them); default a temporary folder.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,47 +40,57 @@ def profile_for(threads: int, folder: Path) -> Path:
     return path
 
 
-def runs(folder: Path, steps: int) -> list[tuple[str, Path]]:
-    out = []
-    for i, (name, (nproc, layout)) in enumerate(LAYOUTS.items()):
-        f = folder / f"layout-{i}"
-        if not (f / "run" / "DONE.json").exists():
-            f.mkdir(parents=True, exist_ok=True)
-            run(layout, nproc, steps, f, "fp32", log_every=2)
-        out.append((f"{name} ({nproc} proc)", f / "run"))
-    flm = folder / "flm-tiny"
-    if not (flm / "DONE.json").exists():
-        flmplan("run", str(ROOT / "runtime/data/flm101b_plan.json"), "--scale", "tiny", "--nproc", "2",
-                "--steps", str(steps), "--out", str(flm))
-    out.append(("FLM-101B tiny plan (2 proc)", flm))
-    return out
+def runs(folder: Path, steps: int, repeats: int) -> list[tuple[str, list[Path]]]:
+    """Every run `repeats` times, round after round (this machine's speed drifts over tens of
+    seconds: a run's repeat comes minutes later, not right after it); each run's folders."""
+    out: dict[str, list[Path]] = {}
+    for r in range(repeats):
+        tail = f".{r}" if r else ""
+        for i, (name, (nproc, layout)) in enumerate(LAYOUTS.items()):
+            f = folder / f"layout-{i}{tail}"
+            if not (f / "run" / "DONE.json").exists():
+                f.mkdir(parents=True, exist_ok=True)
+                run(layout, nproc, steps, f, "fp32", log_every=2)
+            out.setdefault(f"{name} ({nproc} proc)", []).append(f / "run")
+        flm = folder / f"flm-tiny{tail}"
+        if not (flm / "DONE.json").exists():
+            flmplan("run", str(ROOT / "runtime/data/flm101b_plan.json"), "--scale", "tiny", "--nproc", "2",
+                    "--steps", str(steps), "--out", str(flm))
+        out.setdefault("FLM-101B tiny plan (2 proc)", []).append(flm)
+    return list(out.items())
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=Path, default=None)
     ap.add_argument("--steps", type=int, default=14)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each layout, round after round")
     args = ap.parse_args()
     folder = args.runs or Path(tempfile.mkdtemp(prefix="flmplan-validate-"))
     folder.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
-    all_runs = runs(folder, args.steps)
+    all_runs = runs(folder, args.steps, args.repeats)
     profile = load_profile(profile_for(cores, folder))
-    print(f"{'run':42} {'stage':>5} {'steps (warm-up)':>15} {'step s measured':>16} {'predicted':>10} {'error':>8}")
-    for name, path in all_runs:
+    print(f"{'run':42} {'stage':>5} {'step s measured (each repeat)':>30} {'predicted':>10} {'errors':>16} "
+          f"{'error of the median':>20}")
+    for name, paths in all_runs:
         try:
-            _, _, checks = validate_run(path, None, profile)
+            checks = [validate_run(path, None, profile)[2] for path in paths]
         except ValidateError as err:
             print(f"{name:42} {err}")
             continue
-        for c in checks:
-            print(f"{name:42} {c.stage:5d} {c.steps:7d} ({c.warmup_steps}) {c.measured_step_s:16.3f} "
-                  f"{c.predicted_step_s:10.3f} {c.step_error:+8.1%}")
-    print(f"(this machine: {cores} cores; profile measured with {profile.software['threads']} threads)")
+        for stage in zip(*checks, strict=True):
+            measured = [c.measured_step_s for c in stage]
+            predicted = stage[0].predicted_step_s
+            print(f"{name:42} {stage[0].stage:5d} {' '.join(f'{m:.3f}' for m in measured):>30} {predicted:10.3f} "
+                  f"{' '.join(f'{c.step_error:+.1%}' for c in stage):>16} "
+                  f"{predicted / statistics.median(measured) - 1:+20.1%}")
+    print(f"(this machine: {cores} cores; profile measured with {profile.software['threads']} threads; "
+          f"{args.repeats} runs of each, warm-up steps left out)")
 
     # Refit on every other run; the rest are held out.
-    paths = [p for _, p in all_runs]
-    fit, held = paths[::2], paths[1::2]
+    fit = [p for _, paths in all_runs[::2] for p in paths]
+    held = [p for _, paths in all_runs[1::2] for p in paths]
     result = refit_profile(profile, fit, held)
     factors = ", ".join(f"{k} ×{v:.3g}" for k, v in result.profile.calibration["time_factors"].items())
     print(f"\nrefit on {len(fit)} runs ({factors}): fitted rms {rms_error(result.fitted):.1%}; "

@@ -116,6 +116,8 @@ def _load_profile_for(gpu_key: str, path: Path | None, dtype: str = "bf16"):
 
 # The same layer measured twice in one sweep should agree this closely on a quiet device.
 REPEAT_TOLERANCE = 0.03
+# The tensor-parallel probe's figures are differences of step times: a looser bound on their spread.
+PROBE_SPREAD_TOLERANCE = 0.25
 # A run's step time (and, on a GPU, memory) should be this close to its plan's.
 VALIDATE_TOLERANCE = 0.15
 
@@ -160,10 +162,17 @@ def profile(
         stderr.print(f"[yellow]Warning:[/] the layer {repeat['layer']} measured {repeat['difference']:+.1%} apart at "
                      "the start and the end of the sweep (points' median spread "
                      f"{prof.timing['median_spread']:.1%}): the device was not quiet; measure again when it is.")
-    failed = prof.collectives.get("tensor_parallel", {}).get("probe", {}).get("plain", {}).get("error")
+    probe = prof.collectives.get("tensor_parallel", {}).get("probe", {})
+    failed = probe.get("plain", {}).get("error")
     if failed:
         stderr.print(f"[yellow]Warning:[/] the tensor-parallel probe failed ({failed}); this profile charges no "
                      "host time around tensor parallelism.")
+    spreads = [v for kind in ("plain", "sequence_parallel") for k, v in probe.get(kind, {}).items()
+               if k.endswith("_spread")]
+    if spreads and max(spreads) > PROBE_SPREAD_TOLERANCE:
+        stderr.print(f"[yellow]Warning:[/] the tensor-parallel probe's figures spread by up to {max(spreads):.0%} "
+                     "over its rounds (interquartile range / median): the device was not quiet; measure again "
+                     "when it is.")
     g = prof.gemm
     stdout.print(
         f"wrote {path}: {prof.device['name']}, {prof.dtype}; GEMM best {prof.device['measured_gemm_max_tflops']:.3g} "
@@ -360,7 +369,7 @@ def validate(
     if as_json:
         print(json.dumps({"run": str(run_dir), "profile": prof.name, "profile_source": prof.source,
                           "tolerance": tolerance, "passed": not failed,
-                          "stages": [c.to_json() for c in checks]}, indent=1))
+                          "stages": [c.to_json() for c in checks], "checkpoints": run.checkpoints()}, indent=1))
     else:
         print_validation(stdout, run, prof, checks, tolerance)
     if failed:

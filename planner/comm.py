@@ -52,14 +52,15 @@ class Network:
         # What the runtime's tensor-parallel layer costs beyond its kernels and collectives, per
         # pass (DTensor's dispatch on the host; measured by the profiler, absent in derived profiles).
         tp = c.get("tensor_parallel", {})
-        self.tp_pass_overhead = {False: float(tp.get("layer_pass_overhead_s", 0.0)),
-                                 True: float(tp.get("sequence_parallel_layer_pass_overhead_s", 0.0))}
-        self.tp_micro_batch_overhead = {False: float(tp.get("micro_batch_overhead_s", 0.0)),
-                                        True: float(tp.get("sequence_parallel_micro_batch_overhead_s", 0.0))}
+        host = profile.time_factors()["host"]
+
+        def overhead(key: str) -> dict[bool, float]:
+            return {False: float(tp.get(key, 0.0)) * host, True: float(tp.get(f"sequence_parallel_{key}", 0.0)) * host}
+
+        self.tp_pass_overhead = overhead("layer_pass_overhead_s")
+        self.tp_micro_batch_overhead = overhead("micro_batch_overhead_s")
         # and per layer under selective recompute: the checkpoint's dispatch mode around every operation.
-        self.tp_selective_overhead = {
-            False: float(tp.get("selective_recompute_layer_overhead_s", 0.0)),
-            True: float(tp.get("sequence_parallel_selective_recompute_layer_overhead_s", 0.0))}
+        self.tp_selective_overhead = overhead("selective_recompute_layer_overhead_s")
 
     def exposed(self, comm_s: float, compute_s: float) -> float:
         """Time a collective adds when it runs under `compute_s` of compute: the part that does

@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from functools import cache
 
+from planner import anatomy
 from planner.comm import Network, group
 from planner.compute import layer_time, logits_time
 from planner.device import DeviceModel
@@ -183,11 +184,21 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     compute_mb = layers_max * (lt.forward + lt.backward) + logit_fwd + logit_bwd
     recompute_mb = layers_max * recompute_layer
     tp_mb = layers_max * (tp_fwd + tp_bwd + tp_recompute) + tp_ends
+    # Under sequence parallelism each rank's LayerNorm weights saw only its slice of the sequence:
+    # their gradients are summed over the group once a step, flattened into one all-reduce
+    # (Megatron-LM's _allreduce_layernorm_grads; runtime/parallel.py).
+    layernorm_sync = 0.0
+    if t > 1 and lay.sequence_parallel:
+        layernorm_grads = layers_max * anatomy.layernorm_params(model) + 2 * model.hidden
+        layernorm_sync = net.time("all_reduce", layernorm_grads * GRAD_REDUCE_BYTES, group(t, 1, gpn))
     stage_mb = compute_mb + recompute_mb + tp_mb
     mean_stage_mb = stage_mb - (logit_fwd + logit_bwd) * (p - 1) / p if p > 1 else stage_mb
 
-    # 1F1B fill and drain: (p−1)/v stage-times of a micro-batch (Narayanan et al. 2021, §2.2).
-    bubble = (p - 1) / v * mean_stage_mb if p > 1 else 0.0
+    # 1F1B fill and drain: (p−1)/v stage-times of a micro-batch (Narayanan et al. 2021, §2.2), with
+    # 1, 2, … p−1 of the p stages computing; where ranks share a CPU's cores, the busy ones run faster.
+    bubble = 0.0
+    if p > 1:
+        bubble = (p - 1) / v * mean_stage_mb * sum(1 / dev.busy_speedup(k / p) for k in range(1, p)) / (p - 1)
     # Point-to-point: each micro-batch's activation forward and gradient back, per model chunk,
     # scattered over the tp ranks; the blocking send/recv of Megatron's schedule sits on the
     # critical path.
@@ -228,7 +239,7 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     breakdown = StepBreakdown(
         compute_s=m * compute_mb,
         recompute_s=m * recompute_mb,
-        tp_comm_s=m * tp_mb,
+        tp_comm_s=m * tp_mb + layernorm_sync,
         pp_comm_s=pp_comm,
         bubble_s=bubble,
         dp_comm_s=dp_comm,

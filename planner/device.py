@@ -82,6 +82,16 @@ class DeviceModel:
         self.bytes_per_element = BYTES_PER_ELEMENT[profile.dtype]
         self.queued = profile.device.get("kind") == "cuda"
         self.factor = profile.time_factors()
+        self.shared_cores = profile.device.get("shared_cores")   # a CPU run's ranks on one machine's cores
+
+    def busy_speedup(self, busy: float) -> float:
+        """How much faster a CPU rank computes while only this fraction of the run's ranks compute
+        (the rest wait, as in a pipeline's fill and drain): the waiting ranks' cores go to the busy
+        ones, each up to its own threads. 1 on a GPU, or where ranks do not share cores."""
+        if not self.shared_cores:
+            return 1.0
+        cores, ranks, threads = (self.shared_cores[k] for k in ("cores", "processes", "threads"))
+        return min(threads, cores / (ranks * busy)) / min(threads, cores / ranks)
 
     def _in_stream(self, isolated_s: float, latency_s: float, kind: str) -> float:
         """A kernel's time inside a step: its work (the measured time less the launch latency,

@@ -267,6 +267,11 @@ def print_validation(console: Console, run, profile, checks, tolerance: float) -
     if any(not c.memory_judged for c in checks):
         console.print("(—) memory on a CPU is each process's peak resident set, which includes the Python and "
                       "torch runtime the planner does not count: shown, not judged.")
+    saved = run.checkpoints()
+    if saved:
+        console.print(f"Checkpoints: {saved['count']} written, {saved['median_s']:.3g} s each (median; longest "
+                      f"{saved['max_s']:.3g} s), left out of the step times (a full-size run's is `flmplan simulate "
+                      "--checkpoint-min`).")
     verdict = (f"[red]{len(failed)} of {len(checks)} stages off by more than {tolerance:.0%}[/]" if failed
                else f"[green]every stage within {tolerance:.0%}[/]")
     console.print(verdict)

@@ -34,6 +34,14 @@ class RunRecord:
     folder: Path
     steps: list[dict]
     start: dict
+    checkpoint_s: tuple[float, ...] = ()     # each checkpoint's write time, as the run logged it
+
+    def checkpoints(self) -> dict | None:
+        """How long its checkpoints took: what `flmplan simulate --checkpoint-min` assumes."""
+        if not self.checkpoint_s:
+            return None
+        return {"count": len(self.checkpoint_s), "median_s": statistics.median(self.checkpoint_s),
+                "max_s": max(self.checkpoint_s)}
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ def read_run(folder: Path) -> RunRecord:
     path = folder / "metrics.jsonl"
     if not path.is_file():
         raise ValidateError(f"{folder} has no metrics.jsonl; it is not a run folder, or the run never started.")
-    steps, starts = [], []
+    steps, starts, saves = [], [], []
     for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
@@ -91,12 +99,14 @@ def read_run(folder: Path) -> RunRecord:
             raise ValidateError(f"{path} line {i} is not a record; the file is damaged.")
         if rec.get("event") == "start":
             starts.append(rec)
+        elif rec.get("event") == "checkpoint" and isinstance(rec.get("seconds"), int | float):
+            saves.append(float(rec["seconds"]))
         elif "step" in rec and "step_s" in rec:
             rec["_start"] = len(starts)
             steps.append(rec)
     if not steps:
         raise ValidateError(f"{path} has no step records yet; validate once the run has logged some steps.")
-    return RunRecord(folder, steps, starts[-1] if starts else {})
+    return RunRecord(folder, steps, starts[-1] if starts else {}, tuple(saves))
 
 
 def steady_steps(records: list[dict]) -> tuple[list[dict], int]:
@@ -138,24 +148,24 @@ def run_profile_for(run: RunRecord, plan: Plan, profile: Profile | None) -> Prof
 def shared_cores(run: RunRecord, profile: Profile) -> Profile:
     """A CPU run's ranks split the machine's cores: a rank with T threads, of P ranks on C cores,
     computes on min(T, C / P) cores, while the profile measured its kernels on its own thread
-    count; kernel times scale by that ratio (the rate taken as linear in cores), and the
-    tensor-parallel host time by the share of one core a rank gets."""
+    count; kernel times scale by that ratio (the rate taken as linear in cores). The
+    tensor-parallel host time and gloo's collectives (their copies, reductions and the loopback
+    network stack run on the ranks' own cores) are one thread's work each: they slow by the share
+    of one core a rank gets, against the share the profiler's ranks had."""
     start = run.start
     if start.get("device_kind") != "cpu":
         return profile
     cores = max(1, start.get("cores", 1))
     rank_cores = min(start.get("threads", cores), cores / max(1, start.get("processes", 1)))
     share = profile.software.get("threads", cores) / rank_cores
-    factors = {k: v * (share if k != "collectives" else 1.0) for k, v in profile.time_factors().items()}
-    collectives = profile.collectives
-    tp = collectives.get("tensor_parallel")
-    if tp and tp.get("probe", {}).get("rank_cores"):
-        # The tensor-parallel host time is one thread's work: it slows only where a rank has less
-        # than a core, against the probe's ranks.
-        slow = min(1.0, tp["probe"]["rank_cores"]) / min(1.0, rank_cores)
-        collectives = {**collectives, "tensor_parallel": {
-            **tp, **{k: v * slow for k, v in tp.items() if k.endswith("overhead_s")}}}
-    return replace(profile, calibration={**profile.calibration, "time_factors": factors}, collectives=collectives)
+    tp = profile.collectives.get("tensor_parallel", {})
+    slow = min(1.0, tp.get("probe", {}).get("rank_cores") or 1.0) / min(1.0, rank_cores)
+    factors = {k: v * (slow if k in ("collectives", "host") else share) for k, v in profile.time_factors().items()}
+    # Who computes when is the cost model's to say (a pipeline's fill and drain leave ranks idle): it
+    # gives an idle rank's cores to the busy ones (planner/device.py busy_speedup).
+    device = {**profile.device, "shared_cores": {"cores": cores, "processes": max(1, start.get("processes", 1)),
+                                                 "threads": start.get("threads", cores)}}
+    return replace(profile, calibration={**profile.calibration, "time_factors": factors}, device=device)
 
 
 def check_run(run: RunRecord, plan: Plan, profile: Profile) -> list[StageCheck]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import statistics
 import tempfile
 from dataclasses import replace
 
@@ -18,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from profiles.schema import bus_factor
-from profiles.timing import time_interleaved, time_lockstep
+from profiles.timing import median_and_spread, time_interleaved, time_lockstep
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
 # torch 2.13 renamed the tensor collectives; the GPU image's torch 2.11 has only the old names.
@@ -66,7 +67,8 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
                           "layer's collectives timed alone; per micro-batch, the rest of the 1-layer difference "
                           "(vocabulary-parallel embedding, output layer and loss); per layer under selective "
                           "recompute, the 3- over 1-layer slope with it over the slope without, less a layer pass "
-                          "and the re-run all-gathers timed alone"}},
+                          "and the re-run all-gathers timed alone. Every variant timed once per round, in turns; "
+                          "each figure the median over the rounds, with its spread (interquartile range / median)"}},
                       f)
     dist.barrier()
     dist.destroy_process_group()
@@ -166,22 +168,34 @@ def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtyp
         steps[f"tensor_parallel_{layers}_layers_s"] = lambda pm=sharded: pm.train_batch(x, y)
         steps[f"unsharded_{layers}_layers_s"] = unsharded_step(model(layers))
         steps[f"selective_recompute_{layers}_layers_s"] = lambda pm=recomputed: pm.train_batch(x, y)
-    # The figures below are differences of these times: taken in turns, not one after another.
-    times = time_interleaved(steps, device, warmup=3, rounds=reps)
-    per_layer = ((times["tensor_parallel_3_layers_s"] - times["tensor_parallel_1_layers_s"]
-                  - (times["unsharded_3_layers_s"] - times["unsharded_1_layers_s"])) / 2 - times["layer_collectives_s"])
-    pass_s = max(0.0, per_layer) / 2
-    ends = (times["tensor_parallel_1_layers_s"] - times["unsharded_1_layers_s"] - times["layer_collectives_s"]
-            - 2 * pass_s)
-    # Selective recompute per layer, beyond what the cost model charges for it (the re-run
-    # forward's host time around tensor parallelism, its all-gathers, and its LayerNorm and
-    # activation kernels, a few µs at the probe's size): the selective checkpoint's dispatch mode,
-    # which sees every operation of the forward and of its re-run on the host.
-    recompute_per_layer = (times["selective_recompute_3_layers_s"] - times["selective_recompute_1_layers_s"]
-                           - (times["tensor_parallel_3_layers_s"] - times["tensor_parallel_1_layers_s"])) / 2
-    selective_s = max(0.0, recompute_per_layer - pass_s - times["regathers_s"])
-    return {**times, "layer_pass_s": pass_s, "micro_batch_s": max(0.0, ends),
-            "selective_recompute_layer_s": selective_s}
+    # The figures below are differences of these times: taken in turns, and each figure is the
+    # median of its value in every round (their spread beside it).
+    rounds = time_interleaved(steps, device, warmup=3, rounds=reps)
+    return {**{name: statistics.median(r[name] for r in rounds) for name in steps},
+            **_overheads([_round_overheads(r) for r in rounds])}
+
+
+def _round_overheads(t: dict[str, float]) -> dict[str, float]:
+    """One round's figures. Per layer pass: half the sharded 3- over 1-layer slope over the
+    unsharded one, less the layer's collectives timed alone; per micro-batch: the rest of the
+    1-layer difference. Selective recompute per layer, beyond what the cost model charges for
+    it (the re-run forward's host time around tensor parallelism, its all-gathers, and its
+    LayerNorm and activation kernels, a few µs at the probe's size): the selective checkpoint's
+    dispatch mode, which sees every operation of the forward and of its re-run on the host."""
+    slope = (t["tensor_parallel_3_layers_s"] - t["tensor_parallel_1_layers_s"]) / 2
+    pass_s = max(0.0, slope - (t["unsharded_3_layers_s"] - t["unsharded_1_layers_s"]) / 2
+                 - t["layer_collectives_s"]) / 2
+    ends = t["tensor_parallel_1_layers_s"] - t["unsharded_1_layers_s"] - t["layer_collectives_s"] - 2 * pass_s
+    selective = ((t["selective_recompute_3_layers_s"] - t["selective_recompute_1_layers_s"]) / 2 - slope
+                 - pass_s - t["regathers_s"])
+    return {"layer_pass_s": pass_s, "micro_batch_s": max(0.0, ends), "selective_recompute_layer_s": max(0.0, selective)}
+
+
+def _overheads(rounds: list[dict[str, float]]) -> dict[str, float]:
+    out = {}
+    for name in rounds[0]:
+        out[name], out[name.removesuffix("_s") + "_spread"] = median_and_spread([r[name] for r in rounds])
+    return out
 
 
 def _rank_cores(nproc: int, device: torch.device) -> float | None:

@@ -20,8 +20,9 @@ SCHEMA_VERSION = 1
 SOURCES = ("measured", "derived", "refit")
 DTYPES = ("bf16", "fp16", "fp32")
 BYTES_PER_ELEMENT = {"bf16": 2, "fp16": 2, "fp32": 4}
-# The kinds of kernel time a calibration scales (Profile.calibration).
-CALIBRATED_KINDS = ("gemm", "attention", "memory_bound", "launch", "collectives")
+# The kinds of time a calibration scales (Profile.calibration): kernels, collectives, and the
+# runtime's measured host time around tensor parallelism and selective recompute ("host").
+CALIBRATED_KINDS = ("gemm", "attention", "memory_bound", "launch", "collectives", "host")
 
 
 def bus_factor(op: str, n: int) -> float:

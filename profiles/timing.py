@@ -88,16 +88,19 @@ def time_lockstep(fn: Callable[[], object], device: torch.device, warmup: int, r
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
-                     rounds: int) -> dict[str, float]:
-    """Median of each function's calls, made in turns (one call of each per round) so that a
-    machine's slow phases fall on all of them alike: for figures taken as differences of these
-    times. A fixed count of calls, as time_lockstep, for collectives."""
+                     rounds: int) -> list[dict[str, float]]:
+    """Each function's time in every round, the functions called in turns (one call of each per
+    round) so that a machine's slow phases fall on all of them alike: for figures taken as
+    differences of these times, per round. A fixed count of calls, as time_lockstep, for
+    collectives."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            times[name].append(_once(fn, device)[0])
-    return {name: statistics.median(t) for name, t in times.items()}
+    return [{name: _once(fn, device)[0] for name, fn in fns.items()} for _ in range(rounds)]
 
+
+def median_and_spread(values: list[float]) -> tuple[float, float]:
+    """The median of per-round figures and their interquartile range over its size (∞ at 0)."""
+    med = statistics.median(values)
+    q1, _, q3 = statistics.quantiles(values, n=4) if len(values) >= 4 else (min(values), 0, max(values))
+    return med, (q3 - q1) / abs(med) if med else float("inf")

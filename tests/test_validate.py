@@ -70,7 +70,16 @@ def test_validate_leaves_out_warm_up_and_computes_the_errors(tmp_path):
     assert stage["predicted_mfu"] == pytest.approx(0.375)
     assert stage["memory_error"] == pytest.approx(-0.10)
     assert stage["memory_judged"] is True
+    assert out["checkpoints"] is None
     assert runner.invoke(app, ["validate", str(run), "--tolerance", "0.25"]).exit_code == 0
+    # Checkpoints log their own seconds (left out of the step times): validate says what they took.
+    with (run / "metrics.jsonl").open("a") as f:
+        for seconds in (0.5, 0.25, 2.0):
+            f.write(json.dumps({"event": "checkpoint", "stage": 1, "step": 4, "seconds": seconds}) + "\n")
+    r = runner.invoke(app, ["validate", str(run), "--json"])
+    assert json.loads(r.stdout)["checkpoints"] == {"count": 3, "median_s": 0.5, "max_s": 2.0}
+    assert json.loads(r.stdout)["stages"][0]["step_error"] == pytest.approx(-0.20)
+    assert "3 written, 0.5 s each" in runner.invoke(app, ["validate", str(run), "--tolerance", "0.25"]).output
 
 
 def test_validate_fails_on_memory_alone(tmp_path):
@@ -148,8 +157,8 @@ def test_refit_refuses_bad_input(tmp_path):
 
 def test_cpu_ranks_sharing_cores_slow_kernels_and_the_tensor_parallel_host_time():
     """Kernels scale with the cores a rank gets against the profile's threads; the tensor-parallel
-    host time (one thread's work) slows only where a rank has less than a core, against the cores
-    its probe's ranks had."""
+    host time and gloo's collectives (one thread's work each) slow only where a rank has less than
+    a core, against the cores its probe's ranks had; a pipeline's waiting ranks lend theirs."""
     from dataclasses import replace
 
     from planner.validate import RunRecord, shared_cores
@@ -166,8 +175,26 @@ def test_cpu_ranks_sharing_cores_slow_kernels_and_the_tensor_parallel_host_time(
 
     two, four = shared_cores(run(2), profile), shared_cores(run(4), profile)
     assert two.time_factors()["gemm"] == pytest.approx(2.0) and four.time_factors()["gemm"] == pytest.approx(4.0)
-    assert two.collectives["tensor_parallel"]["layer_pass_overhead_s"] == pytest.approx(0.01)
-    assert four.collectives["tensor_parallel"]["sequence_parallel_layer_pass_overhead_s"] == pytest.approx(0.04)
+    # gloo's collectives run on the ranks' cores too: half a core each, twice as long.
+    for kind in ("host", "collectives"):
+        assert two.time_factors()[kind] == pytest.approx(1.0) and four.time_factors()[kind] == pytest.approx(2.0)
+    from planner.comm import Network
+
+    assert Network(two).tp_pass_overhead == {False: pytest.approx(0.01), True: pytest.approx(0.02)}
+    assert Network(four).tp_pass_overhead[True] == pytest.approx(0.04)
+    # A pipeline's fill and drain leave one of two stages computing: with 4 one-thread ranks on 2 cores
+    # the busy ranks get a whole core each, twice their share; 2 ranks on 2 cores had a core already.
+    from planner.specs import Layout, ModelSpec
+
+    model = ModelSpec(layers=2, hidden=1024, heads=8, ffn=4096, vocab=8192, seq=1024)
+
+    def bubble(prof, gpus: int) -> float:
+        lay = Layout(tp=gpus // 2, pp=2, dp=1, micro_batch=1, global_batch=4, zero=1)
+        return estimate_step(model, ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=gpus), lay, prof).breakdown.bubble_s
+
+    unshared = replace(four, device={k: v for k, v in four.device.items() if k != "shared_cores"})
+    assert bubble(four, 4) == pytest.approx(bubble(unshared, 4) / 2)
+    assert bubble(two, 2) == pytest.approx(bubble(replace(two, device=unshared.device), 2))
 
 
 def test_freelm_teacher_steps_are_counted_like_language_steps(tmp_path):
