@@ -44,7 +44,7 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
     rows = [row for nbytes in sizes for row in _measure_size(rank, nproc, nbytes, device, reps)]
     try:
-        tp = {sp: tensor_parallel_overhead(nproc, device, dtype, sp, reps=5 * reps) for sp in (False, True)}
+        tp = {sp: tensor_parallel_overhead(nproc, device, dtype, sp, reps=10 * reps + 1) for sp in (False, True)}
     except Exception as err:     # a profile without this entry still serves: say why it is missing
         tp = {sp: {"layer_pass_s": 0.0, "micro_batch_s": 0.0, "selective_recompute_layer_s": 0.0,
                    "error": f"{type(err).__name__}: {err}"}
@@ -74,6 +74,15 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
     dist.destroy_process_group()
 
 
+# Calls per op and size: small messages are cheap and their time is all latency, the figure a
+# shared host disturbs most, so they get many (every rank makes the same number).
+SMALL_MESSAGE_CALLS_BYTES = 1 << 25
+
+
+def _reps_for(nbytes: int, reps: int) -> int:
+    return max(reps, min(50, SMALL_MESSAGE_CALLS_BYTES // max(1, nbytes)))
+
+
 def _measure_size(rank: int, nproc: int, nbytes: int, device: torch.device, reps: int) -> list[dict]:
     numel = max(nproc, nbytes // 4) // nproc * nproc
     buf = torch.ones(numel, device=device)
@@ -99,7 +108,7 @@ def _measure_size(rank: int, nproc: int, nbytes: int, device: torch.device, reps
     rows = []
     for op, fn in ops.items():
         dist.barrier()
-        t = time_lockstep(fn, device, warmup=1, reps=reps)
+        t = time_lockstep(fn, device, warmup=3, reps=_reps_for(nbytes, reps))
         if op == "send_recv":
             t /= 2  # a round trip is two transfers
         size = numel * 4
