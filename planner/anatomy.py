@@ -108,6 +108,11 @@ def layernorm_params(model: ModelSpec) -> int:
     return LAYERNORMS_PER_LAYER * 2 * model.hidden
 
 
+def final_layernorm_params(model: ModelSpec) -> int:
+    """The LayerNorm after the last layer (on the last pipeline stage), weight and bias."""
+    return 2 * model.hidden
+
+
 def layer_params(model: ModelSpec) -> int:
     return sum(m.params for m in matmuls(model)) + layernorm_params(model)
 

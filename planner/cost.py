@@ -12,6 +12,7 @@ PyTorch FSDP (Zhao et al. 2023) for sharded data parallelism.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass, replace
 from functools import cache
 
@@ -189,7 +190,7 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     # (Megatron-LM's _allreduce_layernorm_grads; runtime/parallel.py).
     layernorm_sync = 0.0
     if t > 1 and lay.sequence_parallel:
-        layernorm_grads = layers_max * anatomy.layernorm_params(model) + 2 * model.hidden
+        layernorm_grads = layers_max * anatomy.layernorm_params(model) + anatomy.final_layernorm_params(model)
         layernorm_sync = net.time("all_reduce", layernorm_grads * GRAD_REDUCE_BYTES, group(t, 1, gpn))
     stage_mb = compute_mb + recompute_mb + tp_mb
     mean_stage_mb = stage_mb - (logit_fwd + logit_bwd) * (p - 1) / p if p > 1 else stage_mb
@@ -198,7 +199,7 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     # 1, 2, … p−1 of the p stages computing; where ranks share a CPU's cores, the busy ones run faster.
     bubble = 0.0
     if p > 1:
-        bubble = (p - 1) / v * mean_stage_mb * sum(1 / dev.busy_speedup(k / p) for k in range(1, p)) / (p - 1)
+        bubble = (p - 1) / v * mean_stage_mb * statistics.mean(1 / dev.busy_speedup(k / p) for k in range(1, p))
     # Point-to-point: each micro-batch's activation forward and gradient back, per model chunk,
     # scattered over the tp ranks; the blocking send/recv of Megatron's schedule sits on the
     # critical path.

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from planner.anatomy import stored_bytes_per_token
+from planner.anatomy import final_layernorm_params, stored_bytes_per_token
 from planner.specs import BYTES_PER_GIB, Layout, ModelSpec
 
 WEIGHT_BYTES = 2
@@ -47,7 +47,7 @@ def stage_params(model: ModelSpec, layout: Layout) -> float:
     t = layout.tp
     replicated = model.tp_replicated_layer_params()
     per_layer = (model.layer_params() - replicated) / t + replicated
-    final_norm = 2 * model.hidden
+    final_norm = final_layernorm_params(model)
     if layout.pp == 1:
         return model.layers * per_layer + (model.embedding_params() - final_norm) / t + final_norm
     embedding = model.vocab * model.hidden / t

@@ -155,15 +155,15 @@ def shared_cores(run: RunRecord, profile: Profile) -> Profile:
     start = run.start
     if start.get("device_kind") != "cpu":
         return profile
-    cores = max(1, start.get("cores", 1))
-    rank_cores = min(start.get("threads", cores), cores / max(1, start.get("processes", 1)))
+    cores, processes = max(1, start.get("cores", 1)), max(1, start.get("processes", 1))
+    rank_cores = min(start.get("threads", cores), cores / processes)
     share = profile.software.get("threads", cores) / rank_cores
     tp = profile.collectives.get("tensor_parallel", {})
     slow = min(1.0, tp.get("probe", {}).get("rank_cores") or 1.0) / min(1.0, rank_cores)
     factors = {k: v * (slow if k in ("collectives", "host") else share) for k, v in profile.time_factors().items()}
     # Who computes when is the cost model's to say (a pipeline's fill and drain leave ranks idle): it
     # gives an idle rank's cores to the busy ones (planner/device.py busy_speedup).
-    device = {**profile.device, "shared_cores": {"cores": cores, "processes": max(1, start.get("processes", 1)),
+    device = {**profile.device, "shared_cores": {"cores": cores, "processes": processes,
                                                  "threads": start.get("threads", cores)}}
     return replace(profile, calibration={**profile.calibration, "time_factors": factors}, device=device)
 

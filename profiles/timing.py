@@ -32,8 +32,10 @@ class Timing:
 
 
 def _quartile_spread(times: list[float]) -> float:
+    """Interquartile range over the median's size (∞ at a zero median, as a difference can be)."""
     q1, _, q3 = statistics.quantiles(times, n=4) if len(times) >= 4 else (min(times), 0, max(times))
-    return (q3 - q1) / statistics.median(times)
+    med = abs(statistics.median(times))
+    return (q3 - q1) / med if med else float("inf")
 
 
 def _once(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
@@ -100,7 +102,5 @@ def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device,
 
 
 def median_and_spread(values: list[float]) -> tuple[float, float]:
-    """The median of per-round figures and their interquartile range over its size (∞ at 0)."""
-    med = statistics.median(values)
-    q1, _, q3 = statistics.quantiles(values, n=4) if len(values) >= 4 else (min(values), 0, max(values))
-    return med, (q3 - q1) / abs(med) if med else float("inf")
+    """The median of per-round figures and their spread."""
+    return statistics.median(values), _quartile_spread(values)
