@@ -61,6 +61,14 @@ class Network:
         self.tp_micro_batch_overhead = overhead("micro_batch_overhead_s")
         # and per layer under selective recompute: the checkpoint's dispatch mode around every operation.
         self.tp_selective_overhead = overhead("selective_recompute_layer_overhead_s")
+        # The step after the backward (clip, AdamW, zero) on the probe's models, on DTensor shards
+        # and on whole tensors: (seconds per layer, the rest), and the probe's parameters for them.
+        opt = tp.get("optimizer", {})
+        self.optimizer_tail: dict[bool, tuple[float, float]] = {
+            sharded: (float(opt[f"{kind}_layer_s"]) * host, float(opt[f"{kind}_fixed_s"]) * host)
+            for sharded, kind in ((True, "sharded"), (False, "unsharded")) if f"{kind}_layer_s" in opt}
+        self.optimizer_probe = (int(opt.get("layer_params", 0)), int(opt.get("fixed_params", 0)),
+                                int(tp.get("probe", {}).get("ranks", 1)))
 
     def exposed(self, comm_s: float, compute_s: float) -> float:
         """Time a collective adds when it runs under `compute_s` of compute: the part that does

@@ -47,7 +47,9 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
         tp = {sp: tensor_parallel_overhead(nproc, device, dtype, sp, reps=10 * reps + 1) for sp in (False, True)}
     except Exception as err:     # a profile without this entry still serves: say why it is missing
         tp = {sp: {"layer_pass_s": 0.0, "micro_batch_s": 0.0, "selective_recompute_layer_s": 0.0,
-                   "error": f"{type(err).__name__}: {err}"}
+                   "optimizer_sharded_layer_s": 0.0, "optimizer_sharded_fixed_s": 0.0,
+                   "optimizer_unsharded_layer_s": 0.0, "optimizer_unsharded_fixed_s": 0.0,
+                   "layer_params": 0, "fixed_params": 0, "error": f"{type(err).__name__}: {err}"}
               for sp in (False, True)}
     if rank == 0:
         import json
@@ -60,6 +62,12 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
                 "sequence_parallel_micro_batch_overhead_s": tp[True]["micro_batch_s"],
                 "selective_recompute_layer_overhead_s": tp[False]["selective_recompute_layer_s"],
                 "sequence_parallel_selective_recompute_layer_overhead_s": tp[True]["selective_recompute_layer_s"],
+                # The step after the backward (timed in the probe without sequence parallelism):
+                # seconds per layer and the rest, with the probe's parameters per layer and the
+                # rest (whole, not sharded) beside them.
+                "optimizer": {**{f"{kind}_{part}_s": tp[False][f"optimizer_{kind}_{part}_s"]
+                                 for kind in ("sharded", "unsharded") for part in ("layer", "fixed")},
+                              "layer_params": tp[False]["layer_params"], "fixed_params": tp[False]["fixed_params"]},
                 "probe": {**TP_PROBE, "ranks": nproc, "rank_cores": _rank_cores(nproc, device), "plain": tp[False],
                           "sequence_parallel": tp[True]},
                 "method": "ParallelModel.train_batch of one micro-batch on 1- and 3-layer probe models, sharded "
@@ -67,8 +75,13 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
                           "layer's collectives timed alone; per micro-batch, the rest of the 1-layer difference "
                           "(vocabulary-parallel embedding, output layer and loss); per layer under selective "
                           "recompute, the 3- over 1-layer slope with it over the slope without, less a layer pass "
-                          "and the re-run all-gathers timed alone. Every variant timed once per round, in turns; "
-                          "each figure the median over the rounds, with its spread (interquartile range / median)"}},
+                          "and the re-run all-gathers timed alone; the step after the backward (the runtime's "
+                          "clip, the fused AdamW step, gradients zeroed) on the same models, sharded and whole, "
+                          "per layer (the 3- over 1-layer slope) and the rest. Every variant timed once per "
+                          "round, in turns; each figure the median over the rounds, with its spread "
+                          "(interquartile range / median). The planner charges, where the probe has them, what "
+                          "its own model leaves of the sharded per-layer and 1-layer times instead of these "
+                          "differences (planner/cost.py tensor_parallel_residuals)"}},
                       f)
     dist.barrier()
     dist.destroy_process_group()
@@ -130,10 +143,13 @@ def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtyp
     collectives of its layers: one micro-batch of `train_batch` on 1- and 3-layer models, sharded
     over the nproc ranks and unsharded; the difference in the layers' slope is per layer pass, the
     rest (the vocabulary-parallel embedding, output layer and loss) per micro-batch; the same
-    sharded models under selective recompute give its cost per layer. Every rank calls this."""
+    sharded models under selective recompute give its cost per layer. Without sequence
+    parallelism the step after the backward (clip, AdamW, zero) is timed on them too, sharded and
+    whole. The planner takes its charges from these times (planner/cost.py
+    tensor_parallel_residuals, optimizer_step_s). Every rank calls this."""
     from planner.specs import Layout
     from runtime.model import Decoder, DecoderConfig, causal_lm_loss
-    from runtime.parallel import make_mesh, parallelize
+    from runtime.parallel import make_mesh, make_optimizer, parallelize
 
     h, seq, b, vocab = TP_PROBE["hidden"], TP_PROBE["seq"], TP_PROBE["micro_batch"], TP_PROBE["vocab"]
     layout = Layout(tp=nproc, pp=1, dp=1, micro_batch=b, global_batch=b, sequence_parallel=sequence_parallel,
@@ -149,6 +165,28 @@ def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtyp
 
     def unsharded_step(m: Decoder):
         return lambda: causal_lm_loss(m(x), y).backward()
+
+    def unsharded_tail(m: Decoder):
+        # A single process's step after its backward (runtime/train.py): the gradient norm and clip
+        # as multi-tensor kernels, the fused AdamW step, the gradients zeroed.
+        opt = make_optimizer(m, 1e-4)
+
+        def tail() -> None:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0, foreach=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return tail
+
+    def sharded_tail(pm):
+        # The same on DTensor shards, through the runtime's own clip (one all-reduce of the norm).
+        opts = [make_optimizer(c, 1e-4) for c in pm.chunks]
+
+        def tail() -> None:
+            pm.clip_and_unscale(1.0)
+            for o in opts:
+                o.step()
+                o.zero_grad(set_to_none=True)
+        return tail
 
     selective = replace(layout, recompute="selective")
     full = torch.empty(b * seq * h, device=device, dtype=dtype)
@@ -174,14 +212,23 @@ def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtyp
     for layers in (1, 3):
         sharded = parallelize(model(layers), layout, mesh, device)
         recomputed = parallelize(model(layers), selective, mesh, device)
+        plain = model(layers)
         steps[f"tensor_parallel_{layers}_layers_s"] = lambda pm=sharded: pm.train_batch(x, y)
-        steps[f"unsharded_{layers}_layers_s"] = unsharded_step(model(layers))
+        steps[f"unsharded_{layers}_layers_s"] = unsharded_step(plain)
         steps[f"selective_recompute_{layers}_layers_s"] = lambda pm=recomputed: pm.train_batch(x, y)
+        if not sequence_parallel:     # which does not change the step's tensors: timed once
+            # Each after its model's step above, whose gradients it uses and frees, as the runtime
+            # does (the warm-up and every round call them in this order).
+            steps[f"optimizer_sharded_{layers}_layers_s"] = sharded_tail(sharded)
+            steps[f"optimizer_unsharded_{layers}_layers_s"] = unsharded_tail(plain)
     # The figures below are differences of these times: taken in turns, and each figure is the
     # median of its value in every round (their spread beside it).
     rounds = time_interleaved(steps, device, warmup=3, rounds=reps)
+    one = model(1)
+    layer_params = sum(p.numel() for p in one.blocks["0"].parameters())
     return {**{name: statistics.median(r[name] for r in rounds) for name in steps},
-            **_overheads([_round_overheads(r) for r in rounds])}
+            **_overheads([_round_overheads(r) for r in rounds]),
+            "layer_params": layer_params, "fixed_params": sum(p.numel() for p in one.parameters()) - layer_params}
 
 
 def _round_overheads(t: dict[str, float]) -> dict[str, float]:
@@ -192,12 +239,22 @@ def _round_overheads(t: dict[str, float]) -> dict[str, float]:
     LayerNorm and activation kernels, a few µs at the probe's size): the selective checkpoint's
     dispatch mode, which sees every operation of the forward and of its re-run on the host."""
     slope = (t["tensor_parallel_3_layers_s"] - t["tensor_parallel_1_layers_s"]) / 2
+    selective_slope = (t["selective_recompute_3_layers_s"] - t["selective_recompute_1_layers_s"]) / 2
     pass_s = max(0.0, slope - (t["unsharded_3_layers_s"] - t["unsharded_1_layers_s"]) / 2
                  - t["layer_collectives_s"]) / 2
     ends = t["tensor_parallel_1_layers_s"] - t["unsharded_1_layers_s"] - t["layer_collectives_s"] - 2 * pass_s
-    selective = ((t["selective_recompute_3_layers_s"] - t["selective_recompute_1_layers_s"]) / 2 - slope
-                 - pass_s - t["regathers_s"])
-    return {"layer_pass_s": pass_s, "micro_batch_s": max(0.0, ends), "selective_recompute_layer_s": max(0.0, selective)}
+    selective = selective_slope - slope - pass_s - t["regathers_s"]
+    # The step after the backward (clip, AdamW, zero), per layer and the rest, on shards and whole:
+    # measured with the kernels' own work in it, which the cost model takes out (planner/cost.py).
+    tail = {}
+    for kind in ("sharded", "unsharded") if "optimizer_sharded_1_layers_s" in t else ():
+        per_layer = (t[f"optimizer_{kind}_3_layers_s"] - t[f"optimizer_{kind}_1_layers_s"]) / 2
+        tail[f"optimizer_{kind}_layer_s"] = max(0.0, per_layer)
+        tail[f"optimizer_{kind}_fixed_s"] = max(0.0, t[f"optimizer_{kind}_1_layers_s"] - per_layer)
+    # The sharded models' time per layer (forward + backward), without and with selective
+    # recompute: the planner holds its own charge for the probe against these (planner/cost.py).
+    return {"layer_pass_s": pass_s, "micro_batch_s": max(0.0, ends), "selective_recompute_layer_s": max(0.0, selective),
+            "sharded_layer_s": slope, "selective_recompute_sharded_layer_s": selective_slope, **tail}
 
 
 def _overheads(rounds: list[dict[str, float]]) -> dict[str, float]:

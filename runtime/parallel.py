@@ -294,9 +294,11 @@ class ParallelModel:
         """Global gradient norm over every shard and stage, as a device tensor (no host sync).
         Each rank adds the squares of its local pieces, divided by how many ranks hold the same
         piece (replicated over tp or dp), and one all-reduce over the world sums them; the tied
-        embedding of the last pipeline stage is counted once, on the first."""
-        sq = torch.zeros((), device=self.device, dtype=torch.float32)
+        embedding of the last pipeline stage is counted once, on the first. The norms are taken
+        with one multi-tensor call per replication count (as Megatron-LM's multi_tensor_l2norm
+        and torch's clip_grad_norm_ do), not a few kernels per tensor."""
         sizes = {"dp": self.layout.dp, "tp": self.layout.tp}
+        by_copies: dict[int, list[torch.Tensor]] = {}
         for c, cid in zip(self.chunks, self.chunk_ids, strict=True):
             for name, p in c.named_parameters():
                 if p.grad is None or (name.startswith("embed.") and self.layout.pp > 1 and cid != 0):
@@ -309,7 +311,11 @@ class ParallelModel:
                         if not isinstance(placement, Replicate) and dim_name in sizes:
                             copies //= sizes[dim_name]
                     g = g.to_local()
-                sq += g.float().pow(2).sum() / copies
+                by_copies.setdefault(copies, []).append(g)
+        sq = torch.zeros((), device=self.device, dtype=torch.float32)
+        for copies, grads in by_copies.items():
+            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+            sq += torch.stack(norms).square().sum() / copies
         if dist.get_world_size() > 1:
             dist.all_reduce(sq)
         return sq.sqrt()

@@ -4,8 +4,9 @@ from dataclasses import replace
 
 import pytest
 
-from planner.cost import estimate_step
+from planner.cost import estimate_step, tensor_parallel_residuals
 from planner.layouts import PartialLayout
+from planner.memory import stage_params
 from planner.search import search_layout
 from planner.specs import ClusterSpec, Layout, ModelSpec, Software, get_gpu
 from profiles.schema import builtin_profile
@@ -179,6 +180,74 @@ def test_tensor_parallel_host_overhead_by_hand(a800):
     assert step(hidden).tp_comm_s == step(plain).tp_comm_s
     assert step(hidden).compute_s == pytest.approx(step(plain).compute_s)
     assert step(on_gpu(10.0)).compute_s >= passes * 10.0                      # the host is the bottleneck
+
+
+PROBE = {"hidden": 128, "heads": 8, "seq": 64, "micro_batch": 2, "vocab": 256, "ranks": 2}
+
+
+def test_tensor_parallel_host_times_are_what_the_model_leaves_of_the_probe(a800):
+    """With the probe's sharded times in the profile, the host times per layer pass, per micro-batch
+    and per selectively recomputed layer are what the cost model does not charge of them: built
+    here as the model's own charge for the probe plus known host times, they come back, and the
+    probe's steps are then predicted at their measured times."""
+    cpu = replace(_synthetic(a800, membw_gbps=50.0), device={**a800.device, "kind": "cpu"})
+    cluster = ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=2)
+
+    def probe_step(profile, layers: int, sp: bool, recompute: str = "none") -> float:
+        model = ModelSpec(layers=layers, hidden=128, heads=8, ffn=512, vocab=256, seq=64)
+        lay = Layout(tp=2, pp=1, dp=1, micro_batch=2, global_batch=2, sequence_parallel=sp, recompute=recompute)
+        b = estimate_step(model, cluster, lay, profile).breakdown
+        return b.total_s - b.optimizer_s
+
+    host = {False: (0.004, 0.010, 0.003), True: (0.006, 0.020, 0.005)}     # pass, micro-batch, selective
+    probe = dict(PROBE)
+    for sp, kind in ((False, "plain"), (True, "sequence_parallel")):
+        pass_s, ends, selective = host[sp]
+        layer = (probe_step(cpu, 3, sp) - probe_step(cpu, 1, sp)) / 2
+        selective_layer = (probe_step(cpu, 3, sp, "selective") - probe_step(cpu, 1, sp, "selective")) / 2
+        probe[kind] = {"sharded_layer_s": layer + 2 * pass_s,
+                       "tensor_parallel_1_layers_s": probe_step(cpu, 1, sp) + ends + 2 * pass_s,
+                       "selective_recompute_sharded_layer_s": selective_layer + 3 * pass_s + selective}
+    measured = replace(cpu, collectives={**cpu.collectives, "tensor_parallel": {"probe": probe}})
+    tp = tensor_parallel_residuals(measured).collectives["tensor_parallel"]
+    for sp, key in ((False, ""), (True, "sequence_parallel_")):
+        assert (tp[f"{key}layer_pass_overhead_s"], tp[f"{key}micro_batch_overhead_s"],
+                tp[f"{key}selective_recompute_layer_overhead_s"]) == pytest.approx(host[sp])
+        kind = probe["sequence_parallel" if sp else "plain"]
+        assert probe_step(measured, 1, sp) == pytest.approx(kind["tensor_parallel_1_layers_s"])
+        assert probe_step(measured, 3, sp) == pytest.approx(kind["tensor_parallel_1_layers_s"]
+                                                            + 2 * kind["sharded_layer_s"])
+    assert tensor_parallel_residuals(cpu) is cpu           # no probe: the profile as it is
+
+
+def test_optimizer_step_host_time_by_hand(a800):
+    """On a CPU the step after the backward is AdamW's bytes plus the host time the profiler
+    measured per layer and per model chunk, less the probe's own bytes; sharded (DTensor) figures
+    under tensor or sharded data parallelism, whole-tensor ones otherwise. On a GPU, bytes only."""
+    membw = 50.0
+    base = _synthetic(a800, membw_gbps=membw)
+    optimizer = {"sharded_layer_s": 0.002, "sharded_fixed_s": 0.003, "unsharded_layer_s": 0.001,
+                 "unsharded_fixed_s": 0.0015, "layer_params": 200_000, "fixed_params": 30_000}
+    measured = replace(base, collectives={**base.collectives,
+                                          "tensor_parallel": {"optimizer": optimizer, "probe": {"ranks": 2}}})
+    cpu = replace(measured, device={**a800.device, "kind": "cpu"})
+
+    def seconds(params: float) -> float:                         # 30 bytes a parameter through memory
+        return params * 30 / (membw * 1e9)
+
+    for layout, kind, shards in (({}, "unsharded", 1), ({"tp": 2}, "sharded", 2), ({"dp": 2, "zero": 1}, "sharded", 2),
+                                 ({"dp": 2, "zero": 0}, "unsharded", 1)):
+        gpus = layout.get("tp", 1) * layout.get("dp", 1)
+        lay = Layout(**{"tp": 1, "pp": 1, "dp": 1, "micro_batch": 1, "global_batch": layout.get("dp", 1), **layout})
+        est = estimate_step(SMALL, ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=gpus), lay, cpu)
+        opt_params = stage_params(SMALL, lay) / (lay.dp if lay.zero >= 1 else 1)
+        host_layer = optimizer[f"{kind}_layer_s"] - seconds(optimizer["layer_params"] / shards)
+        host_fixed = optimizer[f"{kind}_fixed_s"] - seconds(optimizer["fixed_params"] / shards)
+        assert est.breakdown.optimizer_s == pytest.approx(seconds(opt_params) + SMALL.layers * host_layer
+                                                          + host_fixed), layout
+    gpu = estimate_step(SMALL, ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=2),
+                        Layout(tp=2, pp=1, dp=1, micro_batch=1, global_batch=1), measured)
+    assert gpu.breakdown.optimizer_s == pytest.approx(seconds(stage_params(SMALL, gpu.layout)))
 
 
 def test_tensor_parallel_collectives_by_hand(a800):

@@ -74,6 +74,17 @@ def test_gloo_collectives_between_two_processes():
     assert (tp["sequence_parallel_selective_recompute_layer_overhead_s"]
             == tp["probe"]["sequence_parallel"]["selective_recompute_layer_s"] >= 0)
     assert tp["probe"]["ranks"] == 2 and tp["probe"]["rank_cores"] > 0
+    # The per-layer times the planner holds its charge against, and the step after the backward:
+    # a 3-layer model's takes longer than a 1-layer one's, sharded longer than whole.
+    for kind in ("plain", "sequence_parallel"):
+        assert tp["probe"][kind]["sharded_layer_s"] > 0 and tp["probe"][kind]["selective_recompute_sharded_layer_s"] > 0
+    plain, opt = tp["probe"]["plain"], tp["optimizer"]
+    assert plain["optimizer_sharded_3_layers_s"] > plain["optimizer_sharded_1_layers_s"] > 0
+    assert plain["optimizer_sharded_1_layers_s"] > plain["optimizer_unsharded_1_layers_s"] > 0
+    assert opt["sharded_layer_s"] == plain["optimizer_sharded_layer_s"] > 0
+    # One layer of the probe: QKV, attention out, MLP up and down with biases, two LayerNorms.
+    h = tp["probe"]["hidden"]
+    assert opt["layer_params"] == 12 * h * h + 13 * h and opt["fixed_params"] > 0
 
 
 def test_builtin_profiles_say_where_each_value_comes_from():
