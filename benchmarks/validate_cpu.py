@@ -40,6 +40,11 @@ def profile_for(threads: int, folder: Path) -> Path:
     return path
 
 
+# The runs held out of the refit: each beside a run of its kind that is fitted (tp=2 and
+# tp=2 + sp, pp=2 and its interleaved schedule, tp=2 and tp=2 × pp=2, FSDP on 2 and on 4).
+HELD_OUT = ("tp=2 + sequence parallel", "pipeline pp=2 interleaved", "tp=2 × pp=2", "FSDP dp=4")
+
+
 def runs(folder: Path, steps: int, repeats: int) -> list[tuple[str, list[Path]]]:
     """Every run `repeats` times, round after round (this machine's speed drifts over tens of
     seconds: a run's repeat comes minutes later, not right after it); each run's folders."""
@@ -88,9 +93,11 @@ def main() -> int:
     print(f"(this machine: {cores} cores; profile measured with {profile.software['threads']} threads; "
           f"{args.repeats} runs of each, warm-up steps left out)")
 
-    # Refit on every other run; the rest are held out.
-    fit = [p for _, paths in all_runs[::2] for p in paths]
-    held = [p for _, paths in all_runs[1::2] for p in paths]
+    # Refit on half the runs, the rest held out: one of each kind on either side, so that every
+    # time factor a held-out run leans on is one the fitted runs constrain (the two sharded data-
+    # parallel runs, which alone lean on the collectives, must not both be held out).
+    fit = [p for name, paths in all_runs if not name.startswith(HELD_OUT) for p in paths]
+    held = [p for name, paths in all_runs if name.startswith(HELD_OUT) for p in paths]
     result = refit_profile(profile, fit, held)
     factors = ", ".join(f"{k} ×{v:.3g}" for k, v in result.profile.calibration["time_factors"].items())
     print(f"\nrefit on {len(fit)} runs ({factors}): fitted rms {rms_error(result.fitted):.1%}; "

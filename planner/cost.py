@@ -145,14 +145,20 @@ def tensor_parallel_residuals(profile: Profile) -> Profile:
     layer (with and without selective recompute) and the 1-layer step. The profiler's figures are
     differences against the probe's unsharded twin, whose small kernels the model charges less
     than they take (their dispatch, the views and the autograd engine around them), so the
-    prediction of the probe fell short by that; as residuals of the model (uncalibrated: `--refit`
-    scales them with its host factor) the prediction of the probe is its measured time. A profile
+    prediction of the probe fell short by that; as residuals of the model the prediction of the
+    probe is its measured time, whatever the profile's time factors (`--refit` scales the
+    residuals with its host factor). The model they are taken against runs on the probe's own
+    cores: a CPU run's sharing of them (planner/validate.py shared_cores) is undone. A profile
     without the probe's sharded times is returned as it is."""
     tp = profile.collectives.get("tensor_parallel", {})
     probe = tp.get("probe", {})
     if not all("sharded_layer_s" in probe.get(kind, {}) for kind in _PROBE_KINDS.values()):
         return profile
-    bare = replace(profile, calibration={}, collectives={**profile.collectives, "tensor_parallel": {}})
+    sharing = profile.device.get("shared_cores", {}).get("scaled", {})
+    as_profiled = {k: v / sharing.get(k, 1.0) for k, v in profile.time_factors().items()}
+    bare = replace(profile, calibration={"time_factors": as_profiled},
+                   device={k: v for k, v in profile.device.items() if k != "shared_cores"},
+                   collectives={**profile.collectives, "tensor_parallel": {}})
     ranks, b = int(probe["ranks"]), int(probe["micro_batch"])
     # Only the node's size matters to the step of a layout this small.
     cluster = ClusterSpec(gpu=get_gpu("h200-141gb"), gpus=ranks, gpus_per_node=ranks)

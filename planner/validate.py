@@ -160,11 +160,13 @@ def shared_cores(run: RunRecord, profile: Profile) -> Profile:
     share = profile.software.get("threads", cores) / rank_cores
     tp = profile.collectives.get("tensor_parallel", {})
     slow = min(1.0, tp.get("probe", {}).get("rank_cores") or 1.0) / min(1.0, rank_cores)
-    factors = {k: v * (slow if k in ("collectives", "host") else share) for k, v in profile.time_factors().items()}
+    scaled = {k: slow if k in ("collectives", "host") else share for k in profile.time_factors()}
+    factors = {k: v * scaled[k] for k, v in profile.time_factors().items()}
     # Who computes when is the cost model's to say (a pipeline's fill and drain leave ranks idle): it
-    # gives an idle rank's cores to the busy ones (planner/device.py busy_speedup).
+    # gives an idle rank's cores to the busy ones (planner/device.py busy_speedup). What was scaled
+    # is kept: the profiler's probe ran on its own cores (planner/cost.py tensor_parallel_residuals).
     device = {**profile.device, "shared_cores": {"cores": cores, "processes": processes,
-                                                 "threads": start.get("threads", cores)}}
+                                                 "threads": start.get("threads", cores), "scaled": scaled}}
     return replace(profile, calibration={**profile.calibration, "time_factors": factors}, device=device)
 
 
