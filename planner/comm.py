@@ -61,6 +61,9 @@ class Network:
         self.tp_micro_batch_overhead = overhead("micro_batch_overhead_s")
         # and per layer under selective recompute: the checkpoint's dispatch mode around every operation.
         self.tp_selective_overhead = overhead("selective_recompute_layer_overhead_s")
+        # and per layer pass and micro-batch under FSDP (zero 3): its hooks, copies and waits on the host.
+        self.fsdp_pass_overhead = float(tp.get("fully_sharded_layer_pass_overhead_s", 0.0)) * host
+        self.fsdp_micro_batch_overhead = float(tp.get("fully_sharded_micro_batch_overhead_s", 0.0)) * host
         # The step after the backward (clip, AdamW, zero) on the probe's models, on DTensor shards
         # and on whole tensors: (seconds per layer, the rest), and the probe's parameters for them.
         opt = tp.get("optimizer", {})

@@ -132,24 +132,25 @@ def optimizer_step_s(dev: DeviceModel, net: Network, lay: Layout, opt_params: fl
 
 @cache
 def device_models(profile: Profile) -> tuple[DeviceModel, Network]:
-    return DeviceModel(profile), Network(tensor_parallel_residuals(profile))
+    return DeviceModel(profile), Network(probe_residuals(profile))
 
 
 # The parts of the profiler's tensor-parallel probe the residuals are taken from (profiles/collectives.py).
 _PROBE_KINDS = {False: "plain", True: "sequence_parallel"}
 
 
-def tensor_parallel_residuals(profile: Profile) -> Profile:
-    """The profile with its tensor-parallel host times taken as what the cost model does not
-    charge of the probe the profiler timed: the runtime's own sharded 1- and 3-layer models, per
-    layer (with and without selective recompute) and the 1-layer step. The profiler's figures are
-    differences against the probe's unsharded twin, whose small kernels the model charges less
-    than they take (their dispatch, the views and the autograd engine around them), so the
-    prediction of the probe fell short by that; as residuals of the model the prediction of the
-    probe is its measured time, whatever the profile's time factors (`--refit` scales the
-    residuals with its host factor). The model they are taken against runs on the probe's own
-    cores: a CPU run's sharing of them (planner/validate.py shared_cores) is undone. A profile
-    without the probe's sharded times is returned as it is."""
+def probe_residuals(profile: Profile) -> Profile:
+    """The profile with the runtime's host times taken as what the cost model does not charge of
+    the probe the profiler timed: the runtime's own 1- and 3-layer models sharded by tensor
+    parallelism (per layer, with and without selective recompute, and the 1-layer step) and, where
+    timed, by FSDP (per layer and the 1-layer step). The profiler's own figures are differences
+    against the probe's unsharded twin, whose small kernels the model charges less than they take
+    (their dispatch, the views and the autograd engine around them), so the prediction of the probe
+    fell short by that; as residuals of the model the prediction of the probe is its measured time,
+    whatever the profile's time factors (`--refit` scales the residuals with its host factor). The
+    model they are taken against runs on the probe's own cores: a CPU run's sharing of them
+    (planner/validate.py shared_cores) is undone. A profile without the probe's sharded times is
+    returned as it is."""
     tp = profile.collectives.get("tensor_parallel", {})
     probe = tp.get("probe", {})
     if not all("sharded_layer_s" in probe.get(kind, {}) for kind in _PROBE_KINDS.values()):
@@ -163,26 +164,36 @@ def tensor_parallel_residuals(profile: Profile) -> Profile:
     # Only the node's size matters to the step of a layout this small.
     cluster = ClusterSpec(gpu=get_gpu("h200-141gb"), gpus=ranks, gpus_per_node=ranks)
 
-    def charged(layers: int, sequence_parallel: bool, recompute: str = "none") -> float:
+    def charged(layers: int, **layout) -> float:
         model = ModelSpec(layers=layers, hidden=probe["hidden"], heads=probe["heads"], ffn=4 * probe["hidden"],
                           vocab=probe["vocab"], seq=probe["seq"])
-        layout = Layout(tp=ranks, pp=1, dp=1, micro_batch=b, global_batch=b, sequence_parallel=sequence_parallel,
-                        zero=0, recompute=recompute)
-        step = estimate_step(model, cluster, layout, bare).breakdown
+        shape = {"tp": ranks, "dp": 1, "zero": 0, **layout}
+        lay = Layout(pp=1, micro_batch=b, global_batch=b * shape["dp"], **shape)
+        step = estimate_step(model, cluster, lay, bare).breakdown
         return step.total_s - step.optimizer_s
+
+    def per_layer(measured_slope: float, **layout) -> float:
+        """Each of a layer's passes (forward, backward): half of what the model leaves of its slope."""
+        return max(0.0, measured_slope - (charged(3, **layout) - charged(1, **layout)) / 2) / 2
 
     out = dict(tp)
     for sp, kind in _PROBE_KINDS.items():
         p, key = probe[kind], "sequence_parallel_" if sp else ""
-        layer = (charged(3, sp) - charged(1, sp)) / 2
-        selective = (charged(3, sp, "selective") - charged(1, sp, "selective")) / 2
-        # Per layer: forward and backward each one pass; the 1-layer step's rest is per micro-batch;
-        # selective recompute re-runs a pass and adds its checkpoint's own time (estimate_step).
-        pass_s = max(0.0, p["sharded_layer_s"] - layer) / 2
+        pass_s = per_layer(p["sharded_layer_s"], sequence_parallel=sp)
         out[f"{key}layer_pass_overhead_s"] = pass_s
-        out[f"{key}micro_batch_overhead_s"] = max(0.0, p["tensor_parallel_1_layers_s"] - charged(1, sp) - 2 * pass_s)
-        out[f"{key}selective_recompute_layer_overhead_s"] = max(
-            0.0, p["selective_recompute_sharded_layer_s"] - selective - 3 * pass_s)
+        # The 1-layer step's rest is per micro-batch (the vocabulary-parallel ends); selective
+        # recompute re-runs a pass and adds its checkpoint's own time (estimate_step).
+        out[f"{key}micro_batch_overhead_s"] = max(
+            0.0, p["tensor_parallel_1_layers_s"] - charged(1, sequence_parallel=sp) - 2 * pass_s)
+        selective = per_layer(p["selective_recompute_sharded_layer_s"], sequence_parallel=sp, recompute="selective")
+        out[f"{key}selective_recompute_layer_overhead_s"] = max(0.0, 2 * selective - 3 * pass_s)
+    plain = probe["plain"]
+    if "fully_sharded_layer_s" in plain:
+        fsdp = {"tp": 1, "dp": ranks, "zero": 3}
+        pass_s = per_layer(plain["fully_sharded_layer_s"], **fsdp)
+        out["fully_sharded_layer_pass_overhead_s"] = pass_s
+        out["fully_sharded_micro_batch_overhead_s"] = max(
+            0.0, plain["fully_sharded_1_layers_s"] - charged(1, **fsdp) - 2 * pass_s)
     return replace(profile, collectives={**profile.collectives, "tensor_parallel": out})
 
 
@@ -235,6 +246,16 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
             tp_fwd, tp_bwd = tp_fwd + overhead, tp_bwd + overhead
             tp_ends = net.tp_micro_batch_overhead[lay.sequence_parallel]
 
+    # FSDP's host time (measured by the profiler's probe, as tensor parallelism's): issue time on a
+    # GPU; on a CPU it adds, per layer pass and per micro-batch, to the data-parallel time.
+    fsdp_host = fsdp_ends = 0.0
+    if lay.dp > 1 and lay.zero >= 3:
+        if dev.queued:
+            lt = replace(lt, issue_fwd=lt.issue_fwd + net.fsdp_pass_overhead,
+                         issue_bwd=lt.issue_bwd + net.fsdp_pass_overhead)
+        else:
+            fsdp_host, fsdp_ends = net.fsdp_pass_overhead, net.fsdp_micro_batch_overhead
+
     if lay.recompute == "full":
         recompute_layer, tp_recompute = lt.forward, tp_fwd
     elif lay.recompute == "selective":
@@ -286,7 +307,7 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
             per_mb = (2 * net.time("all_gather", grads * dev.bytes_per_element, dp_group)
                       + net.time("reduce_scatter", grads * GRAD_REDUCE_BYTES, dp_group))
             first_gather = net.time("all_gather", grads * dev.bytes_per_element / layers_max, dp_group)
-            dp_comm = m * (net.exposed(per_mb, stage_mb) + first_gather)
+            dp_comm = m * (net.exposed(per_mb, stage_mb) + first_gather + 2 * layers_max * fsdp_host + fsdp_ends)
         else:
             reduce_op = "all_reduce" if lay.zero == 0 else "reduce_scatter"
             grad_sync = net.time(reduce_op, grads * GRAD_REDUCE_BYTES, dp_group)

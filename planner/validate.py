@@ -164,7 +164,7 @@ def shared_cores(run: RunRecord, profile: Profile) -> Profile:
     factors = {k: v * scaled[k] for k, v in profile.time_factors().items()}
     # Who computes when is the cost model's to say (a pipeline's fill and drain leave ranks idle): it
     # gives an idle rank's cores to the busy ones (planner/device.py busy_speedup). What was scaled
-    # is kept: the profiler's probe ran on its own cores (planner/cost.py tensor_parallel_residuals).
+    # is kept: the profiler's probe ran on its own cores (planner/cost.py probe_residuals).
     device = {**profile.device, "shared_cores": {"cores": cores, "processes": processes,
                                                  "threads": start.get("threads", cores), "scaled": scaled}}
     return replace(profile, calibration={**profile.calibration, "time_factors": factors}, device=device)

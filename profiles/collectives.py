@@ -77,11 +77,12 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
                           "recompute, the 3- over 1-layer slope with it over the slope without, less a layer pass "
                           "and the re-run all-gathers timed alone; the step after the backward (the runtime's "
                           "clip, the fused AdamW step, gradients zeroed) on the same models, sharded and whole, "
-                          "per layer (the 3- over 1-layer slope) and the rest. Every variant timed once per "
+                          "per layer (the 3- over 1-layer slope) and the rest; the same models' step under FSDP over "
+                          "the ranks (zero 3). Every variant timed once per "
                           "round, in turns; each figure the median over the rounds, with its spread "
                           "(interquartile range / median). The planner charges, where the probe has them, what "
                           "its own model leaves of the sharded per-layer and 1-layer times instead of these "
-                          "differences (planner/cost.py tensor_parallel_residuals)"}},
+                          "differences (planner/cost.py probe_residuals)"}},
                       f)
     dist.barrier()
     dist.destroy_process_group()
@@ -145,8 +146,8 @@ def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtyp
     rest (the vocabulary-parallel embedding, output layer and loss) per micro-batch; the same
     sharded models under selective recompute give its cost per layer. Without sequence
     parallelism the step after the backward (clip, AdamW, zero) is timed on them too, sharded and
-    whole. The planner takes its charges from these times (planner/cost.py
-    tensor_parallel_residuals, optimizer_step_s). Every rank calls this."""
+    whole, and the models' step under FSDP over the ranks. The planner takes its charges from
+    these times (planner/cost.py probe_residuals, optimizer_step_s). Every rank calls this."""
     from planner.specs import Layout
     from runtime.model import Decoder, DecoderConfig, causal_lm_loss
     from runtime.parallel import make_mesh, make_optimizer, parallelize
@@ -209,6 +210,14 @@ def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtyp
             _all_gather(full, part)
 
     steps = {"layer_collectives_s": layer_collectives, "regathers_s": regathers}
+    if not sequence_parallel:
+        # The same models under FSDP over the ranks (zero 3): its hooks, gathers and reductions
+        # on the host, which the planner holds its own charge against (planner/cost.py).
+        fsdp = Layout(tp=1, pp=1, dp=nproc, micro_batch=b, global_batch=b * nproc, zero=3)
+        fsdp_mesh = make_mesh(fsdp, device.type)
+        for layers in (1, 3):
+            steps[f"fully_sharded_{layers}_layers_s"] = (
+                lambda pm=parallelize(model(layers), fsdp, fsdp_mesh, device): pm.train_batch(x, y))
     for layers in (1, 3):
         sharded = parallelize(model(layers), layout, mesh, device)
         recomputed = parallelize(model(layers), selective, mesh, device)
@@ -247,6 +256,8 @@ def _round_overheads(t: dict[str, float]) -> dict[str, float]:
     # The step after the backward (clip, AdamW, zero), per layer and the rest, on shards and whole:
     # measured with the kernels' own work in it, which the cost model takes out (planner/cost.py).
     tail = {}
+    if "fully_sharded_1_layers_s" in t:
+        tail["fully_sharded_layer_s"] = (t["fully_sharded_3_layers_s"] - t["fully_sharded_1_layers_s"]) / 2
     for kind in ("sharded", "unsharded") if "optimizer_sharded_1_layers_s" in t else ():
         per_layer = (t[f"optimizer_{kind}_3_layers_s"] - t[f"optimizer_{kind}_1_layers_s"]) / 2
         tail[f"optimizer_{kind}_layer_s"] = max(0.0, per_layer)

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from planner.cost import estimate_step, tensor_parallel_residuals
+from planner.cost import estimate_step, probe_residuals
 from planner.layouts import PartialLayout
 from planner.memory import stage_params
 from planner.search import search_layout
@@ -185,9 +185,10 @@ def test_tensor_parallel_host_overhead_by_hand(a800):
 PROBE = {"hidden": 128, "heads": 8, "seq": 64, "micro_batch": 2, "vocab": 256, "ranks": 2}
 
 
-def test_tensor_parallel_host_times_are_what_the_model_leaves_of_the_probe(a800):
+def test_host_times_are_what_the_model_leaves_of_the_probe(a800):
     """With the probe's sharded times in the profile, the host times per layer pass, per micro-batch
-    and per selectively recomputed layer are what the cost model does not charge of them: built
+    and per selectively recomputed layer (tensor parallelism), and per layer pass and micro-batch
+    (FSDP), are what the cost model does not charge of them: built
     here as the model's own charge for the probe plus known host times, they come back, and the
     probe's steps are then predicted at their measured times."""
     cpu = replace(_synthetic(a800, membw_gbps=50.0), device={**a800.device, "kind": "cpu"})
@@ -208,8 +209,21 @@ def test_tensor_parallel_host_times_are_what_the_model_leaves_of_the_probe(a800)
         probe[kind] = {"sharded_layer_s": layer + 2 * pass_s,
                        "tensor_parallel_1_layers_s": probe_step(cpu, 1, sp) + ends + 2 * pass_s,
                        "selective_recompute_sharded_layer_s": selective_layer + 3 * pass_s + selective}
+    # FSDP over the two ranks (zero 3): per layer pass and per micro-batch.
+    def fsdp_step(profile, layers: int) -> float:
+        model = ModelSpec(layers=layers, hidden=128, heads=8, ffn=512, vocab=256, seq=64)
+        lay = Layout(tp=1, pp=1, dp=2, micro_batch=2, global_batch=4, zero=3)
+        b = estimate_step(model, cluster, lay, profile).breakdown
+        return b.total_s - b.optimizer_s
+
+    probe["plain"].update(fully_sharded_layer_s=(fsdp_step(cpu, 3) - fsdp_step(cpu, 1)) / 2 + 2 * 0.007,
+                          fully_sharded_1_layers_s=fsdp_step(cpu, 1) + 0.012 + 2 * 0.007)
     measured = replace(cpu, collectives={**cpu.collectives, "tensor_parallel": {"probe": probe}})
-    tp = tensor_parallel_residuals(measured).collectives["tensor_parallel"]
+    tp = probe_residuals(measured).collectives["tensor_parallel"]
+    assert (tp["fully_sharded_layer_pass_overhead_s"], tp["fully_sharded_micro_batch_overhead_s"]) == pytest.approx(
+        (0.007, 0.012))
+    assert fsdp_step(measured, 3) == pytest.approx(probe["plain"]["fully_sharded_1_layers_s"]
+                                                   + 2 * probe["plain"]["fully_sharded_layer_s"])
     for sp, key in ((False, ""), (True, "sequence_parallel_")):
         assert (tp[f"{key}layer_pass_overhead_s"], tp[f"{key}micro_batch_overhead_s"],
                 tp[f"{key}selective_recompute_layer_overhead_s"]) == pytest.approx(host[sp])
@@ -217,7 +231,27 @@ def test_tensor_parallel_host_times_are_what_the_model_leaves_of_the_probe(a800)
         assert probe_step(measured, 1, sp) == pytest.approx(kind["tensor_parallel_1_layers_s"])
         assert probe_step(measured, 3, sp) == pytest.approx(kind["tensor_parallel_1_layers_s"]
                                                             + 2 * kind["sharded_layer_s"])
-    assert tensor_parallel_residuals(cpu) is cpu           # no probe: the profile as it is
+    assert probe_residuals(cpu) is cpu           # no probe: the profile as it is
+
+
+def test_fsdp_host_time_by_hand(a800):
+    """FSDP's measured host time adds on a CPU once per forward and backward pass of every layer and
+    once per micro-batch, to the data-parallel time, under zero 3 only; on a GPU it is issue time."""
+    plain = _synthetic(a800)
+    measured = {**plain.collectives, "tensor_parallel": {"fully_sharded_layer_pass_overhead_s": 0.01,
+                                                          "fully_sharded_micro_batch_overhead_s": 0.1}}
+    cpu, cpu_plain = (replace(p, device={**a800.device, "kind": "cpu"})
+                      for p in (replace(plain, collectives=measured), plain))
+
+    def step(profile, zero: int):
+        lay = Layout(tp=1, pp=1, dp=2, micro_batch=1, global_batch=6, zero=zero)
+        return estimate_step(SMALL, ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=2), lay, profile).breakdown
+
+    assert step(cpu, 3).dp_comm_s - step(cpu_plain, 3).dp_comm_s == pytest.approx(3 * (SMALL.layers * 2 * 0.01 + 0.1))
+    assert step(cpu, 1).dp_comm_s == step(cpu_plain, 1).dp_comm_s
+    on_gpu = replace(plain, collectives={**plain.collectives, "tensor_parallel": {
+        "fully_sharded_layer_pass_overhead_s": 10.0}})
+    assert step(on_gpu, 3).compute_s >= 3 * SMALL.layers * 2 * 10.0        # the host is the bottleneck
 
 
 def test_optimizer_step_host_time_by_hand(a800):

@@ -82,6 +82,8 @@ def test_gloo_collectives_between_two_processes():
     assert plain["optimizer_sharded_3_layers_s"] > plain["optimizer_sharded_1_layers_s"] > 0
     assert plain["optimizer_sharded_1_layers_s"] > plain["optimizer_unsharded_1_layers_s"] > 0
     assert opt["sharded_layer_s"] == plain["optimizer_sharded_layer_s"] > 0
+    assert plain["fully_sharded_3_layers_s"] > plain["fully_sharded_1_layers_s"] > plain["unsharded_1_layers_s"]
+    assert plain["fully_sharded_layer_s"] > 0
     # One layer of the probe: QKV, attention out, MLP up and down with biases, two LayerNorms.
     h = tp["probe"]["hidden"]
     assert opt["layer_params"] == 12 * h * h + 13 * h and opt["fixed_params"] > 0
