@@ -125,9 +125,12 @@ def optimizer_step_s(dev: DeviceModel, net: Network, lay: Layout, opt_params: fl
     layer_s, fixed_s = net.optimizer_tail[sharded]
     layer_params, fixed_params, ranks = net.optimizer_probe
     shards = ranks if sharded else 1
-    host_layer = max(0.0, layer_s - dev.memory_bound_s(layer_params / shards * OPTIMIZER_BYTES_PER_PARAM, kernels=0))
-    host_fixed = max(0.0, fixed_s - dev.memory_bound_s(fixed_params / shards * OPTIMIZER_BYTES_PER_PARAM, kernels=0))
-    return dev.memory_bound_s(step_bytes, kernels=0) + layers_max * host_layer + lay.interleave * host_fixed
+
+    def host(measured_s: float, params: float) -> float:
+        return max(0.0, measured_s - dev.memory_bound_s(params / shards * OPTIMIZER_BYTES_PER_PARAM, kernels=0))
+
+    return (dev.memory_bound_s(step_bytes, kernels=0) + layers_max * host(layer_s, layer_params)
+            + lay.interleave * host(fixed_s, fixed_params))
 
 
 @cache
@@ -164,6 +167,7 @@ def probe_residuals(profile: Profile) -> Profile:
     # Only the node's size matters to the step of a layout this small.
     cluster = ClusterSpec(gpu=get_gpu("h200-141gb"), gpus=ranks, gpus_per_node=ranks)
 
+    @cache      # each probe model's charge is needed more than once
     def charged(layers: int, **layout) -> float:
         model = ModelSpec(layers=layers, hidden=probe["hidden"], heads=probe["heads"], ffn=4 * probe["hidden"],
                           vocab=probe["vocab"], seq=probe["seq"])

@@ -247,25 +247,28 @@ def _round_overheads(t: dict[str, float]) -> dict[str, float]:
     it (the re-run forward's host time around tensor parallelism, its all-gathers, and its
     LayerNorm and activation kernels, a few µs at the probe's size): the selective checkpoint's
     dispatch mode, which sees every operation of the forward and of its re-run on the host."""
-    slope = (t["tensor_parallel_3_layers_s"] - t["tensor_parallel_1_layers_s"]) / 2
-    selective_slope = (t["selective_recompute_3_layers_s"] - t["selective_recompute_1_layers_s"]) / 2
-    pass_s = max(0.0, slope - (t["unsharded_3_layers_s"] - t["unsharded_1_layers_s"]) / 2
-                 - t["layer_collectives_s"]) / 2
+    def slope(name: str) -> float:
+        """Per layer (forward + backward): the 3- over the 1-layer model's time."""
+        return (t[f"{name}_3_layers_s"] - t[f"{name}_1_layers_s"]) / 2
+
+    sharded = slope("tensor_parallel")
+    pass_s = max(0.0, sharded - slope("unsharded") - t["layer_collectives_s"]) / 2
     ends = t["tensor_parallel_1_layers_s"] - t["unsharded_1_layers_s"] - t["layer_collectives_s"] - 2 * pass_s
-    selective = selective_slope - slope - pass_s - t["regathers_s"]
+    selective = slope("selective_recompute") - sharded - pass_s - t["regathers_s"]
+    extra = {}
+    # FSDP's per layer, as the planner holds its own charge against it (planner/cost.py).
+    if "fully_sharded_1_layers_s" in t:
+        extra["fully_sharded_layer_s"] = slope("fully_sharded")
     # The step after the backward (clip, AdamW, zero), per layer and the rest, on shards and whole:
     # measured with the kernels' own work in it, which the cost model takes out (planner/cost.py).
-    tail = {}
-    if "fully_sharded_1_layers_s" in t:
-        tail["fully_sharded_layer_s"] = (t["fully_sharded_3_layers_s"] - t["fully_sharded_1_layers_s"]) / 2
     for kind in ("sharded", "unsharded") if "optimizer_sharded_1_layers_s" in t else ():
-        per_layer = (t[f"optimizer_{kind}_3_layers_s"] - t[f"optimizer_{kind}_1_layers_s"]) / 2
-        tail[f"optimizer_{kind}_layer_s"] = max(0.0, per_layer)
-        tail[f"optimizer_{kind}_fixed_s"] = max(0.0, t[f"optimizer_{kind}_1_layers_s"] - per_layer)
+        per_layer = slope(f"optimizer_{kind}")
+        extra[f"optimizer_{kind}_layer_s"] = max(0.0, per_layer)
+        extra[f"optimizer_{kind}_fixed_s"] = max(0.0, t[f"optimizer_{kind}_1_layers_s"] - per_layer)
     # The sharded models' time per layer (forward + backward), without and with selective
     # recompute: the planner holds its own charge for the probe against these (planner/cost.py).
     return {"layer_pass_s": pass_s, "micro_batch_s": max(0.0, ends), "selective_recompute_layer_s": max(0.0, selective),
-            "sharded_layer_s": slope, "selective_recompute_sharded_layer_s": selective_slope, **tail}
+            "sharded_layer_s": sharded, "selective_recompute_sharded_layer_s": slope("selective_recompute"), **extra}
 
 
 def _overheads(rounds: list[dict[str, float]]) -> dict[str, float]:
