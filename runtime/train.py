@@ -66,20 +66,25 @@ def config_of(model: ModelSpec, parametrization: PlanParametrization | None = No
                          teacher_head=teacher_head)
 
 
-def measured_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """The device's own matmul rate: the MFU denominator on a CPU, which has no data-sheet peak."""
-    n = 1024
+def measured_peak_flops(device: torch.device, dtype: torch.dtype, budget_s: float = 0.5) -> float:
+    """The device's own matmul rate: the MFU denominator on a CPU, which has no data-sheet peak.
+    The best of up to five timings within about budget_s: a CPU without bf16 units takes seconds
+    for one call in bf16, and every rank measures it before the first step; a GPU's call is
+    microseconds, so there ten calls are timed together, past the launch latency."""
+    n, calls = 1024, 1 if device.type == "cpu" else 10
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    best = float("inf")
+    best, began = float("inf"), time.perf_counter()
     for _ in range(5):
         t0 = time.perf_counter()
-        for _ in range(3):
+        for _ in range(calls):
             a @ b
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
-    return 3 * 2 * n**3 / best
+        if time.perf_counter() - began > budget_s:
+            break
+    return calls * 2 * n**3 / best
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str, str | None]:
