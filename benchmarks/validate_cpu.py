@@ -3,7 +3,7 @@ FLM-101B plan, run for real (gloo, fp32), then held against the cost model's pre
 `flmplan validate` and a profile of this machine (all its cores); then
 `flmplan profile --refit` on half of the runs, checked on the other half.
 
-    python benchmarks/validate_cpu.py [--runs DIR] [--steps 14] [--repeats 2]
+    python benchmarks/validate_cpu.py [--runs DIR] [--steps 24] [--repeats 2]
 
 DIR keeps the run folders and profiles (a second call reuses them); default a temporary folder.
 """
@@ -68,7 +68,8 @@ def runs(folder: Path, steps: int, repeats: int) -> list[tuple[str, list[Path]]]
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=Path, default=None)
-    ap.add_argument("--steps", type=int, default=14)
+    # 24 steps: 11 timing windows of 2 steps after the warm-up, where 14 gave 6 (BENCHMARKS.md §21)
+    ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=2, help="runs of each layout, round after round")
     args = ap.parse_args()
     folder = args.runs or Path(tempfile.mkdtemp(prefix="flmplan-validate-"))
