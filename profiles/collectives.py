@@ -44,48 +44,57 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
     rows = [row for nbytes in sizes for row in _measure_size(rank, nproc, nbytes, device, reps)]
     try:
-        tp = {sp: tensor_parallel_overhead(nproc, device, dtype, sp, reps=10 * reps + 1) for sp in (False, True)}
-    except Exception as err:     # a profile without this entry still serves: say why it is missing
-        tp = {sp: {"layer_pass_s": 0.0, "micro_batch_s": 0.0, "selective_recompute_layer_s": 0.0,
-                   "optimizer_sharded_layer_s": 0.0, "optimizer_sharded_fixed_s": 0.0,
-                   "optimizer_unsharded_layer_s": 0.0, "optimizer_unsharded_fixed_s": 0.0,
-                   "layer_params": 0, "fixed_params": 0, "error": f"{type(err).__name__}: {err}"}
-              for sp in (False, True)}
+        tp, error = {sp: tensor_parallel_overhead(nproc, device, dtype, sp, reps=10 * reps + 1)
+                     for sp in (False, True)}, None
+    except Exception as err:     # a profile without the probe's figures still serves: say why they are missing
+        tp, error = None, f"{type(err).__name__}: {err}"
     if rank == 0:
         import json
 
+        entry = tensor_parallel_entry(tp, error, nproc, _rank_cores(nproc, device))
         with open(out_path, "w") as f:
-            json.dump({"rows": rows, "tensor_parallel": {
-                "layer_pass_overhead_s": tp[False]["layer_pass_s"],
-                "sequence_parallel_layer_pass_overhead_s": tp[True]["layer_pass_s"],
-                "micro_batch_overhead_s": tp[False]["micro_batch_s"],
-                "sequence_parallel_micro_batch_overhead_s": tp[True]["micro_batch_s"],
-                "selective_recompute_layer_overhead_s": tp[False]["selective_recompute_layer_s"],
-                "sequence_parallel_selective_recompute_layer_overhead_s": tp[True]["selective_recompute_layer_s"],
-                # The step after the backward (timed in the probe without sequence parallelism):
-                # seconds per layer and the rest, with the probe's parameters per layer and the
-                # rest (whole, not sharded) beside them.
-                "optimizer": {**{f"{kind}_{part}_s": tp[False][f"optimizer_{kind}_{part}_s"]
-                                 for kind in ("sharded", "unsharded") for part in ("layer", "fixed")},
-                              "layer_params": tp[False]["layer_params"], "fixed_params": tp[False]["fixed_params"]},
-                "probe": {**TP_PROBE, "ranks": nproc, "rank_cores": _rank_cores(nproc, device), "plain": tp[False],
-                          "sequence_parallel": tp[True]},
-                "method": "ParallelModel.train_batch of one micro-batch on 1- and 3-layer probe models, sharded "
-                          "and unsharded: per layer pass, half the sharded slope over the unsharded one less the "
-                          "layer's collectives timed alone; per micro-batch, the rest of the 1-layer difference "
-                          "(vocabulary-parallel embedding, output layer and loss); per layer under selective "
-                          "recompute, the 3- over 1-layer slope with it over the slope without, less a layer pass "
-                          "and the re-run all-gathers timed alone; the step after the backward (the runtime's "
-                          "clip, the fused AdamW step, gradients zeroed) on the same models, sharded and whole, "
-                          "per layer (the 3- over 1-layer slope) and the rest; the same models' step under FSDP over "
-                          "the ranks (zero 3). Every variant timed once per "
-                          "round, in turns; each figure the median over the rounds, with its spread "
-                          "(interquartile range / median). The planner charges, where the probe has them, what "
-                          "its own model leaves of the sharded per-layer and 1-layer times instead of these "
-                          "differences (planner/cost.py probe_residuals)"}},
-                      f)
+            json.dump({"rows": rows, "tensor_parallel": entry}, f)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def tensor_parallel_entry(tp: dict[bool, dict] | None, error: str | None, nproc: int,
+                          rank_cores: float | None) -> dict:
+    """The profile's `collectives.tensor_parallel` from the probe's figures without and with
+    sequence parallelism. A failed probe leaves every figure out, not zero, so that the planner
+    charges what it charges without a probe (AdamW's bytes and launches, no host time) and the
+    CLI can say why (`probe.plain.error`)."""
+    probe = {**TP_PROBE, "ranks": nproc, "rank_cores": rank_cores}
+    if tp is None:
+        return {"probe": {**probe, "plain": {"error": error}, "sequence_parallel": {"error": error}}}
+    return {
+        "layer_pass_overhead_s": tp[False]["layer_pass_s"],
+        "sequence_parallel_layer_pass_overhead_s": tp[True]["layer_pass_s"],
+        "micro_batch_overhead_s": tp[False]["micro_batch_s"],
+        "sequence_parallel_micro_batch_overhead_s": tp[True]["micro_batch_s"],
+        "selective_recompute_layer_overhead_s": tp[False]["selective_recompute_layer_s"],
+        "sequence_parallel_selective_recompute_layer_overhead_s": tp[True]["selective_recompute_layer_s"],
+        # The step after the backward (timed in the probe without sequence parallelism):
+        # seconds per layer and the rest, with the probe's parameters per layer and the
+        # rest (whole, not sharded) beside them.
+        "optimizer": {**{f"{kind}_{part}_s": tp[False][f"optimizer_{kind}_{part}_s"]
+                         for kind in ("sharded", "unsharded") for part in ("layer", "fixed")},
+                      "layer_params": tp[False]["layer_params"], "fixed_params": tp[False]["fixed_params"]},
+        "probe": {**probe, "plain": tp[False], "sequence_parallel": tp[True]},
+        "method": "ParallelModel.train_batch of one micro-batch on 1- and 3-layer probe models, sharded "
+                  "and unsharded: per layer pass, half the sharded slope over the unsharded one less the "
+                  "layer's collectives timed alone; per micro-batch, the rest of the 1-layer difference "
+                  "(vocabulary-parallel embedding, output layer and loss); per layer under selective "
+                  "recompute, the 3- over 1-layer slope with it over the slope without, less a layer pass "
+                  "and the re-run all-gathers timed alone; the step after the backward (the runtime's "
+                  "clip, the fused AdamW step, gradients zeroed) on the same models, sharded and whole, "
+                  "per layer (the 3- over 1-layer slope) and the rest; the same models' step under FSDP over "
+                  "the ranks (zero 3). Every variant timed once per "
+                  "round, in turns; each figure the median over the rounds, with its spread "
+                  "(interquartile range / median). The planner charges, where the probe has them, what "
+                  "its own model leaves of the sharded per-layer and 1-layer times instead of these "
+                  "differences (planner/cost.py probe_residuals)",
+    }
 
 
 # Calls per op and size: small messages are cheap and their time is all latency, the figure a

@@ -284,6 +284,26 @@ def test_optimizer_step_host_time_by_hand(a800):
     assert gpu.breakdown.optimizer_s == pytest.approx(seconds(stage_params(SMALL, gpu.layout)))
 
 
+def test_a_failed_probe_charges_what_no_probe_does(a800):
+    """When the profiler's tensor-parallel probe fails, its entry says why and holds no figure: a CPU
+    step is then charged exactly as with no probe at all (AdamW's bytes and launches, no host time),
+    not a measured host time of zero."""
+    from profiles.collectives import tensor_parallel_entry
+
+    base = _synthetic(a800, membw_gbps=50.0)
+    cpu = replace(base, device={**a800.device, "kind": "cpu"},            # launches to charge: 20 µs each
+                  memory_bound={**base.memory_bound, "overhead_us": 20.0})
+    failed = replace(cpu, collectives={**cpu.collectives, "tensor_parallel": tensor_parallel_entry(
+        None, "RuntimeError: gloo timed out", 2, 1.0)})
+    assert failed.collectives["tensor_parallel"]["probe"]["plain"] == {"error": "RuntimeError: gloo timed out"}
+    cluster = ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=2)
+    for layout in ({"tp": 2}, {"tp": 2, "sequence_parallel": True}, {"dp": 2, "zero": 3}, {"dp": 2, "zero": 0}):
+        lay = Layout(**{"tp": 1, "pp": 1, "dp": 1, "micro_batch": 1, "global_batch": layout.get("dp", 1), **layout})
+        got, without = (estimate_step(SMALL, cluster, lay, p).breakdown for p in (failed, cpu))
+        assert got == without, layout
+        assert got.optimizer_s > 0
+
+
 def test_tensor_parallel_collectives_by_hand(a800):
     """Per layer pass: two all-reduces of the activations, or under sequence parallelism two
     all-gathers and two reduce-scatters (Korthikanti et al. 2022, §4.2.2), each op at its own
