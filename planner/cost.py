@@ -19,7 +19,7 @@ from functools import cache
 from planner import anatomy
 from planner.comm import Network, group
 from planner.compute import layer_time, logits_time
-from planner.device import DeviceModel
+from planner.device import DeviceModel, core_sharing
 from planner.flops import step_flops
 from planner.memory import GRAD_BYTES, MemoryEstimate, memory_per_gpu, stage_params
 from planner.specs import ClusterSpec, Layout, ModelSpec, Software, get_gpu
@@ -152,15 +152,17 @@ def probe_residuals(profile: Profile) -> Profile:
     fell short by that; as residuals of the model the prediction of the probe is its measured time,
     whatever the profile's time factors (`--refit` scales the residuals with its host factor). The
     model they are taken against runs on the probe's own cores: a CPU run's sharing of them
-    (planner/validate.py shared_cores) is undone. A profile without the probe's sharded times is
-    returned as it is."""
+    (planner/validate.py shared_cores) is undone and the probe's ranks' own applied (each computed
+    on `rank_cores` of the profile's threads), so that the probe's kernels are charged as kernels.
+    A profile without the probe's sharded times is returned as it is."""
     tp = profile.collectives.get("tensor_parallel", {})
     probe = tp.get("probe", {})
     if not all("sharded_layer_s" in probe.get(kind, {}) for kind in _PROBE_KINDS.values()):
         return profile
     sharing = profile.device.get("shared_cores", {}).get("scaled", {})
-    as_profiled = {k: v / sharing.get(k, 1.0) for k, v in profile.time_factors().items()}
-    bare = replace(profile, calibration={"time_factors": as_profiled},
+    probe_sharing = core_sharing(profile, probe.get("rank_cores"))
+    as_probed = {k: v / sharing.get(k, 1.0) * probe_sharing[k] for k, v in profile.time_factors().items()}
+    bare = replace(profile, calibration={"time_factors": as_probed},
                    device={k: v for k, v in profile.device.items() if k != "shared_cores"},
                    collectives={**profile.collectives, "tensor_parallel": {}})
     ranks, b = int(probe["ranks"]), int(probe["micro_batch"])

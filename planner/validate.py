@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from planner.device import core_sharing
 from planner.errors import FlmplanError
 from planner.plan import Plan, load_plan
 from profiles.schema import Profile, builtin_profile
@@ -147,20 +148,13 @@ def run_profile_for(run: RunRecord, plan: Plan, profile: Profile | None) -> Prof
 
 def shared_cores(run: RunRecord, profile: Profile) -> Profile:
     """A CPU run's ranks split the machine's cores: a rank with T threads, of P ranks on C cores,
-    computes on min(T, C / P) cores, while the profile measured its kernels on its own thread
-    count; kernel times scale by that ratio (the rate taken as linear in cores). The
-    tensor-parallel host time and gloo's collectives (their copies, reductions and the loopback
-    network stack run on the ranks' own cores) are one thread's work each: they slow by the share
-    of one core a rank gets, against the share the profiler's ranks had."""
+    computes on min(T, C / P) cores, and each kind of the profile's times scales as
+    planner/device.py core_sharing says."""
     start = run.start
     if start.get("device_kind") != "cpu":
         return profile
     cores, processes = max(1, start.get("cores", 1)), max(1, start.get("processes", 1))
-    rank_cores = min(start.get("threads", cores), cores / processes)
-    share = profile.software.get("threads", cores) / rank_cores
-    tp = profile.collectives.get("tensor_parallel", {})
-    slow = min(1.0, tp.get("probe", {}).get("rank_cores") or 1.0) / min(1.0, rank_cores)
-    scaled = {k: slow if k in ("collectives", "host") else share for k in profile.time_factors()}
+    scaled = core_sharing(profile, min(start.get("threads", cores), cores / processes))
     factors = {k: v * scaled[k] for k, v in profile.time_factors().items()}
     # Who computes when is the cost model's to say (a pipeline's fill and drain leave ranks idle): it
     # gives an idle rank's cores to the busy ones (planner/device.py busy_speedup). What was scaled

@@ -142,8 +142,9 @@ def _measure_size(rank: int, nproc: int, nbytes: int, device: torch.device, reps
 
 # A model small enough that its kernels are mostly their dispatch: what the runtime adds around
 # tensor parallelism (DTensor's sharding propagation and redistribution on the host, the
-# vocabulary-parallel ends, their small collectives) is then most of its time, and is much the
-# same at any width (it is per operation).
+# vocabulary-parallel ends, their small collectives) is then most of its time. The planner charges
+# it alike at any width; on a CPU it grows with the tensors (2.3× at 8× the activations,
+# BENCHMARKS.md §23), which a second, wider probe measured too noisily to charge.
 TP_PROBE = {"hidden": 128, "heads": 8, "seq": 64, "micro_batch": 2, "vocab": 256}
 
 

@@ -190,8 +190,14 @@ def test_host_times_are_what_the_model_leaves_of_the_probe(a800):
     and per selectively recomputed layer (tensor parallelism), and per layer pass and micro-batch
     (FSDP), are what the cost model does not charge of them: built
     here as the model's own charge for the probe plus known host times, they come back, and the
-    probe's steps are then predicted at their measured times."""
-    cpu = replace(_synthetic(a800, membw_gbps=50.0), device={**a800.device, "kind": "cpu"})
+    probe's steps are then predicted at their measured times. The probe's ranks computed on one core
+    each and the profile's kernels on two: the model's charge for the probe is at one core."""
+    from planner.device import core_sharing
+
+    cpu = replace(_synthetic(a800, membw_gbps=50.0), device={**a800.device, "kind": "cpu"}, software={"threads": 2})
+    # The profile as the probe's ranks ran it: kernels at one core of two, the host's own time as it is.
+    probed = replace(cpu, calibration={"time_factors": core_sharing(cpu, 1.0)})
+    assert (probed.time_factors()["gemm"], probed.time_factors()["host"]) == (2.0, 1.0)
     cluster = ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=2)
 
     def probe_step(profile, layers: int, sp: bool, recompute: str = "none") -> float:
@@ -201,13 +207,13 @@ def test_host_times_are_what_the_model_leaves_of_the_probe(a800):
         return b.total_s - b.optimizer_s
 
     host = {False: (0.004, 0.010, 0.003), True: (0.006, 0.020, 0.005)}     # pass, micro-batch, selective
-    probe = dict(PROBE)
+    probe = {**PROBE, "rank_cores": 1.0}
     for sp, kind in ((False, "plain"), (True, "sequence_parallel")):
         pass_s, ends, selective = host[sp]
-        layer = (probe_step(cpu, 3, sp) - probe_step(cpu, 1, sp)) / 2
-        selective_layer = (probe_step(cpu, 3, sp, "selective") - probe_step(cpu, 1, sp, "selective")) / 2
+        layer = (probe_step(probed, 3, sp) - probe_step(probed, 1, sp)) / 2
+        selective_layer = (probe_step(probed, 3, sp, "selective") - probe_step(probed, 1, sp, "selective")) / 2
         probe[kind] = {"sharded_layer_s": layer + 2 * pass_s,
-                       "tensor_parallel_1_layers_s": probe_step(cpu, 1, sp) + ends + 2 * pass_s,
+                       "tensor_parallel_1_layers_s": probe_step(probed, 1, sp) + ends + 2 * pass_s,
                        "selective_recompute_sharded_layer_s": selective_layer + 3 * pass_s + selective}
     # FSDP over the two ranks (zero 3): per layer pass and per micro-batch.
     def fsdp_step(profile, layers: int) -> float:
@@ -216,12 +222,16 @@ def test_host_times_are_what_the_model_leaves_of_the_probe(a800):
         b = estimate_step(model, cluster, lay, profile).breakdown
         return b.total_s - b.optimizer_s
 
-    probe["plain"].update(fully_sharded_layer_s=(fsdp_step(cpu, 3) - fsdp_step(cpu, 1)) / 2 + 2 * 0.007,
-                          fully_sharded_1_layers_s=fsdp_step(cpu, 1) + 0.012 + 2 * 0.007)
+    probe["plain"].update(fully_sharded_layer_s=(fsdp_step(probed, 3) - fsdp_step(probed, 1)) / 2 + 2 * 0.007,
+                          fully_sharded_1_layers_s=fsdp_step(probed, 1) + 0.012 + 2 * 0.007)
     measured = replace(cpu, collectives={**cpu.collectives, "tensor_parallel": {"probe": probe}})
     tp = probe_residuals(measured).collectives["tensor_parallel"]
     assert (tp["fully_sharded_layer_pass_overhead_s"], tp["fully_sharded_micro_batch_overhead_s"]) == pytest.approx(
         (0.007, 0.012))
+    # The measured profile as a run of the probe's shape sees it (planner/validate.py shared_cores).
+    measured = replace(measured, calibration={"time_factors": core_sharing(measured, 1.0)},
+                       device={**measured.device, "shared_cores": {"cores": 2, "processes": 2, "threads": 1,
+                                                                   "scaled": core_sharing(measured, 1.0)}})
     assert fsdp_step(measured, 3) == pytest.approx(probe["plain"]["fully_sharded_1_layers_s"]
                                                    + 2 * probe["plain"]["fully_sharded_layer_s"])
     for sp, key in ((False, ""), (True, "sequence_parallel_")):
