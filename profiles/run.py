@@ -198,7 +198,8 @@ CPU_OVERLAP_SLOWDOWN = 1.0
 def _collectives(points: list[dict], gpu, on_cpu: bool) -> dict:
     if points:
         intra = {**fit.fit_collective(points), "points": points}
-        note = "measured between the processes of this machine; inter-node assumed equal (one machine)"
+        note = ("measured between the processes of this machine, each size the mean of its calls; inter-node "
+                "assumed equal (one machine)")
         return {"intra_node": intra, "inter_node": {**fit.fit_collective(points), "points": []},
                 "overlap_slowdown": CPU_OVERLAP_SLOWDOWN if on_cpu else GPU_OVERLAP_SLOWDOWN, "note": note}
     if gpu is not None:
