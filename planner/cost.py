@@ -160,7 +160,7 @@ def probe_residuals(profile: Profile) -> Profile:
     if not all("sharded_layer_s" in probe.get(kind, {}) for kind in _PROBE_KINDS.values()):
         return profile
     sharing = profile.device.get("shared_cores", {}).get("scaled", {})
-    probe_sharing = core_sharing(profile, probe.get("rank_cores"))
+    probe_sharing = core_sharing(profile, probe.get("rank_cores"), (probe.get("rank_cores") or 0) * probe["ranks"])
     as_probed = {k: v / sharing.get(k, 1.0) * probe_sharing[k] for k, v in profile.time_factors().items()}
     bare = replace(profile, calibration={"time_factors": as_probed},
                    device={k: v for k, v in profile.device.items() if k != "shared_cores"},

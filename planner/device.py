@@ -31,17 +31,17 @@ def _log2(x: float) -> float:
     return math.log2(max(x, 1.0))
 
 
-def core_sharing(profile: Profile, rank_cores: float | None) -> dict[str, float]:
+def core_sharing(profile: Profile, rank_cores: float | None, machine_cores: float | None = None) -> dict[str, float]:
     """How much longer each kind of the profile's times takes on a CPU rank that computes on
-    `rank_cores` cores: its kernels by the profile's threads over those cores (the rate taken as
-    linear in cores); the tensor-parallel host time and gloo's collectives (their copies,
-    reductions and the loopback network stack), one thread's work each, by the share of one core
-    the rank gets against the share the profiler's probe ranks had. 1 for every kind where
-    `rank_cores` is None (a GPU)."""
+    `rank_cores` cores: its kernels by the profile's threads (where it does not say, the machine's
+    cores, the profiler's default) over those cores (the rate taken as linear in cores); the
+    tensor-parallel host time and gloo's collectives (their copies, reductions and the loopback
+    network stack), one thread's work each, by the share of one core the rank gets against the
+    share the profiler's probe ranks had. 1 for every kind where `rank_cores` is None (a GPU)."""
     kinds = profile.time_factors()
     if not rank_cores:
         return dict.fromkeys(kinds, 1.0)
-    kernels = profile.software.get("threads", rank_cores) / rank_cores
+    kernels = profile.software.get("threads", machine_cores or rank_cores) / rank_cores
     probe_cores = profile.collectives.get("tensor_parallel", {}).get("probe", {}).get("rank_cores") or 1.0
     one_thread = min(1.0, probe_cores) / min(1.0, rank_cores)
     return {k: one_thread if k in ("collectives", "host") else kernels for k in kinds}

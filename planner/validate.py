@@ -154,7 +154,7 @@ def shared_cores(run: RunRecord, profile: Profile) -> Profile:
     if start.get("device_kind") != "cpu":
         return profile
     cores, processes = max(1, start.get("cores", 1)), max(1, start.get("processes", 1))
-    scaled = core_sharing(profile, min(start.get("threads", cores), cores / processes))
+    scaled = core_sharing(profile, min(start.get("threads", cores), cores / processes), cores)
     factors = {k: v * scaled[k] for k, v in profile.time_factors().items()}
     # Who computes when is the cost model's to say (a pipeline's fill and drain leave ranks idle): it
     # gives an idle rank's cores to the busy ones (planner/device.py busy_speedup). What was scaled

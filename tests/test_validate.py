@@ -175,6 +175,9 @@ def test_cpu_ranks_sharing_cores_slow_kernels_and_the_tensor_parallel_host_time(
 
     two, four = shared_cores(run(2), profile), shared_cores(run(4), profile)
     assert two.time_factors()["gemm"] == pytest.approx(2.0) and four.time_factors()["gemm"] == pytest.approx(4.0)
+    # A profile that does not say its threads was measured on all the machine's cores, the profiler's default.
+    unsaid = replace(profile, software={})
+    assert shared_cores(run(4), unsaid).time_factors()["gemm"] == pytest.approx(4.0)
     # gloo's collectives run on the ranks' cores too: half a core each, twice as long.
     for kind in ("host", "collectives"):
         assert two.time_factors()[kind] == pytest.approx(1.0) and four.time_factors()[kind] == pytest.approx(2.0)
