@@ -60,7 +60,7 @@ def runs(folder: Path, steps: int, repeats: int) -> list[tuple[str, list[Path]]]
         flm = folder / f"flm-tiny{tail}"
         if not (flm / "DONE.json").exists():
             flmplan("run", str(ROOT / "runtime/data/flm101b_plan.json"), "--scale", "tiny", "--nproc", "2",
-                    "--steps", str(steps), "--out", str(flm))
+                    "--steps", str(steps), "--out", str(flm), "--log-every", "2")
         out.setdefault("FLM-101B tiny plan (2 proc)", []).append(flm)
     return list(out.items())
 

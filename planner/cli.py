@@ -552,6 +552,8 @@ def run(
     teacher_data: Annotated[Path | None, typer.Option(
         help="Propositions for the plan's FreeLM stages (JSON lines: text, proposition, label; or iq: the IQ "
              "generators' train split), instead of the plan's teacher_data.")] = None,
+    log_every: Annotated[int, typer.Option(min=1, help="Steps between metrics lines: the timing window "
+                                           "`flmplan validate` takes medians over.")] = 10,
 ) -> None:
     """Execute a plan with torch.distributed under torchrun --standalone (see the README for clusters)."""
 
@@ -585,7 +587,7 @@ def run(
         return
     lock = _lock_run_folder(out)
     try:
-        _launch(plan.to_json(), out, nproc, max_restarts, data, _value(dtype), compile, from_scratch)
+        _launch(plan.to_json(), out, nproc, max_restarts, data, _value(dtype), compile, from_scratch, log_every)
     finally:
         lock.unlink(missing_ok=True)
     _validate_after_run(out)
@@ -717,7 +719,8 @@ def _lock_run_folder(out: Path) -> Path:
     return lock
 
 
-def _launch(raw: dict, out: Path, nproc: int, max_restarts: int, data, dtype, compile, from_scratch) -> None:
+def _launch(raw: dict, out: Path, nproc: int, max_restarts: int, data, dtype, compile, from_scratch,
+            log_every: int) -> None:
     import signal
     import subprocess
 
@@ -728,7 +731,8 @@ def _launch(raw: dict, out: Path, nproc: int, max_restarts: int, data, dtype, co
     run_plan = out / "plan.json"
     run_plan.write_text(json.dumps(raw, indent=1))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           f"--max-restarts={max_restarts}", "-m", "runtime.train", "--plan", str(run_plan), "--out", str(out)]
+           f"--max-restarts={max_restarts}", "-m", "runtime.train", "--plan", str(run_plan), "--out", str(out),
+           "--log-every", str(log_every)]
     if data:
         cmd += ["--data", *map(str, data)]
     if dtype:

@@ -263,13 +263,18 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(two_stage, tmp
 
 
 def test_flmplan_run_scales_the_flm_plan_to_this_machine(tmp_path):
-    """The launcher: FLM-101B's three stages, tiny, under torchrun --standalone."""
+    """The launcher: FLM-101B's three stages, tiny, under torchrun --standalone; with --log-every 1
+    every step is its own timing window."""
     out = tmp_path / "flm"
     r = subprocess.run([sys.executable, "-m", "planner.cli", "run", "runtime/data/flm101b_plan.json", "--scale",
-                        "tiny", "--nproc", "2", "--steps", "3", "--out", str(out)],
+                        "tiny", "--nproc", "2", "--steps", "3", "--out", str(out), "--log-every", "1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (out / "DONE.json").exists()
+    plan = json.loads((out / "plan.json").read_text())
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for k, stage in enumerate(plan["stages"]):
+        assert len({m["step_s"] for m in lines if "step_s" in m and m.get("stage") == k + 1}) == stage["steps"], k
     ev = events(out)
     for k in (2, 3):                            # the growths into stages 2 and 3, numbered from 1
         assert abs(ev[("after_growth", k)] - ev[("before_growth", k)]) < 1e-4
