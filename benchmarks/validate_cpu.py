@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from runtime_layouts import LAYOUTS, run  # noqa: E402
 
-from planner.validate import ValidateError, refit_profile, rms_error, validate_run  # noqa: E402
+from planner.validate import ValidateError, refit_profile, rms, rms_error, validate_run  # noqa: E402
 from profiles.schema import load_profile  # noqa: E402
 
 
@@ -94,8 +94,7 @@ def main() -> int:
             errors.append(predicted / statistics.median(measured) - 1)
             print(f"{name:42} {stage[0].stage:5d} {' '.join(f'{m:.3f}' for m in measured):>30} {predicted:10.3f} "
                   f"{' '.join(f'{c.step_error:+.1%}' for c in stage):>16} {errors[-1]:+20.1%}")
-    rms = (sum(e * e for e in errors) / len(errors)) ** 0.5 if errors else float("nan")
-    print(f"error of the median: rms {rms:.1%}, {sum(abs(e) <= TOLERANCE for e in errors)} of {len(errors)} "
+    print(f"error of the median: rms {rms(errors):.1%}, {sum(abs(e) <= TOLERANCE for e in errors)} of {len(errors)} "
           f"within {TOLERANCE:.0%}")
     print(f"(this machine: {cores} cores; profile measured with {profile.software['threads']} threads; "
           f"{args.repeats} runs of each, warm-up steps left out)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -253,8 +254,14 @@ def _checks(runs: list[tuple[RunRecord, Plan]], profile: Profile) -> list[tuple[
     return out
 
 
+def rms(errors: Iterable[float]) -> float:
+    """Root mean square of relative errors; 0 for none."""
+    values = list(errors)
+    return (sum(e * e for e in values) / len(values)) ** 0.5 if values else 0.0
+
+
 def rms_error(checks: list[tuple[Path, StageCheck]]) -> float:
-    return (sum(c.step_error**2 for _, c in checks) / len(checks)) ** 0.5 if checks else 0.0
+    return rms(c.step_error for _, c in checks)
 
 
 def refit_profile(base: Profile, fit_dirs: list[Path], holdout_dirs: list[Path]) -> Refit:

@@ -126,6 +126,7 @@ def fit_residuals(gpu: GpuSpec) -> dict[tuple[str, ...], str]:
     profile of the GPU it ran on (the same generation's parameters)."""
     from planner.case import published_cases
     from planner.search import compare_to_published
+    from planner.validate import rms
 
     cases = {c.name: c for c in published_cases()}
     out = {}
@@ -134,8 +135,7 @@ def fit_residuals(gpu: GpuSpec) -> dict[tuple[str, ...], str]:
             continue
         rows = [cases[r] for r in src.rows]
         errors = [compare_to_published(c, derived_profile(c.cluster_spec().gpu))["error"] for c in rows]
-        rms = (sum(e * e for e in errors) / len(errors)) ** 0.5
-        out[src.rows] = f"rms {rms:.1%}, worst {max(errors, key=abs):+.1%} (benchmarks/fidelity.py)"
+        out[src.rows] = f"rms {rms(errors):.1%}, worst {max(errors, key=abs):+.1%} (benchmarks/fidelity.py)"
     return out
 
 
