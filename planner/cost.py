@@ -159,13 +159,13 @@ def probe_residuals(profile: Profile) -> Profile:
     probe = tp.get("probe", {})
     if not all("sharded_layer_s" in probe.get(kind, {}) for kind in _PROBE_KINDS.values()):
         return profile
+    ranks, b, rank_cores = int(probe["ranks"]), int(probe["micro_batch"]), probe.get("rank_cores")
     sharing = profile.device.get("shared_cores", {}).get("scaled", {})
-    probe_sharing = core_sharing(profile, probe.get("rank_cores"), (probe.get("rank_cores") or 0) * probe["ranks"])
+    probe_sharing = core_sharing(profile, rank_cores, rank_cores and rank_cores * ranks)
     as_probed = {k: v / sharing.get(k, 1.0) * probe_sharing[k] for k, v in profile.time_factors().items()}
     bare = replace(profile, calibration={"time_factors": as_probed},
                    device={k: v for k, v in profile.device.items() if k != "shared_cores"},
                    collectives={**profile.collectives, "tensor_parallel": {}})
-    ranks, b = int(probe["ranks"]), int(probe["micro_batch"])
     # Only the node's size matters to the step of a layout this small.
     cluster = ClusterSpec(gpu=get_gpu("h200-141gb"), gpus=ranks, gpus_per_node=ranks)
 
