@@ -1,6 +1,7 @@
 """The step-time model: a hand-worked step, and it moves the right way."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -193,6 +194,7 @@ def test_host_times_are_what_the_model_leaves_of_the_probe(a800):
     probe's steps are then predicted at their measured times. The probe's ranks computed on one core
     each and the profile's kernels on two: the model's charge for the probe is at one core."""
     from planner.device import core_sharing
+    from planner.validate import RunRecord, shared_cores
 
     cpu = replace(_synthetic(a800, membw_gbps=50.0), device={**a800.device, "kind": "cpu"}, software={"threads": 2})
     # The profile as the probe's ranks ran it: kernels at one core of two, the host's own time as it is.
@@ -228,10 +230,9 @@ def test_host_times_are_what_the_model_leaves_of_the_probe(a800):
     tp = probe_residuals(measured).collectives["tensor_parallel"]
     assert (tp["fully_sharded_layer_pass_overhead_s"], tp["fully_sharded_micro_batch_overhead_s"]) == pytest.approx(
         (0.007, 0.012))
-    # The measured profile as a run of the probe's shape sees it (planner/validate.py shared_cores).
-    measured = replace(measured, calibration={"time_factors": core_sharing(measured, 1.0)},
-                       device={**measured.device, "shared_cores": {"cores": 2, "processes": 2, "threads": 1,
-                                                                   "scaled": core_sharing(measured, 1.0)}})
+    # The measured profile as a run of the probe's shape sees it: two one-thread ranks on two cores.
+    measured = shared_cores(RunRecord(folder=Path("run"), steps=[], start={
+        "device_kind": "cpu", "cores": 2, "threads": 1, "processes": 2}), measured)
     assert fsdp_step(measured, 3) == pytest.approx(probe["plain"]["fully_sharded_1_layers_s"]
                                                    + 2 * probe["plain"]["fully_sharded_layer_s"])
     for sp, key in ((False, ""), (True, "sequence_parallel_")):
