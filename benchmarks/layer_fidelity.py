@@ -1,8 +1,9 @@
 """Whole-layer fidelity of the profile-driven cost model.
 
 1. A measured profile (from `flmplan profile`): the cost model, fed only the profile's GEMM,
-   attention and memory-bound tables, predicts the whole decoder layers that the same
-   profile measured directly (forward + backward, and backward with full recompute).
+   attention and memory-bound tables (and on a CPU the host's time per layer pass that the
+   profile's probe measured, as a step charges it), predicts the whole decoder layers that the
+   same profile measured directly (forward + backward, and backward with full recompute).
 2. The built-in A100 profile against Korthikanti et al. 2022, Table 4 (one 22B layer at
    tp = 8, micro-batch 4, on A100): baseline, sequence parallel, full and selective recompute.
 
@@ -15,32 +16,32 @@ import json
 import sys
 from importlib import resources
 
-from planner.comm import Network
 from planner.compute import layer_time
-from planner.cost import tp_comm_per_pass_s
-from planner.device import DeviceModel
+from planner.cost import device_models, tp_comm_per_pass_s
 from planner.specs import Layout, ModelSpec
 from profiles.schema import Profile, builtin_profile, load_profile
 
 
-def predict_layer(dev: DeviceModel, model: ModelSpec, layout: Layout) -> tuple[float, float, float]:
-    """(forward, backward, backward with full recompute) of one layer at this layout, TP included."""
+def predict_layer(profile: Profile, model: ModelSpec, layout: Layout) -> tuple[float, float, float]:
+    """(forward, backward, backward with full recompute) of one layer at this layout, TP included,
+    with the host's time per pass on a CPU (planner/cost.py estimate_step)."""
+    dev, net = device_models(profile)
     lt = layer_time(dev, model, layout)
-    tp_time = tp_comm_per_pass_s(Network(dev.profile), model, layout, dev.bytes_per_element, gpus_per_node=8)
-    fwd = lt.forward + tp_time
-    bwd = lt.backward + tp_time
+    tp_time = tp_comm_per_pass_s(net, model, layout, dev.bytes_per_element, gpus_per_node=8)
+    host = 0.0 if dev.queued else net.pass_overhead
+    fwd = lt.forward + tp_time + host
+    bwd = lt.backward + tp_time + host
     if layout.recompute == "selective":
         bwd += lt.attention_core_fwd
     return fwd, bwd, bwd + fwd
 
 
 def measured_profile_rows(profile: Profile) -> list[dict]:
-    dev = DeviceModel(profile)
     rows = []
     for p in profile.layers:
         model = ModelSpec(layers=1, hidden=p["hidden"], heads=p["heads"], ffn=p["ffn"], vocab=8, seq=p["seq"])
         layout = Layout(tp=1, pp=1, dp=1, micro_batch=p["micro_batch"], global_batch=p["micro_batch"])
-        fwd, bwd, bwd_rc = predict_layer(dev, model, layout)
+        fwd, bwd, bwd_rc = predict_layer(profile, model, layout)
         measured = p["forward_s"] + p["backward_s"]
         rows.append({
             "shape": f"h{p['hidden']} a{p['heads']} s{p['seq']} b{p['micro_batch']}",
@@ -55,7 +56,7 @@ def korthikanti_rows() -> list[dict]:
     ref = json.loads(resources.files("planner").joinpath("data/layer_22b_a100.json").read_text())
     m = ref["model"]
     model = ModelSpec(layers=1, hidden=m["hidden"], heads=m["heads"], ffn=m["ffn"], vocab=8, seq=m["seq"])
-    dev = DeviceModel(builtin_profile(ref["gpu"]))
+    profile = builtin_profile(ref["gpu"])
     base = Layout(tp=ref["tp"], pp=1, dp=1, micro_batch=ref["micro_batch"], global_batch=ref["micro_batch"],
                   attention="unfused")
     modes = {
@@ -67,7 +68,7 @@ def korthikanti_rows() -> list[dict]:
     }
     rows = []
     for r in ref["rows"]:
-        fwd, bwd, bwd_rc = predict_layer(dev, model, modes[r["mode"]])
+        fwd, bwd, bwd_rc = predict_layer(profile, model, modes[r["mode"]])
         bwd_pred = bwd_rc if r["mode"] == "full_recompute" else bwd
         rows.append({"mode": r["mode"], "forward_ms": (r["forward_ms"], fwd * 1e3),
                      "backward_ms": (r["backward_ms"], bwd_pred * 1e3),

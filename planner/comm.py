@@ -57,6 +57,10 @@ class Network:
         def overhead(key: str) -> dict[bool, float]:
             return {False: float(tp.get(key, 0.0)) * host, True: float(tp.get(f"sequence_parallel_{key}", 0.0)) * host}
 
+        # What the runtime's model costs a CPU's host beyond its kernels, sharded or not (module
+        # calls, views, autograd nodes), per layer pass and per micro-batch: the probe's unsharded twin.
+        self.pass_overhead = float(tp.get("unsharded_layer_pass_overhead_s", 0.0)) * host
+        self.micro_batch_overhead = float(tp.get("unsharded_micro_batch_overhead_s", 0.0)) * host
         self.tp_pass_overhead = overhead("layer_pass_overhead_s")
         self.tp_micro_batch_overhead = overhead("micro_batch_overhead_s")
         # and per layer under selective recompute: the checkpoint's dispatch mode around every operation.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import cache
 
@@ -144,7 +145,8 @@ _PROBE_KINDS = {False: "plain", True: "sequence_parallel"}
 
 def probe_residuals(profile: Profile) -> Profile:
     """The profile with the runtime's host times taken as what the cost model does not charge of
-    the probe the profiler timed: the runtime's own 1- and 3-layer models sharded by tensor
+    the probe the profiler timed: the runtime's own 1- and 3-layer models whole, where timed (per
+    layer and the 1-layer step: what any run pays on a CPU), and beyond that, sharded by tensor
     parallelism (per layer, with and without selective recompute, and the 1-layer step) and, where
     timed, by FSDP (per layer and the 1-layer step). The profiler's own figures are differences
     against the probe's unsharded twin, whose small kernels the model charges less than they take
@@ -169,20 +171,34 @@ def probe_residuals(profile: Profile) -> Profile:
     # Only the node's size matters to the step of a layout this small.
     cluster = ClusterSpec(gpu=get_gpu("h200-141gb"), gpus=ranks, gpus_per_node=ranks)
 
-    @cache      # each probe model's charge is needed more than once
-    def charged(layers: int, **layout) -> float:
-        model = ModelSpec(layers=layers, hidden=probe["hidden"], heads=probe["heads"], ffn=4 * probe["hidden"],
-                          vocab=probe["vocab"], seq=probe["seq"])
-        shape = {"tp": ranks, "dp": 1, "zero": 0, **layout}
-        lay = Layout(pp=1, micro_batch=b, global_batch=b * shape["dp"], **shape)
-        step = estimate_step(model, cluster, lay, bare).breakdown
-        return step.total_s - step.optimizer_s
+    def charges(as_probed: Profile) -> Callable[..., float]:
+        @cache      # each probe model's charge is needed more than once
+        def charged(layers: int, **layout) -> float:
+            model = ModelSpec(layers=layers, hidden=probe["hidden"], heads=probe["heads"],
+                              ffn=4 * probe["hidden"], vocab=probe["vocab"], seq=probe["seq"])
+            shape = {"tp": ranks, "dp": 1, "zero": 0, **layout}
+            lay = Layout(pp=1, micro_batch=b, global_batch=b * shape["dp"], **shape)
+            step = estimate_step(model, cluster, lay, as_probed).breakdown
+            return step.total_s - step.optimizer_s
+        return charged
 
     def per_layer(measured_slope: float, **layout) -> float:
         """Each of a layer's passes (forward, backward): half of what the model leaves of its slope."""
         return max(0.0, measured_slope - (charged(3, **layout) - charged(1, **layout)) / 2) / 2
 
     out = dict(tp)
+    plain = probe["plain"]
+    charged = charges(bare)
+    if "unsharded_3_layers_s" in plain:
+        # The unsharded twin, the runtime's own model whole on each rank: what the model leaves of
+        # it is the host's work around any layer's kernels on a CPU (module calls, views, autograd
+        # nodes), which every run pays; the sharded models' residuals are taken beyond it.
+        pass_s = per_layer((plain["unsharded_3_layers_s"] - plain["unsharded_1_layers_s"]) / 2, tp=1)
+        out["unsharded_layer_pass_overhead_s"] = pass_s
+        out["unsharded_micro_batch_overhead_s"] = max(
+            0.0, plain["unsharded_1_layers_s"] - charged(1, tp=1) - 2 * pass_s)
+        charged = charges(replace(bare, collectives={**bare.collectives, "tensor_parallel": {
+            k: out[k] for k in ("unsharded_layer_pass_overhead_s", "unsharded_micro_batch_overhead_s")}}))
     for sp, kind in _PROBE_KINDS.items():
         p, key = probe[kind], "sequence_parallel_" if sp else ""
         pass_s = per_layer(p["sharded_layer_s"], sequence_parallel=sp)
@@ -193,7 +209,6 @@ def probe_residuals(profile: Profile) -> Profile:
             0.0, p["tensor_parallel_1_layers_s"] - charged(1, sequence_parallel=sp) - 2 * pass_s)
         selective = per_layer(p["selective_recompute_sharded_layer_s"], sequence_parallel=sp, recompute="selective")
         out[f"{key}selective_recompute_layer_overhead_s"] = max(0.0, 2 * selective - 3 * pass_s)
-    plain = probe["plain"]
     if "fully_sharded_layer_s" in plain:
         fsdp = {"tp": 1, "dp": ranks, "zero": 3}
         pass_s = per_layer(plain["fully_sharded_layer_s"], **fsdp)
@@ -262,8 +277,12 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
         else:
             fsdp_host, fsdp_ends = net.fsdp_pass_overhead, net.fsdp_micro_batch_overhead
 
+    # On a CPU the host runs the model around its kernels (planner/comm.py Network.pass_overhead);
+    # on a GPU that is issue time, which the kernels' own launches already stand for.
+    host_pass, host_ends = (0.0, 0.0) if dev.queued else (net.pass_overhead, net.micro_batch_overhead)
+
     if lay.recompute == "full":
-        recompute_layer, tp_recompute = lt.forward, tp_fwd
+        recompute_layer, tp_recompute = lt.forward + host_pass, tp_fwd
     elif lay.recompute == "selective":
         recompute_layer = lt.attention_core_fwd if lay.attention == "unfused" else lt.norm_act_fwd
         # The forward is re-run with the products, reduce-scatters and all-reduces kept: its host
@@ -277,8 +296,10 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
 
     layers_max = math.ceil(model.layers / p)
     logit_fwd, logit_bwd = logits_time(dev, model, lay)
-    # The last stage carries the output layer too: it is the slowest stage.
-    compute_mb = layers_max * (lt.forward + lt.backward) + logit_fwd + logit_bwd
+    # The last stage carries the output layer and loss (and the first the embedding; on a CPU the
+    # host's time around the ends is with them): the last is the slowest stage.
+    ends = logit_fwd + logit_bwd + host_ends
+    compute_mb = layers_max * (lt.forward + lt.backward + 2 * host_pass) + ends
     recompute_mb = layers_max * recompute_layer
     tp_mb = layers_max * (tp_fwd + tp_bwd + tp_recompute) + tp_ends
     # Under sequence parallelism each rank's LayerNorm weights saw only its slice of the sequence:
@@ -289,7 +310,7 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
         layernorm_grads = layers_max * anatomy.layernorm_params(model) + anatomy.final_layernorm_params(model)
         layernorm_sync = net.time("all_reduce", layernorm_grads * GRAD_REDUCE_BYTES, group(t, 1, gpn))
     stage_mb = compute_mb + recompute_mb + tp_mb
-    mean_stage_mb = stage_mb - (logit_fwd + logit_bwd) * (p - 1) / p if p > 1 else stage_mb
+    mean_stage_mb = stage_mb - ends * (p - 1) / p if p > 1 else stage_mb
 
     # 1F1B fill and drain: (p−1)/v stage-times of a micro-batch (Narayanan et al. 2021, §2.2), with
     # 1, 2, … p−1 of the p stages computing; where ranks share a CPU's cores, the busy ones run faster.

@@ -73,7 +73,9 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype, budget_s: floa
     microseconds, so there ten calls are timed together, past the launch latency."""
     n, calls = 1024, 1 if device.type == "cpu" else 10
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
+    a @ b                 # warm-up (cuBLAS's handle, the CPU's thread pool), finished before timing
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     best, began = float("inf"), time.perf_counter()
     for _ in range(5):
         t0 = time.perf_counter()

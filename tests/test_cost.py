@@ -187,9 +187,10 @@ PROBE = {"hidden": 128, "heads": 8, "seq": 64, "micro_batch": 2, "vocab": 256, "
 
 
 def test_host_times_are_what_the_model_leaves_of_the_probe(a800):
-    """With the probe's sharded times in the profile, the host times per layer pass, per micro-batch
-    and per selectively recomputed layer (tensor parallelism), and per layer pass and micro-batch
-    (FSDP), are what the cost model does not charge of them: built
+    """With the probe's times in the profile, the host times per layer pass and per micro-batch of
+    any model (the unsharded twin), and beyond them per layer pass, per micro-batch and per
+    selectively recomputed layer (tensor parallelism), and per layer pass and micro-batch (FSDP),
+    are what the cost model does not charge of them: built
     here as the model's own charge for the probe plus known host times, they come back, and the
     probe's steps are then predicted at their measured times. The probe's ranks computed on one core
     each and the profile's kernels on two: the model's charge for the probe is at one core."""
@@ -208,15 +209,25 @@ def test_host_times_are_what_the_model_leaves_of_the_probe(a800):
         b = estimate_step(model, cluster, lay, profile).breakdown
         return b.total_s - b.optimizer_s
 
+    def twin_step(profile, layers: int) -> float:
+        model = ModelSpec(layers=layers, hidden=128, heads=8, ffn=512, vocab=256, seq=64)
+        b = estimate_step(model, cluster, Layout(tp=1, pp=1, dp=1, micro_batch=2, global_batch=2), profile).breakdown
+        return b.total_s - b.optimizer_s
+
+    twin_pass, twin_ends = 0.001, 0.005     # any model's host time, per layer pass and per micro-batch
     host = {False: (0.004, 0.010, 0.003), True: (0.006, 0.020, 0.005)}     # pass, micro-batch, selective
     probe = {**PROBE, "rank_cores": 1.0}
     for sp, kind in ((False, "plain"), (True, "sequence_parallel")):
         pass_s, ends, selective = host[sp]
-        layer = (probe_step(probed, 3, sp) - probe_step(probed, 1, sp)) / 2
-        selective_layer = (probe_step(probed, 3, sp, "selective") - probe_step(probed, 1, sp, "selective")) / 2
+        layer = (probe_step(probed, 3, sp) - probe_step(probed, 1, sp)) / 2 + 2 * twin_pass
+        selective_layer = ((probe_step(probed, 3, sp, "selective") - probe_step(probed, 1, sp, "selective")) / 2
+                           + 2 * twin_pass)
         probe[kind] = {"sharded_layer_s": layer + 2 * pass_s,
-                       "tensor_parallel_1_layers_s": probe_step(probed, 1, sp) + ends + 2 * pass_s,
+                       "tensor_parallel_1_layers_s": probe_step(probed, 1, sp) + twin_ends + 2 * twin_pass + ends
+                       + 2 * pass_s,
                        "selective_recompute_sharded_layer_s": selective_layer + 3 * pass_s + selective}
+    probe["plain"].update({f"unsharded_{n}_layers_s": twin_step(probed, n) + twin_ends + 2 * n * twin_pass
+                           for n in (1, 3)})
     # FSDP over the two ranks (zero 3): per layer pass and per micro-batch.
     def fsdp_step(profile, layers: int) -> float:
         model = ModelSpec(layers=layers, hidden=128, heads=8, ffn=512, vocab=256, seq=64)
@@ -224,10 +235,13 @@ def test_host_times_are_what_the_model_leaves_of_the_probe(a800):
         b = estimate_step(model, cluster, lay, profile).breakdown
         return b.total_s - b.optimizer_s
 
-    probe["plain"].update(fully_sharded_layer_s=(fsdp_step(probed, 3) - fsdp_step(probed, 1)) / 2 + 2 * 0.007,
-                          fully_sharded_1_layers_s=fsdp_step(probed, 1) + 0.012 + 2 * 0.007)
+    probe["plain"].update(
+        fully_sharded_layer_s=(fsdp_step(probed, 3) - fsdp_step(probed, 1)) / 2 + 2 * twin_pass + 2 * 0.007,
+        fully_sharded_1_layers_s=fsdp_step(probed, 1) + twin_ends + 2 * twin_pass + 0.012 + 2 * 0.007)
     measured = replace(cpu, collectives={**cpu.collectives, "tensor_parallel": {"probe": probe}})
     tp = probe_residuals(measured).collectives["tensor_parallel"]
+    assert (tp["unsharded_layer_pass_overhead_s"], tp["unsharded_micro_batch_overhead_s"]) == pytest.approx(
+        (twin_pass, twin_ends))
     assert (tp["fully_sharded_layer_pass_overhead_s"], tp["fully_sharded_micro_batch_overhead_s"]) == pytest.approx(
         (0.007, 0.012))
     # The measured profile as a run of the probe's shape sees it: two one-thread ranks on two cores.
@@ -235,6 +249,7 @@ def test_host_times_are_what_the_model_leaves_of_the_probe(a800):
         "device_kind": "cpu", "cores": 2, "threads": 1, "processes": 2}), measured)
     assert fsdp_step(measured, 3) == pytest.approx(probe["plain"]["fully_sharded_1_layers_s"]
                                                    + 2 * probe["plain"]["fully_sharded_layer_s"])
+    assert twin_step(measured, 3) == pytest.approx(probe["plain"]["unsharded_3_layers_s"])
     for sp, key in ((False, ""), (True, "sequence_parallel_")):
         assert (tp[f"{key}layer_pass_overhead_s"], tp[f"{key}micro_batch_overhead_s"],
                 tp[f"{key}selective_recompute_layer_overhead_s"]) == pytest.approx(host[sp])
@@ -263,6 +278,25 @@ def test_fsdp_host_time_by_hand(a800):
     on_gpu = replace(plain, collectives={**plain.collectives, "tensor_parallel": {
         "fully_sharded_layer_pass_overhead_s": 10.0}})
     assert step(on_gpu, 3).compute_s >= 3 * SMALL.layers * 2 * 10.0        # the host is the bottleneck
+
+
+def test_any_models_host_time_by_hand(a800):
+    """The host's time around any model's kernels (the probe's unsharded twin) adds on a CPU once per
+    forward and backward pass of every layer, once more per layer re-run by full recompute, and once
+    per micro-batch; on a GPU it is issue time, which the kernels' own launches stand for."""
+    plain = _synthetic(a800)
+    measured = {**plain.collectives, "tensor_parallel": {"unsharded_layer_pass_overhead_s": 0.01,
+                                                          "unsharded_micro_batch_overhead_s": 0.1}}
+    cpu, cpu_plain = (replace(p, device={**a800.device, "kind": "cpu"})
+                      for p in (replace(plain, collectives=measured), plain))
+
+    def step(profile, recompute: str = "none"):
+        lay = Layout(tp=1, pp=1, dp=1, micro_batch=1, global_batch=3, recompute=recompute)
+        return estimate_step(SMALL, ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=1), lay, profile).breakdown
+
+    assert step(cpu).compute_s - step(cpu_plain).compute_s == pytest.approx(3 * (SMALL.layers * 2 * 0.01 + 0.1))
+    assert step(cpu, "full").recompute_s - step(cpu_plain, "full").recompute_s == pytest.approx(3 * SMALL.layers * 0.01)
+    assert step(replace(plain, collectives=measured)) == step(plain)
 
 
 def test_optimizer_step_host_time_by_hand(a800):
