@@ -17,7 +17,7 @@ import sys
 from importlib import resources
 
 from planner.compute import layer_time
-from planner.cost import device_models, tp_comm_per_pass_s
+from planner.cost import device_models, model_host_s, tp_comm_per_pass_s
 from planner.specs import Layout, ModelSpec
 from profiles.schema import Profile, builtin_profile, load_profile
 
@@ -28,7 +28,7 @@ def predict_layer(profile: Profile, model: ModelSpec, layout: Layout) -> tuple[f
     dev, net = device_models(profile)
     lt = layer_time(dev, model, layout)
     tp_time = tp_comm_per_pass_s(net, model, layout, dev.bytes_per_element, gpus_per_node=8)
-    host = 0.0 if dev.queued else net.pass_overhead
+    host, _ = model_host_s(dev, net)
     fwd = lt.forward + tp_time + host
     bwd = lt.backward + tp_time + host
     if layout.recompute == "selective":

@@ -171,18 +171,19 @@ def probe_residuals(profile: Profile) -> Profile:
     # Only the node's size matters to the step of a layout this small.
     cluster = ClusterSpec(gpu=get_gpu("h200-141gb"), gpus=ranks, gpus_per_node=ranks)
 
-    def charges(as_probed: Profile) -> Callable[..., float]:
+    def charges(probed: Profile) -> Callable[..., float]:
+        """The model's charge for a probe model (its step less the step after the backward) on `probed`."""
         @cache      # each probe model's charge is needed more than once
         def charged(layers: int, **layout) -> float:
             model = ModelSpec(layers=layers, hidden=probe["hidden"], heads=probe["heads"],
                               ffn=4 * probe["hidden"], vocab=probe["vocab"], seq=probe["seq"])
             shape = {"tp": ranks, "dp": 1, "zero": 0, **layout}
             lay = Layout(pp=1, micro_batch=b, global_batch=b * shape["dp"], **shape)
-            step = estimate_step(model, cluster, lay, as_probed).breakdown
+            step = estimate_step(model, cluster, lay, probed).breakdown
             return step.total_s - step.optimizer_s
         return charged
 
-    def per_layer(measured_slope: float, **layout) -> float:
+    def per_layer(charged: Callable[..., float], measured_slope: float, **layout) -> float:
         """Each of a layer's passes (forward, backward): half of what the model leaves of its slope."""
         return max(0.0, measured_slope - (charged(3, **layout) - charged(1, **layout)) / 2) / 2
 
@@ -193,7 +194,7 @@ def probe_residuals(profile: Profile) -> Profile:
         # The unsharded twin, the runtime's own model whole on each rank: what the model leaves of
         # it is the host's work around any layer's kernels on a CPU (module calls, views, autograd
         # nodes), which every run pays; the sharded models' residuals are taken beyond it.
-        pass_s = per_layer((plain["unsharded_3_layers_s"] - plain["unsharded_1_layers_s"]) / 2, tp=1)
+        pass_s = per_layer(charged, (plain["unsharded_3_layers_s"] - plain["unsharded_1_layers_s"]) / 2, tp=1)
         out["unsharded_layer_pass_overhead_s"] = pass_s
         out["unsharded_micro_batch_overhead_s"] = max(
             0.0, plain["unsharded_1_layers_s"] - charged(1, tp=1) - 2 * pass_s)
@@ -201,21 +202,29 @@ def probe_residuals(profile: Profile) -> Profile:
             k: out[k] for k in ("unsharded_layer_pass_overhead_s", "unsharded_micro_batch_overhead_s")}}))
     for sp, kind in _PROBE_KINDS.items():
         p, key = probe[kind], "sequence_parallel_" if sp else ""
-        pass_s = per_layer(p["sharded_layer_s"], sequence_parallel=sp)
+        pass_s = per_layer(charged, p["sharded_layer_s"], sequence_parallel=sp)
         out[f"{key}layer_pass_overhead_s"] = pass_s
         # The 1-layer step's rest is per micro-batch (the vocabulary-parallel ends); selective
         # recompute re-runs a pass and adds its checkpoint's own time (estimate_step).
         out[f"{key}micro_batch_overhead_s"] = max(
             0.0, p["tensor_parallel_1_layers_s"] - charged(1, sequence_parallel=sp) - 2 * pass_s)
-        selective = per_layer(p["selective_recompute_sharded_layer_s"], sequence_parallel=sp, recompute="selective")
+        selective = per_layer(charged, p["selective_recompute_sharded_layer_s"], sequence_parallel=sp,
+                              recompute="selective")
         out[f"{key}selective_recompute_layer_overhead_s"] = max(0.0, 2 * selective - 3 * pass_s)
     if "fully_sharded_layer_s" in plain:
         fsdp = {"tp": 1, "dp": ranks, "zero": 3}
-        pass_s = per_layer(plain["fully_sharded_layer_s"], **fsdp)
+        pass_s = per_layer(charged, plain["fully_sharded_layer_s"], **fsdp)
         out["fully_sharded_layer_pass_overhead_s"] = pass_s
         out["fully_sharded_micro_batch_overhead_s"] = max(
             0.0, plain["fully_sharded_1_layers_s"] - charged(1, **fsdp) - 2 * pass_s)
     return replace(profile, collectives={**profile.collectives, "tensor_parallel": out})
+
+
+def model_host_s(dev: DeviceModel, net: Network) -> tuple[float, float]:
+    """The host's time around any model's kernels, per layer pass and per micro-batch: on a CPU the
+    host runs it (planner/comm.py Network.pass_overhead); on a GPU it is issue time, which the
+    kernels' own launches already stand for."""
+    return (0.0, 0.0) if dev.queued else (net.pass_overhead, net.micro_batch_overhead)
 
 
 def tp_comm_per_pass_s(net: Network, model: ModelSpec, layout: Layout, bytes_per_element: int,
@@ -277,9 +286,7 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
         else:
             fsdp_host, fsdp_ends = net.fsdp_pass_overhead, net.fsdp_micro_batch_overhead
 
-    # On a CPU the host runs the model around its kernels (planner/comm.py Network.pass_overhead);
-    # on a GPU that is issue time, which the kernels' own launches already stand for.
-    host_pass, host_ends = (0.0, 0.0) if dev.queued else (net.pass_overhead, net.micro_batch_overhead)
+    host_pass, host_ends = model_host_s(dev, net)
 
     if lay.recompute == "full":
         recompute_layer, tp_recompute = lt.forward + host_pass, tp_fwd
