@@ -554,6 +554,8 @@ def run(
              "generators' train split), instead of the plan's teacher_data.")] = None,
     log_every: Annotated[int, typer.Option(min=1, help="Steps between metrics lines: the timing window "
                                            "`flmplan validate` takes medians over.")] = 10,
+    pin_cores: Annotated[bool, typer.Option("--pin-cores/--no-pin-cores", help="On a CPU, keep each process's "
+                                            "computing thread on its own share of the cores.")] = True,
 ) -> None:
     """Execute a plan with torch.distributed under torchrun --standalone (see the README for clusters)."""
 
@@ -587,7 +589,8 @@ def run(
         return
     lock = _lock_run_folder(out)
     try:
-        _launch(plan.to_json(), out, nproc, max_restarts, data, _value(dtype), compile, from_scratch, log_every)
+        _launch(plan.to_json(), out, nproc, max_restarts, data, _value(dtype), compile, from_scratch, log_every,
+                pin_cores)
     finally:
         lock.unlink(missing_ok=True)
     _validate_after_run(out)
@@ -720,7 +723,7 @@ def _lock_run_folder(out: Path) -> Path:
 
 
 def _launch(raw: dict, out: Path, nproc: int, max_restarts: int, data, dtype, compile, from_scratch,
-            log_every: int) -> None:
+            log_every: int, pin_cores: bool) -> None:
     import signal
     import subprocess
 
@@ -741,6 +744,8 @@ def _launch(raw: dict, out: Path, nproc: int, max_restarts: int, data, dtype, co
         cmd += ["--compile" if compile else "--no-compile"]
     if from_scratch:
         cmd += ["--from-scratch"]
+    if not pin_cores:
+        cmd += ["--no-pin-cores"]
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1",
            "TORCHINDUCTOR_COMPILE_THREADS": "1"}
     stdout.print(f"[bold]{raw['name']}[/]: {len(raw['stages'])} stages on {nproc} processes → {out}")

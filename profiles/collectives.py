@@ -40,8 +40,11 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
     device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if backend == "nccl":
         torch.cuda.set_device(device)
-    else:     # as `flmplan run` starts CPU ranks: the cores shared out among them
+    else:     # as `flmplan run` starts CPU ranks: the cores shared out among them, each rank's own pinned
+        from runtime.parallel import pin_to_own_cores
+
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+        pin_to_own_cores(rank, nproc)
     rows = [row for nbytes in sizes for row in _measure_size(rank, nproc, nbytes, device, reps)]
     try:
         tp, error = {sp: tensor_parallel_overhead(nproc, device, dtype, sp, reps=10 * reps + 1)

@@ -23,6 +23,7 @@ NCCL on GPUs, gloo on CPU.
 from __future__ import annotations
 
 import copy
+import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
@@ -44,6 +45,33 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 TP_PLAN = {"attn.q": "col", "attn.k": "col", "attn.v": "col", "attn.o": "row", "mlp.up": "col", "mlp.gate": "col",
            "mlp.down": "row"}
+
+
+def _physical_core(cpu: int) -> tuple[int, int, int]:
+    """A logical CPU's (package, core, number): hyperthreads of one core sort side by side, so that a
+    rank's share of the list is whole cores (Linux numbers a core's second thread far from its first)."""
+    topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+    try:
+        return (int(open(f"{topology}/physical_package_id").read()), int(open(f"{topology}/core_id").read()), cpu)
+    except (OSError, ValueError):
+        return (0, cpu, cpu)
+
+
+def pin_to_own_cores(local_rank: int, local_ranks: int) -> list[int] | None:
+    """Keep a CPU rank's computing thread, and the intra-op threads it starts later, on its own
+    share of the cores this process may use; the threads gloo started at init_process_group (call
+    this after it) stay free to run wherever a core is idle. Left free, the ranks' computing threads
+    migrate onto each other's cores: a tensor-parallel micro-batch of two 1-thread ranks took 132–144
+    ms free and 107–116 ms pinned, and no faster with gloo's threads pinned too (BENCHMARKS.md §27).
+    The cores pinned, or None (one rank, or a platform without CPU affinity)."""
+    if local_ranks <= 1 or not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0), key=_physical_core)
+    per = max(1, len(allowed) // local_ranks)
+    start = local_rank * per % len(allowed)
+    cores = allowed[start:start + per]
+    os.sched_setaffinity(0, cores)
+    return cores
 
 
 def make_mesh(layout: Layout, device_type: str) -> DeviceMesh:

@@ -41,7 +41,7 @@ from runtime.data import Sampler, check_tokens, load_tokens
 from runtime.freelm import is_teacher_step, teacher_steps_before
 from runtime.grow import GrowthState, apply_masks, grow_sharded
 from runtime.model import Decoder, DecoderConfig
-from runtime.parallel import ParallelModel, Precision, make_mesh, make_optimizer, parallelize, set_lr
+from runtime.parallel import ParallelModel, Precision, make_mesh, make_optimizer, parallelize, pin_to_own_cores, set_lr
 
 if TYPE_CHECKING:
     from planner.plan import PlanStage
@@ -161,6 +161,10 @@ class Run:
             self.device = torch.device("cuda", local)
         else:
             self.device = torch.device("cpu")
+        self.pinned = None
+        if backend == "gloo" and args.pin_cores:
+            self.pinned = pin_to_own_cores(int(os.environ.get("LOCAL_RANK", 0)),
+                                           int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         on_gpu = self.device.type == "cuda"
         # The plan's dtype on GPUs; fp32 on a CPU unless asked (CPUs have no fast bf16 kernels).
         self.dtype = args.dtype or (self.plan.dtype if on_gpu else "fp32")
@@ -443,7 +447,7 @@ class Run:
             return {"device": torch.cuda.get_device_name(self.device), "device_kind": "cuda", "gpu": self.gpu_key,
                     "dtype": self.dtype}
         return {"device": "cpu", "device_kind": "cpu", "threads": torch.get_num_threads(),
-                "cores": os.cpu_count() or 1, "dtype": self.dtype}
+                "cores": os.cpu_count() or 1, "pinned_cores": self.pinned, "dtype": self.dtype}
 
     def memory_gib(self) -> float:
         """Peak memory of this rank: allocated GPU memory, or the process's peak resident set."""
@@ -615,6 +619,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="override the plan's dtype (default: the plan's on GPUs, fp32 on CPUs)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="torch.compile each block (default: on with GPUs, off on CPUs)")
+    ap.add_argument("--pin-cores", action=argparse.BooleanOptionalAction, default=True,
+                    help="on a CPU, keep each rank's computing thread on its own share of the cores")
     ap.add_argument("--meta-above", type=float, default=2e8,
                     help="build models with more parameters on the meta device and initialise only the shards")
     args = ap.parse_args(argv)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.parallel import _physical_core
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.multiprocess
 
@@ -87,6 +89,8 @@ def one_stage(**layout) -> dict:
 def test_layouts_give_the_same_losses(single, tmp_path):
     base = losses(single)
     assert len(base) == 6 and base[-1] < base[0]
+    assert next(r for r in records(single) if r.get("event") == "start")["pinned_cores"] is None
+    cores = sorted(os.sched_getaffinity(0), key=_physical_core)
     assert_holds_what_the_planner_charges(single, one_stage())
     # Plain tp2, tp2 with sequence parallelism and FSDP run here with recompute on top, and alone
     # (with µP and FreeLM) in test_mup_and_freelm_train_alike_on_every_kind_of_layout.
@@ -99,6 +103,9 @@ def test_layouts_give_the_same_losses(single, tmp_path):
         out = tmp_path / name
         assert torchrun(one_stage(**layout), out, 2) == 0, name
         assert (out / "DONE.json").exists()
+        # Each CPU rank computes on its own core (runtime/parallel.py pin_to_own_cores); rank 0 on the first.
+        start = next(r for r in records(out) if r.get("event") == "start")
+        assert start["pinned_cores"] == cores[:max(1, len(cores) // 2)]
         got = losses(out)
         assert max(abs(a - b) for a, b in zip(got, base, strict=True)) < 1e-4, (name, got, base)
         assert_holds_what_the_planner_charges(out, one_stage(**layout))
