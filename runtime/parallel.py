@@ -26,6 +26,7 @@ import copy
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -49,12 +50,13 @@ TP_PLAN = {"attn.q": "col", "attn.k": "col", "attn.v": "col", "attn.o": "row", "
 
 def _physical_core(cpu: int) -> tuple[int, int, int]:
     """A logical CPU's (package, core, number): hyperthreads of one core sort side by side, so that a
-    rank's share of the list is whole cores (Linux numbers a core's second thread far from its first)."""
-    topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+    rank's share of the list is whole cores (Linux often numbers a core's second thread far from its
+    first: 0 and 8 of 16)."""
+    topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
     try:
-        return (int(open(f"{topology}/physical_package_id").read()), int(open(f"{topology}/core_id").read()), cpu)
+        return int((topology / "physical_package_id").read_text()), int((topology / "core_id").read_text()), cpu
     except (OSError, ValueError):
-        return (0, cpu, cpu)
+        return 0, cpu, cpu
 
 
 def pin_to_own_cores(local_rank: int, local_ranks: int) -> list[int] | None:
