@@ -60,12 +60,13 @@ def _physical_core(cpu: int) -> tuple[int, int, int]:
 
 
 def pin_to_own_cores(local_rank: int, local_ranks: int) -> list[int] | None:
-    """Keep a CPU rank's computing thread, and the intra-op threads it starts later, on its own
-    share of the cores this process may use; the threads gloo started at init_process_group (call
-    this after it) stay free to run wherever a core is idle. Left free, the ranks' computing threads
-    migrate onto each other's cores: a tensor-parallel micro-batch of two 1-thread ranks took 132–144
-    ms free and 107–116 ms pinned, and no faster with gloo's threads pinned too (BENCHMARKS.md §27).
-    The cores pinned, or None (one rank, or a platform without CPU affinity)."""
+    """Keep a CPU rank's computing thread, and the intra-op threads it starts later (one per core of
+    its share: fewer than the machine's in a cpuset), on its own share of the cores this process may
+    use; the threads gloo started at init_process_group (call this after it) stay free to run
+    wherever a core is idle. Left free, the ranks' computing threads migrate onto each other's cores:
+    a tensor-parallel micro-batch of two 1-thread ranks took 132–144 ms free and 107–116 ms pinned,
+    and no faster with gloo's threads pinned too (BENCHMARKS.md §27). The cores pinned, or None (one
+    rank, or a platform without CPU affinity)."""
     if local_ranks <= 1 or not hasattr(os, "sched_setaffinity"):
         return None
     allowed = sorted(os.sched_getaffinity(0), key=_physical_core)
@@ -73,6 +74,7 @@ def pin_to_own_cores(local_rank: int, local_ranks: int) -> list[int] | None:
     start = local_rank * per % len(allowed)
     cores = allowed[start:start + per]
     os.sched_setaffinity(0, cores)
+    torch.set_num_threads(len(cores))
     return cores
 
 

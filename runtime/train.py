@@ -165,8 +165,6 @@ class Run:
         if backend == "gloo" and args.pin_cores:
             self.pinned = pin_to_own_cores(int(os.environ.get("LOCAL_RANK", 0)),
                                            int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-            if self.pinned:          # a thread per core of its share (fewer than the machine's in a cpuset)
-                torch.set_num_threads(len(self.pinned))
         on_gpu = self.device.type == "cuda"
         # The plan's dtype on GPUs; fp32 on a CPU unless asked (CPUs have no fast bf16 kernels).
         self.dtype = args.dtype or (self.plan.dtype if on_gpu else "fp32")

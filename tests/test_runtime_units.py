@@ -1,9 +1,11 @@
 """Runtime pieces that need no process group: data sampler, checkpoint verification, tiny scaling."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from planner.plan import plan_from_dict
@@ -225,24 +227,22 @@ def test_checkpoint_stage_numbering_reads_old_and_new_manifests():
 
 
 def test_cpu_ranks_are_pinned_to_their_own_share_of_the_cores():
-    import os
-
-    import pytest
-
     from runtime.parallel import _physical_core, pin_to_own_cores
 
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("no CPU affinity on this platform")
-    mask = os.sched_getaffinity(0)
+    mask, threads = os.sched_getaffinity(0), torch.get_num_threads()
     allowed = sorted(mask, key=_physical_core)      # a core's hyperthreads side by side
     try:
         assert pin_to_own_cores(0, 1) is None and os.sched_getaffinity(0) == mask
-        # Two ranks: the second takes the second half; more ranks than cores wrap round them.
+        # Two ranks: the second takes the second half, a thread per core of it; more ranks than
+        # cores wrap round them.
         per = max(1, len(allowed) // 2)
         second = pin_to_own_cores(1, 2)
         assert second == (allowed[per:2 * per] if len(allowed) > 1 else allowed)
-        assert os.sched_getaffinity(0) == set(second)
+        assert os.sched_getaffinity(0) == set(second) and torch.get_num_threads() == len(second)
         os.sched_setaffinity(0, mask)
         assert pin_to_own_cores(3, 4 * len(allowed)) == [allowed[3 % len(allowed)]]
     finally:
         os.sched_setaffinity(0, mask)
+        torch.set_num_threads(threads)
