@@ -11,7 +11,6 @@ DIR keeps the run folders and profiles (a second call reuses them); default a te
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from runtime_layouts import LAYOUTS, run  # noqa: E402
 from planner.cli import VALIDATE_TOLERANCE  # noqa: E402  (issue 11's target for a CPU run)
 from planner.validate import ValidateError, refit_profile, rms, rms_error, validate_run  # noqa: E402
 from profiles.schema import load_profile  # noqa: E402
+from runtime.parallel import usable_cores  # noqa: E402
 
 
 def flmplan(*args: str) -> None:
@@ -75,7 +75,7 @@ def main() -> int:
     args = ap.parse_args()
     folder = args.runs or Path(tempfile.mkdtemp(prefix="flmplan-validate-"))
     folder.mkdir(parents=True, exist_ok=True)
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     all_runs = runs(folder, args.steps, args.repeats)
     profile = load_profile(profile_for(cores, folder))
     print(f"{'run':42} {'stage':>5} {'step s measured (each repeat)':>30} {'predicted':>10} {'errors':>16} "

@@ -405,11 +405,12 @@ def tune(
 
     from planner.report import print_tune
     from planner.report_html import tune_chart, write_figure
+    from runtime.parallel import usable_cores
     from runtime.tune import ProxyShape
     from runtime.tune import tune as run_grid
 
     _check_output_folder(out, "--out")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
     kinds = ["sp", "mup"] if parametrization.value == "both" else [parametrization.value]
     shape = ProxyShape(layers=layers, head_dim=head_dim, seq=seq, batch=batch, steps=steps)
     result = run_grid(_numbers(widths, int, "--widths"), _numbers(lrs, float, "--lrs"),

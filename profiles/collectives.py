@@ -41,9 +41,9 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
     if backend == "nccl":
         torch.cuda.set_device(device)
     else:     # as `flmplan run` starts CPU ranks: the cores shared out among them, each rank's own pinned
-        from runtime.parallel import pin_to_own_cores
+        from runtime.parallel import pin_to_own_cores, usable_cores
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+        torch.set_num_threads(max(1, usable_cores() // nproc))
         pin_to_own_cores(rank, nproc)
     rows = [row for nbytes in sizes for row in _measure_size(rank, nproc, nbytes, device, reps)]
     try:
@@ -293,7 +293,9 @@ def _overheads(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 def _rank_cores(nproc: int, device: torch.device) -> float | None:
     """The cores each CPU rank computed on (None on GPUs)."""
-    return min(torch.get_num_threads(), (os.cpu_count() or 1) / nproc) if device.type == "cpu" else None
+    from runtime.parallel import usable_cores
+
+    return min(torch.get_num_threads(), usable_cores() / nproc) if device.type == "cpu" else None
 
 
 def measure_collectives(nproc: int, backend: str, sizes: list[int], reps: int = 3,

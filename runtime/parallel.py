@@ -59,6 +59,14 @@ def _physical_core(cpu: int) -> tuple[int, int, int]:
         return 0, cpu, cpu
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a cpuset or taskset gives fewer than the
+    machine has), or the machine's count where the platform has no affinity."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def pin_to_own_cores(local_rank: int, local_ranks: int) -> list[int] | None:
     """Keep a CPU rank's computing thread, and the intra-op threads it starts later (one per core of
     its share: fewer than the machine's in a cpuset), on its own share of the cores this process may

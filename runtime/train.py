@@ -41,7 +41,16 @@ from runtime.data import Sampler, check_tokens, load_tokens
 from runtime.freelm import is_teacher_step, teacher_steps_before
 from runtime.grow import GrowthState, apply_masks, grow_sharded
 from runtime.model import Decoder, DecoderConfig
-from runtime.parallel import ParallelModel, Precision, make_mesh, make_optimizer, parallelize, pin_to_own_cores, set_lr
+from runtime.parallel import (
+    ParallelModel,
+    Precision,
+    make_mesh,
+    make_optimizer,
+    parallelize,
+    pin_to_own_cores,
+    set_lr,
+    usable_cores,
+)
 
 if TYPE_CHECKING:
     from planner.plan import PlanStage
@@ -447,7 +456,7 @@ class Run:
             return {"device": torch.cuda.get_device_name(self.device), "device_kind": "cuda", "gpu": self.gpu_key,
                     "dtype": self.dtype}
         return {"device": "cpu", "device_kind": "cpu", "threads": torch.get_num_threads(),
-                "cores": os.cpu_count() or 1, "pinned_cores": self.pinned, "dtype": self.dtype}
+                "cores": usable_cores(), "pinned_cores": self.pinned, "dtype": self.dtype}
 
     def memory_gib(self) -> float:
         """Peak memory of this rank: allocated GPU memory, or the process's peak resident set."""
@@ -630,7 +639,7 @@ def main(argv: list[str] | None = None) -> None:
         import faulthandler
 
         faulthandler.dump_traceback_later(float(os.environ["FLMPLAN_HANG_DUMP_S"]), exit=True)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    torch.set_num_threads(max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     try:
         run = Run(args)
         run.run()

@@ -227,7 +227,7 @@ def test_checkpoint_stage_numbering_reads_old_and_new_manifests():
 
 
 def test_cpu_ranks_are_pinned_to_their_own_share_of_the_cores():
-    from runtime.parallel import _physical_core, pin_to_own_cores
+    from runtime.parallel import _physical_core, pin_to_own_cores, usable_cores
 
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("no CPU affinity on this platform")
@@ -241,6 +241,8 @@ def test_cpu_ranks_are_pinned_to_their_own_share_of_the_cores():
         second = pin_to_own_cores(1, 2)
         assert second == (allowed[per:2 * per] if len(allowed) > 1 else allowed)
         assert os.sched_getaffinity(0) == set(second) and torch.get_num_threads() == len(second)
+        # What a run records as its cores is what its process may use, not what the machine has.
+        assert usable_cores() == len(second)
         os.sched_setaffinity(0, mask)
         assert pin_to_own_cores(3, 4 * len(allowed)) == [allowed[3 % len(allowed)]]
     finally:
