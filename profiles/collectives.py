@@ -38,13 +38,16 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group(backend, rank=rank, world_size=nproc)
     device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
+    rank_cores = None
     if backend == "nccl":
         torch.cuda.set_device(device)
     else:     # as `flmplan run` starts CPU ranks: the cores shared out among them, each rank's own pinned
         from runtime.parallel import pin_to_own_cores, usable_cores
 
-        torch.set_num_threads(max(1, usable_cores() // nproc))
+        rank_cores = usable_cores() / nproc
+        torch.set_num_threads(max(1, int(rank_cores)))
         pin_to_own_cores(rank, nproc)
+        rank_cores = min(torch.get_num_threads(), rank_cores)    # the cores each rank computed on
     rows = [row for nbytes in sizes for row in _measure_size(rank, nproc, nbytes, device, reps)]
     try:
         tp, error = {sp: tensor_parallel_overhead(nproc, device, dtype, sp, reps=10 * reps + 1)
@@ -54,7 +57,7 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
     if rank == 0:
         import json
 
-        entry = tensor_parallel_entry(tp, error, nproc, _rank_cores(nproc, device))
+        entry = tensor_parallel_entry(tp, error, nproc, rank_cores)
         with open(out_path, "w") as f:
             json.dump({"rows": rows, "tensor_parallel": entry}, f)
     dist.barrier()
@@ -289,13 +292,6 @@ def _overheads(rounds: list[dict[str, float]]) -> dict[str, float]:
     for name in rounds[0]:
         out[name], out[name.removesuffix("_s") + "_spread"] = median_and_spread([r[name] for r in rounds])
     return out
-
-
-def _rank_cores(nproc: int, device: torch.device) -> float | None:
-    """The cores each CPU rank computed on (None on GPUs)."""
-    from runtime.parallel import usable_cores
-
-    return min(torch.get_num_threads(), usable_cores() / nproc) if device.type == "cpu" else None
 
 
 def measure_collectives(nproc: int, backend: str, sizes: list[int], reps: int = 3,

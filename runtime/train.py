@@ -171,6 +171,7 @@ class Run:
         else:
             self.device = torch.device("cpu")
         self.pinned = None
+        self.cores = usable_cores()       # before pinning narrows what this process may use
         if backend == "gloo" and args.pin_cores:
             self.pinned = pin_to_own_cores(int(os.environ.get("LOCAL_RANK", 0)),
                                            int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
@@ -456,7 +457,7 @@ class Run:
             return {"device": torch.cuda.get_device_name(self.device), "device_kind": "cuda", "gpu": self.gpu_key,
                     "dtype": self.dtype}
         return {"device": "cpu", "device_kind": "cpu", "threads": torch.get_num_threads(),
-                "cores": usable_cores(), "pinned_cores": self.pinned, "dtype": self.dtype}
+                "cores": self.cores, "pinned_cores": self.pinned, "dtype": self.dtype}
 
     def memory_gib(self) -> float:
         """Peak memory of this rank: allocated GPU memory, or the process's peak resident set."""

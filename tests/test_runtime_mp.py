@@ -106,6 +106,8 @@ def test_layouts_give_the_same_losses(single, tmp_path):
         # Each CPU rank computes on its own core (runtime/parallel.py pin_to_own_cores); rank 0 on the first.
         start = next(r for r in records(out) if r.get("event") == "start")
         assert start["pinned_cores"] == cores[:max(1, len(cores) // 2)]
+        # and records the cores the run had, not the rank's pinned share: validate shares them out.
+        assert start["cores"] == len(cores)
         got = losses(out)
         assert max(abs(a - b) for a, b in zip(got, base, strict=True)) < 1e-4, (name, got, base)
         assert_holds_what_the_planner_charges(out, one_stage(**layout))
