@@ -47,6 +47,22 @@ def core_sharing(profile: Profile, rank_cores: float | None, machine_cores: floa
     return {k: one_thread if k in ("collectives", "host") else kernels for k in kinds}
 
 
+# A causal flash kernel executes half of QKᵀ and of P·V: 2·b·s²·h·d of their 4·b·s²·h·d FLOPs; its
+# backward five such products to the forward's two (FlashAttention-2, Dao 2023, arXiv 2307.08691).
+FLASH_BWD_FLOPS = 2.5
+
+
+def flash_work(batch: float, seq: float, heads: float, head_dim: float) -> tuple[float, float, float]:
+    """(forward matmul FLOPs, scores, query rows) of a causal flash kernel. Beside its matmuls it
+    works on each of the b·h·s²/2 scores it computes (scale, mask, exp, the online softmax's running
+    max and sum: the non-matmul work FlashAttention-2 §3.1 names as what holds it back), work that
+    does not grow with the head dimension, so a kernel at d = 64 takes more than half its time at
+    d = 128 (0.60–1.08 on the H200 profile of profiles/data/measured); and on each of its b·h·s
+    query rows (the final rescale, the log-sum-exp, the diagonal tiles a causal mask computes
+    whole), so a kernel at 2s takes less than four times its time at s."""
+    return 2.0 * batch * seq * seq * heads * head_dim, batch * heads * seq * seq / 2, batch * heads * seq
+
+
 def gemm_roofline_s(m: float, n: float, k: float, batch: float, peak_flops: float, hbm_bytes_s: float,
                     bytes_per_element: int, e_max: float, k_half: float, overhead_s: float) -> float:
     """max(compute at e(d) = e_max·d/(d + k_half), memory traffic) + launch overhead."""
@@ -91,6 +107,10 @@ class DeviceModel:
         a = profile.attention
         self.attn_fwd_eff = float(a["fwd_eff"])
         self.attn_bwd_eff = float(a["bwd_eff"])
+        # Seconds per score and per query row of the work that does not grow with the head dimension
+        # (0 where the profile could not tell it apart, or a derived profile; flash_work).
+        self.attn_fwd_score_s, self.attn_bwd_score_s, self.attn_fwd_row_s, self.attn_bwd_row_s = (
+            float(a.get(key, 0.0)) * 1e-12 for key in ("fwd_score_ps", "bwd_score_ps", "fwd_row_ps", "bwd_row_ps"))
         mb = profile.memory_bound
         self.membw_bytes_s = float(mb["bandwidth_gbps"]) * 1e9
         self.mem_overhead_s = float(mb["overhead_us"]) * 1e-6
@@ -160,11 +180,11 @@ class DeviceModel:
         return fwd, bwd
 
     def _flash_model_s(self, batch: float, seq: float, heads: float, head_dim: float) -> tuple[float, float]:
-        # A causal flash kernel executes half of QKᵀ and of ·V: 2·b·s²·h of 4·b·s²·h;
-        # its backward five such products (FlashAttention-2, Dao 2023) = 2.5 × forward.
-        fwd_flops = 2.0 * batch * seq * seq * heads * head_dim
-        fwd = fwd_flops / (self.peak_flops * self.attn_fwd_eff) + self.gemm_overhead_s
-        bwd = 2.5 * fwd_flops / (self.peak_flops * self.attn_bwd_eff) + 2 * self.gemm_overhead_s
+        flops, scores, rows = flash_work(batch, seq, heads, head_dim)
+        fwd = (flops / (self.peak_flops * self.attn_fwd_eff) + scores * self.attn_fwd_score_s
+               + rows * self.attn_fwd_row_s + self.gemm_overhead_s)
+        bwd = (FLASH_BWD_FLOPS * flops / (self.peak_flops * self.attn_bwd_eff) + scores * self.attn_bwd_score_s
+               + rows * self.attn_bwd_row_s + 2 * self.gemm_overhead_s)
         return fwd, bwd
 
     def flash_attention_s(self, batch: float, seq: float, heads: float, head_dim: float) -> tuple[float, float]:

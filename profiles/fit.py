@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from planner.device import gemm_roofline_s
+from planner.device import FLASH_BWD_FLOPS, flash_work, gemm_roofline_s
 from profiles.schema import ProfileError
 
 
@@ -39,14 +39,68 @@ def fit_gemm(points: list[dict], peak_flops: float, hbm_bytes_s: float, elem: in
     return {"e_max": round(best[1], 4), "k_half": best[2], "overhead_us": best[3]}
 
 
-def fit_attention(points: list[dict], peak_flops: float) -> dict:
-    """Efficiency on the FLOPs a causal kernel executes: 2·b·s²·h forward, 2.5× that backward."""
-    fwd, bwd = [], []
-    for p in points:
-        flops = 2.0 * p["batch"] * p["seq"] ** 2 * p["heads"] * p["head_dim"]
-        fwd.append(flops / (peak_flops * p["fwd_s"]))
-        bwd.append(2.5 * flops / (peak_flops * p["bwd_s"]))
-    return {"fwd_eff": round(statistics.median(fwd), 4), "bwd_eff": round(statistics.median(bwd), 4)}
+def fit_attention(points: list[dict], peak_flops: float, overhead_s: float = 0.0) -> dict:
+    """The flash kernel's time beyond its launch (`overhead_s`; twice that backward) as its matmul
+    FLOPs at an efficiency, plus a time per score and per query row (planner/device.py flash_work),
+    forward and backward: least squares on the relative error over the points, every term ≥ 0. Only
+    points at two head dimensions or more tell the scores from the matmuls, and at two sequence
+    lengths or more the rows from the scores: a term the points cannot tell apart stays 0."""
+    usable = ["flops"]
+    if len({p["head_dim"] for p in points}) > 1:
+        usable.append("scores")
+    if len({p["seq"] for p in points}) > 1:
+        usable.append("rows")
+    out = {}
+    for name, flops_factor, launches in (("fwd", 1.0, 1), ("bwd", FLASH_BWD_FLOPS, 2)):
+        rows = []      # each term of a point over its measured time: matmul seconds at peak, scores, rows
+        for p in points:
+            flops, scores, query_rows = flash_work(p["batch"], p["seq"], p["heads"], p["head_dim"])
+            t = p[f"{name}_s"] - launches * overhead_s
+            if t > 0:
+                rows.append({"flops": flops_factor * flops / peak_flops / t, "scores": scores / t,
+                             "rows": query_rows / t})
+        if not rows:
+            raise ProfileError("No attention kernel was timed above its launch overhead, so the attention "
+                               "model cannot be fitted; profile longer sequences.")
+        coef = _nonnegative_fit(rows, usable)
+        out[f"{name}_eff"] = round(1 / coef["flops"], 4)
+        out[f"{name}_score_ps"] = round(coef.get("scores", 0.0) * 1e12, 6)
+        out[f"{name}_row_ps"] = round(coef.get("rows", 0.0) * 1e12, 6)
+    return out
+
+
+def _nonnegative_fit(rows: list[dict[str, float]], terms: list[str]) -> dict[str, float]:
+    """Coefficients ≥ 0 (the first > 0) minimising Σ (Σ_t c_t·row[t] − 1)²: the best of the fits on
+    each subset of the terms that keeps the first (a handful: the normal equations solved by hand)."""
+    best: tuple[float, dict[str, float]] | None = None
+    for k in range(1 << (len(terms) - 1)):
+        subset = [terms[0]] + [t for i, t in enumerate(terms[1:]) if k >> i & 1]
+        coef = _least_squares([[r[t] for t in subset] for r in rows])
+        if coef is None or coef[0] <= 0 or min(coef) < 0:
+            continue
+        sse = sum((sum(c * v for c, v in zip(coef, (r[t] for t in subset), strict=True)) - 1) ** 2 for r in rows)
+        if best is None or sse < best[0]:
+            best = (sse, dict(zip(subset, coef, strict=True)))
+    if best is None:
+        raise ProfileError("The attention points admit no positive efficiency; profile again.")
+    return best[1]
+
+
+def _least_squares(xs: list[list[float]]) -> list[float] | None:
+    """c minimising Σ (c·x − 1)² over the rows x, by Gaussian elimination on the normal equations;
+    None where they are singular (terms the rows cannot tell apart)."""
+    n = len(xs[0])
+    a = [[sum(x[i] * x[j] for x in xs) for j in range(n)] + [sum(x[i] for x in xs)] for i in range(n)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
+        if abs(a[pivot][col]) <= 1e-12 * max(abs(a[i][i]) for i in range(n)):
+            return None
+        a[col], a[pivot] = a[pivot], a[col]
+        for r in range(n):
+            if r != col:
+                f = a[r][col] / a[col][col]
+                a[r] = [v - f * w for v, w in zip(a[r], a[col], strict=True)]
+    return [a[i][n] / a[i][i] for i in range(n)]
 
 
 def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:

@@ -27,7 +27,9 @@ from profiles.timing import DTYPES, SETTLED, TARGET_SPREAD, measure
 
 @dataclass
 class Sweep:
-    """What to measure. `quick` on a CPU stays under two minutes on two cores."""
+    """What to measure. `quick` on a CPU stays under two minutes on two cores. Attention at two
+    head dimensions and two sequence lengths or more: only they tell a flash kernel's work per
+    score and per query row from its matmuls (profiles/fit.py fit_attention)."""
 
     hiddens: list[int]
     tokens: list[int]
@@ -45,7 +47,7 @@ def default_sweep(device: torch.device, quick: bool) -> Sweep:
     if device.type == "cpu" and quick:
         return Sweep(
             hiddens=[256, 512, 768, 1024], tokens=[256, 512], tps=[1, 2],
-            attention=[(b, s, h, 64) for b in (1, 2) for s in (128, 256) for h in (4, 8, 16)],
+            attention=[(b, s, h, d) for b in (1, 2) for s in (64, 128, 256) for h in (4, 16) for d in (16, 32, 64)],
             memory_bound=[(256, 512), (512, 768), (1024, 1024)],
             layers=[(256, 4, 256, 2), (512, 8, 256, 2), (768, 12, 256, 2), (1024, 16, 256, 2)],
             collective_bytes=[1 << 12, 1 << 20, 8 << 20], reps=5, budget_s=0.15, layer_budget_s=1.5,
@@ -53,7 +55,7 @@ def default_sweep(device: torch.device, quick: bool) -> Sweep:
     if device.type == "cpu":
         return Sweep(
             hiddens=[256, 512, 1024, 2048], tokens=[256, 1024, 2048], tps=[1, 2, 4],
-            attention=[(b, s, h, d) for b in (1, 4) for s in (256, 512, 1024) for h in (8, 16) for d in (64, 128)],
+            attention=[(b, s, h, d) for b in (1, 4) for s in (256, 512, 1024) for h in (8, 16) for d in (32, 64, 128)],
             memory_bound=[(512, 512), (1024, 1024), (2048, 2048), (4096, 2048)],
             layers=[(256, 4, 256, 4), (512, 8, 512, 2), (1024, 16, 512, 2), (2048, 16, 1024, 1)],
             collective_bytes=[1 << 12, 1 << 18, 1 << 20, 8 << 20, 64 << 20], reps=5, budget_s=0.5,
@@ -61,7 +63,7 @@ def default_sweep(device: torch.device, quick: bool) -> Sweep:
     if quick:
         return Sweep(
             hiddens=[2048, 4096, 8192], tokens=[4096, 8192], tps=[1, 2, 4, 8],
-            attention=[(b, s, h, 128) for b in (1, 4) for s in (2048, 4096) for h in (16, 32)],
+            attention=[(b, s, h, d) for b in (1, 4) for s in (2048, 4096) for h in (16, 32) for d in (64, 128)],
             memory_bound=[(8192, 4096), (16384, 8192), (32768, 8192)],
             layers=[(2048, 16, 2048, 2), (4096, 32, 2048, 2), (8192, 64, 2048, 1)],
             collective_bytes=[1 << 20, 64 << 20, 512 << 20], reps=10, budget_s=0.2,
@@ -145,7 +147,7 @@ def run_profile(device_kind: str = "cpu", dtype: str | None = None, quick: bool 
     mem_fit = fit.fit_memory_bound(mem_points)
     hbm = gpu.hbm_tbps * 1000 if gpu else mem_fit["bandwidth_gbps"]
     gemm_fit = fit.fit_gemm(gemm_points, peak * 1e12, hbm * 1e9, elem)
-    attn_fit = fit.fit_attention(attn_points, peak * 1e12)
+    attn_fit = fit.fit_attention(attn_points, peak * 1e12, gemm_fit["overhead_us"] * 1e-6)
     collectives = _collectives(coll_points, gpu, device.type == "cpu")
     if coll_points:
         collectives["tensor_parallel"] = tensor_parallel

@@ -46,8 +46,10 @@ class Profile:
 
     gemm:        e_max, k_half, overhead_us (the fitted shape model) and measured points
                  {m, n, k, time_s};
-    attention:   fwd_eff, bwd_eff (fraction of peak on the FLOPs the kernel executes) and
-                 points {batch, seq, heads, head_dim, causal, fwd_s, bwd_s};
+    attention:   fwd_eff, bwd_eff (fraction of peak on the FLOPs the kernel executes), optionally
+                 fwd_score_ps, bwd_score_ps, fwd_row_ps, bwd_row_ps (picoseconds per score and per
+                 query row of the work that does not grow with the head dimension) and points
+                 {batch, seq, heads, head_dim, causal, fwd_s, bwd_s};
     memory_bound: bandwidth_gbps, overhead_us and points {op, bytes, time_s};
     collectives: intra_node / inter_node: {busbw_gbps, latency_us, points {op, ranks, bytes, time_s}};
                  inter_node busbw_gbps is per GPU (its own NIC); a measured tier also has each

@@ -18,6 +18,23 @@ def a800():
     return builtin_profile("a800-80gb")
 
 
+def test_flash_attention_is_charged_its_matmuls_scores_and_rows_by_hand(a800):
+    """A profile's attention terms (planner/device.py flash_work): a causal kernel of b = 2, s = 1024,
+    h = 16, d = 64 executes 2·b·s²·h·d = 4.29 GFLOP of matmuls forward (2.5× backward), works on
+    b·h·s²/2 = 16.8 M scores and b·h·s = 32,768 query rows."""
+    from planner.cost import device_models
+
+    profile = replace(a800, gemm={"e_max": 0.5, "k_half": 0, "overhead_us": 0, "points": []},
+                      attention={"fwd_eff": 0.5, "bwd_eff": 0.25, "fwd_score_ps": 2.0, "bwd_score_ps": 6.0,
+                                 "fwd_row_ps": 100.0, "bwd_row_ps": 300.0, "points": []})
+    dev, _ = device_models(profile)
+    flops, scores, rows = 4_294_967_296, 16_777_216, 32_768
+    peak = 312e12
+    fwd, bwd = dev.flash_attention_s(2, 1024, 16, 64)
+    assert fwd == pytest.approx(flops / (0.5 * peak) + 2e-12 * scores + 100e-12 * rows, rel=1e-9)
+    assert bwd == pytest.approx(2.5 * flops / (0.25 * peak) + 6e-12 * scores + 300e-12 * rows, rel=1e-9)
+
+
 def test_compute_is_six_flops_per_parameter_and_token_by_hand(a800):
     """On a synthetic device whose GEMMs run at exactly half of peak (no launch cost, no
     shape effect), whose flash attention runs at 1/2 forward and 1/4 backward, and whose memory

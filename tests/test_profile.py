@@ -108,6 +108,35 @@ def test_collectives_are_charged_their_mean_time_tail_included():
     assert 0.0105 <= t < 0.1
 
 
+def _flash_point(b: int, s: int, h: int, d: int, peak: float, launch: float, score_ps: float = 2.0) -> dict:
+    """A kernel whose matmuls run at 40 % of peak forward and 30 % backward, with score_ps and 5 ps
+    per score and 50 and 120 ps per query row, and a launch (twice backward)."""
+    flops, scores, rows = 2 * b * s * s * h * d, b * h * s * s / 2, b * h * s
+    return {"batch": b, "seq": s, "heads": h, "head_dim": d,
+            "fwd_s": flops / (0.4 * peak) + score_ps * 1e-12 * scores + 50e-12 * rows + launch,
+            "bwd_s": 2.5 * flops / (0.3 * peak) + 2.5 * score_ps * 1e-12 * scores + 120e-12 * rows + 2 * launch}
+
+
+def test_attention_fit_tells_the_matmuls_from_the_work_per_score_and_per_row():
+    from profiles.fit import fit_attention
+
+    peak, launch = 100e12, 10e-6
+    points = [_flash_point(b, s, h, d, peak, launch) for b in (1, 2) for s in (512, 2048) for h in (8, 16)
+              for d in (64, 128)]
+    assert fit_attention(points, peak, launch) == pytest.approx(
+        {"fwd_eff": 0.4, "fwd_score_ps": 2.0, "fwd_row_ps": 50.0, "bwd_eff": 0.3, "bwd_score_ps": 5.0,
+         "bwd_row_ps": 120.0}, rel=1e-3)
+    # At one head dimension a score costs what 4·d FLOPs do: the two cannot be told apart, so the
+    # efficiency takes the scores' work (1/0.4 + 2 ps · 100 TFLOP/s / 512 = 2.89, 1/2.89 = 0.346).
+    one_d = [p for p in points if p["head_dim"] == 128]
+    fit = fit_attention(one_d, peak, launch)
+    assert fit["fwd_score_ps"] == fit["bwd_score_ps"] == 0
+    assert fit["fwd_eff"] == pytest.approx(1 / (1 / 0.4 + 2e-12 * peak / 512), rel=1e-3)
+    assert fit["fwd_row_ps"] == pytest.approx(50.0, rel=1e-3)
+    # At one length the rows cannot be told from the scores: rows stay 0.
+    assert fit_attention([p for p in points if p["seq"] == 512], peak, launch)["fwd_row_ps"] == 0
+
+
 def test_builtin_profiles_say_where_each_value_comes_from():
     names = builtin_profile_names()
     for key in ("a100-40gb", "a100-80gb", "a800-80gb", "h100-80gb", "h200-141gb", "b200"):
