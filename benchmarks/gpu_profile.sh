@@ -17,6 +17,10 @@ p = json.load(open(sys.argv[1]))
 d = p["device"]
 print(f"{d['name']}: best bf16 GEMM {d['measured_gemm_max_tflops']:.0f} TFLOP/s of {d['peak_tflops']:.0f} peak "
       f"({d['measured_gemm_max_tflops'] / d['peak_tflops']:.1%}); fitted e_max {p['gemm']['e_max']:.3f}")
+a = p["attention"]
+print(f"attention: matmuls at {a['fwd_eff']:.2f} / {a['bwd_eff']:.2f} of peak (fwd / bwd), "
+      f"{a.get('fwd_score_ps', 0):.3g} / {a.get('bwd_score_ps', 0):.3g} ps a score, "
+      f"{a.get('fwd_row_ps', 0):.3g} / {a.get('bwd_row_ps', 0):.3g} ps a query row")
 t = p["timing"]
 print(f"stability: median spread {t['median_spread']:.1%}, worst {t['max_spread']:.1%}; layer {t['repeat']['layer']} "
       f"measured again at the end {t['repeat']['difference']:+.1%} (target within 3 %)")
