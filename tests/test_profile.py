@@ -14,7 +14,8 @@ from profiles.run import Sweep, run_profile
 from profiles.schema import ProfileError, builtin_profile, builtin_profile_names, load_profile, save_profile
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = Sweep(hiddens=[64, 128], tokens=[64], tps=[1, 2], attention=[(1, 64, 2, 32), (2, 64, 2, 32)],
+TINY = Sweep(hiddens=[64, 128], tokens=[64], tps=[1, 2],
+             attention=[(1, 64, 2, 16), (1, 64, 2, 32), (2, 128, 2, 32)],
              memory_bound=[(64, 64), (128, 128)], layers=[(64, 2, 32, 1)], reps=1, budget_s=0.05,
              layer_budget_s=0.1)
 
@@ -33,6 +34,8 @@ def test_profiler_writes_a_valid_measured_profile(tiny_profile):
     assert len(prof.gemm["points"]) > 30
     assert {p["pass"] for p in prof.gemm["points"]} == {"forward", "backward_data", "backward_weight"}
     assert 0 < prof.gemm["e_max"] <= 1 and prof.attention["fwd_eff"] > 0
+    # Two head dimensions and two lengths: attention's work per score and per row are fitted (≥ 0).
+    assert all(prof.attention[f"{d}_{term}_ps"] >= 0 for d in ("fwd", "bwd") for term in ("score", "row"))
     assert set(prof.memory_bound["ops"]) == {"layernorm", "gelu", "residual_add", "rotary"}
     layer = prof.layers[0]
     assert layer["forward_s"] > 0 and layer["backward_recompute_s"] > 0
