@@ -70,20 +70,19 @@ def fit_attention(points: list[dict], peak_flops: float, overhead_s: float = 0.0
 
 
 def _nonnegative_fit(rows: list[dict[str, float]], terms: list[str]) -> dict[str, float]:
-    """Coefficients ≥ 0 (the first > 0) minimising Σ (Σ_t c_t·row[t] − 1)²: the best of the fits on
-    each subset of the terms that keeps the first (a handful: the normal equations solved by hand)."""
+    """Coefficients ≥ 0, the first ≥ 1 (the matmuls at no more than the peak), minimising
+    Σ (Σ_t c_t·row[t] − 1)²: the best of the fits on each subset of the terms that keeps the first
+    (a handful: the normal equations solved by hand); failing all, the matmuls alone at the peak."""
     best: tuple[float, dict[str, float]] | None = None
     for k in range(1 << (len(terms) - 1)):
         subset = [terms[0]] + [t for i, t in enumerate(terms[1:]) if k >> i & 1]
         coef = _least_squares([[r[t] for t in subset] for r in rows])
-        if coef is None or coef[0] <= 0 or min(coef) < 0:
+        if coef is None or coef[0] < 1 or min(coef) < 0:
             continue
         sse = sum((sum(c * v for c, v in zip(coef, (r[t] for t in subset), strict=True)) - 1) ** 2 for r in rows)
         if best is None or sse < best[0]:
             best = (sse, dict(zip(subset, coef, strict=True)))
-    if best is None:
-        raise ProfileError("The attention points admit no positive efficiency; profile again.")
-    return best[1]
+    return best[1] if best else {terms[0]: 1.0}
 
 
 def _least_squares(xs: list[list[float]]) -> list[float] | None:

@@ -138,6 +138,8 @@ def test_attention_fit_tells_the_matmuls_from_the_work_per_score_and_per_row():
     assert fit["fwd_row_ps"] == pytest.approx(50.0, rel=1e-3)
     # At one length the rows cannot be told from the scores: rows stay 0.
     assert fit_attention([p for p in points if p["seq"] == 512], peak, launch)["fwd_row_ps"] == 0
+    # No kernel's matmuls beat the peak: against a peak set 10× too low the efficiency stops at 1.
+    assert fit_attention(points, peak / 10, launch)["fwd_eff"] == 1.0
 
 
 def test_builtin_profiles_say_where_each_value_comes_from():
