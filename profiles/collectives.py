@@ -42,10 +42,10 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
     if backend == "nccl":
         torch.cuda.set_device(device)
     else:     # as `flmplan run` starts CPU ranks: the cores shared out among them, each rank's own pinned
-        from runtime.parallel import pin_to_own_cores, usable_cores
+        from runtime.parallel import pin_to_own_cores, rank_threads, usable_cores
 
         rank_cores = usable_cores() / nproc
-        torch.set_num_threads(max(1, int(rank_cores)))
+        torch.set_num_threads(rank_threads(nproc))
         pin_to_own_cores(rank, nproc)
         rank_cores = min(torch.get_num_threads(), rank_cores)    # the cores each rank computed on
     rows = [row for nbytes in sizes for row in _measure_size(rank, nproc, nbytes, device, reps)]

@@ -67,6 +67,12 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def rank_threads(local_ranks: int) -> int:
+    """A CPU rank's intra-op threads: its whole share of the usable cores, at least one (ranks on
+    one machine split its cores; more threads than cores only contend)."""
+    return max(1, usable_cores() // max(1, local_ranks))
+
+
 def pin_to_own_cores(local_rank: int, local_ranks: int) -> list[int] | None:
     """Keep a CPU rank's computing thread, and the intra-op threads it starts later (one per core of
     its share: fewer than the machine's in a cpuset), on its own share of the cores this process may
@@ -78,7 +84,7 @@ def pin_to_own_cores(local_rank: int, local_ranks: int) -> list[int] | None:
     if local_ranks <= 1 or not hasattr(os, "sched_setaffinity"):
         return None
     allowed = sorted(os.sched_getaffinity(0), key=_physical_core)
-    per = max(1, len(allowed) // local_ranks)
+    per = rank_threads(local_ranks)
     start = local_rank * per % len(allowed)
     cores = allowed[start:start + per]
     os.sched_setaffinity(0, cores)

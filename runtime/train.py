@@ -48,6 +48,7 @@ from runtime.parallel import (
     make_optimizer,
     parallelize,
     pin_to_own_cores,
+    rank_threads,
     set_lr,
     usable_cores,
 )
@@ -640,7 +641,7 @@ def main(argv: list[str] | None = None) -> None:
         import faulthandler
 
         faulthandler.dump_traceback_later(float(os.environ["FLMPLAN_HANG_DUMP_S"]), exit=True)
-    torch.set_num_threads(max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    torch.set_num_threads(rank_threads(int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     try:
         run = Run(args)
         run.run()
