@@ -296,6 +296,11 @@ def test_torchtitan_exports_load_with_torchtitans_config_manager(tmp_path, monke
     import sys
 
     import torch
+    try:    # its model code, which the exported stages name; 0.3.0 needs torch newer than 2.11
+        import torchtitan.models.llama3  # noqa: F401
+    except ImportError as err:
+        pytest.skip(f"torchtitan {importlib.metadata.version('torchtitan')} does not load under torch "
+                    f"{torch.__version__}: {err}")
     from torchtitan.config.manager import ConfigManager
     from torchtitan.distributed.parallel_dims import ParallelDims
     from torchtitan.distributed.pipeline_parallel import _get_pipeline_metadata
