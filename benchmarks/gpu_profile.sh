@@ -21,6 +21,11 @@ a = p["attention"]
 print(f"attention: matmuls at {a['fwd_eff']:.2f} / {a['bwd_eff']:.2f} of peak (fwd / bwd), "
       f"{a.get('fwd_score_ps', 0):.3g} / {a.get('bwd_score_ps', 0):.3g} ps a score, "
       f"{a.get('fwd_row_ps', 0):.3g} / {a.get('bwd_row_ps', 0):.3g} ps a query row")
+if "issue_probe" in d:
+    i = d["issue_probe"]
+    print(f"issue: {d['issue_us_per_kernel']:.1f} us a kernel (the runtime's layer at h{i['layer']['hidden']}: "
+          f"{i['layer']['host_s'] * 1e3:.2f} ms to issue {i['kernels']} kernels); a lone kernel's launch "
+          f"{p['memory_bound']['overhead_us']:.1f} us")
 t = p["timing"]
 print(f"stability: median spread {t['median_spread']:.1%}, worst {t['max_spread']:.1%}; layer {t['repeat']['layer']} "
       f"measured again at the end {t['repeat']['difference']:+.1%} (target within 3 %)")

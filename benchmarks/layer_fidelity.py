@@ -1,9 +1,11 @@
 """Whole-layer fidelity of the profile-driven cost model.
 
 1. A measured profile (from `flmplan profile`): the cost model, fed only the profile's GEMM,
-   attention and memory-bound tables (and on a CPU the host's time per layer pass that the
-   profile's probe measured, as a step charges it), predicts the whole decoder layers that the
-   same profile measured directly (forward + backward, and backward with full recompute).
+   attention and memory-bound tables (on a CPU the host's time per layer pass that the profile's
+   probe measured, as a step charges it; on a GPU the host's time per kernel to issue the
+   runtime's layer, which the issue probe measured at a shape of its own), predicts the whole
+   decoder layers that the same profile measured directly (forward + backward, and backward with
+   full recompute).
 2. The built-in A100 profile against Korthikanti et al. 2022, Table 4 (one 22B layer at
    tp = 8, micro-batch 4, on A100): baseline, sequence parallel, full and selective recompute.
 

@@ -99,14 +99,20 @@ def _layer_time(dev: DeviceModel, model: ModelSpec, t: int, b: int, sequence_par
     launches = sum(op.launches for op in ops) + anatomy.OTHER_KERNELS_FWD - len(ops)
     mem_fwd += dev.memory_bound_s(0, kernels=launches)
     mem_bwd += dev.memory_bound_s(0, kernels=2 * launches)
-    # Kernels per pass: the GEMMs (backward: data and weight gradients), attention (backward:
-    # FlashAttention-2's pre-processing and main kernels), the element-wise ones (backward twice).
-    elementwise = launches + len(ops)
-    n_gemm = len(anatomy.matmuls(model))
+    kernels_fwd, kernels_bwd = layer_kernels(model, software.dropout)
     return LayerTime(gemm_fwd, gemm_bwd, attn_fwd, attn_bwd, mem_fwd, mem_bwd,
                      norm_act_fwd=sum(fwd_by_op[op.name] for op in ops if op.selective),
-                     issue_fwd=dev.issue_s(n_gemm + 1 + elementwise),
-                     issue_bwd=dev.issue_s(2 * n_gemm + 2 + 2 * elementwise))
+                     issue_fwd=dev.issue_s(kernels_fwd), issue_bwd=dev.issue_s(kernels_bwd))
+
+
+def layer_kernels(model: ModelSpec, dropout: float = 0.0) -> tuple[int, int]:
+    """Kernels a layer's forward and backward start: the GEMMs (backward: data and weight
+    gradients), attention (backward: FlashAttention-2's pre-processing and main kernels), the
+    element-wise ones (backward twice). The profiler divides the host's measured time to issue a
+    layer by these (profiles/run.py issue_probe)."""
+    elementwise = sum(op.launches for op in anatomy.elementwise_ops(model, dropout)) + anatomy.OTHER_KERNELS_FWD
+    n_gemm = len(anatomy.matmuls(model))
+    return n_gemm + 1 + elementwise, 2 * n_gemm + 2 + 2 * elementwise
 
 
 def logits_time(dev: DeviceModel, model: ModelSpec, layout: Layout) -> tuple[float, float]:

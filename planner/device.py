@@ -11,8 +11,9 @@ The profiler times each kernel alone, so a measured time is the launch latency (
 dispatch and the device's start) plus the kernel's work. In a training step on a GPU the host
 queues kernels ahead of the device and that latency overlaps the kernels before it; so on a
 GPU the kernel functions here return the work alone, and a whole pass costs the longer of its
-work and the host's time to issue its kernels (`issue_s`). A CPU runs each kernel on the host
-that dispatches it, so there the latency is part of every kernel.
+work and the host's time to issue its kernels (`issue_s`; measured on the runtime's own layer
+where the profile has it). A CPU runs each kernel on the host that dispatches it, so there the
+latency is part of every kernel.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class DeviceModel:
         self.op_bytes_s = {op: float(gbps) * 1e9 for op, gbps in mb.get("ops", {}).items()}
         self.bytes_per_element = BYTES_PER_ELEMENT[profile.dtype]
         self.queued = profile.device.get("kind") == "cuda"
+        self.issue_per_kernel_s = float(profile.device.get("issue_us_per_kernel", mb["overhead_us"])) * 1e-6
         self.factor = profile.time_factors()
         self.shared_cores = profile.device.get("shared_cores")   # a CPU run's ranks on one machine's cores
 
@@ -139,8 +141,10 @@ class DeviceModel:
 
     def issue_s(self, kernels: int) -> float:
         """The host's time to issue this many kernels into a GPU stream (a pass can go no faster);
-        0 on a CPU, where every kernel's time already includes its dispatch."""
-        return kernels * self.mem_overhead_s * self.factor["launch"] if self.queued else 0.0
+        0 on a CPU, where every kernel's time already includes its dispatch. Per kernel: what the
+        profiler measured the runtime's own layer to take (`device.issue_us_per_kernel`: Python,
+        autograd and the dispatcher with each launch), else a lone kernel's launch latency."""
+        return kernels * self.issue_per_kernel_s * self.factor["launch"] if self.queued else 0.0
 
     # --- GEMM -----------------------------------------------------------------
     def gemm_model_s(self, m: float, n: float, k: float, batch: float = 1) -> float:

@@ -44,3 +44,25 @@ def measure_layer(hidden: int, heads: int, seq: int, micro_batch: int, device: t
         "spread": round(max(fwd.spread, step.spread, step_rc.spread), 4),
         "host_s": step.host_s,
     }
+
+
+# The issue probe's layer: small enough that its kernels take far less than their launch on any
+# GPU, so that the host's time to issue it is all the step waits for.
+ISSUE_PROBE = (256, 4, 128, 1)      # hidden, heads, seq, micro_batch
+
+
+def issue_probe(device: torch.device, dtype: torch.dtype, reps: int, budget_s: float = 2.0) -> dict:
+    """The host's time per kernel to issue the runtime's own layer, forward and backward (Python,
+    autograd and the dispatcher around each launch), which bounds a pass on a GPU from below
+    however little its kernels compute (planner/device.py issue_s). On a GPU only: a CPU runs each
+    kernel on the host that dispatches it."""
+    from planner.compute import layer_kernels
+    from planner.specs import ModelSpec
+
+    hidden, heads, seq, micro_batch = ISSUE_PROBE
+    layer = measure_layer(hidden, heads, seq, micro_batch, device, dtype, reps, budget_s)
+    fwd, bwd = layer_kernels(ModelSpec(layers=1, hidden=hidden, heads=heads, ffn=4 * hidden, vocab=8, seq=seq))
+    return {"layer": layer, "kernels": fwd + bwd, "us_per_kernel": round(layer["host_s"] / (fwd + bwd) * 1e6, 3),
+            "method": "the host's median time to issue forward + backward of the runtime's layer at this "
+                      "shape (its kernels far shorter than their launch), over the kernels the cost model "
+                      "counts for it (planner/compute.py layer_kernels)"}

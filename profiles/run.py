@@ -20,7 +20,7 @@ from planner.specs import gpu_for_device
 from profiles import fit
 from profiles.collectives import measure_collectives
 from profiles.kernels import layer_gemm_shapes, measure_attention, measure_gemm, memory_bound_ops
-from profiles.layer import measure_layer
+from profiles.layer import issue_probe, measure_layer
 from profiles.schema import Profile, ProfileError
 from profiles.timing import DTYPES, SETTLED, TARGET_SPREAD, measure
 
@@ -133,6 +133,7 @@ def run_profile(device_kind: str = "cpu", dtype: str | None = None, quick: bool 
         # The first layer again, at the end of the sweep: the profile's own check of its stability.
         progress.update(task, description="first layer again")
         again = measure_layer(*sweep.layers[0], device, tdtype, sweep.reps, sweep.layer_budget_s)
+        issue = issue_probe(device, tdtype, sweep.reps, sweep.layer_budget_s) if device.type == "cuda" else None
         progress.advance(task)
         if multi:
             progress.update(task, description="collectives")
@@ -159,7 +160,8 @@ def run_profile(device_kind: str = "cpu", dtype: str | None = None, quick: bool 
         host=socket.gethostname(),
         device={"name": device_name, "kind": device.type, "count": count, "peak_tflops": round(peak, 4),
                 "hbm_gbps": round(hbm, 2), "measured_gemm_max_tflops": round(measured_peak, 4),
-                "peak_source": "GPU catalog data sheet" if gpu else "fastest measured GEMM"},
+                "peak_source": "GPU catalog data sheet" if gpu else "fastest measured GEMM",
+                **({"issue_us_per_kernel": issue["us_per_kernel"], "issue_probe": issue} if issue else {})},
         software={"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
                   "threads": torch.get_num_threads(), "quick": quick},
         gemm={**gemm_fit, "points": gemm_points},

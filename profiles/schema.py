@@ -44,6 +44,8 @@ class ProfileError(FlmplanError):
 class Profile:
     """Tables of one device type. Times in seconds, bandwidths in GB/s, throughputs in TFLOP/s.
 
+    device:      name, kind, count, peak_tflops, …; on a measured GPU issue_us_per_kernel (the host's
+                 time per kernel to issue the runtime's layer) with its issue_probe;
     gemm:        e_max, k_half, overhead_us (the fitted shape model) and measured points
                  {m, n, k, time_s};
     attention:   fwd_eff, bwd_eff (fraction of peak on the FLOPs the kernel executes), optionally
