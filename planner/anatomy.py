@@ -148,9 +148,10 @@ def elementwise_ops(model: ModelSpec, dropout: float = 0.0) -> tuple[Elementwise
     ops = [
         Elementwise("layernorm", "layernorm", h, 2, LAYERNORMS_PER_LAYER, "sequence", 2, selective=True),
         Elementwise("residual_add", "residual_add", h, 3, 2, "sequence", 2),
-        Elementwise("rotary", "rotary", model.q_dim + model.kv_dim, 2, 1, "tensor", 2 * _ROTARY_KERNELS),
         Elementwise(model.activation, "gelu", f, 3 if swiglu else 2, 1, "tensor", 1, selective=True),
     ]
+    if model.position != "learned":     # learned positions are added once, to the embeddings
+        ops.append(Elementwise("rotary", "rotary", model.q_dim + model.kv_dim, 2, 1, "tensor", 2 * _ROTARY_KERNELS))
     if model.position == "xpos":
         ops.append(Elementwise("xpos", "rotary", model.q_dim + model.kv_dim, 2, 1, "tensor", 2))
     if dropout > 0:

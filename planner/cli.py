@@ -570,7 +570,10 @@ def run(
         from runtime.scale import tiny_plan
 
         plan = plan_from_dict(tiny_plan(plan.to_json(), nproc, steps), origin=f"Plan {plan_file} at --scale tiny")
+    from runtime.model import check_trainable
+
     for k, st in enumerate(plan.stages):
+        check_trainable(st.model, f"Stage {k + 1}'s model")
         lay = st.layout
         if lay.gpus != nproc:
             raise FlmplanError(

@@ -26,6 +26,10 @@ TARGETS = ("megatron", "torchtitan", "slurm")
 MEGATRON_COMMIT = "d98e8a64ddf34856e74b24714e3bedb2f5a39553"
 
 
+# How the exports name each position encoding a tool may lack (planner/specs.py Position).
+_POSITION_NAMES = {"xpos": "xPos", "learned": "learned absolute positions"}
+
+
 def _unless_nearest(nearest: bool, where: str, what: str, tool: str, instead: str) -> None:
     """Refuse a plan field `tool` cannot express, naming it, unless the user accepts the nearest."""
     if not nearest:
@@ -62,7 +66,7 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
     args = [
         f"--num-layers {m.layers}", f"--hidden-size {m.hidden}", f"--num-attention-heads {m.heads}",
         f"--ffn-hidden-size {m.ffn}", f"--seq-length {m.seq}", f"--max-position-embeddings {m.seq}",
-        "--position-embedding-type rope",
+        f"--position-embedding-type {'learned_absolute' if m.position == 'learned' else 'rope'}",
         f"--tensor-model-parallel-size {lay.tp}", f"--pipeline-model-parallel-size {lay.pp}",
         f"--micro-batch-size {lay.micro_batch}", f"--global-batch-size {lay.global_batch}",
         *{"bf16": ["--bf16"], "fp16": ["--fp16"]}.get(plan.dtype, []),
@@ -148,9 +152,10 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
         ffn = round(2 * m.ffn / 3 / 128) * 128
         notes.append(f"SwiGLU MLP of width {ffn} in place of the plan's GeLU of width {m.ffn} (the same parameters "
                      f"to {abs(3 * ffn - 2 * m.ffn) / (2 * m.ffn):.2%}).")
-    if m.position == "xpos":
-        _unless_nearest(nearest, where, "uses xPos (model.position)", "torchtitan", "plain rotary")
-        notes.append("Plain rotary position embedding in place of xPos.")
+    if m.position != "rotary":
+        name = _POSITION_NAMES[m.position]
+        _unless_nearest(nearest, where, f"uses {name} (model.position)", "torchtitan", "plain rotary")
+        notes.append(f"Plain rotary position embedding in place of {name}.")
     tied = m.tied_embeddings
     if tied and lay.pp > 1:
         _unless_nearest(nearest, where, "ties the embedding to the output layer (model.tied_embeddings) under "

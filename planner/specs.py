@@ -15,7 +15,7 @@ from planner import anatomy
 from planner.errors import FlmplanError, InvalidLayout
 
 Activation = Literal["gelu", "swiglu"]
-Position = Literal["rotary", "xpos"]
+Position = Literal["rotary", "xpos", "learned"]
 Recompute = Literal["none", "selective", "full"]
 AttentionKernel = Literal["flash", "unfused"]
 ZeroStage = Literal[0, 1, 2, 3]
@@ -43,7 +43,9 @@ class ModelSpec:
     activation: Activation = "gelu"
     tied_embeddings: bool = True
     # Rotary position embedding (Su et al. 2021), or rotary with xPos's decay (Sun et al. 2022),
-    # which FLM-101B uses: an extra scale on Q and K.
+    # which FLM-101B uses: an extra scale on Q and K. Or learned absolute position embeddings, added
+    # to the token embeddings once (GPT-2/3; Megatron-LM's GPT, `learned_absolute`): no kernel in
+    # the layers, a table of seq × hidden parameters.
     position: Position = "rotary"
 
     def __post_init__(self) -> None:
@@ -56,8 +58,8 @@ class ModelSpec:
             raise FlmplanError(f"model.kv_heads = {self.kv_heads} must divide model.heads = {self.heads}.")
         if self.activation not in ("gelu", "swiglu"):
             raise FlmplanError(f"model.activation must be 'gelu' or 'swiglu', got {self.activation!r}.")
-        if self.position not in ("rotary", "xpos"):
-            raise FlmplanError(f"model.position must be 'rotary' or 'xpos', got {self.position!r}.")
+        if self.position not in ("rotary", "xpos", "learned"):
+            raise FlmplanError(f"model.position must be 'rotary', 'xpos' or 'learned', got {self.position!r}.")
 
     def sets_head_dim(self) -> bool:
         """Whether the head width is set apart from hidden / heads (the runtime's MSG head growth)."""
@@ -98,9 +100,11 @@ class ModelSpec:
         return anatomy.tp_replicated_layer_params(self)
 
     def embedding_params(self) -> int:
-        """Token embedding (and the output head, unless tied) plus the final LayerNorm."""
+        """Token embedding (and the output head, unless tied; and learned positions' table) plus the
+        final LayerNorm."""
         head = 0 if self.tied_embeddings else self.vocab * self.hidden
-        return self.vocab * self.hidden + head + 2 * self.hidden
+        positions = self.seq * self.hidden if self.position == "learned" else 0
+        return self.vocab * self.hidden + head + positions + 2 * self.hidden
 
     @cache  # noqa: B019
     def params(self) -> int:

@@ -29,6 +29,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from planner.errors import FlmplanError
 from planner.specs import ModelSpec
 from runtime import mup
 
@@ -292,9 +293,22 @@ def scatter_sequence(x: torch.Tensor, group) -> torch.Tensor:
     return x if group is None else _ScatterSequence.apply(x, group)
 
 
+# The position encodings the runtime trains (planner/specs.py Position names them all).
+POSITIONS = ("rotary", "xpos")
+
+
+def check_trainable(model: ModelSpec, where: str) -> None:
+    """Refuse, in one sentence, a model the runtime cannot train as planned."""
+    if model.position not in POSITIONS:
+        raise FlmplanError(f"{where} uses {model.position} positions (model.position), which the runtime does not "
+                           "train (it trains rotary or xPos); plan it with one of those, or export it with "
+                           "`flmplan export --to megatron`.")
+
+
 class Decoder(nn.Module):
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
+        check_trainable(cfg, "The model")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
         # The output layer: the embedding itself when tied (FLM-101B), else a matrix of its own.

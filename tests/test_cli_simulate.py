@@ -370,3 +370,31 @@ def test_report_has_the_tables_of_the_console(tmp_path):
     assert "tp4 pp4 dp12" in page and "Layouts: tp, pp, dp" in page
     assumptions = page.split("<h2>Assumptions</h2>")[1].split("</table>")[0]
     assert "{'" not in assumptions and "loss model" in assumptions
+
+
+def test_learned_positions_export_to_megatron_and_are_refused_where_not_trained(tmp_path, auto_plan):
+    """A GPT with learned absolute positions (Megatron-LM's `learned_absolute`): Megatron-LM takes it
+    as it is (its own parser accepts the arguments); torchtitan has only rotary (refused, or rotary
+    with --nearest, saying so); the runtime trains rotary or xPos and refuses it in one sentence
+    before any process starts."""
+    raw = auto_plan.to_json()
+    for st in raw["stages"]:
+        st["model"]["position"] = "learned"
+    path = tmp_path / "gpt.json"
+    path.write_text(json.dumps(raw))
+    r = runner.invoke(app, ["export", str(path), "--to", "megatron", "--out-dir", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    for k in range(len(raw["stages"])):
+        text = (tmp_path / "m" / f"stage{k + 1}.megatron.args").read_text()
+        assert parse_megatron(text).position_embedding_type == "learned_absolute" and "rotary" not in text
+    swiglu = tmp_path / "gpt-swiglu.json"     # torchtitan's MLP, so that the positions are what it refuses
+    swiglu.write_text(json.dumps({**raw, "stages": [{**st, "model": {**st["model"], "activation": "swiglu"}}
+                                                    for st in raw["stages"]]}))
+    r = runner.invoke(app, ["export", str(swiglu), "--to", "torchtitan", "--out", str(tmp_path / "t")])
+    assert_one_sentence(r, "learned absolute positions (model.position)")
+    r = runner.invoke(app, ["export", str(path), "--to", "torchtitan", "--out", str(tmp_path / "t"), "--nearest"])
+    assert r.exit_code == 0 and "in place of learned absolute positions" in (tmp_path / "t" / "flmplan_torchtitan.py"
+                                                                            ).read_text()
+    r = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
+    assert_one_sentence(r, "uses learned positions (model.position), which the runtime does not train")
+    assert not (tmp_path / "run").exists()

@@ -39,3 +39,20 @@ def test_step_flops_by_hand():
     # sequences of 4 is 12 tokens: 65664. Full recompute runs the layer's forward again:
     # (384 + 128 + 1024 + 128)·12 = 19968 more, 85632.
     assert step_flops(m, global_batch=3, recompute="full") == (65664, 85632)
+
+
+def test_learned_positions_have_no_kernel_in_the_layer_and_a_table_beside_the_embedding():
+    """Learned absolute positions are added once to the embeddings: the layer loses rotary's 16
+    kernels (27 → 11 forward, 54 → 22 backward, by hand: 4 GEMMs, attention, 2 LayerNorms, 2 residual
+    adds, the GeLU and attention's output copy) and its traffic; the model gains seq × hidden
+    parameters."""
+    from dataclasses import replace
+
+    from planner import anatomy
+    from planner.compute import layer_kernels
+
+    rope = ModelSpec(layers=2, hidden=256, heads=4, ffn=1024, vocab=1000, seq=128)
+    gpt = replace(rope, position="learned")
+    assert [op.name for op in anatomy.elementwise_ops(gpt)] == ["layernorm", "residual_add", "gelu"]
+    assert layer_kernels(gpt) == (11, 22)
+    assert gpt.params() - rope.params() == 128 * 256
