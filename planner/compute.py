@@ -93,9 +93,11 @@ def _layer_time(dev: DeviceModel, model: ModelSpec, t: int, b: int, sequence_par
     # no counted elements (the rest of each op's launches) cost their launch overhead.
     ops = anatomy.elementwise_ops(model, software.dropout)
     moved = {op.name: tokens * op.elements_per_token(t, sequence_parallel) * e for op in ops}   # bytes, forward
-    fwd_by_op = {op.name: dev.memory_bound_s(moved[op.name], op=op.kernel) for op in ops}
+    fused = software.compiled
+    fwd_by_op = {op.name: dev.memory_bound_s(moved[op.name], op=op.kernel, fused=fused) for op in ops}
     mem_fwd = sum(fwd_by_op.values())
-    mem_bwd = sum(dev.memory_bound_s(_MEMBOUND_BWD_FACTOR * moved[op.name], op=op.kernel) for op in ops)
+    mem_bwd = sum(dev.memory_bound_s(_MEMBOUND_BWD_FACTOR * moved[op.name], op=op.kernel, fused=fused)
+                  for op in ops)
     launches = sum(op.launches for op in ops) + anatomy.OTHER_KERNELS_FWD - len(ops)
     mem_fwd += dev.memory_bound_s(0, kernels=launches)
     mem_bwd += dev.memory_bound_s(0, kernels=2 * launches)

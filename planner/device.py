@@ -200,9 +200,14 @@ class DeviceModel:
                 self._in_stream(b * math.exp(_corrections(pb, coords)), 2 * self.gemm_overhead_s, "attention"))
 
     # --- memory-bound ---------------------------------------------------------
-    def memory_bound_s(self, nbytes: float, kernels: int = 1, op: str | None = None) -> float:
+    def memory_bound_s(self, nbytes: float, kernels: int = 1, op: str | None = None, fused: bool = False) -> float:
         """Element-wise kernels that move nbytes through memory, at the op's own measured
-        bandwidth where the profile has one (LayerNorm, GeLU, residual add, rotary)."""
-        bandwidth = self.op_bytes_s.get(op, self.membw_bytes_s) if op else self.membw_bytes_s
+        bandwidth where the profile has one (LayerNorm, GeLU, residual add, rotary); `fused` (a
+        compiled block): at the fastest of them, which a fused kernel moving only what its op must
+        can reach."""
+        if fused:
+            bandwidth = max([self.membw_bytes_s, *self.op_bytes_s.values()])
+        else:
+            bandwidth = self.op_bytes_s.get(op, self.membw_bytes_s) if op else self.membw_bytes_s
         launches = 0.0 if self.queued else kernels * self.mem_overhead_s * self.factor["launch"]
         return nbytes / bandwidth * self.factor["memory_bound"] + launches

@@ -261,6 +261,9 @@ def print_validation(console: Console, run, profile, checks, tolerance: float) -
                       f"{c.measured_mfu:.1%} / {c.predicted_mfu:.1%}", memory)
     console.print(table)
     failed = [c for c in checks if not c.passes(tolerance)]
+    if any(c.compiled for c in checks):
+        console.print("The run compiled its blocks (torch.compile): predicted with their element-wise ops fused, at "
+                      "the fastest element-wise kernel the profile measured.")
     if any(c.teacher_steps for c in checks):
         console.print("FreeLM's teacher steps train on batches of the same size and length as language steps: "
                       "their tokens count in tokens/s, as the plan's steps and cost count them.")

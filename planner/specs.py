@@ -128,6 +128,11 @@ class Software:
     overlap_grad_reduce: bool = True
     # Dropout probability on the residual branches and the embedding (and inside attention).
     dropout: float = 0.0
+    # Each block under torch.compile (flmplan's runtime on GPUs by default): its element-wise ops
+    # fused, each moving what the op must at the fastest element-wise kernel the profile measured,
+    # not at its own eager kernel's (a profile's points are eager). Launches and their issue are
+    # charged as eager. False: eager PyTorch, or kernels a profile without per-op points describes.
+    compiled: bool = False
 
     def __post_init__(self) -> None:
         if self.flash_attention not in (1, 2):

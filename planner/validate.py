@@ -62,6 +62,7 @@ class StageCheck:
     predicted_memory_gib: float
     memory_judged: bool        # False on a CPU: the process's resident set includes the runtime itself
     teacher_steps: int = 0     # of the steady steps, FreeLM teacher batches (same batch and length, counted alike)
+    compiled: bool = False     # predicted for compiled blocks (a GPU run with torch.compile; Software.compiled)
 
     @property
     def step_error(self) -> float:
@@ -167,7 +168,7 @@ def shared_cores(run: RunRecord, profile: Profile) -> Profile:
 
 def check_run(run: RunRecord, plan: Plan, profile: Profile) -> list[StageCheck]:
     from planner.cost import estimate_step
-    from planner.specs import ClusterSpec, get_gpu
+    from planner.specs import ClusterSpec, Software, get_gpu
 
     processes = run.start.get("processes")
     profile = shared_cores(run, profile)
@@ -192,7 +193,11 @@ def check_run(run: RunRecord, plan: Plan, profile: Profile) -> list[StageCheck]:
         steady, dropped = steady_steps(records)
         if not steady:
             continue
-        est = estimate_step(model, ClusterSpec.on(get_gpu(plan.cluster.gpu), layout.gpus), layout, profile)
+        # A GPU run's blocks under torch.compile fuse their element-wise ops; on a CPU inductor's
+        # kernels were no faster than eager (BENCHMARKS.md §31), and the run is costed as eager.
+        compiled = run.start.get("device_kind") == "cuda" and bool(steady[-1].get("compile"))
+        est = estimate_step(model, ClusterSpec.on(get_gpu(plan.cluster.gpu), layout.gpus), layout, profile,
+                            software=Software(compiled=compiled))
         step_s = statistics.median(r["step_s"] for r in steady)
         mfu = statistics.median(r["mfu"] for r in steady)
         measured_tps = tokens_per_step / step_s
@@ -205,6 +210,7 @@ def check_run(run: RunRecord, plan: Plan, profile: Profile) -> list[StageCheck]:
             predicted_memory_gib=est.memory.total_gib,
             memory_judged=run.start.get("device_kind") == "cuda",
             teacher_steps=sum(r.get("signal") == "teacher" for r in steady),
+            compiled=compiled,
         ))
     if not checks:
         raise ValidateError(f"The run in {run.folder} has only warm-up steps so far (the first logging window of "

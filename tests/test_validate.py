@@ -216,3 +216,38 @@ def test_freelm_teacher_steps_are_counted_like_language_steps(tmp_path):
     (stage,) = out["stages"]
     assert stage["steps"] == 8 and stage["teacher_steps"] == 4 and stage["step_error"] == pytest.approx(0.0)
     assert "FreeLM's teacher steps" in runner.invoke(app, ["validate", str(run)]).output
+
+
+def test_a_compiled_gpu_run_is_predicted_with_its_element_wise_ops_fused(tmp_path):
+    """A GPU run that compiled its blocks (its step records say `compile`) is costed with
+    Software(compiled=True): every element-wise op at the fastest element-wise kernel the profile
+    measured, not at its own eager kernel's; the same run eager is costed as eager."""
+    from dataclasses import replace
+
+    from planner.specs import Software
+    from profiles.schema import save_profile
+
+    base = builtin_profile("a800-80gb")
+    # Per-op eager bandwidths as a measured profile has them: rotary slow, the residual add fastest.
+    prof = replace(base, memory_bound={**base.memory_bound, "ops": {"rotary": 100.0, "residual_add": 1900.0}})
+    path = save_profile(prof, tmp_path / "a800-ops.json")
+    cluster = ClusterSpec(gpu=get_gpu("a800-80gb"), gpus=1, gpus_per_node=8)
+    figures = {}
+    for compiled in (False, True):
+        run = write_run(tmp_path / f"run-{compiled}", [("start", 0), ("w", 10.0), ("w", 1.0)])
+        # The tiny plan's layers are too small to be more than their launches on a GPU: widen them.
+        raw = json.loads((run / "plan.json").read_text())
+        raw["stages"][0]["model"].update(hidden=2048, heads=16, ffn=8192)
+        (run / "plan.json").write_text(json.dumps(raw))
+        st = load_plan(run / "plan.json").stages[0]
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        (run / "metrics.jsonl").write_text("".join(json.dumps({**r, "compile": compiled} if "step" in r else r) + "\n"
+                                                   for r in lines))
+        r = runner.invoke(app, ["validate", str(run), "--profile", str(path), "--json", "--tolerance", "10"])
+        assert r.exit_code == 0, r.output
+        (stage,) = json.loads(r.stdout)["stages"]
+        assert stage["compiled"] is compiled
+        est = estimate_step(st.model, cluster, st.layout, prof, software=Software(compiled=compiled))
+        figures[compiled] = stage["predicted_step_s"]
+        assert figures[compiled] == pytest.approx(est.iteration_s)
+    assert figures[True] < figures[False]      # the slow eager rotary is gone
