@@ -111,7 +111,7 @@ def layer_kernels(model: ModelSpec, dropout: float = 0.0) -> tuple[int, int]:
     """Kernels a layer's forward and backward start: the GEMMs (backward: data and weight
     gradients), attention (backward: FlashAttention-2's pre-processing and main kernels), the
     element-wise ones (backward twice). The profiler divides the host's measured time to issue a
-    layer by these (profiles/run.py issue_probe)."""
+    layer by these (profiles/layer.py issue_probe)."""
     elementwise = sum(op.launches for op in anatomy.elementwise_ops(model, dropout)) + anatomy.OTHER_KERNELS_FWD
     n_gemm = len(anatomy.matmuls(model))
     return n_gemm + 1 + elementwise, 2 * n_gemm + 2 + 2 * elementwise
