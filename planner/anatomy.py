@@ -133,8 +133,9 @@ def attention_flops_per_token(model: ModelSpec) -> int:
     return 4 * model.seq * model.q_dim
 
 
-# An eager rotary embedding of Q or K is 8 small kernels (two slices, four products, two sums).
-_ROTARY_KERNELS = 8
+# An eager rotary embedding of Q or K is 7 kernels: four products, two sums and the stack's copy
+# (runtime/model.py apply_rotary; its slices are views).
+_ROTARY_KERNELS = 7
 
 
 @lru_cache(maxsize=4096)

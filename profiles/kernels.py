@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from planner import anatomy
 from planner.specs import ModelSpec
 from profiles.timing import Timing, measure
+from runtime.model import apply_rotary
 
 # Which GEMM of a linear layer y = x·Wᵀ (nn.Linear keeps W as out × in): forward x·Wᵀ,
 # backward-data dy·W, backward-weight dyᵀ·x. The operands' memory layouts are those autograd uses.
@@ -99,11 +100,8 @@ def memory_bound_ops(tokens: int, hidden: int, device: torch.device, dtype: torc
     sin = torch.randn_like(cos)
     n = tokens * hidden
 
-    def rotary() -> torch.Tensor:
-        x1, x2 = x[..., 0::2], x[..., 1::2]
-        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-
     yield "layernorm", passes["layernorm"] * n * e, lambda: F.layer_norm(x, (hidden,), w, b)
     yield "gelu", passes["gelu"] * n * e, lambda: F.gelu(x, approximate="tanh")
     yield "residual_add", passes["residual_add"] * n * e, lambda: x + y
-    yield "rotary", passes["rotary"] * n * e, rotary
+    # The runtime's own rotary (its tokens as the sequence, the hidden width as one head).
+    yield "rotary", passes["rotary"] * n * e, lambda: apply_rotary(x, cos, sin, None)

@@ -17,7 +17,7 @@ def measure_layer(hidden: int, heads: int, seq: int, micro_batch: int, device: t
 
     cfg = DecoderConfig(layers=1, hidden=hidden, heads=heads, ffn=4 * hidden, vocab=8, seq=seq)
     block = Block(cfg).to(device=device, dtype=dtype)
-    rope = tuple(t.to(dtype) for t in rotary_tables(cfg, seq, device))
+    rope = rotary_tables(cfg, seq, device, dtype)
     x = torch.randn(micro_batch, seq, hidden, device=device, dtype=dtype, requires_grad=True)
     grad = torch.randn(micro_batch, seq, hidden, device=device, dtype=dtype)
     params = [x, *block.parameters()]

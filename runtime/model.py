@@ -79,32 +79,34 @@ class MaskedLayerNorm(nn.Module):
         return y * mask
 
 
-def rotary_tables(cfg: DecoderConfig, seq: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """cos, sin (seq, head_dim/2) and the xPos scales for q and k (Sun et al. 2022, eq. 9)."""
+def rotary_tables(cfg: DecoderConfig, seq: int, device: torch.device,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor | None, ...]:
+    """cos, sin (seq, head_dim/2) and the xPos scales for q and k (Sun et al. 2022, eq. 9), each
+    scale repeated over the pair it scales (seq, head_dim); None for plain rotary, which has none.
+    Made in fp32 and cast once to `dtype`, the dtype q and k are computed in (as Megatron does)."""
     half = cfg.head_dim // 2
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, half, device=device, dtype=torch.float32) / half))
     pos = torch.arange(seq, device=device, dtype=torch.float32)
     angles = torch.outer(pos, inv_freq)
     cos, sin = angles.cos(), angles.sin()
+    q_scale = k_scale = None
     if cfg.position == "xpos":
         zeta = (torch.arange(0, half, device=device, dtype=torch.float32) / half + 0.4) / 1.4
         power = (pos - seq // 2)[:, None] / cfg.xpos_scale_base
-        q_scale, k_scale = zeta**power, zeta ** (-power)
-    else:
-        q_scale = k_scale = torch.ones_like(cos)
-    return cos, sin, q_scale, k_scale
+        q_scale, k_scale = ((zeta ** (sign * power)).repeat_interleave(2, dim=-1).to(dtype) for sign in (1, -1))
+    return cos.to(dtype), sin.to(dtype), q_scale, k_scale
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x1, x2) of each head by the position angle, then apply the xPos scale. The
-    tables (made in fp32) are cast to x's dtype, as Megatron does, so q and k stay in the compute
-    dtype that flash attention needs."""
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Rotate pairs (x1, x2) of each head by the position angle, then apply the xPos scale (if any):
+    four products, two sums and the stack's copy (the slices are views), and one product for xPos
+    (planner/anatomy.py counts these kernels). The tables are in x's dtype (rotary_tables), so q
+    and k stay in the compute dtype that flash attention needs; `.to` is then no kernel."""
     x1, x2 = x[..., 0::2], x[..., 1::2]
     n = x.shape[-2]
-    c, s, z = cos[:n].to(x.dtype), sin[:n].to(x.dtype), scale[:n].to(x.dtype)
-    r1 = (x1 * c - x2 * s) * z
-    r2 = (x1 * s + x2 * c) * z
-    return torch.stack((r1, r2), dim=-1).flatten(-2)
+    c, s = cos[:n].to(x.dtype), sin[:n].to(x.dtype)
+    out = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+    return out if scale is None else out * scale[:n].to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -348,7 +350,8 @@ class Decoder(nn.Module):
         else:
             x = tokens
         sp = 1 if self.sp_group is None else torch.distributed.get_world_size(self.sp_group)
-        rope = rotary_tables(self.cfg, x.shape[1] * sp, x.device)
+        # In the dtype q and k come out of their projections in: autocast's, else the hidden states'.
+        rope = rotary_tables(self.cfg, x.shape[1] * sp, x.device, self.compute_dtype or x.dtype)
         for block in self.blocks.values():
             x = block(x, rope, self.hidden_mask)
         if self.ln_f is None:

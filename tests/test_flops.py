@@ -42,8 +42,8 @@ def test_step_flops_by_hand():
 
 
 def test_learned_positions_have_no_kernel_in_the_layer_and_a_table_beside_the_embedding():
-    """Learned absolute positions are added once to the embeddings: the layer loses rotary's 16
-    kernels (27 → 11 forward, 54 → 22 backward, by hand: 4 GEMMs, attention, 2 LayerNorms, 2 residual
+    """Learned absolute positions are added once to the embeddings: the layer loses rotary's 14
+    kernels (25 → 11 forward, 50 → 22 backward, by hand: 4 GEMMs, attention, 2 LayerNorms, 2 residual
     adds, the GeLU and attention's output copy) and its traffic; the model gains seq × hidden
     parameters."""
     from dataclasses import replace

@@ -249,22 +249,23 @@ def test_a_gpu_pass_is_issued_at_the_probed_time_per_kernel():
     """On a GPU a pass takes at least the host's time to issue its kernels: per kernel, what the
     profiler's issue probe measured for the runtime's layer where the profile has it, else a lone
     kernel's launch latency. The default layer (GeLU, rotary) starts, by hand: 4 GEMMs, attention,
-    2 LayerNorms, 2 residual adds, 16 rotary kernels, the GeLU and attention's output copy: 27
-    forward; backward the GEMMs and attention twice and the 22 element-wise kernels twice: 54."""
+    2 LayerNorms, 2 residual adds, 14 rotary kernels (7 each for Q and K), the GeLU and attention's
+    output copy: 25 forward; backward the GEMMs and attention twice and the 20 element-wise kernels
+    twice: 50. xPos adds one product each for Q and K."""
     from planner.compute import layer_kernels, layer_time
     from planner.specs import Layout, ModelSpec
 
     model = ModelSpec(layers=1, hidden=256, heads=4, ffn=1024, vocab=8, seq=128)
-    assert layer_kernels(model) == (27, 54)
-    assert layer_kernels(replace(model, position="xpos")) == (29, 58)
+    assert layer_kernels(model) == (25, 50)
+    assert layer_kernels(replace(model, position="xpos")) == (27, 54)
     quick = load_profile(MEASURED[1] if "quick" in MEASURED[1].name else MEASURED[0])
     probed = replace(quick, device={**quick.device, "issue_us_per_kernel": 100.0})
     lay = Layout(tp=1, pp=1, dp=1, micro_batch=1, global_batch=1)
     before, after = layer_time(DeviceModel(quick), model, lay), layer_time(DeviceModel(probed), model, lay)
-    assert before.issue_fwd == pytest.approx(27 * quick.memory_bound["overhead_us"] * 1e-6)
-    assert (after.issue_fwd, after.issue_bwd) == pytest.approx((27 * 100e-6, 54 * 100e-6))
-    # This layer's kernels take far less than 8.1 ms: its passes cost what the host takes to issue them.
-    assert (after.forward, after.backward) == pytest.approx((2.7e-3, 5.4e-3))
+    assert before.issue_fwd == pytest.approx(25 * quick.memory_bound["overhead_us"] * 1e-6)
+    assert (after.issue_fwd, after.issue_bwd) == pytest.approx((25 * 100e-6, 50 * 100e-6))
+    # This layer's kernels take far less than 7.5 ms: its passes cost what the host takes to issue them.
+    assert (after.forward, after.backward) == pytest.approx((2.5e-3, 5.0e-3))
     cpu = replace(probed, device={**probed.device, "kind": "cpu"})
     assert layer_time(DeviceModel(cpu), model, lay).issue_fwd == 0.0     # a CPU issues nothing ahead
 
@@ -278,9 +279,9 @@ def test_issue_probe_divides_the_layers_issue_time_by_its_kernels():
     from profiles.layer import ISSUE_PROBE, issue_probe
 
     probe = issue_probe(torch.device("cpu"), torch.float32, reps=3, budget_s=0.2)
-    assert probe["kernels"] == 81 and tuple(probe["layer"][k] for k in ("hidden", "heads", "seq", "micro_batch")) \
+    assert probe["kernels"] == 75 and tuple(probe["layer"][k] for k in ("hidden", "heads", "seq", "micro_batch")) \
         == ISSUE_PROBE
-    assert probe["us_per_kernel"] == pytest.approx(probe["layer"]["host_s"] / 81 * 1e6, rel=1e-3)
+    assert probe["us_per_kernel"] == pytest.approx(probe["layer"]["host_s"] / 75 * 1e6, rel=1e-3)
 
 
 def test_a_compiled_block_moves_its_element_wise_bytes_at_the_fastest_measured_kernel():
