@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from functools import cache, cached_property
 from importlib import resources
-from typing import Literal
+from typing import Literal, get_args
 
 from planner import anatomy
 from planner.errors import FlmplanError, InvalidLayout
@@ -24,6 +24,12 @@ BYTES_PER_GIB = 2**30
 # pydantic validates these dataclasses where case files and plans embed them (planner/case.py,
 # planner/plan.py) and refuses unknown keys; a plain dict keeps this module free of pydantic.
 _STRICT = {"extra": "forbid"}
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    """'a', 'b' or 'c': the allowed values of a field, as its refusal names them."""
+    quoted = [repr(v) for v in values]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,9 @@ class ModelSpec:
             raise FlmplanError(f"model.heads = {self.heads} must divide model.hidden = {self.hidden}.")
         if self.kv_heads is not None and (self.kv_heads <= 0 or self.heads % self.kv_heads):
             raise FlmplanError(f"model.kv_heads = {self.kv_heads} must divide model.heads = {self.heads}.")
-        if self.activation not in ("gelu", "swiglu"):
-            raise FlmplanError(f"model.activation must be 'gelu' or 'swiglu', got {self.activation!r}.")
-        if self.position not in ("rotary", "xpos", "learned"):
-            raise FlmplanError(f"model.position must be 'rotary', 'xpos' or 'learned', got {self.position!r}.")
+        for name, kind in (("activation", Activation), ("position", Position)):
+            if getattr(self, name) not in get_args(kind):
+                raise FlmplanError(f"model.{name} must be {_one_of(get_args(kind))}, got {getattr(self, name)!r}.")
 
     def sets_head_dim(self) -> bool:
         """Whether the head width is set apart from hidden / heads (the runtime's MSG head growth)."""
