@@ -291,6 +291,10 @@ def simulate(
         help="The teacher signal's propositions (JSON lines: text, proposition, label; or iq: the IQ "
              "generators' train split), written into the plan.")
     ] = None,
+    data: Annotated[list[str] | None, typer.Option(
+        help="The corpus the plan trains on (repeat for a mixture, WEIGHT:PREFIX): prepared corpora "
+             "(`flmplan data prepare`), checked and recorded in the plan with their tokenizer; the plan says how "
+             "many times it reads them.")] = None,
 ) -> None:
     """Plan growth stages, layouts and cluster for a budget; simulate the run with failures."""
     from planner.loss import GrowthLossModel, load_law
@@ -308,6 +312,7 @@ def simulate(
     spec = get_gpu(gpu)
     if teacher_data is not None:
         _check_teacher_data(teacher_data, teacher_every)
+    corpus = _prepared_corpus(data) if data else None
     settings = Settings(gpu=spec, price_per_gpu_hour=spec.price.usd_per_gpu_hour if price is None else price,
                         max_gpus=max_gpus, target_params=parse_size(target_size), budget_usd=budget,
                         global_batch=global_batch, grow_steps=grow_steps, max_days=max_days, attention=attention.value,
@@ -331,6 +336,8 @@ def simulate(
 
         result = plan_budget(settings, prof, loss_model, schedule.value, failures=failures, trials=trials, seed=seed,
                              confidence=confidence, gantt=report is not None, progress=progress)
+    if corpus is not None:
+        result.plan = _with_data(result.plan, corpus)
     if out:
         save_plan(result.plan, out)
     if report:
@@ -341,6 +348,12 @@ def simulate(
         print(json.dumps(result.plan.to_json(), indent=1))
         return
     print_plan(stdout, result.plan, searched=len(result.searched))
+    if result.plan.data:
+        d = result.plan.data
+        stdout.print(f"Data: {d.tokens:,} tokens in {len(d.sources)} source{'s' if len(d.sources) > 1 else ''} "
+                     f"({d.tokenizer['kind']} tokenizer, {d.tokenizer['vocab']:,} entries); the plan reads "
+                     + (f"its most-read source {d.epochs:.2f} times (each epoch in a new order)." if d.epochs > 1
+                        else f"{d.epochs:.0%} of it."))
     for path, what in ((out, "plan"), (report, "report")):
         if path:
             stdout.print(f"wrote {what} {path}")
@@ -391,8 +404,10 @@ def tune(
     seq: Annotated[int, typer.Option(min=2, help="Sequence length.")] = 64,
     batch: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 8,
     steps: Annotated[int, typer.Option(min=5, help="Optimizer steps per proxy (warm-up, then cosine decay).")] = 100,
-    data: Annotated[list[Path] | None, typer.Option(help="Text files or folders (default: Python's standard "
-                                                          "library), or one .bin of uint16 tokens.")] = None,
+    data: Annotated[list[str] | None, typer.Option(help="Prepared corpora (PREFIX, or WEIGHT:PREFIX for a mixture: "
+                                                         "the proxies use their tokenizer's vocabulary), or text files "
+                                                         "or folders as bytes (default: Python's standard library).")
+                    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the init and the data order (the same for every proxy).")] = 1234,
     device: Annotated[Device, typer.Option(case_sensitive=False, help="Where to train the proxies.")] = Device.cpu,
     out: Annotated[Path, typer.Option(help="The folder for tune.json, tune.html and each proxy's run.")
@@ -531,6 +546,52 @@ def export(
         stdout.print(f"wrote {path}")
 
 
+data_app = typer.Typer(cls=typer.core.TyperGroup, no_args_is_help=True,
+                       help="Prepare corpora: tokenize once into Megatron-LM indexed datasets.")
+app.add_typer(data_app, name="data")
+TextUnit = StrEnum("TextUnit", ["document", "paragraph", "line"])
+
+
+@data_app.command("prepare")
+def data_prepare(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Text files (.txt, .md), JSON lines (.jsonl, .json), parquet files, folders of them, or a dataset "
+             "folder saved with datasets' save_to_disk.")],
+    out: Annotated[Path, typer.Option(help="The corpus prefix: writes PREFIX.bin, PREFIX.idx (Megatron-LM's "
+                                           "indexed dataset), PREFIX.manifest.json and the tokenizer.")],
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="A Hugging Face tokenizer.json, or a folder with one (default: UTF-8 bytes).")] = None,
+    train_tokenizer: Annotated[int | None, typer.Option(
+        min=257, help="Train a byte-level BPE of this many entries on the corpus itself (tokenizers' trainer).")
+    ] = None,
+    field: Annotated[str, typer.Option(help="The text field of JSON lines, parquet and datasets.")] = "text",
+    text_unit: Annotated[TextUnit, typer.Option(
+        case_sensitive=False, help="What one document of a text file is (paragraph: blocks between blank lines).")
+    ] = TextUnit.paragraph,
+    eod_token: Annotated[str | None, typer.Option(
+        help="The tokenizer's end-of-document token (default: the first of <|endoftext|>, </s>, ... it has).")
+    ] = None,
+    batch_docs: Annotated[int, typer.Option(min=1, help="Documents per encode_batch call.")] = 512,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Tokenize a corpus once (all cores; resumable: the same command continues an interrupted run) into
+    the files `flmplan run --data` and Megatron-LM's --data-path read."""
+    from runtime.prepare import prepare
+
+    _check_output_file(out, "--out", "corpus")
+    record = prepare(inputs, out, tokenizer=tokenizer, train_vocab=train_tokenizer, field=field,
+                     unit=text_unit.value, eod_token=eod_token, batch_docs=batch_docs,
+                     log=(lambda _: None) if as_json else stderr.print, progress=not as_json)
+    if as_json:
+        print(json.dumps(record, indent=1))
+        return
+    tok = record["tokenizer"]
+    stdout.print(f"wrote {out}.bin and {out}.idx: {record['documents']:,} documents, {record['tokens']:,} tokens "
+                 f"({record['dtype']}), {tok['kind']} tokenizer of {tok['vocab']:,} entries, "
+                 f"{record['tokens'] / max(record['tokenizing_s'], 1e-9):,.0f} tokens/s; "
+                 f"train on it with `flmplan run PLAN --data {out}`")
+
+
 @app.command()
 def run(
     plan_file: Annotated[Path, typer.Argument(help="A plan (flmplan simulate --out), or runtime/data/*.json.")],
@@ -539,8 +600,10 @@ def run(
                                          "with the same growth steps; full runs the plan as written.")] = Scale.full,
     out: Annotated[Path, typer.Option(
         help="The run folder (checkpoints, metrics.jsonl); the same folder resumes the run.")] = Path("runs/latest"),
-    data: Annotated[list[Path] | None, typer.Option(help="Text files or folders, or a .bin of uint16 tokens "
-                                                         "(default: the Python standard library's sources).")] = None,
+    data: Annotated[list[str] | None, typer.Option(help="Prepared corpora (`flmplan data prepare`: PREFIX of "
+                                                        "PREFIX.bin/.idx), each as WEIGHT:PREFIX for a mixture; or "
+                                                        "text files or folders, as bytes (default: the Python standard "
+                                                        "library's sources).")] = None,
     steps: Annotated[int, typer.Option(min=1, help="With --scale tiny: optimizer steps per stage.")] = 40,
     max_restarts: Annotated[int, typer.Option(min=0, help="torchrun restarts after a failure (resumes from the "
                                                    "newest good checkpoint).")] = 0,
@@ -565,11 +628,16 @@ def run(
 
     plan = load_plan(plan_file)
     _check_output_folder(out, "--out")
+    # The data, before any process starts: it exists, is whole (or UTF-8 text), and fits the plan.
+    from runtime.data import check_corpus, load_corpus
+
+    corpus = load_corpus(data or (plan.data.specs() if plan.data else None))
     if scale is Scale.tiny:
         from planner.plan import plan_from_dict
         from runtime.scale import tiny_plan
 
-        plan = plan_from_dict(tiny_plan(plan.to_json(), nproc, steps), origin=f"Plan {plan_file} at --scale tiny")
+        plan = plan_from_dict(tiny_plan(plan.to_json(), nproc, steps, vocab=corpus.vocab),
+                              origin=f"Plan {plan_file} at --scale tiny")
     from runtime.model import check_trainable
 
     for k, st in enumerate(plan.stages):
@@ -581,13 +649,8 @@ def run(
                 f"is {nproc}; use --scale tiny to map the plan onto this machine, or run it on its cluster with "
                 "the torchrun line in the README."
             )
-    # The data, before any process starts: it exists, is text (or tokens), and fits the vocabulary.
-    from runtime.data import check_tokens, load_tokens
-
-    tokens, what = load_tokens(data)
-    first = plan.stages[0].model
-    check_tokens(tokens, first.vocab, first.seq, what)
-    plan = _with_teacher_data(plan, teacher_data, what)
+    check_corpus(corpus, plan)
+    plan = _with_teacher_data(plan, teacher_data, corpus)
     out.mkdir(parents=True, exist_ok=True)
     if _finished(out, plan):
         return
@@ -600,7 +663,38 @@ def run(
     _validate_after_run(out)
 
 
-def _with_teacher_data(plan, teacher_data: Path | None, data: str):
+def _prepared_corpus(items: list[str]):
+    """--data of simulate: prepared corpora only (a plan records files a cluster can read, not text to
+    tokenize), whole and of one tokenizer."""
+    from planner.errors import FlmplanError
+    from runtime.data import load_corpus, parse_specs
+
+    specs = parse_specs(items)
+    if any(s.prefix is None for s in specs):
+        raise FlmplanError("simulate --data takes prepared corpora (PREFIX of PREFIX.bin/.idx); prepare text with "
+                           "`flmplan data prepare`.")
+    return load_corpus(items)
+
+
+def _with_data(plan, corpus):
+    """The plan with its corpus: every stage's vocabulary holds the tokenizer, and how often the plan
+    reads each source."""
+    from planner.plan import plan_from_dict
+    from runtime.data import check_corpus
+
+    check_corpus(corpus, plan)
+    seq = plan.stages[0].model.seq
+    sequences = plan.language_sequences()
+    raw = plan.to_json()
+    rec = corpus.record()
+    raw["data"] = {"sources": [{"prefix": s["prefix"], "weight": s["weight"], "tokens": s["tokens"],
+                                "documents": s["documents"]} for s in rec["sources"]],
+                   "tokenizer": rec["tokenizer"], "tokens": sum(s["tokens"] for s in rec["sources"]),
+                   "epochs": max(corpus.epochs(seq, sequences))}
+    return plan_from_dict(raw)
+
+
+def _with_teacher_data(plan, teacher_data: Path | None, corpus):
     """The plan with --teacher-data in its FreeLM stages (as an absolute path, so the run folder's copy
     of the plan resumes from anywhere), each stage's teacher file checked before any process starts."""
     from planner.errors import FlmplanError
@@ -616,7 +710,7 @@ def _with_teacher_data(plan, teacher_data: Path | None, data: str):
         given = teacher_data or raw["stages"][k]["objective"].get("teacher_data")
         raw["stages"][k]["objective"]["teacher_data"] = _teacher_source(Path(given) if given else None)
     plan = plan_from_dict(raw)
-    teacher_samplers(plan, seed=0, data=data)
+    teacher_samplers(plan, seed=0, corpus=corpus)
     return plan
 
 

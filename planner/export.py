@@ -10,6 +10,7 @@ named or, with `nearest`, replaced by the nearest thing it has and said so in th
 from __future__ import annotations
 
 import json
+import shlex
 import textwrap
 from importlib import resources
 from pathlib import Path
@@ -85,6 +86,7 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
                      f"the grown weights to checkpoints/stage{k + 1}-grown (`flmplan run` grows them itself). "
                      "Megatron-LM starts the optimizer afresh there; flmplan's runtime carries Adam's moments across "
                      "a growth.")
+    args += _megatron_data_args(plan, notes)
     if m.kv_heads:
         args += ["--group-query-attention", f"--num-query-groups {m.kv_heads}"]
     if m.activation == "swiglu":
@@ -123,6 +125,21 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
         notes.append("model.position = xpos: Megatron-LM has no xPos; these arguments train plain rotary.")
     header += "".join(f"# {n}\n" for n in notes)
     return header + " \\\n  ".join(args) + "\n"
+
+
+def _megatron_data_args(plan: Plan, notes: list[str]) -> list[str]:
+    """The plan's corpus as Megatron-LM reads it: the same PREFIX.bin/.idx files (Megatron-LM's own
+    indexed dataset) with their weights, all for training, and a vocabulary of the plan's size."""
+    if plan.data is None:
+        notes.append("No corpus in the plan (`flmplan simulate --data`): add --data-path and a tokenizer.")
+        return []
+    vocab = plan.stages[0].model.vocab
+    pairs = " ".join(f"{s.weight:.6g} {shlex.quote(s.prefix)}" for s in plan.data.sources)
+    notes.append("The corpus is tokenized already (flmplan data prepare): NullTokenizer only sizes the vocabulary "
+                 f"({vocab:,} with the one Megatron-LM adds for its own end-of-document id, which the default "
+                 "masks do not use).")
+    return [f"--data-path {pairs}", "--split 100,0,0", "--tokenizer-type NullTokenizer", f"--vocab-size {vocab - 1}",
+            "--make-vocab-size-divisible-by 1"]
 
 
 # The torchtitan release on the package index the export targets. Since 0.3.0 a job config is a
@@ -221,10 +238,24 @@ def torchtitan_module(plan: Plan, nearest: bool = False) -> str:
            "function in a\nPython module; run the stages in order from the folder holding this file:\n\n"
            f"{launches}\nPut your data and tokenizer on the command line (--dataloader.dataset_path …, "
            f"--hf_assets_path …);\nthe tokenizer's vocabulary must be the plan's {plan.stages[0].model.vocab:,} "
-           "tokens. Each stage's docstring lists\nwhere it differs from the plan.\n\"\"\"\n\n")
+           "tokens. Each stage's docstring lists\nwhere it differs from the plan.\n"
+           + _torchtitan_data_note(plan) + '"""\n\n')
     body = resources.files("planner").joinpath("data/torchtitan_registry.py").read_text()
     body = body[body.index('"""', 3) + 3:].lstrip("\n")          # its own docstring is for this project
     return doc + body + "".join(stages)
+
+
+def _torchtitan_data_note(plan: Plan) -> str:
+    """torchtitan 0.3.0 tokenizes text from a Hugging Face dataset as it trains; it has no reader for a
+    prepared (Megatron-LM indexed) corpus."""
+    if plan.data is None:
+        return ""
+    text = ("torchtitan cannot read the plan's prepared corpus (" + ", ".join(s.prefix for s in plan.data.sources)
+            + ": Megatron-LM indexed datasets): its dataloader tokenizes text from a Hugging Face dataset as it "
+            "trains. Give it the text the corpus was prepared from, and the tokenizer it was prepared with "
+            "(PREFIX.tokenizer.json, as tokenizer.json in the --hf_assets_path folder), so that the ids are the "
+            "same; the mixture's weights have no torchtitan equivalent.")
+    return "\n" + textwrap.fill(text, 100) + "\n"
 
 
 def slurm_script(plan: Plan, plan_path: str = "plan.json") -> str:
@@ -236,11 +267,20 @@ def slurm_script(plan: Plan, plan_path: str = "plan.json") -> str:
     spares = int((plan.simulation or {}).get("spare_nodes", 0))
     every = min(checkpoint_every_steps(plan, k) for k in range(len(plan.stages)))
     out = f"runs/{plan.name.replace(' ', '-')}"
+    split = 'read -ra data_args <<< "$DATA"; data_args=(--data "${data_args[@]}")'
+    if plan.data is None:
+        usage = "DATA=/path/to/corpus sbatch flmplan.sbatch (prepared corpora, WEIGHT:PREFIX for a mixture)"
+        data_check = (': "${DATA:?set DATA to the training data (prepared corpora: PREFIX or WEIGHT:PREFIX ..., '
+                      f'or text files) before sbatch}}"\n{split}\n')
+    else:
+        usage = "sbatch flmplan.sbatch (the plan's corpus; DATA=... trains on another)"
+        data_check = ('data_args=()   # the plan names its corpus; DATA (PREFIX or WEIGHT:PREFIX ...) overrides it\n'
+                      f'if [[ -n "${{DATA:-}}" ]]; then {split}; fi\n')
     return f"""#!/bin/bash
 # flmplan: {plan.name}, {len(plan.stages)} stages on {plan.cluster.gpus} × {plan.cluster.gpu}
 # {nodes} working nodes and {spares} spare (as the run simulation bills them): a restart after a node
 # failure runs on the healthy ones. Checkpoints every {every} steps: the simulation's interval in the
-# slowest stage's steps (the faster stages save more often). Usage: DATA=/path/to/tokens.bin sbatch flmplan.sbatch
+# slowest stage's steps (the faster stages save more often). Usage: {usage}
 #SBATCH --job-name=flmplan
 #SBATCH --nodes={nodes + spares}
 #SBATCH --ntasks-per-node=1
@@ -248,14 +288,13 @@ def slurm_script(plan: Plan, plan_path: str = "plan.json") -> str:
 #SBATCH --time={_slurm_time(plan.totals.days * 1.25)}
 #SBATCH --requeue
 set -euo pipefail
-: "${{DATA:?set DATA to the training data (a token .bin, or text files) before sbatch}}"
-head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+{data_check}head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1   # reliable torchrun restarts (pytorch#135712)
 export OMP_NUM_THREADS=1
 # Every stage runs in order; a restarted job resumes from the newest good checkpoint in {out}.
 srun --nodes={nodes} --ntasks={nodes} torchrun --nnodes={nodes} --nproc-per-node={per_node} --max-restarts=3 \\
   --rdzv-backend=c10d --rdzv-endpoint="$head_node:29500" --rdzv-id="$SLURM_JOB_ID" \\
-  -m runtime.train --plan {plan_path} --out {out} --data "$DATA" --checkpoint-every {every}
+  -m runtime.train --plan {plan_path} --out {out} "${{data_args[@]}}" --checkpoint-every {every}
 """
 
 

@@ -122,6 +122,29 @@ class PlanBaseline(Strict):
     gpus: int
 
 
+class PlanDataSource(Strict):
+    """One prepared corpus (Megatron-LM indexed dataset PREFIX.bin/.idx) and its weight in the mixture."""
+
+    prefix: str
+    weight: float = Field(gt=0)
+    tokens: int = Field(ge=0)
+    documents: int = Field(ge=0)
+
+
+class PlanData(Strict):
+    """The corpus a plan trains on (`flmplan simulate --data`): its sources and their common tokenizer.
+    `flmplan run` reads it when no --data is given; the exports pass it on."""
+
+    sources: list[PlanDataSource] = Field(min_length=1)
+    tokenizer: dict
+    tokens: int = Field(ge=0)
+    epochs: float = Field(ge=0)
+
+    def specs(self) -> list[str]:
+        """The sources as --data items (WEIGHT:PREFIX)."""
+        return [f"{s.weight:.6g}:{s.prefix}" for s in self.sources]
+
+
 class Plan(Strict):
     schema_: Literal["flmplan-plan"] = Field(default=PLAN_SCHEMA, alias="schema")
     version: Literal[1] = PLAN_VERSION
@@ -138,11 +161,16 @@ class Plan(Strict):
     assumptions: dict = Field(default_factory=dict)
     advice: list[dict] = Field(default_factory=list)
     simulation: dict | None = None
+    data: PlanData | None = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     def to_json(self) -> dict:
         return self.model_dump(mode="json", by_alias=True)
+
+    def language_sequences(self) -> int:
+        """Sequences of the corpus the whole plan trains on (FreeLM's teacher steps draw none)."""
+        return sum((st.steps - st.objective.teacher_steps(st.steps)) * st.layout.global_batch for st in self.stages)
 
 
 # The learning-rate schedule of every stage, the runtime's and the exports': linear warm-up over

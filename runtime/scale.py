@@ -23,8 +23,10 @@ def _tiny_layout(layout: dict, nproc: int, global_batch: int) -> dict:
             "sequence_parallel": bool(layout.get("sequence_parallel")) and tp > 1}   # needs tp ≥ 2
 
 
-def tiny_plan(plan: dict, nproc: int, steps: int = TINY["steps"]) -> dict:
-    """A copy of `plan` whose stages are CPU-sized, in the same plan contract."""
+def tiny_plan(plan: dict, nproc: int, steps: int = TINY["steps"], vocab: int = TINY["vocab"]) -> dict:
+    """A copy of `plan` whose stages are CPU-sized, in the same plan contract; `vocab` is the data's
+    tokenizer's (bytes by default), rounded up to a multiple of 8 as vocabularies are padded."""
+    vocab = max(TINY["vocab"], -(-vocab // 8) * 8)
     out = copy.deepcopy(plan)
     final = plan["stages"][-1]["model"]
     hd = TINY["head_dim"]
@@ -39,7 +41,7 @@ def tiny_plan(plan: dict, nproc: int, steps: int = TINY["steps"]) -> dict:
         hidden = heads * hd
         kv_heads = heads // group if m.get("kv_heads") else None
         st["model"] = {**m, "layers": layers, "hidden": hidden, "heads": heads, "kv_heads": kv_heads,
-                       "ffn": hidden * m["ffn"] // m["hidden"], "vocab": TINY["vocab"], "seq": TINY["seq"]}
+                       "ffn": hidden * m["ffn"] // m["hidden"], "vocab": vocab, "seq": TINY["seq"]}
         st["layout"] = _tiny_layout(st["layout"], nproc, TINY["batch"])
         st["steps"] = steps + (TINY["grow_steps"] if k else 0)
         st["tokens"] = float(st["steps"] * st["layout"]["global_batch"] * TINY["seq"])

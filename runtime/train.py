@@ -37,7 +37,7 @@ from planner.flops import hardware_flops_per_token, model_flops_per_token
 from planner.plan import MIN_LR_FRACTION, PlanParametrization, stage_warmup_steps
 from planner.specs import Layout, ModelSpec
 from runtime import checkpoint, freelm
-from runtime.data import Sampler, check_tokens, load_tokens
+from runtime.data import Corpus, ReadAhead, Sampler, check_corpus, open_corpus, parse_specs, record_run_data
 from runtime.freelm import is_teacher_step, teacher_steps_before
 from runtime.grow import GrowthState, apply_masks, grow_sharded
 from runtime.model import Decoder, DecoderConfig
@@ -180,11 +180,17 @@ class Run:
         # The plan's dtype on GPUs; fp32 on a CPU unless asked (CPUs have no fast bf16 kernels).
         self.dtype = args.dtype or (self.plan.dtype if on_gpu else "fp32")
         self.compile = on_gpu if args.compile is None else args.compile
-        tokens, self.data_desc = load_tokens(args.data)
-        first = self.plan.stages[0].model
-        check_tokens(tokens, first.vocab, first.seq, self.data_desc)
-        self.tokens = tokens
-        self.teacher = teacher_samplers(self.plan, args.seed, self.data_desc)
+        # Text given as files is tokenized as bytes into the cache once, by each machine's first rank;
+        # then every rank opens the same corpus (and reads only its own rows of it).
+        specs = parse_specs(args.data or (self.plan.data.specs() if self.plan.data else None))
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            self.corpus = open_corpus(specs)
+        dist.barrier()
+        if int(os.environ.get("LOCAL_RANK", 0)) != 0:
+            self.corpus = open_corpus(specs)
+        check_corpus(self.corpus, self.plan)
+        self.data_desc = self.corpus.text
+        self.teacher = teacher_samplers(self.plan, args.seed, self.corpus)
         compute = Precision.of(self.dtype).compute or torch.float32
         self.peak, self.peak_source, self.gpu_key = peak_flops(self.device, compute)
         # Preemption: a signal only sets a flag; the ranks agree on it after each step over a CPU
@@ -199,6 +205,7 @@ class Run:
             run_plan = self.out / "plan.json"
             if not run_plan.exists() or run_plan.resolve() != Path(args.plan).resolve():
                 run_plan.write_text(Path(args.plan).read_text())
+            record_run_data(self.corpus, self.out)
         dist.barrier()
         self.metrics = open(self.out / "metrics.jsonl", "a") if self.rank == 0 else None  # noqa: SIM115
 
@@ -273,26 +280,46 @@ class Run:
 
         return plan_fingerprint(self.plan)
 
+    @cached_property
+    def data_fingerprint(self) -> str:
+        """What a resumed run must share of the data: each source's size, weight and tokenizer."""
+        import hashlib
+
+        keep = [(s.data.n_tokens, s.data.documents, round(s.weight, 9), s.record["tokenizer"]["sha256"])
+                for s in self.corpus.sources]
+        return hashlib.sha256(json.dumps(keep).encode()).hexdigest()[:16]
+
     def run(self) -> None:
         resume = checkpoint.latest_good(self.ckpt_dir, log=self.say, from_scratch=self.args.from_scratch)
-        start_stage, start_step, position = 0, 0, 0
+        start_stage, start_step, position, counts = 0, 0, 0, None
         if resume and resume[1].get("plan_fingerprint", self.fingerprint) != self.fingerprint:
             raise FlmplanError(f"Checkpoint {resume[0]} was written by a different plan (other shapes, layouts, "
                                f"steps or growths); resume with that plan, or use a new --out.")
+        if resume and resume[1].get("data_fingerprint", self.data_fingerprint) != self.data_fingerprint:
+            raise FlmplanError(f"Checkpoint {resume[0]} was written by a run on other data (other corpora, weights or "
+                               "tokenizer); resume with the same --data, or use a new --out.")
         self.log({"event": "start", "resume_from": resume[0].name if resume else None,
                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "processes": dist.get_world_size(),
                   "data": self.data_desc, **self.device_facts()})
         if resume:
             path, manifest = resume
             start_stage, start_step = checkpoint.stage_index(manifest), manifest["step"]
-            position = manifest["data_position"]
+            position, counts = manifest["data_position"], manifest.get("data_counts")
             if manifest.get("stage_done"):
                 start_stage, start_step = start_stage + 1, 0
             self.say(f"resuming from {path.name}: stage {start_stage + 1}, step {start_step}")
         self.say(f"dtype {self.dtype}, compile {'on' if self.compile else 'off'}; MFU against {self.peak_source} "
                  f"({self.peak / 1e12:.3g} TFLOP/s)")
-        sampler = Sampler(self.tokens, seq=self.plan.stages[0].model.seq, seed=self.args.seed,
-                          position=position)
+        seq = self.plan.stages[0].model.seq
+        sampler = Sampler(self.corpus, seq=seq, seed=self.args.seed, position=position, counts=counts)
+        self.reader = ReadAhead(sampler)
+        sequences = self.plan.language_sequences()
+        epochs = self.corpus.epochs(seq, sequences)
+        self.log({"event": "data", **self.corpus.record(), "epochs": epochs, "sequences": sequences, "seq": seq})
+        for s, e in zip(self.corpus.sources, epochs, strict=True):
+            if e > 1:
+                self.say(f"data: {s.name} holds {s.data.n_tokens:,} tokens; the plan reads it {e:.2f} times "
+                         "(each epoch in a new order)")
         if resume and resume[1].get("stage_done") and start_stage < len(self.plan.stages):
             self.probe_before_growth(start_stage, resume[0], sampler)
         for k in range(start_stage, len(self.plan.stages)):
@@ -346,7 +373,9 @@ class Run:
                 x, y = self.teacher[k][0].batch(teacher_steps_before(step, teacher_every), layout.global_batch,
                                                pm.dp_rank, layout.dp)
             else:
-                x, y = sampler.batch(layout.global_batch, pm.dp_rank, layout.dp)
+                began = time.perf_counter()
+                x, y = self.reader.next(layout.global_batch, pm.dp_rank, layout.dp)
+                meter.data_s = time.perf_counter() - began
             loss = pm.train_batch(x, y, signal)
             norm, overflow = pm.clip_and_unscale(MAX_GRAD_NORM)
             skipped = pm.precision.loss_scaling and bool(overflow)   # fp16 only: one host sync
@@ -358,7 +387,7 @@ class Run:
             for o in opts:
                 o.zero_grad(set_to_none=True)
             pm.precision.update(skipped)
-            meter.step(step, loss, norm, lr, c, sampler.position, skipped, pm.precision.scale, signal,
+            meter.step(step, loss, norm, lr, c, sampler, skipped, pm.precision.scale, signal,
                        pm.teacher_accuracy)
             done = step == steps - 1
             stop = self.preempted()
@@ -403,7 +432,7 @@ class Run:
     def eval_growth(self, k: int, pm: ParallelModel, sampler: Sampler, when: str) -> None:
         """The loss of a fixed batch just before and just after a growth (nothing is updated)."""
         layout = pm.layout
-        probe = Sampler(self.tokens, seq=sampler.seq, seed=self.args.seed + 777)
+        probe = Sampler(self.corpus, seq=sampler.seq, seed=self.args.seed + 777)
         x, y = probe.batch(layout.global_batch, pm.dp_rank, layout.dp)
         loss = pm.train_batch(x, y)
         for c in pm.chunks:
@@ -439,7 +468,7 @@ class Run:
 
     def save(self, k, step, sampler, pm, opts, growth, done) -> None:
         manifest = {"stage": k + 1, "stage_numbering": 1, "step": step, "stage_done": done,
-                    "data_position": sampler.position,
+                    **sampler.state(), "data_fingerprint": self.data_fingerprint,
                     "global_step": sum(s.steps for s in self.plan.stages[:k]) + step,
                     "tokens": sampler.position * sampler.seq, "layout": self.plan.stages[k].layout.to_dict(),
                     "model": self.plan.stages[k].model.to_dict(), "growth": growth.to_dict() if growth else None,
@@ -450,6 +479,9 @@ class Run:
         checkpoint.save(self.ckpt_dir, f"stage{k + 1}-step{step:07d}", pm.chunks, opts, manifest)
         self.log({"event": "checkpoint", "stage": k + 1, "step": step,
                   "seconds": round(time.perf_counter() - start, 4)})
+        if len(self.corpus.sources) > 1:
+            self.log({"event": "data_mixture", "stage": k + 1, "step": step, "sequences": sum(sampler.counts),
+                      "shares": sampler.shares(), "weights": {s.name: s.weight for s in self.corpus.sources}})
 
     def device_facts(self) -> dict:
         """What `flmplan validate` needs to predict this run: the device, and on a CPU how many
@@ -467,6 +499,8 @@ class Run:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
     def close(self) -> None:
+        if getattr(self, "reader", None) is not None:
+            self.reader.close()
         if self.metrics:
             self.metrics.close()
         dist.barrier()
@@ -485,6 +519,7 @@ class Meter:
         self.hardware_flops = hardware_flops_per_token(spec, layout.recompute, layout.attention)
         self.predicted = predicted_for(run, stage, layout)
         self.pending: list[dict] = []
+        self.data_s = 0.0              # the last language step's time to assemble its batch
         self.window_start = time.perf_counter()
         self.progress = None
         if run.rank == 0 and sys.stdout.isatty():
@@ -502,11 +537,12 @@ class Meter:
         return (f"; planner predicts {p['predicted_tokens_per_s']:,.0f} tokens/s, MFU {p['predicted_mfu']:.1%} "
                 f"({p['predicted_source']})")
 
-    def step(self, step: int, loss, norm, lr: float, mask: float, position: int, skipped: bool,
+    def step(self, step: int, loss, norm, lr: float, mask: float, sampler: Sampler, skipped: bool,
              scale: float, signal: str = "language", accuracy=None) -> None:
+        data = {"data_s": self.data_s, "data_digest": sampler.digest} if signal == "language" else {}
         self.pending.append({"step": step, "loss": loss, "grad_norm": norm, "lr": lr, "mask": mask,
-                             "data_position": position, "skipped": skipped, "scale": scale, "signal": signal,
-                             "accuracy": accuracy if accuracy is not None else torch.zeros_like(loss)})
+                             "data_position": sampler.position, "skipped": skipped, "scale": scale, "signal": signal,
+                             "accuracy": accuracy if accuracy is not None else torch.zeros_like(loss), **data})
 
     def flush(self) -> None:
         if not self.pending:
@@ -533,6 +569,7 @@ class Meter:
                      "mfu": model_fu,
                      "hfu": mfu(tps, self.hardware_flops, run.peak, world),
                      "memory_gib_per_gpu": float(memory), "data_position": r["data_position"],
+                     **{key: r[key] for key in ("data_s", "data_digest") if key in r},
                      "dtype": run.dtype, "compile": run.compile, "loss_scale": r["scale"],
                      **self.predicted})
         last = self.pending[-1]["step"] + 1
@@ -560,7 +597,7 @@ class Meter:
             self.progress.stop()
 
 
-def teacher_samplers(plan, seed: int, data: str) -> dict[int, tuple[freelm.TeacherSampler, list]]:
+def teacher_samplers(plan, seed: int, corpus: Corpus) -> dict[int, tuple[freelm.TeacherSampler, list]]:
     """Stage index → (sampler of its training propositions, its held-out ones), for FreeLM stages."""
     out, files = {}, {}
     for k, st in enumerate(plan.stages):
@@ -570,9 +607,9 @@ def teacher_samplers(plan, seed: int, data: str) -> dict[int, tuple[freelm.Teach
         if not path:
             raise FlmplanError(f"Stage {k + 1} ({st.name}) trains FreeLM's teacher signal but names no teacher_data; "
                                "give a JSON-lines file of propositions (flmplan run --teacher-data FILE).")
-        if data.endswith(".bin"):
-            raise FlmplanError("The teacher signal encodes propositions as bytes; train it on text data, not a .bin "
-                               "of another tokenizer's ids.")
+        if corpus.tokenizer["kind"] != "bytes":
+            raise FlmplanError("The teacher signal encodes propositions as bytes; train FreeLM stages on byte-level "
+                               "data (text files, or a corpus prepared without a tokenizer).")
         if path not in files:
             files[path] = freelm.split(freelm.iq_propositions() if path == freelm.IQ_SOURCE
                                        else freelm.read_teacher_file(path), seed)

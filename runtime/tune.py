@@ -18,12 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from planner.errors import FlmplanError
 from planner.plan import FIRST_WARMUP_STEPS
-from runtime.data import BYTE_VOCAB, Sampler, check_tokens, load_tokens
+from runtime.data import Corpus, Sampler, load_corpus
 from runtime.model import Decoder, DecoderConfig, causal_lm_loss
 from runtime.parallel import make_optimizer, set_lr
 from runtime.train import MAX_GRAD_NORM, lr_at
@@ -46,22 +45,16 @@ class ProxyShape:
     batch: int = 8
     steps: int = 100
 
-    def config(self, width: int, parametrization: str, base_width: int, output_mult: float) -> DecoderConfig:
+    def config(self, width: int, parametrization: str, base_width: int, output_mult: float,
+               vocab: int) -> DecoderConfig:
         return DecoderConfig(layers=self.layers, hidden=width, heads=width // self.head_dim,
-                             ffn=self.ffn_ratio * width, vocab=BYTE_VOCAB, seq=self.seq,
+                             ffn=self.ffn_ratio * width, vocab=vocab, seq=self.seq,
                              mup=parametrization == "mup", mup_base_width=base_width, mup_output_mult=output_mult)
 
 
-def split_tokens(tokens: np.ndarray, seq: int) -> tuple[np.ndarray, torch.Tensor]:
-    """(training tokens, held-out sequences (n, seq + 1)): the last EVAL_SHARE of the data is held out."""
-    cut = int(len(tokens) * (1 - EVAL_SHARE))
-    held = tokens[cut:]
-    n = min(EVAL_SEQUENCES, (len(held) - 1) // seq)
-    if n < 1:
-        raise FlmplanError(f"The data has {len(tokens)} tokens: too few to hold out a sequence of {seq} for the "
-                           "final loss.")
-    rows = np.stack([held[i * seq:i * seq + seq + 1] for i in range(n)])
-    return tokens[:cut], torch.from_numpy(rows)
+def held_out(corpus: Corpus, seq: int) -> torch.Tensor:
+    """Held-out sequences (n, seq + 1) from the last EVAL_SHARE of the data, which no proxy trains on."""
+    return torch.from_numpy(corpus.held_out(seq, EVAL_SHARE, EVAL_SEQUENCES))
 
 
 @torch.no_grad()
@@ -70,13 +63,13 @@ def held_out_loss(model: Decoder, held: torch.Tensor, device: torch.device) -> f
     return float(causal_lm_loss(model(held[:, :-1]), held[:, 1:]))
 
 
-def train_proxy(cfg: DecoderConfig, lr: float, shape: ProxyShape, tokens: np.ndarray, held: torch.Tensor,
+def train_proxy(cfg: DecoderConfig, lr: float, shape: ProxyShape, corpus: Corpus, held: torch.Tensor,
                 data: str, seed: int, device: torch.device, out: Path) -> dict:
     """Train one proxy; write its metrics and description to `out`; return the description."""
     torch.manual_seed(seed)
     model = Decoder(cfg).to(device)
     opt = make_optimizer(model, lr)
-    sampler = Sampler(tokens, seq=cfg.seq, seed=seed)
+    sampler = Sampler(corpus, seq=cfg.seq, seed=seed, holdout=EVAL_SHARE)
     warmup = min(FIRST_WARMUP_STEPS, max(1, shape.steps // 5))
     tokens_per_step = shape.batch * cfg.seq
     out.mkdir(parents=True, exist_ok=True)
@@ -133,9 +126,12 @@ def tune(widths: list[int], lrs: list[float], output_mults: list[float], paramet
     check_grid(widths, lrs, output_mults, shape)
     if device == "cuda" and not torch.cuda.is_available():
         raise FlmplanError("--device cuda was asked for, but torch sees no GPU here.")
-    tokens, desc = load_tokens(data)
-    check_tokens(tokens, BYTE_VOCAB, shape.seq, desc)
-    tokens, held = split_tokens(tokens, shape.seq)
+    # The proxies' vocabulary is the data's tokenizer's, as a run's would be (`flmplan eval` and a plan
+    # read the same tokenizer).
+    corpus = load_corpus(data)
+    corpus.check(corpus.vocab, shape.seq)
+    desc = corpus.text
+    held = held_out(corpus, shape.seq)
     base = base_width or min(widths)
     rows = []
     for kind in parametrizations:
@@ -147,8 +143,8 @@ def tune(widths: list[int], lrs: list[float], output_mults: list[float], paramet
                     if done.exists():
                         row = json.loads(done.read_text())
                     else:
-                        cfg = shape.config(width, kind, base, m)
-                        row = train_proxy(cfg, lr, shape, tokens, held, desc, seed, torch.device(device), folder)
+                        cfg = shape.config(width, kind, base, m, corpus.vocab)
+                        row = train_proxy(cfg, lr, shape, corpus, held, desc, seed, torch.device(device), folder)
                     row["run"] = str(folder)
                     rows.append(row)
                     loss = "diverged" if row["diverged"] else f"{row['final_loss']:.4f}"

@@ -214,7 +214,7 @@ def test_export_formats(tmp_path, flm_plan):
     # simulation's interval in the slowest stage's steps.
     spares = flm_plan.simulation["spare_nodes"]
     assert f"#SBATCH --nodes={24 + spares}" in script and "srun --nodes=24" in script
-    assert '--data "$DATA"' in script and ': "${DATA:?' in script
+    assert '"${data_args[@]}"' in script and ': "${DATA:?' in script      # the plan names no corpus
     interval = flm_plan.simulation["checkpoint_interval_min"] * 60
     every = min(max(1, round(interval / st.predicted.step_s)) for st in flm_plan.stages)
     assert f"--checkpoint-every {every}" in script and "--rdzv-backend=c10d" in script

@@ -138,11 +138,12 @@ def test_the_planner_pays_for_the_teacher_steps(tmp_path):
 def test_the_iq_generators_train_split_is_a_teacher_source():
     """`teacher_data: "iq"`: propositions from the IQ tasks' train split, per task, half true."""
     from planner.plan import plan_from_dict
+    from runtime.data import load_corpus
     from runtime.train import teacher_samplers
 
     plan = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
     plan["stages"][0]["objective"] = {"kind": "freelm", "teacher_every": 2, "teacher_data": "iq"}
-    sampler, held = teacher_samplers(plan_from_dict(plan), seed=0, data="text")[0]
+    sampler, held = teacher_samplers(plan_from_dict(plan), seed=0, corpus=load_corpus(None))[0]
     tasks = {p.task for p in sampler.props}
     assert "multi_key_retrieval" in tasks and {p.task for p in held} == tasks
     assert 0.45 < sum(p.label for p in sampler.props) / len(sampler.props) < 0.55

@@ -267,6 +267,11 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(two_stage, tmp
     assert newest.name == "stage2-step0000005"
     final = losses(out, 2)[-1]
     assert final == pytest.approx(losses(reference, 2)[-1], abs=1e-5)
+    # The same sequences at every step, through the kills and the growth from dp = 4 to dp = 1 (the steps
+    # after a checkpoint that the kill lost were trained again: their last records count).
+    digests = [{(r["stage"], r["step"]): r["data_digest"] for r in records(run) if "data_digest" in r}
+               for run in (out, reference)]
+    assert digests[0] == digests[1] and len(digests[0]) == 24
     # The teacher batches after the resume are the ones the uninterrupted run had (chosen by the step).
     assert losses(out, 2, "teacher_loss")[-1] == pytest.approx(losses(reference, 2, "teacher_loss")[-1], abs=1e-5)
 

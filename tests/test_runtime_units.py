@@ -1,4 +1,5 @@
-"""Runtime pieces that need no process group: data sampler, checkpoint verification, tiny scaling."""
+"""Runtime pieces that need no process group: checkpoint verification, tiny scaling (the data path is
+tests/test_data.py)."""
 
 import json
 import os
@@ -10,32 +11,8 @@ import torch
 
 from planner.plan import plan_from_dict
 from runtime.checkpoint import checkpoints, verify
-from runtime.data import Sampler, load_tokens
 from runtime.scale import tiny_plan
 from runtime.train import lr_at
-
-
-def test_default_data_is_real_text():
-    tokens, what = load_tokens(None)
-    assert "standard library" in what and len(tokens) > 1_000_000
-    text = bytes(tokens[:2000].astype(np.uint8)).decode("utf-8", errors="replace")
-    assert "import" in text or "def " in text
-
-
-def test_sampler_is_deterministic_and_resumable():
-    tokens = np.arange(10_000) % 256
-    a = Sampler(tokens, seq=16, seed=3)
-    first = [a.batch(8, 0, 1) for _ in range(5)]
-    b = Sampler(tokens, seq=16, seed=3, position=3 * 8)
-    assert torch.equal(b.batch(8, 0, 1)[0], first[3][0])
-    # Data-parallel ranks split the same global batch.
-    c = Sampler(tokens, seq=16, seed=3)
-    x0, _ = c.batch(8, 0, 2)
-    c.position = 0
-    x1, _ = c.batch(8, 1, 2)
-    assert torch.equal(torch.cat([x0, x1]), first[0][0])
-    x, y = first[0]
-    assert torch.equal(x[:, 1:], y[:, :-1])
 
 
 def test_checkpoint_verification_names_the_problem(tmp_path):
@@ -144,7 +121,6 @@ def test_run_checks_data_plan_and_folder_before_any_process_starts(tmp_path):
     """Each refused in one sentence, exit 2, nothing launched (no run folder made)."""
     import os
 
-    import numpy as np
 
     root = Path(__file__).resolve().parents[1]
     plan_path = str(root / "runtime/data/tiny_one_stage.json")
@@ -168,7 +144,7 @@ def test_run_checks_data_plan_and_folder_before_any_process_starts(tmp_path):
         ([plan_path, "--nproc", "1", "--data", str(tmp_path / "empty"), "--out", out], "a folder with no files"),
         ([plan_path, "--nproc", "1", "--data", str(tmp_path / "noise.txt"), "--out", out], "is not UTF-8 text"),
         ([plan_path, "--nproc", "1", "--data", str(tmp_path / "ids.bin"), "--out", out],
-         "token id 300, outside the plan's vocabulary of 256"),
+         "has no ids.idx"),
         ([str(tmp_path / "shrink.json"), "--nproc", "1", "--out", out],
          "cannot be grown from stage 1: hidden shrinks (64 → 32)"),
         ([str(tmp_path / "drop.json"), "--nproc", "1", "--out", out], "would never be trained"),

@@ -72,6 +72,9 @@ def evaluate(target: Path, out: Path, suite: str = "iq", limit: int | None = Non
 
         plan = load_plan(plan_path)
         parametrizations = {k + 1: st.parametrization.model_dump() for k, st in enumerate(plan.stages)}
+    from runtime.data import run_codec
+
+    codec = run_codec(plan_path.parent if plan_path is not None else stages[0][1].parent.parent)
     names = write_tasks(out / "tasks", n=n, seed=seed)
     items = {t: [json.loads(line) for line in (out / "tasks" / f"{t}.jsonl").read_text().splitlines()][:limit]
              for t in TASKS}
@@ -80,7 +83,7 @@ def evaluate(target: Path, out: Path, suite: str = "iq", limit: int | None = Non
     for stage, ckpt in stages:
         log(f"stage {stage}: scoring {ckpt.name}")
         model = load_checkpoint(ckpt, parametrizations.get(stage))
-        res = simple_evaluate(model=FlmplanLM(model), tasks=names, task_manager=manager, limit=limit,
+        res = simple_evaluate(model=FlmplanLM(model, codec=codec), tasks=names, task_manager=manager, limit=limit,
                               log_samples=False, bootstrap_iters=0, verbosity="ERROR")
         (out / f"stage{stage}-lm-eval-results.json").write_text(json.dumps(res, indent=1, default=str))
         families: dict[str, dict] = {}

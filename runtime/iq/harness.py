@@ -79,17 +79,24 @@ def load_checkpoint(path: Path, parametrization: dict | None = None):
 
 @register_model("flmplan")
 class FlmplanLM(LM):
-    """lm-eval's model interface over a flmplan Decoder and its byte tokens (vocabulary 256)."""
+    """lm-eval's model interface over a flmplan Decoder and the tokenizer its run trained with (bytes
+    by default); the end-of-document id starts every text, as it ended every document in training."""
 
-    def __init__(self, model=None, checkpoint: str | None = None, batch_size: int = 16, **kwargs) -> None:
+    def __init__(self, model=None, checkpoint: str | None = None, batch_size: int = 16, codec=None,
+                 **kwargs) -> None:
         super().__init__()
+        from runtime.corpus import ByteCodec
+        from runtime.data import run_codec
+
         self.model = model if model is not None else load_checkpoint(Path(checkpoint))
+        if codec is None:
+            codec = run_codec(Path(checkpoint).parent.parent) if checkpoint else ByteCodec()
+        self.codec = codec
         self.seq = self.model.cfg.seq
         self.batch_size = int(batch_size)
 
-    @staticmethod
-    def encode(text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+    def encode(self, text: str) -> list[int]:
+        return self.codec.encode(text)
 
     @torch.no_grad()
     def _logprobs(self, sequences: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -112,16 +119,16 @@ class FlmplanLM(LM):
         seqs, lengths = [], []
         for context, continuation in (r.args for r in requests):
             cont = self.encode(continuation)
-            seqs.append([0, *self.encode(context)][-(self.seq + 1 - len(cont)):] + cont)
+            seqs.append([self.codec.eod, *self.encode(context)][-(self.seq + 1 - len(cont)):] + cont)
             lengths.append(len(cont))
         return [(float(lp[-n:].sum()), bool(greedy[-n:].all()))
                 for (lp, greedy), n in zip(self._logprobs(seqs), lengths, strict=True)]
 
     def loglikelihood_rolling(self, requests) -> list[float]:
-        """Every byte of the text predicted once, each with as much context as fits (byte 0 first)."""
+        """Every token of the text predicted once, each with as much context as fits (end-of-document first)."""
         out = []
         for (text,) in (r.args for r in requests):
-            tokens = [0, *self.encode(text)]
+            tokens = [self.codec.eod, *self.encode(text)]
             total = 0.0
             for start in range(1, len(tokens), self.seq):
                 end = min(start + self.seq, len(tokens))
@@ -141,10 +148,10 @@ class FlmplanLM(LM):
             for _ in range(int(kwargs.get("max_gen_toks", 32))):
                 x = torch.tensor([(tokens + made)[-self.seq:]])
                 made.append(int(self.model(x)[0, -1].argmax()))
-                text = bytes(made).decode("utf-8", errors="replace")
+                text = self.codec.decode(made)
                 if any(u in text for u in until):
                     break
-            text = bytes(made).decode("utf-8", errors="replace")
+            text = self.codec.decode(made)
             for u in until:
                 text = text.split(u)[0]
             out.append(text)

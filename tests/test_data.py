@@ -1,0 +1,302 @@
+"""The data path: corpora prepared once (Megatron-LM indexed datasets) and read by megatron-core's own
+reader, a bilingual BPE corpus beyond 16-bit ids, the layout-independent, resumable and blended order,
+an interrupted preparation that resumes, and one sentence for each bad input before anything is written."""
+
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from planner.cli import app
+from planner.plan import load_plan
+from runtime.corpus import IndexedTokens, codec_for, paths
+from runtime.data import Sampler, load_corpus, permute
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+# More entries than 16-bit ids can hold: the corpus must be written as int32.
+BPE_VOCAB = 66_000
+
+
+def bilingual(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """English-like and Chinese text with enough distinct words for a BPE of BPE_VOCAB entries."""
+    rng = random.Random(seed)
+    syllables = [c + v for c in "bcdfghjklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ai", "ou", "ea")]
+    english = [" ".join("".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(150)) + "."
+               for _ in range(n)]
+    chinese = ["，".join("".join(chr(rng.randint(0x4E00, 0x9FA5)) for _ in range(rng.randint(1, 3)))
+                        for _ in range(120)) + "。" for _ in range(n)]
+    return english, chinese
+
+
+def prepare(*args: str) -> dict:
+    r = runner.invoke(app, ["data", "prepare", *args, "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> dict[str, Path]:
+    """A BPE trained on a bilingual corpus (int32 ids), an English JSON-lines and a Chinese text-folder
+    corpus prepared with that tokenizer, and the English one as bytes (uint16)."""
+    folder = tmp_path_factory.mktemp("corpora")
+    english, chinese = bilingual(1500, seed=0)
+    with open(folder / "bilingual.jsonl", "w", encoding="utf-8") as f:
+        for e, c in zip(english, chinese, strict=True):
+            f.write(json.dumps({"text": e, "id": 1}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({"text": c, "id": 2}, ensure_ascii=False) + "\n")
+    with open(folder / "en.jsonl", "w", encoding="utf-8") as f:
+        for e in english[:300]:
+            f.write(json.dumps({"body": e}) + "\n")
+    (folder / "zh").mkdir()
+    for i in range(3):
+        (folder / "zh" / f"part{i}.txt").write_text("\n\n".join(chinese[i * 100:(i + 1) * 100]) + "\n", "utf-8")
+    man = prepare(str(folder / "bilingual.jsonl"), "--out", str(folder / "bi"), "--train-tokenizer", str(BPE_VOCAB))
+    assert man["tokenizer"]["vocab"] == BPE_VOCAB and man["dtype"] == "int32"
+    tok = str(folder / "bi.tokenizer.json")
+    prepare(str(folder / "en.jsonl"), "--field", "body", "--out", str(folder / "en"), "--tokenizer", tok)
+    prepare(str(folder / "zh"), "--out", str(folder / "zh-corpus"), "--tokenizer", tok)
+    prepare(str(folder / "en.jsonl"), "--field", "body", "--out", str(folder / "en-bytes"))
+    return {"folder": folder, "bi": folder / "bi", "en": folder / "en", "zh": folder / "zh-corpus",
+            "en_bytes": folder / "en-bytes", "texts": (english, chinese)}
+
+
+def test_megatron_core_reads_every_prepared_corpus(corpora):
+    """megatron-core's own IndexedDataset reads each corpus: the same documents and tokens as ours."""
+    pytest.importorskip("megatron.core")
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    for name, dtype in (("bi", np.int32), ("en", np.int32), ("zh", np.int32), ("en_bytes", np.uint16)):
+        prefix = str(corpora[name])
+        theirs, ours = IndexedDataset(prefix), IndexedTokens.open(prefix)
+        assert ours.dtype == dtype and theirs.index.dtype == dtype, name
+        assert len(theirs) == ours.documents > 0
+        docs = [theirs[i] for i in range(len(theirs))]
+        for i in (0, 1, len(docs) // 2, len(docs) - 1):
+            assert np.array_equal(docs[i], ours.document(i)), (name, i)
+        # The stream the runtime samples from is the documents one after another.
+        assert np.array_equal(np.concatenate(docs), ours.tokens), name
+    # The English corpus was 300 JSON lines; the Chinese one 3 files of 100 paragraphs each.
+    assert IndexedTokens.open(corpora["en"]).documents == 300
+    assert IndexedTokens.open(corpora["zh"]).documents == 300
+
+
+def test_bilingual_bpe_uses_ids_beyond_16_bits_and_decodes_back(corpora):
+    english, chinese = corpora["texts"]
+    codec = codec_for(corpora["bi"])
+    data = IndexedTokens.open(corpora["bi"])
+    assert codec.vocab == BPE_VOCAB and int(data.tokens.max()) >= 1 << 16
+    for i, text in ((0, english[0]), (1, chinese[0])):
+        ids = data.document(i)
+        assert ids[-1] == codec.eod and codec.eod not in ids[:-1]      # one end-of-document token, at the end
+        assert codec.decode(ids[:-1].tolist()) == text
+
+
+def test_feistel_order_is_a_permutation_of_every_size():
+    for n in (1, 2, 3, 7, 64, 1000, 4097, 65_537):
+        order = permute(np.arange(n), n, key=11)
+        assert np.array_equal(np.sort(order), np.arange(n)), n
+    a, b = permute(np.arange(1000), 1000, 1), permute(np.arange(1000), 1000, 2)
+    assert not np.array_equal(a, b) and not np.array_equal(a, np.arange(1000))
+
+
+def test_order_is_layout_independent_resumable_and_blended_to_its_weights(corpora):
+    corpus = load_corpus([f"0.6:{corpora['en']}", f"0.4:{corpora['zh']}"])
+    seq = 32
+    whole = Sampler(corpus, seq, seed=3)
+    batches = [whole.batch(16, 0, 1) for _ in range(6)]
+    x, y = batches[0]
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    # Data-parallel ranks split the same global batch, whatever their number.
+    for dp in (2, 4):
+        s = Sampler(corpus, seq, seed=3)
+        parts = []
+        for _ in range(6):
+            state = s.state()
+            for rank in range(dp):
+                r = Sampler(corpus, seq, seed=3, position=state["data_position"], counts=state["data_counts"])
+                parts.append(r.batch(16, rank, dp)[0])
+            s.batch(16, 0, 1)
+        assert torch.equal(torch.cat(parts), torch.cat([b[0] for b in batches])), dp
+    # Resumed from its state after 3 steps, the sampler gives the uninterrupted run's batches.
+    s = Sampler(corpus, seq, seed=3)
+    for _ in range(3):
+        s.batch(16, 0, 1)
+    resumed = Sampler(corpus, seq, seed=3, **{"position": s.position, "counts": s.counts})
+    assert all(torch.equal(resumed.batch(16, 0, 1)[0], b[0]) for b in batches[3:])
+    # Over 10,000 sequences each source's share is within 1 % of its weight (sources re-read in new orders).
+    s = Sampler(corpus, seq, seed=3)
+    for _ in range(100):
+        s.batch(100, 0, 100)
+    shares = s.shares()
+    assert abs(shares[str(corpora["en"])] - 0.6) < 0.01 and abs(shares[str(corpora["zh"])] - 0.4) < 0.01
+    # Another seed, another order.
+    assert not torch.equal(Sampler(corpus, seq, seed=4).batch(16, 0, 1)[0], batches[0][0])
+
+
+def test_an_interrupted_preparation_resumes_to_the_same_files(corpora, tmp_path):
+    """Killed (SIGKILL) after its first recorded point, `flmplan data prepare` leaves no final file;
+    the same command then continues there and writes what an uninterrupted run writes, byte for byte."""
+    tok = str(corpora["bi"]) + ".tokenizer.json"
+    source = str(corpora["folder"] / "en.jsonl")
+    cmd = [sys.executable, "-m", "planner.cli", "data", "prepare", source, "--field", "body", "--tokenizer", tok,
+           "--batch-docs", "2", "--out"]
+    env = {**os.environ, "FLMPLAN_PREPARE_KILL_AT": "64"}
+    r = subprocess.run([*cmd, str(tmp_path / "cut")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == -9, r.stderr
+    assert not any(paths(tmp_path / "cut")[k].exists() for k in ("bin", "idx", "manifest"))
+    assert json.loads((tmp_path / "cut.progress.json").read_text())["documents"] == 128
+    r = subprocess.run([*cmd, str(tmp_path / "cut")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "resuming: 128 documents" in r.stderr, r.stderr
+    r = subprocess.run([*cmd, str(tmp_path / "whole")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for kind in ("bin", "idx", "tokenizer"):
+        assert paths(tmp_path / "cut")[kind].read_bytes() == paths(tmp_path / "whole")[kind].read_bytes(), kind
+    assert not (tmp_path / "cut.progress.json").exists() and not list(tmp_path.glob("*.partial"))
+
+
+def _refused(args: list[str], words: str) -> None:
+    r = runner.invoke(app, args)
+    lines = [line for line in r.output.strip().splitlines() if line]
+    assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, (args, r.output)
+    assert lines[0].startswith("Error:"), r.output
+
+
+def test_bad_input_is_one_sentence_and_nothing_is_written(corpora, tmp_path):
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    (folder / "empty.txt").write_text("")
+    (folder / "nofield.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    (folder / "latin1.txt").write_bytes("café naïve".encode("latin-1") * 10)
+    (folder / "ok.txt").write_text("a few words\n\nand more\n")
+    (folder / "bad-tokenizer.json").write_text("{}")
+    out = tmp_path / "out" / "c"
+    prep = ["data", "prepare"]
+    _refused([*prep, str(folder / "empty.txt"), "--out", str(out)], "is empty")
+    _refused([*prep, str(folder / "nofield.jsonl"), "--out", str(out)], "has no field 'text' (its fields: body)")
+    _refused([*prep, str(folder / "latin1.txt"), "--out", str(out)], "is not UTF-8 text")
+    _refused([*prep, str(folder / "ok.txt"), "--out", str(out), "--tokenizer", str(folder / "bad-tokenizer.json")],
+             "cannot be read by Hugging Face tokenizers")
+    _refused([*prep, str(folder / "missing.txt"), "--out", str(out)], "does not exist")
+    _refused([*prep, str(folder / "ok.txt"), "--out", str(corpora["en"])], "exists already")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    # Damaged corpora: a truncated .bin, and an .idx that belongs to another .bin.
+    cut = tmp_path / "cut"
+    for kind in ("bin", "idx", "manifest"):
+        shutil.copy(paths(corpora["en_bytes"])[kind], paths(cut)[kind])
+    with open(paths(cut)["bin"], "r+b") as f:
+        f.truncate(f.seek(0, 2) - 10)
+    swapped = tmp_path / "swapped"
+    shutil.copy(paths(corpora["en_bytes"])["bin"], paths(swapped)["bin"])
+    shutil.copy(paths(corpora["en"])["idx"], paths(swapped)["idx"])
+    shutil.copy(paths(corpora["en"])["manifest"], paths(swapped)["manifest"])
+    small = tmp_path / "small"
+    prepare(str(folder / "ok.txt"), "--out", str(small))
+    plan = str(ROOT / "runtime/data/tiny_one_stage.json")
+    run = ["run", plan, "--nproc", "1", "--out", str(tmp_path / "run")]
+    _refused([*run, "--data", str(corpora["en"])], f"tokenizer has {BPE_VOCAB:,} entries, more than the plan's "
+                                                   "vocabulary of 256")
+    _refused([*run, "--data", str(cut)], "is truncated, or the .idx belongs to another file")
+    _refused([*run, "--data", str(swapped)], "is truncated, or the .idx belongs to another file")
+    _refused([*run, "--data", f"0:{corpora['en_bytes']}"], "a mixture weight must be above 0")
+    _refused([*run, f"--data=-0.5:{corpora['en_bytes']}"], "a mixture weight must be above 0")
+    _refused([*run, "--data", f"0.5:{corpora['en_bytes']}", "--data", str(small)], "weights to some sources")
+    _refused([*run, "--data", f"0.5:{corpora['en']}", "--data", f"0.5:{corpora['en_bytes']}"],
+             "different tokenizers")
+    _refused([*run, "--data", str(small)], "fewer than one sequence of 64 + 1")
+    _refused([*run, "--data", str(folder / "latin1.txt")], "is not UTF-8 text")
+    assert not (tmp_path / "run").exists()
+
+
+def test_simulate_records_the_corpus_and_the_exports_carry_it(corpora, tmp_path):
+    from test_cli_simulate import parse_megatron
+
+    plan_file = tmp_path / "plan.json"
+    r = runner.invoke(app, ["simulate", "--budget", "100000", "--schedule", "flm", "--trials", "20", "--out",
+                            str(plan_file), "--data", f"0.7:{corpora['en']}", "--data", f"0.3:{corpora['zh']}"])
+    assert r.exit_code == 0, r.output
+    assert "the plan reads its most-read source" in " ".join(r.output.split())
+    plan = load_plan(plan_file)
+    assert [s.weight for s in plan.data.sources] == pytest.approx([0.7, 0.3])
+    assert plan.data.tokenizer["vocab"] == BPE_VOCAB and plan.data.epochs > 1
+    r = runner.invoke(app, ["export", str(plan_file), "--to", "megatron", "--out", str(tmp_path / "m"), "--nearest"])
+    assert r.exit_code == 0, r.output
+    args = parse_megatron((tmp_path / "m" / "stage1.megatron.args").read_text())
+    assert args.data_path == ["0.7", str(corpora["en"]), "0.3", str(corpora["zh"])]
+    assert args.tokenizer_type == "NullTokenizer" and int(args.vocab_size) + 1 == plan.stages[0].model.vocab
+    r = runner.invoke(app, ["export", str(plan_file), "--to", "slurm", "--out", str(tmp_path / "s")])
+    script = (tmp_path / "s" / "flmplan.sbatch").read_text()
+    assert r.exit_code == 0 and "DATA:?" not in script and '"${data_args[@]}"' in script
+    subprocess.run(["bash", "-n", str(tmp_path / "s" / "flmplan.sbatch")], check=True)
+    r = runner.invoke(app, ["export", str(plan_file), "--to", "torchtitan", "--out", str(tmp_path / "t"), "--nearest"])
+    assert "torchtitan cannot read the plan's prepared corpus" in (tmp_path / "t" / "flmplan_torchtitan.py").read_text()
+    # A plan records files a cluster reads, not text to tokenize.
+    _refused(["simulate", "--trials", "20", "--data", str(corpora["folder"] / "en.jsonl")], "takes prepared corpora")
+
+
+def test_tune_trains_its_proxies_on_the_corpus_tokenizer(corpora, tmp_path):
+    r = runner.invoke(app, ["tune", "--widths", "16,32", "--lrs", "0.01", "--parametrization", "mup", "--steps", "5",
+                            "--seq", "16", "--batch", "4", "--data", str(corpora["en"]), "--out", str(tmp_path),
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    proxies = [json.loads(p.read_text()) for p in tmp_path.glob("runs/*/proxy.json")]
+    assert len(proxies) == 2 and all(p["model"]["vocab"] == BPE_VOCAB for p in proxies)
+    assert all(abs(p["final_loss"] - np.log(BPE_VOCAB)) < 1.5 for p in proxies)     # near chance after 5 steps
+
+
+@pytest.mark.multiprocess
+def test_a_tiny_plan_trains_on_a_bilingual_int32_mixture(corpora, tmp_path):
+    """`flmplan run --scale tiny` on a 66,000-entry BPE mixture of English and Chinese: the plan takes the
+    tokenizer's vocabulary, the loss starts at chance for it and falls, the realised mixture is logged,
+    the loader's time is under 1 % of a step, and `flmplan eval`'s model reads text with the run's tokenizer."""
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "planner.cli", "run", "runtime/data/tiny_one_stage.json", "--scale",
+                        "tiny", "--nproc", "1", "--steps", "12", "--log-every", "1", "--out", str(out),
+                        "--data", f"0.7:{corpora['en']}", "--data", f"0.3:{corpora['zh']}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["stages"][0]["model"]["vocab"] == BPE_VOCAB
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in rows if "step_s" in m]
+    losses = [m["loss"] for m in steps]
+    assert abs(losses[0] - np.log(BPE_VOCAB)) < 0.5 and min(losses[-3:]) < losses[0] - 1.0
+    mixture = [m for m in rows if m.get("event") == "data_mixture"][-1]
+    assert mixture["shares"][str(corpora["en"])] == pytest.approx(0.7, abs=0.05)
+    # The loader's time per step, beside the step's (the first step pays for mapping the files in).
+    assert statistics.median(m["data_s"] for m in steps[1:]) < 0.01 * statistics.median(m["step_s"] for m in steps)
+    assert (out / "tokenizer.json").is_file() and json.loads((out / "data.json").read_text())["tokenizer"]["vocab"] \
+        == BPE_VOCAB
+    from runtime.iq.harness import FlmplanLM
+
+    ckpt = sorted((out / "checkpoints").iterdir())[-1]
+    lm = FlmplanLM(checkpoint=str(ckpt))
+    text = corpora["texts"][1][0][:20]
+    assert lm.encode(text) == codec_for(corpora["bi"]).encode(text) and lm.codec.vocab == BPE_VOCAB
+    (logp, _), = lm.loglikelihood([SimpleNamespace(args=("", text))])
+    assert logp < 0
+
+
+def test_parquet_and_saved_datasets_are_read_by_datasets(tmp_path):
+    """The formats `datasets` reads besides text and JSON lines: parquet files and a dataset folder saved
+    with save_to_disk (its train split), each row one document."""
+    import datasets
+
+    rows = {"text": ["first document", "второй документ", "第三个文件"], "n": [1, 2, 3]}
+    datasets.Dataset.from_dict(rows).to_parquet(str(tmp_path / "part.parquet"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "saved"))
+    for source in ("part.parquet", "saved"):
+        man = prepare(str(tmp_path / source), "--out", str(tmp_path / f"c-{source}"))
+        data = IndexedTokens.open(tmp_path / f"c-{source}")
+        assert man["documents"] == data.documents == 3
+        assert bytes(data.document(1)[:-1].astype(np.uint8)).decode() == "второй документ"
