@@ -8,6 +8,7 @@ always — which constraint binds and what of the budget is left.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -81,9 +82,11 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner, searched
     if len(main.stages) == 1:
         st = main.stages[0]
         out.append(Advice("no_growth", (
-            f"No growth schedule fits: the plan trains the {st.model.params() / 1e9:.1f}B target from scratch on "
-            f"{st.tokens / 1e9:,.1f}B tokens ({st.tokens / st.model.params():.1f} per parameter)."),
+            f"This plan has one stage: it trains the {st.model.params() / 1e9:.1f}B target from scratch on "
+            f"{st.tokens / 1e9:,.1f}B tokens ({st.tokens / st.model.params():.1f} per parameter); no growth schedule "
+            "searched predicted a lower loss within the budget and deadline."),
             {"params": st.model.params(), "tokens": st.tokens}))
+    out += law_advice(main, planner)
     factors = growth_factors(main)
     if factors and max(factors) > LITERATURE_GROWTH_FACTORS[1]:
         out.append(Advice("growth_factor", (
@@ -98,6 +101,42 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner, searched
             f"${settings.budget_usd - main.cost_usd:,.0f} under the ${settings.budget_usd:,.0f} budget."),
             {"cost_usd": main.cost_usd, "budget_usd": settings.budget_usd}))
     return out
+
+
+# A fitted law is trusted this far past the largest model it was fitted on; beyond, the plan says so.
+LAW_EXTRAPOLATION = 100.0
+LAW_DRAWS = 400
+
+
+def law_advice(main: Schedule, planner: Planner) -> list[Advice]:
+    """A loss law that does not pin its constants down (a standard error as large as the constant), or
+    that is extrapolated far past the models it was fitted on, is named, with the 90 % interval of the
+    plan's final loss that the law's own standard errors imply."""
+    import numpy as np
+
+    law = planner.loss_model.law
+    doubts = law.doubts()
+    final = main.stages[-1].model.params()
+    reach = final / law.params_range[1] if law.params_range else 1.0
+    if not doubts and reach <= LAW_EXTRAPOLATION:
+        return []
+    params = [st.model.params() for st in main.stages]
+    tokens = [st.tokens for st in main.stages]
+    rng = np.random.default_rng(0)
+    losses = [dataclasses.replace(planner.loss_model, law=drawn).stage_losses(params, tokens, main.ramp_tokens)[-1]
+              for drawn in law.sample(rng, LAW_DRAWS)]
+    lo, hi = (float(v) for v in np.percentile(losses, [5, 95]))
+    why = []
+    if doubts:
+        why.append(f"the standard errors of {', '.join(doubts)} are as large as the values")
+    if reach > LAW_EXTRAPOLATION:
+        why.append(f"the plan's {final / 1e9:.1f}B model is ×{reach:,.0f} the largest it was fitted on "
+                   f"({law.params_range[1] / 1e6:,.2f}M)")
+    return [Advice("loss_law_uncertain", (
+        f"The loss law {law.name!r} decides this plan but does not pin it down: {' and '.join(why)}; its errors "
+        f"put the final loss between {lo:.3f} and {hi:.3f} (90 %), so the choice between plans rests on it only "
+        "that far; fit it on more sizes, longer runs, or larger proxies."),
+        {"doubts": doubts, "extrapolation": reach, "loss_low": lo, "loss_high": hi, "loss": main.loss})]
 
 
 def binding(main: Schedule, planner: Planner) -> Advice:

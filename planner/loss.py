@@ -12,6 +12,7 @@ of training, not a measurement, and every plan states them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +32,27 @@ class ScalingLaw:
     source: str = ""
     kind: str = "published"          # or "fitted" (flmplan fit-loss), with the runs it came from
     runs: tuple[str, ...] = ()
+    errors: dict | None = None       # standard errors of E, A, B, alpha, beta, where the law has them
+    params_range: tuple[float, float] | None = None   # the smallest and largest model it was fitted on
+
+    def doubts(self) -> list[str]:
+        """The constants whose standard error is as large as the constant itself: the law does not
+        pin them down."""
+        errs = self.errors or {}
+        return [k for k in ("E", "A", "B", "alpha", "beta") if k in errs and errs[k] >= abs(getattr(self, k))]
+
+    def sample(self, rng: np.random.Generator, draws: int) -> list[ScalingLaw]:
+        """Laws drawn from the constants' standard errors (independent normals, kept in range): what
+        the law's uncertainty implies for a prediction."""
+        errs = self.errors or {}
+        out = []
+        for _ in range(draws):
+            values = {}
+            for k, (lo, hi) in LAW_RANGES.items():
+                v = getattr(self, k) + rng.normal(0, errs.get(k, 0.0))
+                values[k] = float(np.clip(v, lo + 1e-9, hi))
+            out.append(ScalingLaw(name=self.name, **values))
+        return out
 
     def loss(self, params, tokens):
         """L(N, D); numbers or numpy arrays of D."""
@@ -51,6 +73,10 @@ class ScalingLaw:
         return n, flops / (6 * n)
 
 
+# The range a law's constants may take: beyond it L(N, D) is not a loss law any plan can rank with
+# (a negative or zero coefficient, or an exponent past 2, which no published fit comes near).
+LAW_RANGES = {"E": (0.0, 20.0), "A": (0.0, math.inf), "B": (0.0, math.inf), "alpha": (0.0, 2.0), "beta": (0.0, 2.0)}
+
 CHINCHILLA = ScalingLaw("chinchilla", E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28,
                         source="Hoffmann et al. 2022 (arXiv 2203.15556), eq. 10")
 BESIROGLU = ScalingLaw("besiroglu", E=1.82, A=482.0, B=2085.4, alpha=0.3478, beta=0.3658,
@@ -68,11 +94,23 @@ def load_law(name_or_path: str) -> ScalingLaw:
         raise FlmplanError(f"Unknown loss law {name_or_path!r}: use {', '.join(LAWS)} or a JSON file of constants.")
     try:
         raw = json.loads(path.read_text())
-        return ScalingLaw(name=raw.get("name", path.stem), E=float(raw["E"]), A=float(raw["A"]), B=float(raw["B"]),
-                          alpha=float(raw["alpha"]), beta=float(raw["beta"]), source=raw.get("source", str(path)),
-                          kind=str(raw.get("kind", "from a file")), runs=tuple(map(str, raw.get("runs", ()))))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        errors = {k: float(v) for k, v in raw["errors"].items()} if raw.get("errors") is not None else None
+        span = raw.get("params_range")
+        law = ScalingLaw(name=raw.get("name", path.stem), E=float(raw["E"]), A=float(raw["A"]), B=float(raw["B"]),
+                         alpha=float(raw["alpha"]), beta=float(raw["beta"]), source=raw.get("source", str(path)),
+                         kind=str(raw.get("kind", "from a file")), runs=tuple(map(str, raw.get("runs", ()))),
+                         errors=errors, params_range=(float(span[0]), float(span[1])) if span else None)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise FlmplanError(f"Loss-law file {path} needs numbers E, A, B, alpha and beta ({err}).") from None
+    for k, (lo, hi) in LAW_RANGES.items():
+        v = getattr(law, k)
+        if not (math.isfinite(v) and (lo <= v if k == "E" else lo < v) and v <= hi):
+            raise FlmplanError(f"Loss-law file {path} has {k} = {v:g}, outside its range ({lo:g} to {hi:g}): it is "
+                               "not a law a plan can rank losses with; fit it again on more runs.")
+    if errors is not None and not all(math.isfinite(errors.get(k, 0.0)) for k in LAW_RANGES):
+        raise FlmplanError(f"Loss-law file {path} has undetermined standard errors (not finite): its runs do not pin "
+                           "the law down; fit it on more sizes or longer runs.")
+    return law
 
 
 @dataclass(frozen=True)

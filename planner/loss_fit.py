@@ -182,6 +182,32 @@ def fit_chinchilla(n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> dict:
             "rms_residual": float(np.sqrt(np.mean(resid**2))), "points": len(loss)}
 
 
+BOOTSTRAP_DRAWS = 100
+
+
+def bootstrap_errors(curves: list[Curve], draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> dict[str, float]:
+    """Standard errors of L(N, D)'s constants from refits on runs drawn with replacement (Efron's
+    bootstrap over runs): the points along one run's curve share its noise and its schedule, so
+    curve_fit's errors, which count each point as independent, are too small. NaN where fewer than
+    half the draws could be fitted (too few runs or sizes to tell)."""
+    rng = np.random.default_rng(seed)
+    fits = []
+    for _ in range(draws):
+        pick = [curves[i] for i in rng.integers(0, len(curves), len(curves))]
+        if len({c.params for c in pick}) < 2:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", OptimizeWarning)
+                f = fit_chinchilla(*curve_points(pick))
+        except (RuntimeError, ValueError):
+            continue
+        fits.append([f[k] for k in ("E", "A", "B", "alpha", "beta")])
+    if len(fits) < draws // 2:
+        return dict.fromkeys(("E", "A", "B", "alpha", "beta"), math.nan)
+    return dict(zip(("E", "A", "B", "alpha", "beta"), np.std(np.array(fits), axis=0, ddof=1).tolist(), strict=True))
+
+
 def fit_loss(folders: list[Path], holdout: int = 1, at_step: int | None = None) -> dict:
     """Both fits. µScaling is fitted on all but the `holdout` largest models and predicts them;
     L(N, D) is fitted to every run's curve (the law the planner gets uses all the evidence)."""
@@ -210,6 +236,7 @@ def fit_loss(folders: list[Path], holdout: int = 1, at_step: int | None = None) 
                             "predicted": predicted, "error": predicted - measured,
                             "error_pct": 100 * (predicted - measured) / measured, "held_out": c.params in held})
     law = fit_chinchilla(*curve_points(curves))
+    law["errors_pointwise"], law["errors"] = law["errors"], bootstrap_errors(curves)
     kinds = sorted({c.parametrization for c in curves})
     return {"mu_scaling": {**mu, "at_step": step, "measure": measure, "predictions": predictions},
             "law": law, "runs": [c.run for c in curves], "data": curves[0].data, "parametrizations": kinds,
@@ -219,8 +246,12 @@ def fit_loss(folders: list[Path], holdout: int = 1, at_step: int | None = None) 
 def law_file(result: dict, name: str) -> dict:
     """The loss-law JSON `flmplan simulate --loss-law` reads (planner/loss.py load_law)."""
     law = result["law"]
+    sizes = [c.params for c in result["curves"]]
     return {"name": name, "kind": "fitted", "E": law["E"], "A": law["A"], "B": law["B"], "alpha": law["alpha"],
-            "beta": law["beta"], "errors": law["errors"], "rms_residual": law["rms_residual"],
+            "beta": law["beta"], "errors": law["errors"],
+            "error_method": f"bootstrap over runs ({BOOTSTRAP_DRAWS} draws of the runs with replacement, refitted)",
+            "errors_pointwise": law["errors_pointwise"], "params_range": [min(sizes), max(sizes)],
+            "rms_residual": law["rms_residual"],
             "source": f"fitted by flmplan fit-loss (scipy curve_fit) to {len(result['runs'])} runs' curves "
                       f"({', '.join(result['parametrizations'])}) on {result['data']}",
             "runs": result["runs"], "data": result["data"],

@@ -76,8 +76,43 @@ def test_tune_then_fit_loss_then_a_plan_that_names_the_fitted_law(proxies, tmp_p
     code, text = cli("simulate", "--budget", "100000", "--loss-law", str(law_path), "--trials", "20",
                      "--out", str(plan_path))
     assert code == 0, text
-    recorded = json.loads(plan_path.read_text())["assumptions"]["loss_model"]["law"]
+    plan = json.loads(plan_path.read_text())
+    recorded = plan["assumptions"]["loss_model"]["law"]
     assert recorded["kind"] == "fitted" and recorded["runs"] == runs and recorded["E"] == law["E"]
+    # The errors are the runs' bootstrap, and the law is extrapolated from 64-wide proxies to billions of
+    # parameters: the plan names that, with the interval of its final loss the errors imply.
+    assert law["error_method"].startswith("bootstrap over runs") and law["params_range"][1] < 1e6
+    (flag,) = [a for a in plan["advice"] if a["kind"] == "loss_law_uncertain"]
+    f = flag["figures"]
+    assert f["extrapolation"] > 1e4 and f["loss_low"] <= plan["totals"]["predicted_loss"] <= f["loss_high"]
+
+
+def test_a_law_out_of_range_or_undetermined_is_refused_and_a_loose_one_is_flagged(tmp_path):
+    """Constants outside a loss law's range, or standard errors that are not numbers, are refused in one
+    sentence; errors as large as the constants are flagged in the plan, and the interval they imply
+    widens with them."""
+    base = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+    cases = [({**base, "alpha": -0.02}, "alpha = -0.02, outside its range"),
+             ({**base, "beta": 7.0}, "beta = 7, outside its range"),
+             ({**base, "errors": {**dict.fromkeys(base, 0.01), "alpha": float("nan")}},
+              "undetermined standard errors")]
+    for k, (raw, words) in enumerate(cases):
+        path = tmp_path / f"bad{k}.json"
+        path.write_text(json.dumps(raw))
+        code, output = cli("simulate", "--loss-law", str(path), "--trials", "20")
+        assert code == 2 and words in output and len(output.strip().splitlines()) == 1, output
+    widths = []
+    for scale in (0.5, 1.0):
+        path = tmp_path / f"loose{scale}.json"
+        errors = {k: scale * 2.2 * v for k, v in base.items()}          # ≥ the constants themselves
+        path.write_text(json.dumps({**base, "errors": errors}))
+        out = tmp_path / f"plan{scale}.json"
+        code, output = cli("simulate", "--loss-law", str(path), "--trials", "20", "--out", str(out))
+        assert code == 0, output
+        (flag,) = [a for a in json.loads(out.read_text())["advice"] if a["kind"] == "loss_law_uncertain"]
+        assert set(flag["figures"]["doubts"]) == set(base)
+        widths.append(flag["figures"]["loss_high"] - flag["figures"]["loss_low"])
+    assert widths[1] > widths[0] > 0
 
 
 def test_a_second_tune_reuses_finished_proxies(proxies):
