@@ -257,6 +257,10 @@ def simulate(
         min=0.01, max=1.0, help="Equal-loss carry-over efficiency across a growth.")] = 1.0,
     ramp_efficiency: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of mask-ramp tokens that count.")] = 0.5,
+    token_efficiency: Annotated[float, typer.Option(
+        min=0.01, max=10.0, help="Tokens of a model trained from scratch that each token after a growth is worth "
+                                 "(1: equal-loss continuation alone; Du et al. 2024's stacking results ask for about "
+                                 "1.5, fitted on their 7B: benchmarks/growth_cases.py).")] = 1.0,
     attention: Annotated[Attention, typer.Option(
         case_sensitive=False, help="The attention kernel (FLM-101B's run used flash).")] = Attention.flash,
     profile: Annotated[Path | None, typer.Option(help="Profile JSON (default: built-in one of the GPU).")] = None,
@@ -318,7 +322,8 @@ def simulate(
                         global_batch=global_batch, grow_steps=grow_steps, max_days=max_days, attention=attention.value,
                         max_growth_factor=max_growth_factor, teacher_every=teacher_every,
                         teacher_data=_teacher_source(teacher_data))
-    loss_model = GrowthLossModel(law=load_law(loss_law), carryover=carryover, ramp_efficiency=ramp_efficiency)
+    loss_model = GrowthLossModel(law=load_law(loss_law), carryover=carryover, ramp_efficiency=ramp_efficiency,
+                                 token_efficiency=token_efficiency)
     failures = FailureModel(
         failures_per_1000_node_days=failure_rate, restart_min=restart_min, checkpoint_min=checkpoint_min,
         checkpoint_interval_min=checkpoint_interval_min, interval_rule=checkpoint_rule.value,

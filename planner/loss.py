@@ -118,10 +118,14 @@ class GrowthLossModel:
     law: ScalingLaw = CHINCHILLA
     carryover: float = 1.0
     ramp_efficiency: float = 0.5
+    # η: each token after a growth counts η tokens of a model trained from scratch (1: equal-loss
+    # continuation alone). The form published stacking results ask for (planner/growth_evidence.py).
+    token_efficiency: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 0 < self.carryover <= 1 or not 0 <= self.ramp_efficiency <= 1:
-            raise FlmplanError("carry-over efficiency must be in (0, 1] and ramp efficiency in [0, 1].")
+        if not 0 < self.carryover <= 1 or not 0 <= self.ramp_efficiency <= 1 or not self.token_efficiency > 0:
+            raise FlmplanError("carry-over efficiency must be in (0, 1], ramp efficiency in [0, 1] and token "
+                               "efficiency above 0.")
 
     def stage_losses(self, params: list[float], tokens, ramp_tokens: list[float]) -> list:
         """Loss at the end of each stage. Stage k trains params[k] for tokens[k] (a number, or a
@@ -135,7 +139,7 @@ class GrowthLossModel:
                 # Equal-loss continuation on the grown model's curve (Shen et al. 2022).
                 d_eq = self.law.tokens_for_loss(n, losses[-1])
                 ramp = np.minimum(ramp_tokens[k], d)
-                effective = self.carryover * d_eq + self.ramp_efficiency * ramp + (d - ramp)
+                effective = self.carryover * d_eq + self.token_efficiency * (self.ramp_efficiency * ramp + (d - ramp))
             losses.append(self.law.loss(n, effective))
         return losses
 
@@ -154,5 +158,6 @@ class GrowthLossModel:
 
     def describe(self) -> dict:
         return {"law": asdict(self.law), "carryover": self.carryover, "ramp_efficiency": self.ramp_efficiency,
+                "token_efficiency": self.token_efficiency,
                 "note": "L(N, D) = E + A/N^alpha + B/D^beta; after a growth the model continues from the point "
                         "of equal loss on the larger model's curve (Staged Training). A model, not a measurement."}

@@ -146,7 +146,8 @@ def write_report(result, path: str | Path) -> Path:
     plan, main = result.plan, result.main
     lm = plan.assumptions["loss_model"]
     loss_model = GrowthLossModel(law=ScalingLaw(**lm["law"]), carryover=lm["carryover"],
-                                 ramp_efficiency=lm["ramp_efficiency"])
+                                 ramp_efficiency=lm["ramp_efficiency"],
+                                 token_efficiency=lm.get("token_efficiency", 1.0))
     figures = [timeline(main), cost_breakdown(main),
                loss_vs_compute(main, result.alternatives + result.baselines, loss_model)]
     if result.searched:

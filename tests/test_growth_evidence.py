@@ -1,0 +1,66 @@
+"""Published growth results held against the growth loss model: equal-loss continuation cannot give the
+speed-ups depth stacking measured, with any knobs in range; a persistent token efficiency fitted on one
+case predicts the others."""
+
+import dataclasses
+
+import pytest
+
+from planner.growth_evidence import evidence_table, growth_cases, predicted_speedup
+from planner.loss import GrowthLossModel
+
+# Du et al. 2024 report 48.6 % and 54.5 % for the same 3B model at two lengths: a constant η cannot
+# follow a 5.9-point spread that the source itself shows, so out-of-sample errors are held to it.
+STATED_SPREAD = 0.545 - 0.486
+
+
+def test_every_case_names_its_source_and_convention():
+    cases = growth_cases()
+    assert {"gstack-7b-300b", "gstack-3b-180b", "gstack-3b-240b", "msg-gpt2", "flm101b"} <= {c.name for c in cases}
+    for c in cases:
+        assert c.citation and c.convention and c.stated_speedup > 0
+        assert c.modelled or c.why_not
+
+
+def test_equal_loss_continuation_cannot_reproduce_stacking_and_the_token_efficiency_can():
+    table = evidence_table()
+    stacking = [r for r in table["rows"] if r["name"].startswith("gstack")]
+    for r in stacking:
+        # The most favourable knobs in range give a few percent where the source measured ~50 %.
+        assert r["equal_loss_best"] < 0.1 * r["stated"], r
+    fitted = next(r for r in stacking if r["in_fit"])
+    assert fitted["token_efficiency"] == pytest.approx(fitted["stated"], abs=1e-6)
+    for r in stacking:
+        if not r["in_fit"]:
+            assert abs(r["token_efficiency"] - r["stated"]) <= STATED_SPREAD + 1e-9, r
+    assert 1.3 < table["eta"] < 1.8
+
+
+def test_a_larger_token_efficiency_means_a_larger_speedup():
+    case = next(c for c in growth_cases() if c.name == "gstack-7b-300b")
+    base = GrowthLossModel()
+    values = [predicted_speedup(case, dataclasses.replace(base, token_efficiency=eta)) for eta in (1.0, 1.2, 1.5)]
+    assert values == sorted(values) and values[0] < 0.05
+
+
+def test_the_plan_records_the_token_efficiency_and_the_choice_follows_it(tmp_path):
+    """At η = 1 (assumed) the $100K plan's advice says a fixed-size model predicts a lower loss; at the η
+    the published stacking results ask for, growth predicts the lower loss and the plan records η."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+
+    eta = evidence_table()["eta"]
+    plans = {}
+    for value in (1.0, eta):
+        out = tmp_path / f"plan{value:.3f}.json"
+        r = CliRunner().invoke(app, ["simulate", "--budget", "100000", "--trials", "20", "--token-efficiency",
+                                     str(value), "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        plans[value] = json.loads(out.read_text())
+    kinds = {v: {a["kind"] for a in p["advice"]} for v, p in plans.items()}
+    assert "fixed_size_better" in kinds[1.0] and "fixed_size_better" not in kinds[eta]
+    assert plans[eta]["assumptions"]["loss_model"]["token_efficiency"] == pytest.approx(eta)
+    assert plans[eta]["totals"]["predicted_loss"] < plans[1.0]["totals"]["predicted_loss"]
