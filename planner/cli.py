@@ -579,8 +579,7 @@ def data_prepare(
     batch_docs: Annotated[int, typer.Option(min=1, help="Documents per encode_batch call.")] = 512,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
-    """Tokenize a corpus once (all cores; resumable: the same command continues an interrupted run) into
-    the files `flmplan run --data` and Megatron-LM's --data-path read."""
+    """Tokenize a corpus once, on all cores, into what `flmplan run --data` and Megatron-LM read (resumable)."""
     from runtime.prepare import prepare
 
     _check_output_file(out, "--out", "corpus")
