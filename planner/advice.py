@@ -56,7 +56,9 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner, searched
             f"A fixed-size {m.params() / 1e9:.1f}B model trained from scratch on {fixed.tokens / 1e9:,.0f}B tokens "
             f"within the same budget and deadline predicts a lower loss, {fixed.loss:.3f} against this plan's "
             f"{main.loss:.3f}; "
-            "growth buys a larger final model here, not a lower loss."),
+            "growth buys a larger final model here, not a lower loss "
+            f"(what a token after a growth is worth, η = {planner.loss_model.token_efficiency:.3g}: "
+            f"{planner.loss_model.evidence})."),
             {"fixed_params": m.params(), "fixed_tokens": fixed.tokens, "fixed_loss": fixed.loss,
              "plan_loss": main.loss}))
     for k, (a, b) in enumerate(itertools.pairwise(main.stages), start=2):
@@ -87,6 +89,8 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner, searched
             "searched predicted a lower loss within the budget and deadline."),
             {"params": st.model.params(), "tokens": st.tokens}))
     out += law_advice(main, planner)
+    if len(main.stages) > 1:
+        out.append(growth_evidence(main, fixed, planner))
     factors = growth_factors(main)
     if factors and max(factors) > LITERATURE_GROWTH_FACTORS[1]:
         out.append(Advice("growth_factor", (
@@ -137,6 +141,47 @@ def law_advice(main: Schedule, planner: Planner) -> list[Advice]:
         f"put the final loss between {lo:.3f} and {hi:.3f} (90 %), so the choice between plans rests on it only "
         "that far; fit it on more sizes, longer runs, or larger proxies."),
         {"doubts": doubts, "extrapolation": reach, "loss_low": lo, "loss_high": hi, "loss": main.loss})]
+
+
+def growth_evidence(main: Schedule, fixed: Schedule | None, planner: Planner) -> Advice:
+    """What growth's worth rests on, named, and what its uncertainty does to the plan: the final loss's
+    90 % interval and the probability that the growth plan beats the compute-optimal fixed size at the
+    same cost. η is drawn from its measurement (normal, its standard error) or, when it is assumed or
+    given, uniformly between equal-loss continuation (1) and the largest η a published result asks for
+    (planner/growth_evidence.py)."""
+    import numpy as np
+
+    lm = planner.loss_model
+    rng = np.random.default_rng(0)
+    if lm.token_efficiency_error > 0:
+        etas = np.clip(rng.normal(lm.token_efficiency, lm.token_efficiency_error, LAW_DRAWS), 0.05, None)
+        spread = ""                          # the evidence names the measurement and its error
+    else:
+        from planner.growth_evidence import published_etas
+
+        published = published_etas(dataclasses.replace(lm, token_efficiency=1.0))
+        lo, hi = min(1.0, lm.token_efficiency), max([lm.token_efficiency, *published.values()])
+        etas = np.concatenate([[lo, hi], rng.uniform(lo, hi, LAW_DRAWS)])
+        spread = f" (η between {lo:.3g}, equal-loss continuation, and {hi:.3g}, the largest published: Du et al. 2024)"
+    params = [st.model.params() for st in main.stages]
+    tokens = [st.tokens for st in main.stages]
+    losses = np.array([float(dataclasses.replace(lm, token_efficiency=float(e)).stage_losses(
+        params, tokens, main.ramp_tokens)[-1]) for e in etas])
+    if lm.token_efficiency_error > 0:
+        low, high = (float(v) for v in np.percentile(losses, [5, 95]))
+        band = "90 %"
+    else:           # the whole range: the plan's own η may sit at its end (assumed: 1)
+        low, high = float(losses.min()), float(losses.max())
+        band = "over that range"
+    beats = float(np.mean(losses < fixed.loss)) if fixed is not None else None
+    versus = (f"; it beats the fixed-size {fixed.stages[0].model.params() / 1e9:.1f}B model (loss {fixed.loss:.3f}) "
+              f"at the same cost with probability {beats:.0%}" if fixed is not None else "")
+    return Advice("growth_evidence", (
+        f"Growth's worth here is {lm.evidence}{spread}: the final loss is between {low:.3f} and {high:.3f} "
+        f"({band}){versus}."),
+        {"evidence": lm.evidence, "token_efficiency": lm.token_efficiency,
+         "token_efficiency_error": lm.token_efficiency_error, "loss_low": low, "loss_high": high,
+         "p_beats_fixed": beats, "fixed_loss": fixed.loss if fixed is not None else None})
 
 
 def binding(main: Schedule, planner: Planner) -> Advice:

@@ -257,10 +257,10 @@ def simulate(
         min=0.01, max=1.0, help="Equal-loss carry-over efficiency across a growth.")] = 1.0,
     ramp_efficiency: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of mask-ramp tokens that count.")] = 0.5,
-    token_efficiency: Annotated[float, typer.Option(
-        min=0.01, max=10.0, help="Tokens of a model trained from scratch that each token after a growth is worth "
-                                 "(1: equal-loss continuation alone; Du et al. 2024's stacking results ask for about "
-                                 "1.5, fitted on their 7B: benchmarks/growth_cases.py).")] = 1.0,
+    token_efficiency: Annotated[str, typer.Option(
+        help="Tokens of a model trained from scratch that each token after a growth is worth: a number (1: "
+             "equal-loss continuation alone, assumed; Du et al. 2024's stacking results ask for about 1.5: "
+             "benchmarks/growth_cases.py), or the pairs.json of `flmplan grow-vs-scratch` (measured).")] = "1",
     attention: Annotated[Attention, typer.Option(
         case_sensitive=False, help="The attention kernel (FLM-101B's run used flash).")] = Attention.flash,
     profile: Annotated[Path | None, typer.Option(help="Profile JSON (default: built-in one of the GPU).")] = None,
@@ -322,8 +322,11 @@ def simulate(
                         global_batch=global_batch, grow_steps=grow_steps, max_days=max_days, attention=attention.value,
                         max_growth_factor=max_growth_factor, teacher_every=teacher_every,
                         teacher_data=_teacher_source(teacher_data))
+    from planner.loss import load_token_efficiency
+
+    eta, eta_error, evidence = load_token_efficiency(token_efficiency)
     loss_model = GrowthLossModel(law=load_law(loss_law), carryover=carryover, ramp_efficiency=ramp_efficiency,
-                                 token_efficiency=token_efficiency)
+                                 token_efficiency=eta, evidence=evidence, token_efficiency_error=eta_error)
     failures = FailureModel(
         failures_per_1000_node_days=failure_rate, restart_min=restart_min, checkpoint_min=checkpoint_min,
         checkpoint_interval_min=checkpoint_interval_min, interval_rule=checkpoint_rule.value,
@@ -444,6 +447,48 @@ def tune(
     print_tune(stdout, result)
     stdout.print(f"wrote {out / 'tune.json'} and the chart {chart}; `flmplan fit-loss {out}/runs/mup-*` fits a loss "
                  "law to these runs")
+
+
+@app.command("grow-vs-scratch")
+def grow_vs_scratch(
+    hidden: Annotated[int, typer.Option(min=2, help="The target's width.")] = 128,
+    layers: Annotated[int, typer.Option(min=2, help="The target's blocks (even: depth growth halves them).")] = 4,
+    steps: Annotated[int, typer.Option(min=20, help="Optimizer steps of every run.")] = 300,
+    points: Annotated[str, typer.Option(help="When to grow, as shares of the steps, comma-separated.")
+                      ] = "0.1,0.25,0.5",
+    dims: Annotated[str, typer.Option(help="What grows: depth (×2 parameters), width (×4 in the blocks), "
+                                           "comma-separated.")] = "depth,width",
+    seeds: Annotated[str, typer.Option(help="Seeds of init and data order, comma-separated.")] = "0,1",
+    batch: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 16,
+    seq: Annotated[int, typer.Option(min=2, help="Sequence length.")] = 64,
+    lr: Annotated[float, typer.Option(min=1e-6, help="Learning rate after warm-up (constant).")] = 3e-3,
+    grow_steps: Annotated[int, typer.Option(min=0, help="MSG mask-ramp steps after each growth.")] = 20,
+    data: Annotated[list[str] | None, typer.Option(help="Prepared corpora or text files (default: Python's "
+                                                        "standard library, as bytes).")] = None,
+    out: Annotated[Path, typer.Option(help="The folder for pairs.json and each run's curve.")
+                   ] = Path("runs/growth"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print pairs.json.")] = False,
+) -> None:
+    """Train the target from scratch and grown (MSG) from smaller models at several points, on the same
+    data and tokens; measure each growth's speed-up and fit what a token after a growth is worth (η), one
+    pair held out and predicted. `simulate --token-efficiency OUT/pairs.json` plans with it."""
+    from planner.report import print_growth_pairs
+    from runtime.growth_pairs import PairShape, run_pairs
+
+    _check_output_folder(out, "--out")
+    dim_list = [d.strip() for d in dims.split(",") if d.strip()]
+    if not dim_list or any(d not in ("depth", "width") for d in dim_list):
+        from planner.errors import FlmplanError
+
+        raise FlmplanError(f"--dims takes depth and width, comma-separated; got {dims!r}.")
+    shape = PairShape(hidden=hidden, layers=layers, steps=steps, batch=batch, seq=seq, lr=lr, grow_steps=grow_steps)
+    result = run_pairs(shape, _numbers(points, float, "--points"), dim_list, _numbers(seeds, int, "--seeds"), out,
+                       data=data, log=(lambda _: None) if as_json else stderr.print)
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    print_growth_pairs(stdout, result)
+    stdout.print(f"wrote {out / 'pairs.json'}; plan with it: flmplan simulate --token-efficiency {out / 'pairs.json'}")
 
 
 @app.command("fit-loss")

@@ -121,3 +121,9 @@ def evidence_table(law: ScalingLaw = CHINCHILLA, fit_on: str = "gstack-7b-300b")
         rows.append(row)
     return {"law": law.name, "eta": eta, "fit_on": fit_on, "rows": rows,
             "default": {"carryover": default.carryover, "ramp_efficiency": default.ramp_efficiency}}
+
+
+def published_etas(base: GrowthLossModel | None = None) -> dict[str, float]:
+    """η fitted on each comparable published case alone: the spread of what is published."""
+    base = base or GrowthLossModel()
+    return {c.name: fit_token_efficiency(c, base) for c in growth_cases() if c.modelled and c.comparable}

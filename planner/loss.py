@@ -113,6 +113,35 @@ def load_law(name_or_path: str) -> ScalingLaw:
     return law
 
 
+def load_token_efficiency(text: str) -> tuple[float, float, str]:
+    """(η, its standard error, its evidence) from a number (no error: the plan then takes the spread of
+    what is published), or from the pairs.json of `flmplan grow-vs-scratch`."""
+    path = Path(text)
+    try:
+        eta = float(text)
+    except ValueError:
+        if not path.is_file():
+            raise FlmplanError(f"--token-efficiency takes a number or the pairs.json of `flmplan grow-vs-scratch`; "
+                               f"{text!r} is neither.") from None
+        try:
+            raw = json.loads(path.read_text())
+            fit = raw["fit"]
+            eta, err, pairs = float(fit["token_efficiency"]), float(fit["error"]), int(fit["pairs"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+            raise FlmplanError(f"{path} is not the pairs.json of `flmplan grow-vs-scratch` (no fit with "
+                               "token_efficiency, error and pairs).") from None
+        if not math.isfinite(err) or err >= eta:
+            raise FlmplanError(f"{path} measured η = {eta:.3g} ± {err:.3g}: its error is as large as the value, "
+                               "so it cannot decide a plan; run more pairs or longer ones.") from None
+        evidence = f"measured on {pairs} proxy pairs ({path}: η = {eta:.3f} ± {err:.3f})"
+    else:
+        err, evidence = 0.0, "assumed" if eta == 1.0 else f"given (η = {eta:g})"
+    if not 0 < eta <= 10:
+        raise FlmplanError(f"--token-efficiency {eta:g} is outside (0, 10]: a token after a growth cannot be worth "
+                           "nothing, or more than ten tokens from scratch.")
+    return eta, err, evidence
+
+
 @dataclass(frozen=True)
 class GrowthLossModel:
     law: ScalingLaw = CHINCHILLA
@@ -121,6 +150,8 @@ class GrowthLossModel:
     # η: each token after a growth counts η tokens of a model trained from scratch (1: equal-loss
     # continuation alone). The form published stacking results ask for (planner/growth_evidence.py).
     token_efficiency: float = 1.0
+    evidence: str = "assumed"        # where token_efficiency comes from, named in the plan's advice
+    token_efficiency_error: float = 0.0   # its standard error, when it was measured
 
     def __post_init__(self) -> None:
         if not 0 < self.carryover <= 1 or not 0 <= self.ramp_efficiency <= 1 or not self.token_efficiency > 0:
@@ -158,6 +189,7 @@ class GrowthLossModel:
 
     def describe(self) -> dict:
         return {"law": asdict(self.law), "carryover": self.carryover, "ramp_efficiency": self.ramp_efficiency,
-                "token_efficiency": self.token_efficiency,
+                "token_efficiency": self.token_efficiency, "evidence": self.evidence,
+                "token_efficiency_error": self.token_efficiency_error,
                 "note": "L(N, D) = E + A/N^alpha + B/D^beta; after a growth the model continues from the point "
                         "of equal loss on the larger model's curve (Staged Training). A model, not a measurement."}

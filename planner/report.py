@@ -189,9 +189,9 @@ def print_plan(console: Console, plan, searched: int = 0) -> None:
         f"L = {_g(law.get('E'))} + {_g(law.get('A'))}/N^{_g(law.get('alpha'))} + {_g(law.get('B'))}/D^"
         f"{_g(law.get('beta'))}; "
         f"equal-loss continuation after growth (carry-over {lm.get('carryover')}, mask ramp counts "
-        f"{lm.get('ramp_efficiency')}, token efficiency {lm.get('token_efficiency', 1.0)}: "
-        f"{'assumed' if lm.get('token_efficiency', 1.0) == 1.0 else 'given'}; published stacking results ask "
-        f"for about 1.5, benchmarks/growth_cases.py); {plan.assumptions.get('grow_steps')} mask-ramp steps + "
+        f"{lm.get('ramp_efficiency')}, token efficiency {lm.get('token_efficiency', 1.0):.3g}: "
+        f"{lm.get('evidence', 'assumed')}; published stacking results ask for about 1.5, "
+        f"benchmarks/growth_cases.py); {plan.assumptions.get('grow_steps')} mask-ramp steps + "
         f"{plan.assumptions.get('min_steps_after_growth')} after each growth; deadline "
         f"{plan.assumptions.get('max_days')} days; step times from profile {plan.profile.get('name')} "
         f"({plan.profile.get('source')}).[/]"
@@ -347,3 +347,25 @@ def print_iq(console: Console, result: dict) -> None:
     console.print(t)
     console.print("[dim]Green: the whole interval is above chance. Multiple choice scored by log-likelihood, "
                   "generation by exact match (chance 0).[/]")
+
+
+def print_growth_pairs(console: Console, result: dict) -> None:
+    """`flmplan grow-vs-scratch`: each grown run's speed-up against its seed's scratch run, the fitted η
+    and the held-out pair's prediction."""
+    table = Table(title=f"Grow versus scratch: target of {result['target_params'] / 1e6:.2f}M parameters, "
+                        f"{result['shape']['steps']} steps ({result['data']})")
+    for col in ("run", "factor", "grown at step", "FLOPs speed-up", "token speed-up", "final loss − scratch"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for p in result["pairs"]:
+        table.add_row(p["name"], f"×{p['factor']:.2f}", str(p["grow_at_step"]),
+                      f"{p['speedup_flops']:+.1%}" if p["reached"] else "not reached",
+                      f"{p['speedup_tokens']:+.1%}" if p["reached"] else "—", f"{p['final_gap']:+.4f}")
+    console.print(table)
+    fit, held = result["fit"], result["held_out"]
+    measured = "did not reach the scratch run's final loss" if held["measured"] is None else (
+        f"measured {held['measured']:+.1%}")
+    verdict = "within" if held["within_error"] else "outside"
+    console.print(f"η = {fit['token_efficiency']:.3f} ± {fit['error']:.3f} from {fit['pairs']} pairs "
+                  f"({fit['method']}); held out {held['name']}: {measured}; predicted {held['predicted']:+.1%} "
+                  f"({held['interval'][0]:+.1%} to {held['interval'][1]:+.1%} at η ± its error: {verdict}). "
+                  f"{result['convention']}.")

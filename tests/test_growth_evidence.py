@@ -64,3 +64,69 @@ def test_the_plan_records_the_token_efficiency_and_the_choice_follows_it(tmp_pat
     assert "fixed_size_better" in kinds[1.0] and "fixed_size_better" not in kinds[eta]
     assert plans[eta]["assumptions"]["loss_model"]["token_efficiency"] == pytest.approx(eta)
     assert plans[eta]["totals"]["predicted_loss"] < plans[1.0]["totals"]["predicted_loss"]
+
+
+def _pairs_file(path, eta: float, error: float, pairs: int):
+    """What `flmplan grow-vs-scratch` writes, reduced to what a plan reads of it."""
+    import json
+
+    path.write_text(json.dumps({"kind": "flmplan-growth-pairs", "fit": {"token_efficiency": eta, "error": error,
+                                                                        "pairs": pairs}}))
+    return path
+
+
+def test_the_plan_names_its_evidence_and_its_interval_narrows_with_more_of_it(tmp_path):
+    """Assumed, η spans equal-loss continuation to the published stacking value; measured, its standard
+    error: the final loss's interval is widest when assumed and narrows as the measurement's error does."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+
+    widths, evidence = {}, {}
+    for name, value in (("assumed", "1"), ("few", str(_pairs_file(tmp_path / "few.json", 1.3, 0.12, 4))),
+                        ("many", str(_pairs_file(tmp_path / "many.json", 1.3, 0.03, 16)))):
+        out = tmp_path / f"{name}.json"
+        r = CliRunner().invoke(app, ["simulate", "--budget", "100000", "--trials", "20", "--token-efficiency", value,
+                                     "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        plan = json.loads(out.read_text())
+        (item,) = [a for a in plan["advice"] if a["kind"] == "growth_evidence"]
+        f = item["figures"]
+        assert f["loss_low"] <= plan["totals"]["predicted_loss"] <= f["loss_high"] and 0 <= f["p_beats_fixed"] <= 1
+        widths[name], evidence[name] = f["loss_high"] - f["loss_low"], f["evidence"]
+    assert evidence["assumed"] == "assumed" and evidence["many"].startswith("measured on 16 proxy pairs")
+    assert widths["assumed"] > widths["few"] > widths["many"] > 0
+    # A measurement whose error is as large as its value cannot decide a plan.
+    loose = _pairs_file(tmp_path / "loose.json", 1.1, 1.5, 2)
+    r = CliRunner().invoke(app, ["simulate", "--trials", "20", "--token-efficiency", str(loose)])
+    assert r.exit_code == 2 and "its error is as large as the value" in r.output
+
+
+def test_grow_versus_scratch_measures_pairs_and_predicts_the_one_held_out(tmp_path):
+    """Three depth growths of one seed against the target from scratch, tiny and short: every pair has
+    its speed-up (or says it did not reach the scratch loss) and its scratch-equivalent tokens; η is
+    fitted on two and the third is predicted; bad input is one sentence."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from planner.cli import app
+
+    out = tmp_path / "pairs"
+    r = CliRunner().invoke(app, ["grow-vs-scratch", "--hidden", "64", "--layers", "2", "--steps", "30", "--points",
+                                 "0.2,0.4,0.6", "--dims", "depth", "--seeds", "0", "--batch", "8", "--seq", "32",
+                                 "--grow-steps", "5", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "pairs.json").read_text())
+    assert len(result["pairs"]) == 3 and (out / "seed0-scratch" / "curve.jsonl").is_file()
+    for p in result["pairs"]:
+        assert p["factor"] > 1.5 and p["equivalent"] and (p["speedup_flops"] is not None) == p["reached"]
+    assert result["fit"]["pairs"] == 2 and result["fit"]["error"] >= 0
+    assert result["held_out"]["name"] == "seed0-depth-at18" and result["held_out"]["predicted"] is not None
+    for args, words in ((["--points", "1.5"], "between 0 and 1"), (["--dims", "height"], "--dims takes depth"),
+                        (["--layers", "3"], "an even number of layers"), (["--points", "0.5", "--dims", "depth",
+                                                                           "--seeds", "0"], "at least three")):
+        r = CliRunner().invoke(app, ["grow-vs-scratch", "--steps", "20", "--out", str(tmp_path / "bad"), *args])
+        assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, (args, r.output)
