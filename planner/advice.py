@@ -127,7 +127,8 @@ def law_advice(main: Schedule, planner: Planner) -> list[Advice]:
     params = [st.model.params() for st in main.stages]
     tokens = [st.tokens for st in main.stages]
     rng = np.random.default_rng(0)
-    losses = [dataclasses.replace(planner.loss_model, law=drawn).stage_losses(params, tokens, main.ramp_tokens)[-1]
+    ramps = main.ramp_tokens or [0.0] * len(main.stages)
+    losses = [dataclasses.replace(planner.loss_model, law=drawn).stage_losses(params, tokens, ramps)[-1]
               for drawn in law.sample(rng, LAW_DRAWS)]
     lo, hi = (float(v) for v in np.percentile(losses, [5, 95]))
     why = []
@@ -165,8 +166,9 @@ def growth_evidence(main: Schedule, fixed: Schedule | None, planner: Planner) ->
         spread = f" (η between {lo:.3g}, equal-loss continuation, and {hi:.3g}, the largest published: Du et al. 2024)"
     params = [st.model.params() for st in main.stages]
     tokens = [st.tokens for st in main.stages]
+    ramps = main.ramp_tokens or [0.0] * len(main.stages)
     losses = np.array([float(dataclasses.replace(lm, token_efficiency=float(e)).stage_losses(
-        params, tokens, main.ramp_tokens)[-1]) for e in etas])
+        params, tokens, ramps)[-1]) for e in etas])
     if lm.token_efficiency_error > 0:
         low, high = (float(v) for v in np.percentile(losses, [5, 95]))
         band = "90 %"

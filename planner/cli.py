@@ -259,7 +259,7 @@ def simulate(
         min=0.0, max=1.0, help="Share of mask-ramp tokens that count.")] = 0.5,
     token_efficiency: Annotated[str, typer.Option(
         help="Tokens of a model trained from scratch that each token after a growth is worth: a number (1: "
-             "equal-loss continuation alone, assumed; Du et al. 2024's stacking results ask for about 1.5: "
+             "equal-loss continuation alone, assumed), published (fitted on Du et al. 2024's G_stack 7B: "
              "benchmarks/growth_cases.py), or the pairs.json of `flmplan grow-vs-scratch` (measured).")] = "1",
     attention: Annotated[Attention, typer.Option(
         case_sensitive=False, help="The attention kernel (FLM-101B's run used flash).")] = Attention.flash,
@@ -456,8 +456,8 @@ def grow_vs_scratch(
     steps: Annotated[int, typer.Option(min=20, help="Optimizer steps of every run.")] = 300,
     points: Annotated[str, typer.Option(help="When to grow, as shares of the steps, comma-separated.")
                       ] = "0.1,0.25,0.5",
-    dims: Annotated[str, typer.Option(help="What grows: depth (×2 parameters), width (×4 in the blocks), "
-                                           "comma-separated.")] = "depth,width",
+    dims: Annotated[str, typer.Option(help="What grows: depth (×2 parameters), width (×4 in the blocks), both "
+                                           "(×8), comma-separated.")] = "depth,width",
     seeds: Annotated[str, typer.Option(help="Seeds of init and data order, comma-separated.")] = "0,1",
     batch: Annotated[int, typer.Option(min=1, help="Sequences per step.")] = 16,
     seq: Annotated[int, typer.Option(min=2, help="Sequence length.")] = 64,
@@ -477,10 +477,10 @@ def grow_vs_scratch(
 
     _check_output_folder(out, "--out")
     dim_list = [d.strip() for d in dims.split(",") if d.strip()]
-    if not dim_list or any(d not in ("depth", "width") for d in dim_list):
+    if not dim_list or any(d not in ("depth", "width", "both") for d in dim_list):
         from planner.errors import FlmplanError
 
-        raise FlmplanError(f"--dims takes depth and width, comma-separated; got {dims!r}.")
+        raise FlmplanError(f"--dims takes depth, width and both, comma-separated; got {dims!r}.")
     shape = PairShape(hidden=hidden, layers=layers, steps=steps, batch=batch, seq=seq, lr=lr, grow_steps=grow_steps)
     result = run_pairs(shape, _numbers(points, float, "--points"), dim_list, _numbers(seeds, int, "--seeds"), out,
                        data=data, log=(lambda _: None) if as_json else stderr.print)

@@ -117,12 +117,18 @@ def load_token_efficiency(text: str) -> tuple[float, float, str]:
     """(η, its standard error, its evidence) from a number (no error: the plan then takes the spread of
     what is published), or from the pairs.json of `flmplan grow-vs-scratch`."""
     path = Path(text)
+    if text == "published":
+        from planner.growth_evidence import PUBLISHED_FIT, fit_token_efficiency, growth_cases
+
+        case = next(c for c in growth_cases() if c.name == PUBLISHED_FIT)
+        eta = fit_token_efficiency(case, GrowthLossModel())
+        return eta, 0.0, f"published (Du et al. 2024: η = {eta:.3f} fitted on {PUBLISHED_FIT})"
     try:
         eta = float(text)
     except ValueError:
         if not path.is_file():
-            raise FlmplanError(f"--token-efficiency takes a number or the pairs.json of `flmplan grow-vs-scratch`; "
-                               f"{text!r} is neither.") from None
+            raise FlmplanError(f"--token-efficiency takes a number, published, or the pairs.json of `flmplan "
+                               f"grow-vs-scratch`; {text!r} is none of them.") from None
         try:
             raw = json.loads(path.read_text())
             fit = raw["fit"]

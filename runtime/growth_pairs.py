@@ -74,17 +74,20 @@ class PairShape:
                              seq=self.seq)
 
     def small(self, dim: str, vocab: int) -> DecoderConfig:
-        """The target with its depth ("depth": ×2 fewer parameters) or its width ("width": ×4 fewer in
-        the blocks) halved."""
-        if dim == "depth":
-            return self.config(self.hidden, self.layers // 2, vocab)
-        return self.config(self.hidden // 2, self.layers, vocab)
+        """The target with its depth ("depth": ×2 fewer parameters), its width ("width": ×4 fewer in the
+        blocks) or both ("both": ×8) halved."""
+        hidden = self.hidden // 2 if dim in ("width", "both") else self.hidden
+        layers = self.layers // 2 if dim in ("depth", "both") else self.layers
+        return self.config(hidden, layers, vocab)
 
 
-def _process_group(folder: Path) -> None:
-    """The runtime's growth reads a DCP checkpoint, which needs a process group: one process, gloo."""
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"file://{folder / 'pg-store'}", rank=0, world_size=1)
+def _process_group(folder: Path) -> bool:
+    """The runtime's growth reads a DCP checkpoint, which needs a process group: one process, gloo.
+    Whether this call made it (and so must end it)."""
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("gloo", init_method=f"file://{folder / 'pg-store'}", rank=0, world_size=1)
+    return True
 
 
 def _build(cfg: DecoderConfig, shape: PairShape, seed: int, meta: bool = False):
@@ -246,7 +249,7 @@ def run_pairs(shape: PairShape, points: list[float], dims: list[str], seeds: lis
     corpus = load_corpus(data)
     held = torch.from_numpy(corpus.held_out(shape.seq, EVAL_SHARE, EVAL_SEQUENCES))
     with tempfile.TemporaryDirectory() as tmp:
-        _process_group(Path(tmp))
+        made_group = _process_group(Path(tmp))
         runs, pairs = {}, []
         for seed in seeds:
             log(f"seed {seed}: the target from scratch")
@@ -261,7 +264,8 @@ def run_pairs(shape: PairShape, points: list[float], dims: list[str], seeds: lis
                     runs[name] = grown
                     pairs.append({"name": name, "seed": seed, "dim": dim, "grow_at_step": at,
                                   "factor": scratch["params"] / grown["small_params"], **pair_figures(grown, scratch)})
-        dist.destroy_process_group()
+        if made_group:
+            dist.destroy_process_group()
     held_out = pairs[-1]
     fit = fit_efficiency(pairs[:-1])
     scratch_of = runs[f"seed{held_out['seed']}-scratch"]

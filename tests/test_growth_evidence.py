@@ -54,16 +54,17 @@ def test_the_plan_records_the_token_efficiency_and_the_choice_follows_it(tmp_pat
 
     eta = evidence_table()["eta"]
     plans = {}
-    for value in (1.0, eta):
-        out = tmp_path / f"plan{value:.3f}.json"
+    for value in ("1", "published"):
+        out = tmp_path / f"plan-{value}.json"
         r = CliRunner().invoke(app, ["simulate", "--budget", "100000", "--trials", "20", "--token-efficiency",
-                                     str(value), "--out", str(out)])
+                                     value, "--out", str(out)])
         assert r.exit_code == 0, r.output
         plans[value] = json.loads(out.read_text())
     kinds = {v: {a["kind"] for a in p["advice"]} for v, p in plans.items()}
-    assert "fixed_size_better" in kinds[1.0] and "fixed_size_better" not in kinds[eta]
-    assert plans[eta]["assumptions"]["loss_model"]["token_efficiency"] == pytest.approx(eta)
-    assert plans[eta]["totals"]["predicted_loss"] < plans[1.0]["totals"]["predicted_loss"]
+    assert "fixed_size_better" in kinds["1"] and "fixed_size_better" not in kinds["published"]
+    lm = plans["published"]["assumptions"]["loss_model"]
+    assert lm["token_efficiency"] == pytest.approx(eta) and lm["evidence"].startswith("published (Du et al. 2024")
+    assert plans["published"]["totals"]["predicted_loss"] < plans["1"]["totals"]["predicted_loss"]
 
 
 def _pairs_file(path, eta: float, error: float, pairs: int):
