@@ -91,6 +91,7 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner, searched
     out += law_advice(main, planner)
     if len(main.stages) > 1:
         out.append(growth_evidence(main, fixed, planner))
+        out.append(growth_timing(main))
     factors = growth_factors(main)
     if factors and max(factors) > LITERATURE_GROWTH_FACTORS[1]:
         out.append(Advice("growth_factor", (
@@ -184,6 +185,23 @@ def growth_evidence(main: Schedule, fixed: Schedule | None, planner: Planner) ->
         {"evidence": lm.evidence, "token_efficiency": lm.token_efficiency,
          "token_efficiency_error": lm.token_efficiency_error, "loss_low": low, "loss_high": high,
          "p_beats_fixed": beats, "fixed_loss": fixed.loss if fixed is not None else None})
+
+
+def growth_timing(main: Schedule) -> Advice:
+    """The plan's first growth beside the one published guideline for when to grow (Du et al. 2024,
+    for depth stacking ×4 at ≤ 7B): a check of the search's choice, not a rule imposed on it."""
+    from planner.growth_evidence import gstack_growth_tokens
+
+    first = main.stages[0]
+    target = main.stages[-1].model.params()
+    guide = gstack_growth_tokens(target, main.compute_flops)
+    ratio = first.tokens / guide
+    when = "later than" if ratio > 1.5 else "earlier than" if ratio < 1 / 1.5 else "about when"
+    return Advice("growth_timing", (
+        f"The plan grows first after {first.tokens / 1e9:,.1f}B tokens, {when} Du et al. 2024's guideline for "
+        f"depth stacking would at this size and compute ({guide / 1e9:,.1f}B tokens: log10 d = 0.88·log10 N + "
+        "163.27/log10 C − 5.74, fitted for ×4 stacking up to 7B; MSG's own timing is not published as a rule)."),
+        {"first_growth_tokens": first.tokens, "guideline_tokens": guide, "ratio": ratio})
 
 
 def binding(main: Schedule, planner: Planner) -> Advice:

@@ -131,3 +131,11 @@ def published_etas(base: GrowthLossModel | None = None) -> dict[str, float]:
     """η fitted on each comparable published case alone: the spread of what is published."""
     base = base or GrowthLossModel()
     return {c.name: fit_token_efficiency(c, base) for c in growth_cases() if c.modelled and c.comparable}
+
+
+def gstack_growth_tokens(target_params: float, compute_flops: float) -> float:
+    """Du et al. 2024's guideline for when to grow (G_stack, g = 4): the small model trains d tokens,
+    log10(d) = 0.88·log10(N) + 163.27/log10(C) − 5.74 (tongxuluo/prts README; N parameters, C FLOPs)."""
+    import math
+
+    return 10 ** (0.88 * math.log10(target_params) + 163.27 / math.log10(compute_flops) - 5.74)

@@ -131,3 +131,20 @@ def test_grow_versus_scratch_measures_pairs_and_predicts_the_one_held_out(tmp_pa
                                                                            "--seeds", "0"], "at least three")):
         r = CliRunner().invoke(app, ["grow-vs-scratch", "--steps", "20", "--out", str(tmp_path / "bad"), *args])
         assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def test_du_et_als_timing_guideline_reproduces_its_own_table_and_checks_the_plan():
+    """The prts README's table (Llama families, g = 4): d for N and D = tokens, C = 6·N·D."""
+    from planner.advice import growth_timing
+    from planner.growth_evidence import gstack_growth_tokens
+
+    for n, d_tokens, d in ((8e9, 15e12, 6.58e9), (7e9, 2e12, 11.11e9), (13e9, 2e12, 15.84e9), (70e9, 2e12, 42.48e9)):
+        assert gstack_growth_tokens(n, 6 * n * d_tokens) == pytest.approx(d, rel=0.005)
+    from test_advice import HUGE, SMALL, planner, schedule, stage
+
+    p = planner()
+    plan = schedule(p, [stage(SMALL, 100e9, 2.3), stage(HUGE, 50e9, 2.1)])
+    item = growth_timing(plan)
+    guide = gstack_growth_tokens(HUGE.params(), plan.compute_flops)
+    assert item.figures["guideline_tokens"] == pytest.approx(guide)
+    assert item.figures["ratio"] == pytest.approx(100e9 / guide) and "Du et al. 2024" in item.message
