@@ -31,17 +31,58 @@ MEGATRON_COMMIT = "d98e8a64ddf34856e74b24714e3bedb2f5a39553"
 _POSITION_NAMES = {"xpos": "xPos", "learned": "learned absolute positions"}
 
 
-def _unless_nearest(nearest: bool, where: str, what: str, tool: str, instead: str) -> None:
-    """Refuse a plan field `tool` cannot express, naming it, unless the user accepts the nearest."""
-    if not nearest:
-        raise FlmplanError(f"{where} {what}, which {tool} does not have; pass --nearest to export {instead} instead.")
+def _joined(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _mup_nearest(st, where: str, tool: str, nearest: bool) -> list[str]:
+class _Missing:
+    """The plan fields of one stage that a tool cannot express, gathered so that a refusal names all of
+    them at once (unless the user accepts the nearest the tool has, `--nearest`)."""
+
+    def __init__(self, where: str, tool: str, nearest: bool) -> None:
+        self.where, self.tool, self.nearest = where, tool, nearest
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, what: str, instead: str) -> None:
+        self.items.append((what, instead))
+
+    def refuse(self) -> None:
+        if self.items and not self.nearest:
+            raise _Gaps(self)
+
+
+class _Gaps(FlmplanError):
+    """A refusal of one stage's fields; `every_stage` joins those of all stages into one sentence."""
+
+    def __init__(self, missing: _Missing) -> None:
+        self.missing = missing
+        super().__init__(f"{missing.where} {_joined([w for w, _ in missing.items])}, which {missing.tool} does not "
+                         f"have; pass --nearest to export {_joined([i for _, i in missing.items])} instead.")
+
+
+def every_stage(plan: Plan, build) -> list:
+    """build(k) for every stage, or one refusal that names every field of every stage the tool lacks."""
+    out, gaps = [], []
+    for k in range(len(plan.stages)):
+        try:
+            out.append(build(k))
+        except _Gaps as gap:
+            gaps.append(gap.missing)
+    if len(gaps) == 1:
+        raise _Gaps(gaps[0])
+    if gaps:
+        insteads = list(dict.fromkeys(i for g in gaps for _, i in g.items))
+        parts = "; ".join(f"{g.where[0].lower()}{g.where[1:]} {_joined([w for w, _ in g.items])}" for g in gaps)
+        raise FlmplanError(f"{gaps[0].tool} does not have what this plan uses: {parts}; pass --nearest to export "
+                           f"{_joined(insteads)} instead.")
+    return out
+
+
+def _mup_nearest(st, missing: _Missing) -> list[str]:
     """µP (per-group learning rates and multipliers) has no switch in either tool."""
     if st.parametrization.kind != "mup":
         return []
-    _unless_nearest(nearest, where, "is parametrized by µP (parametrization.kind)", tool, "standard parametrization")
+    missing.add("is parametrized by µP (parametrization.kind)", "standard parametrization")
     return [f"Standard parametrization in place of µP (base width {st.parametrization.base_width}): the learning "
             f"rate {st.lr:g} was tuned for µP and may not suit SP at this width."]
 
@@ -61,9 +102,11 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
     st = plan.stages[k]
     m, lay = st.model, st.layout
     where = f"Stage {k + 1} ({st.name})"
+    missing = _Missing(where, "Megatron-LM", nearest)
     if m.position == "xpos":
-        _unless_nearest(nearest, where, "uses xPos (model.position)", "Megatron-LM", "plain rotary")
-    notes = _mup_nearest(st, where, "Megatron-LM", nearest)
+        missing.add("uses xPos (model.position)", "plain rotary")
+    notes = _mup_nearest(st, missing)
+    missing.refuse()
     args = [
         f"--num-layers {m.layers}", f"--hidden-size {m.hidden}", f"--num-attention-heads {m.heads}",
         f"--ffn-hidden-size {m.ffn}", f"--seq-length {m.seq}", f"--max-position-embeddings {m.seq}",
@@ -159,11 +202,11 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
     notes = ["RMSNorm where flmplan's model has LayerNorm (torchtitan's decoders have no LayerNorm)."]
     if plan.dtype == "fp16":
         raise FlmplanError(f"{where} trains in fp16, which torchtitan does not (bf16 or fp32).")
-    notes += _mup_nearest(st, where, "torchtitan", nearest)
+    missing = _Missing(where, "torchtitan", nearest)
+    notes += _mup_nearest(st, missing)
     ffn = m.ffn
     if m.activation == "gelu":
-        _unless_nearest(nearest, where, "has a GeLU MLP (model.activation)", "torchtitan",
-                        "SwiGLU with the same parameters")
+        missing.add("has a GeLU MLP (model.activation)", "SwiGLU with the same parameters")
         # SwiGLU has three matrices where GeLU has two: 2/3 of the width keeps parameters and FLOPs
         # (to a multiple of 128, so that any tensor-parallel degree divides it).
         ffn = round(2 * m.ffn / 3 / 128) * 128
@@ -171,15 +214,16 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
                      f"to {abs(3 * ffn - 2 * m.ffn) / (2 * m.ffn):.2%}).")
     if m.position != "rotary":
         name = _POSITION_NAMES[m.position]
-        _unless_nearest(nearest, where, f"uses {name} (model.position)", "torchtitan", "plain rotary")
+        missing.add(f"uses {name} (model.position)", "plain rotary")
         notes.append(f"Plain rotary position embedding in place of {name}.")
     tied = m.tied_embeddings
     if tied and lay.pp > 1:
-        _unless_nearest(nearest, where, "ties the embedding to the output layer (model.tied_embeddings) under "
-                        "pipeline parallelism", "torchtitan", "untied embeddings")
+        missing.add("ties the embedding to the output layer (model.tied_embeddings) under pipeline parallelism",
+                    "untied embeddings")
         tied = False
         notes.append(f"Untied embeddings (torchtitan cannot tie them across pipeline stages): "
                      f"{m.vocab * m.hidden / 1e9:.2f}B more parameters on the last pipeline stage.")
+    missing.refuse()
     if lay.attention == "unfused":
         notes.append("FlexAttention (fused) where the plan costs unfused attention: less memory, other speed.")
     if lay.recompute == "selective":
@@ -227,7 +271,7 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
 def torchtitan_module(plan: Plan, nearest: bool = False) -> str:
     """The plan as a torchtitan config registry (a Python module, one function per stage), or a
     refusal naming the field torchtitan cannot express when `nearest` was not asked for."""
-    stages = [_torchtitan_stage(plan, k, nearest) for k in range(len(plan.stages))]
+    stages = every_stage(plan, lambda k: _torchtitan_stage(plan, k, nearest))
     per_node = min(plan.cluster.gpus, plan.cluster.gpus_per_node)
     launches = "".join(
         f"    PYTHONPATH=. torchrun --nnodes={max(1, st.layout.gpus // per_node)} "
@@ -303,6 +347,12 @@ def _slurm_time(days: float) -> str:
     return f"{hours // 24}-{hours % 24:02d}:00:00"
 
 
+# What an export writes beside its files, and the names its files have.
+EXPORT_RECORD = "flmplan-export.json"
+EXPORT_PATTERNS = {"megatron": "stage*.megatron.args", "torchtitan": f"{TORCHTITAN_MODULE}.py",
+                   "slurm": "flmplan.sbatch"}
+
+
 def export_plan(plan: Plan, target: str, out_dir: Path, plan_path: str = "plan.json",
                 nearest: bool = False) -> list[Path]:
     """Every file is made (or refused) before any is written."""
@@ -311,13 +361,31 @@ def export_plan(plan: Plan, target: str, out_dir: Path, plan_path: str = "plan.j
     if target == "slurm":
         files = {"flmplan.sbatch": slurm_script(plan, plan_path)}
     elif target == "megatron":
-        files = {f"stage{k + 1}.megatron.args": megatron_args(plan, k, nearest) for k in range(len(plan.stages))}
+        files = {f"stage{k + 1}.megatron.args": text
+                 for k, text in enumerate(every_stage(plan, lambda k: megatron_args(plan, k, nearest)))}
     else:
         files = {f"{TORCHTITAN_MODULE}.py": torchtitan_module(plan, nearest)}
     out_dir.mkdir(parents=True, exist_ok=True)
+    # An export replaces the one before it to the same target in the folder: the files of that one that
+    # this one does not write go (those the folder's record lists, and any named as that target names
+    # its files), so no stale stage is left behind; other files stay.
+    record_path = out_dir / EXPORT_RECORD
+    record: dict = {}
+    if record_path.is_file():
+        try:
+            record = dict(json.loads(record_path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError):
+            record = {}
+    previous = set(record.get(target, {}).get("files", [])) if isinstance(record.get(target), dict) else set()
+    previous |= {f.name for f in out_dir.glob(EXPORT_PATTERNS[target])}
+    for name in sorted(previous - set(files)):
+        if "/" not in name and (out_dir / name).is_file():
+            (out_dir / name).unlink()
     written = []
     for name, text in files.items():
         path = out_dir / name
         path.write_text(text)
         written.append(path)
+    record[target] = {"plan": plan_path, "files": sorted(files)}
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
     return written

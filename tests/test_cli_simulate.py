@@ -313,7 +313,7 @@ def test_torchtitan_exports_load_with_torchtitans_config_manager(tmp_path, monke
         path, out = tmp_path / f"{name}.json", tmp_path / name
         path.write_text(json.dumps(plan.to_json()))
         r = runner.invoke(app, ["export", str(path), "--to", "torchtitan", "--out", str(out)])
-        assert_one_sentence(r, "which torchtitan")           # GeLU, xPos or tied embeddings under PP
+        assert_one_sentence(r, "--nearest")       # GeLU, xPos or tied embeddings under PP, all of them named
         assert not out.exists()
         r = runner.invoke(app, ["export", str(path), "--to", "torchtitan", "--out", str(out), "--nearest"])
         assert r.exit_code == 0, r.output
@@ -356,6 +356,41 @@ def test_megatron_refuses_what_it_cannot_express(tmp_path):
     assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp_path / "m").exists()
     text = " ".join(r.output.split())
     assert "xPos (model.position)" in text and "--nearest" in text
+
+
+def test_a_refusal_names_everything_the_tool_lacks_in_every_stage(tmp_path, flm_plan):
+    """FLM-101B's plan to torchtitan: GeLU, xPos and (under pipeline parallelism) tied embeddings, every
+    stage that has each, in one sentence; nothing written."""
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(flm_plan.to_json()))
+    r = runner.invoke(app, ["export", str(path), "--to", "torchtitan", "--out", str(tmp_path / "t")])
+    assert_one_sentence(r, "torchtitan does not have what this plan uses")
+    text = " ".join(r.output.split())
+    for k in (1, 2, 3):
+        assert f"stage {k} (" in text
+    for what in ("GeLU MLP (model.activation)", "xPos (model.position)", "(model.tied_embeddings) under pipeline",
+                 "SwiGLU with the same parameters, plain rotary and untied embeddings instead"):
+        assert what in text, what
+    assert not (tmp_path / "t").exists()
+
+
+def test_an_export_replaces_the_one_before_it_and_leaves_other_files(tmp_path, flm_plan, auto_plan):
+    """A 3-stage export into a folder that held a 4-stage one leaves no stale stage4 file; another
+    target's files and the user's own stay."""
+    out = tmp_path / "e"
+    for plan, name in ((auto_plan, "four"), (flm_plan, "three")):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(plan.to_json()))
+        if name == "three":
+            (out / "notes.txt").write_text("mine")
+            r = runner.invoke(app, ["export", str(path), "--to", "slurm", "--out", str(out)])
+            assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["export", str(path), "--to", "megatron", "--out", str(out), "--nearest"])
+        assert r.exit_code == 0, r.output
+    assert len(auto_plan.stages) == 4 and len(flm_plan.stages) == 3
+    names = {f.name for f in out.iterdir()}
+    assert {f"stage{k}.megatron.args" for k in (1, 2, 3)} <= names and "stage4.megatron.args" not in names
+    assert {"notes.txt", "flmplan.sbatch", "flmplan-export.json"} <= names
 
 
 def test_report_has_the_tables_of_the_console(tmp_path):
