@@ -585,14 +585,23 @@ def export(
         help="Where the tool lacks a feature of the plan's model, export the nearest it has and say so in the "
              "file: rotary for xPos; for torchtitan also SwiGLU of equal parameters for GeLU, and untied "
              "embeddings under pipeline parallelism (--rope-for-xpos is the old name).")] = False,
+    time_limit: Annotated[str, typer.Option(
+        "--time", help="SLURM: the job's time limit per piece (D-HH:MM:SS); before it runs out the job saves and "
+                       "requeues itself.")] = "2-00:00:00",
 ) -> None:
     """Write the plan as Megatron-LM arguments per stage, a torchtitan config module or a SLURM script."""
+    import re
+
+    from planner.errors import FlmplanError
     from planner.export import export_plan
     from planner.plan import load_plan
 
     _check_output_folder(out_dir, "--out")
+    if not re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", time_limit):
+        raise FlmplanError(f"--time {time_limit!r} is not a SLURM time limit; give D-HH:MM:SS or HH:MM:SS.")
     plan = load_plan(plan_file)
-    for path in export_plan(plan, to.value, out_dir, plan_path=str(plan_file), nearest=nearest):
+    for path in export_plan(plan, to.value, out_dir, plan_path=str(plan_file.resolve()), nearest=nearest,
+                            time_limit=time_limit):
         stdout.print(f"wrote {path}")
 
 

@@ -302,15 +302,16 @@ def _torchtitan_data_note(plan: Plan) -> str:
     return "\n" + textwrap.fill(text, 100) + "\n"
 
 
-def slurm_script(plan: Plan, plan_path: str = "plan.json") -> str:
+def slurm_script(plan: Plan, plan_path: str = "plan.json", time_limit: str = "2-00:00:00") -> str:
     """A batch script that runs the plan as simulated: the spare nodes the simulation bills are
-    requested beside the working ones, checkpoints come at the simulation's interval, and the
-    script refuses to start without the training data."""
+    requested beside the working ones, each stage checkpoints at the simulated interval in its own
+    steps, and the job checkpoints and requeues itself before its time limit runs out (the runtime
+    saves the step in flight on SIGTERM and resumes where it was)."""
     per_node = min(plan.cluster.gpus, plan.cluster.gpus_per_node)
     nodes = max(1, plan.cluster.gpus // plan.cluster.gpus_per_node)
     spares = int((plan.simulation or {}).get("spare_nodes", 0))
-    every = min(checkpoint_every_steps(plan, k) for k in range(len(plan.stages)))
-    out = f"runs/{plan.name.replace(' ', '-')}"
+    every = ",".join(str(checkpoint_every_steps(plan, k)) for k in range(len(plan.stages)))
+    out = shlex.quote(f"runs/{plan.name.replace(' ', '-')}")
     split = 'read -ra data_args <<< "$DATA"; data_args=(--data "${data_args[@]}")'
     if plan.data is None:
         usage = "DATA=/path/to/corpus sbatch flmplan.sbatch (prepared corpora, WEIGHT:PREFIX for a mixture)"
@@ -323,28 +324,36 @@ def slurm_script(plan: Plan, plan_path: str = "plan.json") -> str:
     return f"""#!/bin/bash
 # flmplan: {plan.name}, {len(plan.stages)} stages on {plan.cluster.gpus} × {plan.cluster.gpu}
 # {nodes} working nodes and {spares} spare (as the run simulation bills them): a restart after a node
-# failure runs on the healthy ones. Checkpoints every {every} steps: the simulation's interval in the
-# slowest stage's steps (the faster stages save more often). Usage: {usage}
+# failure runs on the healthy ones. Checkpoints every {every} steps, stage by stage (the simulation's
+# interval in each stage's step time). The job runs in pieces of at most {time_limit}: five minutes
+# before the limit SLURM signals it, the runtime saves the step in flight, and the job requeues itself
+# and resumes there. Usage: {usage}
 #SBATCH --job-name=flmplan
 #SBATCH --nodes={nodes + spares}
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node={per_node}
-#SBATCH --time={_slurm_time(plan.totals.days * 1.25)}
+#SBATCH --exclusive
+#SBATCH --time={time_limit}
+#SBATCH --signal=B:TERM@300
 #SBATCH --requeue
+#SBATCH --open-mode=append
 set -euo pipefail
 {data_check}head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1   # reliable torchrun restarts (pytorch#135712)
 export OMP_NUM_THREADS=1
-# Every stage runs in order; a restarted job resumes from the newest good checkpoint in {out}.
+# Every stage runs in order; a restarted or requeued job resumes from the newest good checkpoint in {out}.
 srun --nodes={nodes} --ntasks={nodes} torchrun --nnodes={nodes} --nproc-per-node={per_node} --max-restarts=3 \\
   --rdzv-backend=c10d --rdzv-endpoint="$head_node:29500" --rdzv-id="$SLURM_JOB_ID" \\
-  -m runtime.train --plan {plan_path} --out {out} "${{data_args[@]}}" --checkpoint-every {every}
+  -m runtime.train --plan {shlex.quote(plan_path)} --out {out} "${{data_args[@]}}" --checkpoint-every {every} &
+run=$!
+requeue() {{
+  kill -TERM "$run" 2>/dev/null || true     # the ranks finish their step, save it and exit
+  wait "$run" || true
+  scontrol requeue "$SLURM_JOB_ID"
+}}
+trap requeue TERM
+wait "$run"
 """
-
-
-def _slurm_time(days: float) -> str:
-    hours = int(days * 24) + 1
-    return f"{hours // 24}-{hours % 24:02d}:00:00"
 
 
 # What an export writes beside its files, and the names its files have.
@@ -354,12 +363,12 @@ EXPORT_PATTERNS = {"megatron": "stage*.megatron.args", "torchtitan": f"{TORCHTIT
 
 
 def export_plan(plan: Plan, target: str, out_dir: Path, plan_path: str = "plan.json",
-                nearest: bool = False) -> list[Path]:
+                nearest: bool = False, time_limit: str = "2-00:00:00") -> list[Path]:
     """Every file is made (or refused) before any is written."""
     if target not in TARGETS:
         raise FlmplanError(f"--to must be one of {', '.join(TARGETS)}, got {target!r}.")
     if target == "slurm":
-        files = {"flmplan.sbatch": slurm_script(plan, plan_path)}
+        files = {"flmplan.sbatch": slurm_script(plan, plan_path, time_limit)}
     elif target == "megatron":
         files = {f"stage{k + 1}.megatron.args": text
                  for k, text in enumerate(every_stage(plan, lambda k: megatron_args(plan, k, nearest)))}

@@ -360,7 +360,7 @@ class Run:
         meter = Meter(self, k, stage, layout, steps, start_step)
         self.say(f"stage {k + 1}/{len(self.plan.stages)} {stage.name}: {steps} steps, layout "
                  f"{layout.describe()}{meter.predicted_text()}")
-        every = self.args.checkpoint_every or max(5, steps // 4)
+        every = checkpoint_interval(self.args.checkpoint_every, k) or max(5, steps // 4)
         for step in range(start_step, steps):
             c = growth.value(step) if growth else 1.0
             for chunk in pm.chunks:
@@ -644,6 +644,12 @@ def predicted_for(run: Run, stage: PlanStage, layout: Layout) -> dict:
             "predicted_source": f"cost model, built-in {run.gpu_key} profile"}
 
 
+def checkpoint_interval(text: str | int, k: int) -> int:
+    """Stage k's steps between checkpoints from --checkpoint-every: one value for all, or one per stage."""
+    values = [int(v) for v in str(text).split(",") if v.strip()] or [0]
+    return values[k] if k < len(values) else values[-1]
+
+
 def main(argv: list[str] | None = None) -> None:
     # On a CPU mesh DTensor warns, once per rank, that its random ops lack the GPU's offset-based
     # RNG tracker; every rank is seeded alike and the layouts' equivalence tests hold CPU losses
@@ -655,7 +661,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--data", nargs="*", default=None)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--checkpoint-every", type=int, default=0)
+    ap.add_argument("--checkpoint-every", default="0",
+                    help="steps between checkpoints: one number for every stage, or one per stage, comma-separated "
+                         "(0: a quarter of the stage, at least 5)")
     ap.add_argument("--from-scratch", action="store_true",
                     help="start over when no checkpoint in --out is usable (by default the run stops)")
     ap.add_argument("--no-checkpoints", action="store_true",
@@ -672,6 +680,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--meta-above", type=float, default=2e8,
                     help="build models with more parameters on the meta device and initialise only the shards")
     args = ap.parse_args(argv)
+    try:
+        checkpoint_interval(args.checkpoint_every, 0)
+    except ValueError:
+        ap.error(f"--checkpoint-every takes whole numbers of steps, comma-separated; got {args.checkpoint_every!r}")
     if args.no_checkpoints and len(json.loads(Path(args.plan).read_text()).get("stages", [])) > 1:
         ap.error("--no-checkpoints runs one-stage plans only: a growth reads the previous stage's checkpoint")
     if os.environ.get("FLMPLAN_HANG_DUMP_S"):         # debugging aid: stacks of a hung rank

@@ -215,10 +215,40 @@ def test_export_formats(tmp_path, flm_plan):
     spares = flm_plan.simulation["spare_nodes"]
     assert f"#SBATCH --nodes={24 + spares}" in script and "srun --nodes=24" in script
     assert '"${data_args[@]}"' in script and ': "${DATA:?' in script      # the plan names no corpus
+    # Each stage checkpoints at the simulation's interval in its own steps.
     interval = flm_plan.simulation["checkpoint_interval_min"] * 60
-    every = min(max(1, round(interval / st.predicted.step_s)) for st in flm_plan.stages)
+    every = ",".join(str(max(1, round(interval / st.predicted.step_s))) for st in flm_plan.stages)
     assert f"--checkpoint-every {every}" in script and "--rdzv-backend=c10d" in script
     subprocess.run(["bash", "-n", str(tmp_path / "s" / "flmplan.sbatch")], check=True)
+
+
+def test_slurm_script_quotes_paths_checkpoints_per_stage_and_requeues_before_its_limit(tmp_path, flm_plan):
+    """A plan path with a space survives (quoted; bash parses the script); the time limit is the user's,
+    with SLURM's signal five minutes before it and a requeue; whole nodes; shellcheck clean where it is
+    installed. The runtime takes one checkpoint interval per stage."""
+    import shutil
+
+    from runtime.train import checkpoint_interval
+
+    folder = tmp_path / "my plans"
+    folder.mkdir()
+    path = folder / "p.json"
+    path.write_text(json.dumps(flm_plan.to_json()))
+    r = runner.invoke(app, ["export", str(path), "--to", "slurm", "--out", str(tmp_path / "s"), "--time",
+                            "1-12:00:00"])
+    assert r.exit_code == 0, r.output
+    script = (tmp_path / "s" / "flmplan.sbatch").read_text()
+    assert f"--plan '{path}'" in script
+    for line in ("#SBATCH --time=1-12:00:00", "#SBATCH --signal=B:TERM@300", "#SBATCH --requeue",
+                 "#SBATCH --exclusive", 'scontrol requeue "$SLURM_JOB_ID"', "trap requeue TERM"):
+        assert line in script, line
+    subprocess.run(["bash", "-n", str(tmp_path / "s" / "flmplan.sbatch")], check=True)
+    if shutil.which("shellcheck"):
+        subprocess.run(["shellcheck", str(tmp_path / "s" / "flmplan.sbatch")], check=True)
+    every = script.split("--checkpoint-every ")[1].split()[0]
+    assert [checkpoint_interval(every, k) for k in range(3)] == [int(v) for v in every.split(",")]
+    r = runner.invoke(app, ["export", str(path), "--to", "slurm", "--out", str(tmp_path / "s"), "--time", "48h"])
+    assert_one_sentence(r, "is not a SLURM time limit")
 
 
 MEGATRON = json.loads((Path(__file__).parent / "data/megatron_args.json").read_text())
