@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from planner.errors import FlmplanError
+from planner.optimizer import ADAM_BETAS, ADAM_EPS, DROPOUT, MAX_GRAD_NORM, WEIGHT_DECAY
 from planner.plan import MIN_LR_FRACTION, Plan, stage_warmup_steps
 
 TARGETS = ("megatron", "torchtitan", "slurm")
@@ -130,6 +131,12 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
                      "Megatron-LM starts the optimizer afresh there; flmplan's runtime carries Adam's moments across "
                      "a growth.")
     args += _megatron_data_args(plan, notes)
+    # flmplan's optimizer, every setting written (Megatron-LM's defaults differ: β2 0.999, weight decay 0.01,
+    # dropout 0.1). Megatron-LM leaves biases and norms undecayed as the runtime does, but decays the embedding.
+    args += ["--optimizer adam", f"--adam-beta1 {ADAM_BETAS[0]!r}", f"--adam-beta2 {ADAM_BETAS[1]!r}",
+             f"--adam-eps {ADAM_EPS!r}", f"--weight-decay {WEIGHT_DECAY!r}", f"--clip-grad {MAX_GRAD_NORM!r}",
+             f"--hidden-dropout {DROPOUT!r}", f"--attention-dropout {DROPOUT!r}"]
+    notes.append("Megatron-LM decays the embedding's weights too; flmplan's runtime does not (planner/optimizer.py).")
     if m.kv_heads:
         args += ["--group-query-attention", f"--num-query-groups {m.kv_heads}"]
     if m.activation == "swiglu":
@@ -146,11 +153,13 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
         args += ["--recompute-granularity selective", "--recompute-modules core_attn"]
     elif lay.recompute == "selective":
         # The plan recomputes the LayerNorms and the MLP's activation (flash attention keeps no
-        # score matrix to recompute). Megatron-LM's modules: `layernorm` is the first; it has no
-        # module for a dense MLP's activation alone, so `mlp` recomputes the whole MLP.
-        args += ["--recompute-granularity selective", "--recompute-modules layernorm mlp"]
+        # score matrix to recompute). Under Megatron-LM's default Transformer Engine spec the LayerNorm
+        # is fused into the next linear layer, so its `layernorm` module recomputes nothing there; it has
+        # no module for a dense MLP's activation alone, so `mlp` recomputes the whole MLP.
+        args += ["--recompute-granularity selective", "--recompute-modules mlp"]
         notes.append("Selective recompute: Megatron-LM recomputes the whole MLP (its two GEMMs too) where the plan "
-                     "recomputes only its activation: memory at or under the plan's, steps slower than predicted.")
+                     "recomputes only its activation, and keeps the LayerNorm's output (fused into the next linear "
+                     "layer by its default Transformer Engine spec): memory near the plan's, steps slower.")
     if lay.zero >= 2:
         # ZeRO 2 and 3 are Megatron-FSDP's sharding of gradients (and of the weights).
         strategy = "optim_grads_params" if lay.zero == 3 else "optim_grads"
@@ -257,6 +266,8 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
         "recompute": json.dumps(lay.recompute), "folder": json.dumps(f"checkpoint/stage{k + 1}"),
         "interval": checkpoint_every_steps(plan, k),
         "initial_load": json.dumps(f"outputs/checkpoint/stage{k + 1}-grown") if st.growth else None,
+        "betas": f"({ADAM_BETAS[0]!r}, {ADAM_BETAS[1]!r})", "eps": repr(ADAM_EPS), "weight_decay": repr(WEIGHT_DECAY),
+        "max_norm": repr(MAX_GRAD_NORM),
     }
     model = (f"_model({json.dumps(f'flmplan-stage{k + 1}')}, layers={m.layers}, dim={m.hidden}, heads={m.heads}, "
              f"kv_heads={m.kv_heads}, ffn={ffn}, vocab={m.vocab}, seq={m.seq}, tied={tied})")

@@ -34,6 +34,7 @@ import torch.distributed as dist
 
 from planner.errors import FlmplanError
 from planner.flops import model_flops_per_token
+from planner.optimizer import MAX_GRAD_NORM
 from planner.plan import FIRST_WARMUP_STEPS
 from planner.specs import Layout
 from runtime import checkpoint
@@ -41,7 +42,6 @@ from runtime.data import Corpus, Sampler, load_corpus
 from runtime.grow import apply_masks, grow_sharded
 from runtime.model import Decoder, DecoderConfig, causal_lm_loss
 from runtime.parallel import make_mesh, make_optimizer, parallelize, set_lr
-from runtime.train import MAX_GRAD_NORM
 
 EVAL_SHARE = 0.05
 EVAL_SEQUENCES = 32

@@ -20,7 +20,9 @@ import math
 
 from torch import nn
 
-BASE_WEIGHT_DECAY = 0.1   # AdamW's decoupled decay on matrices (GPT-3, Megatron)
+from planner.optimizer import WEIGHT_DECAY
+
+BASE_WEIGHT_DECAY = WEIGHT_DECAY   # AdamW's decoupled decay on matrices (planner/plan.py)
 
 
 def width_mult(cfg) -> float:

@@ -37,6 +37,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tenso
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, loss_parallel, parallelize_module
 
 from planner.errors import FlmplanError
+from planner.optimizer import ADAM_BETAS, ADAM_EPS
 from planner.specs import Layout
 from runtime import mup
 from runtime.freelm import accuracy
@@ -166,7 +167,7 @@ def make_optimizer(chunk: nn.Module, lr: float) -> torch.optim.Optimizer:
         groups.setdefault((mup.lr_mult(cfg, name, p), mup.weight_decay(cfg, name, p), kind), []).append(p)
     return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr": lr * mult, "lr_mult": mult}
                               for (mult, wd, _), ps in groups.items()],
-                             lr=lr, betas=(0.9, 0.95), fused=True)
+                             lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -34,6 +34,7 @@ import torch.distributed as dist
 
 from planner.errors import FlmplanError
 from planner.flops import hardware_flops_per_token, model_flops_per_token
+from planner.optimizer import MAX_GRAD_NORM
 from planner.plan import MIN_LR_FRACTION, PlanParametrization, stage_warmup_steps
 from planner.specs import Layout, ModelSpec
 from runtime import checkpoint, freelm
@@ -56,7 +57,6 @@ from runtime.parallel import (
 if TYPE_CHECKING:
     from planner.plan import PlanStage
 
-MAX_GRAD_NORM = 1.0
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:

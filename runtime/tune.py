@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 
 from planner.errors import FlmplanError
+from planner.optimizer import MAX_GRAD_NORM
 from planner.plan import FIRST_WARMUP_STEPS
 from runtime.data import Corpus, Sampler, load_corpus
 from runtime.model import Decoder, DecoderConfig, causal_lm_loss
 from runtime.parallel import make_optimizer, set_lr
-from runtime.train import MAX_GRAD_NORM, lr_at
+from runtime.train import lr_at
 
 PROXY_FILE = "proxy.json"
 # The final loss of a proxy: its loss on EVAL_SEQUENCES sequences of the last EVAL_SHARE of the

@@ -6,6 +6,7 @@ import itertools
 import json
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -306,7 +307,10 @@ def test_megatron_exports_parse_with_megatron_lms_parser(tmp_path, flm_plan, aut
             if lay.recompute == "selective":
                 assert args.recompute_granularity == "selective"
                 assert set(args.recompute_modules) <= MEGATRON_RECOMPUTE_MODULES
-                assert "layernorm" in args.recompute_modules or lay.attention == "unfused"
+                # The MLP (the plan's activation recompute); not `layernorm`, which the default Transformer
+                # Engine spec fuses into the next linear layer, so recomputes nothing.
+                assert (("mlp" in args.recompute_modules and "layernorm" not in args.recompute_modules)
+                        or lay.attention == "unfused")
             assert args.use_distributed_optimizer == (lay.zero == 1)
             assert args.use_megatron_fsdp == (lay.zero >= 2)
             if lay.zero >= 2:
@@ -421,6 +425,62 @@ def test_an_export_replaces_the_one_before_it_and_leaves_other_files(tmp_path, f
     names = {f.name for f in out.iterdir()}
     assert {f"stage{k}.megatron.args" for k in (1, 2, 3)} <= names and "stage4.megatron.args" not in names
     assert {"notes.txt", "flmplan.sbatch", "flmplan-export.json"} <= names
+
+
+def test_exports_write_every_setting_of_the_runtimes_optimizer(tmp_path, flm_plan, monkeypatch):
+    """β1, β2, ε, weight decay and what it spares, clipping and dropout, as the runtime's own optimizer
+    (make_optimizer on a model) and step have them: in Megatron-LM's arguments, and in torchtitan's
+    config with its parameter groups matching the runtime's split of decayed and undecayed tensors."""
+    import importlib
+    import re
+
+    from torch import nn
+
+    from runtime.model import Decoder, DecoderConfig
+    from runtime.parallel import make_optimizer
+    from runtime.train import MAX_GRAD_NORM
+
+    model = Decoder(DecoderConfig(layers=2, hidden=32, heads=2, ffn=64, vocab=64, seq=16))
+    opt = make_optimizer(model, 1e-3)
+    (betas,), (eps,) = {g["betas"] for g in opt.param_groups}, {g["eps"] for g in opt.param_groups}
+    decay = {n: g["weight_decay"] for g in opt.param_groups for p in g["params"]
+             for n, q in model.named_parameters() if q is p}
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(flm_plan.to_json()))
+    r = runner.invoke(app, ["export", str(path), "--to", "megatron", "--out", str(tmp_path / "m"), "--nearest"])
+    assert r.exit_code == 0, r.output
+    args = parse_megatron((tmp_path / "m" / "stage1.megatron.args").read_text())
+    assert (float(args.adam_beta1), float(args.adam_beta2)) == betas and float(args.adam_eps) == eps
+    assert float(args.weight_decay) == max(decay.values()) and float(args.clip_grad) == MAX_GRAD_NORM
+    assert float(args.hidden_dropout) == float(args.attention_dropout) == 0.0
+    # Megatron-LM's rule spares biases and 1-D tensors, as the runtime does, and says the embedding differs.
+    assert all(v == 0.0 for n, v in decay.items() if n.endswith(".bias") or "norm" in n or "ln" in n)
+    assert "decays the embedding" in (tmp_path / "m" / "stage1.megatron.args").read_text()
+    pytest.importorskip("torchtitan")
+    try:
+        r = runner.invoke(app, ["export", str(path), "--to", "torchtitan", "--out", str(tmp_path / "t"),
+                                "--nearest"])
+        monkeypatch.syspath_prepend(str(tmp_path / "t"))
+        module = importlib.import_module("flmplan_torchtitan")
+    except ImportError as err:
+        pytest.skip(f"torchtitan cannot load under this torch: {err}")
+    cfg = module.stage1()
+    groups = cfg.optimizer.param_groups
+    for g in groups:
+        assert g.optimizer_kwargs["betas"] == betas and g.optimizer_kwargs["eps"] == eps
+    assert [g.optimizer_kwargs["weight_decay"] for g in groups] == [0.0, max(decay.values())]
+    assert cfg.training.max_norm == MAX_GRAD_NORM
+    import torch
+
+    cfg.model_spec.model.update_from_config(config=cfg)
+    with torch.device("meta"):
+        tt = cfg.model_spec.model.build()
+    for name, p in tt.named_parameters():
+        spared = re.search(groups[0].pattern, name) is not None
+        assert spared == (p.dim() < 2 or "tok_embeddings" in name), name
+    importlib.invalidate_caches()
+    sys.modules.pop("flmplan_torchtitan", None)
 
 
 def test_report_has_the_tables_of_the_console(tmp_path):

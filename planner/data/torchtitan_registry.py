@@ -8,7 +8,7 @@ from functools import partial
 import torch.nn as nn
 from torchtitan.components.checkpoint import CheckpointManager
 from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss
-from torchtitan.components.optimizer import LRSchedulersContainer, default_adamw
+from torchtitan.components.optimizer import LRSchedulersContainer, OptimizersContainer, ParamGroupConfig
 from torchtitan.config import ParallelismConfig, TrainingConfig
 from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC
 from torchtitan.distributed.pipeline_parallel import pipeline_llm
@@ -51,19 +51,32 @@ def _model(flavor, *, layers, dim, heads, kv_heads, ffn, vocab, seq, tied):
                      state_dict_adapter=Llama3StateDictAdapter)
 
 
+# Parameters flmplan's runtime does not decay (the embedding, norms, biases); first match wins.
+NO_DECAY = r"(^|\.)tok_embeddings\.|norm|\.bias$"
+
+
+def _adamw(lr, betas, eps, weight_decay):
+    """flmplan's optimizer: AdamW, weight decay on matrices only."""
+    def group(pattern, decay):
+        return ParamGroupConfig(pattern=pattern, optimizer_name="AdamW",
+                                optimizer_kwargs={"lr": lr, "betas": betas, "eps": eps, "weight_decay": decay})
+
+    return OptimizersContainer.Config(param_groups=[group(NO_DECAY, 0.0), group(r".*", weight_decay)])
+
+
 def _config(model_spec, *, lr, warmup, min_lr_factor, steps, local_batch, global_batch, seq, param_dtype,
             replicate, shard, reshard, tp, sequence_parallel, pp, layers_per_stage, schedule, microbatch,
-            recompute, folder, interval, initial_load):
+            recompute, folder, interval, initial_load, betas, eps, weight_decay, max_norm):
     return Trainer.Config(
         model_spec=model_spec,
         hf_assets_path="./assets/hf/tokenizer",
         loss=ChunkedLossWrapper.Config(loss_fn=CrossEntropyLoss.Config(
             global_vocab_size=model_spec.model.vocab_size)),
-        optimizer=default_adamw(lr=lr),
+        optimizer=_adamw(lr, betas, eps, weight_decay),
         lr_scheduler=LRSchedulersContainer.Config(warmup_steps=warmup, decay_type="cosine",
                                                   min_lr_factor=min_lr_factor),
         training=TrainingConfig(local_batch_size=local_batch, global_batch_size=global_batch, seq_len=seq,
-                                steps=steps, mixed_precision_param=param_dtype,
+                                steps=steps, mixed_precision_param=param_dtype, max_norm=max_norm,
                                 disable_cuda_graphs=pp > 1),  # torchtitan 0.3.0 has no graphs under PP
         dataloader=HuggingFaceTextDataLoader.Config(dataset="c4"),
         parallelism=ParallelismConfig(
