@@ -108,6 +108,12 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner, searched
     return out
 
 
+def final_loss(main: Schedule, loss_model) -> float:
+    """The schedule's final loss under another loss model (a drawn law or token efficiency)."""
+    return float(loss_model.stage_losses([st.model.params() for st in main.stages], [st.tokens for st in main.stages],
+                                         main.ramp_tokens or [0.0] * len(main.stages))[-1])
+
+
 # A fitted law is trusted this far past the largest model it was fitted on; beyond, the plan says so.
 LAW_EXTRAPOLATION = 100.0
 LAW_DRAWS = 400
@@ -125,11 +131,8 @@ def law_advice(main: Schedule, planner: Planner) -> list[Advice]:
     reach = final / law.params_range[1] if law.params_range else 1.0
     if not doubts and reach <= LAW_EXTRAPOLATION:
         return []
-    params = [st.model.params() for st in main.stages]
-    tokens = [st.tokens for st in main.stages]
     rng = np.random.default_rng(0)
-    ramps = main.ramp_tokens or [0.0] * len(main.stages)
-    losses = [dataclasses.replace(planner.loss_model, law=drawn).stage_losses(params, tokens, ramps)[-1]
+    losses = [final_loss(main, dataclasses.replace(planner.loss_model, law=drawn))
               for drawn in law.sample(rng, LAW_DRAWS)]
     lo, hi = (float(v) for v in np.percentile(losses, [5, 95]))
     why = []
@@ -165,11 +168,7 @@ def growth_evidence(main: Schedule, fixed: Schedule | None, planner: Planner) ->
         lo, hi = min(1.0, lm.token_efficiency), max([lm.token_efficiency, *published.values()])
         etas = np.concatenate([[lo, hi], rng.uniform(lo, hi, LAW_DRAWS)])
         spread = f" (η between {lo:.3g}, equal-loss continuation, and {hi:.3g}, the largest published: Du et al. 2024)"
-    params = [st.model.params() for st in main.stages]
-    tokens = [st.tokens for st in main.stages]
-    ramps = main.ramp_tokens or [0.0] * len(main.stages)
-    losses = np.array([float(dataclasses.replace(lm, token_efficiency=float(e)).stage_losses(
-        params, tokens, ramps)[-1]) for e in etas])
+    losses = np.array([final_loss(main, dataclasses.replace(lm, token_efficiency=float(e))) for e in etas])
     if lm.token_efficiency_error > 0:
         low, high = (float(v) for v in np.percentile(losses, [5, 95]))
         band = "90 %"

@@ -324,9 +324,10 @@ class IndexedTokens:
         return np.asarray(self.tokens[ptr // self.dtype.itemsize: ptr // self.dtype.itemsize + length])
 
 
-def describe(prefix: str | Path) -> dict:
-    """What a plan records of a prepared corpus, after checking its files are whole."""
-    data = IndexedTokens.open(prefix)
+def describe(prefix: str | Path, data: IndexedTokens | None = None) -> dict:
+    """What a plan records of a prepared corpus, after checking its files are whole (`data`: the corpus
+    opened already)."""
+    data = data or IndexedTokens.open(prefix)
     man = read_manifest(prefix)
     if man.get("tokens") != data.n_tokens or man.get("documents") != data.documents:
         raise FlmplanError(f"{paths(prefix)['manifest'].name} says {man.get('tokens')} tokens in "

@@ -239,10 +239,11 @@ def open_corpus(specs: list[DataSpec], folder: Path | None = None) -> Corpus:
     sources = []
     for s in specs:
         prefix = s.prefix if s.prefix is not None else prepare_bytes(s.files, folder)
-        record = describe(prefix)
+        data = IndexedTokens.open(prefix)
+        record = describe(prefix, data)
         name = BUILTIN if s.text.startswith(BUILTIN) else str(s.prefix) if s.prefix is not None else "text"
         sources.append(Source(name, s.weight if s.weight is not None else float(record["tokens"]),
-                              IndexedTokens.open(prefix), record))
+                              data, record))
     hashes = {s.record["tokenizer"]["sha256"] for s in sources}
     if len(hashes) > 1:
         raise FlmplanError("--data mixes corpora prepared with different tokenizers ("

@@ -40,11 +40,11 @@ from planner.specs import Layout
 from runtime import checkpoint
 from runtime.data import Corpus, Sampler, load_corpus
 from runtime.grow import apply_masks, grow_sharded
-from runtime.model import Decoder, DecoderConfig, causal_lm_loss
+from runtime.model import Decoder, DecoderConfig
 from runtime.parallel import make_mesh, make_optimizer, parallelize, set_lr
+from runtime.tune import EVAL_SHARE, held_out, held_out_loss
 
-EVAL_SHARE = 0.05
-EVAL_SEQUENCES = 32
+EVAL_SEQUENCES = 32          # per evaluation; a run evaluates `evaluations` times, not once as a proxy does
 
 
 @dataclass(frozen=True)
@@ -102,13 +102,8 @@ def _build(cfg: DecoderConfig, shape: PairShape, seed: int, meta: bool = False):
     return pm, make_optimizer(pm.chunks[0], shape.lr)
 
 
-@torch.no_grad()
-def _held_out(model: Decoder, held: torch.Tensor) -> float:
-    return float(causal_lm_loss(model(held[:, :-1]), held[:, 1:]))
-
-
 def train_run(shape: PairShape, corpus: Corpus, held: torch.Tensor, seed: int, small: DecoderConfig | None,
-              grow_at: int, folder: Path, log=print) -> dict:
+              grow_at: int, folder: Path) -> dict:
     """One run: from scratch (`small` None), or `small` for `grow_at` steps, then grown into the target.
     Returns its held-out curve: tokens, FLOPs and loss at every evaluation."""
     target = shape.target(corpus.vocab)
@@ -140,7 +135,7 @@ def train_run(shape: PairShape, corpus: Corpus, held: torch.Tensor, seed: int, s
             raise FlmplanError(f"A proxy diverged at step {step} (loss {float(loss)}); lower --lr.")
         if (step + 1) % shape.eval_every == 0 or step + 1 == shape.steps:
             curve.append({"step": step + 1, "tokens": (step + 1) * tokens_per_step, "flops": flops_done,
-                          "loss": _held_out(model, held), "train_loss": float(loss)})
+                          "loss": held_out_loss(model, held, torch.device("cpu")), "train_loss": float(loss)})
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "curve.jsonl", "w") as f:
         for point in curve:
@@ -247,39 +242,39 @@ def run_pairs(shape: PairShape, points: list[float], dims: list[str], seeds: lis
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     corpus = load_corpus(data)
-    held = torch.from_numpy(corpus.held_out(shape.seq, EVAL_SHARE, EVAL_SEQUENCES))
+    held = held_out(corpus, shape.seq, EVAL_SEQUENCES)
     with tempfile.TemporaryDirectory() as tmp:
         made_group = _process_group(Path(tmp))
         runs, pairs = {}, []
         for seed in seeds:
             log(f"seed {seed}: the target from scratch")
-            scratch = train_run(shape, corpus, held, seed, None, 0, out / f"seed{seed}-scratch", log)
+            scratch = train_run(shape, corpus, held, seed, None, 0, out / f"seed{seed}-scratch")
             runs[f"seed{seed}-scratch"] = scratch
             for dim in dims:
                 for point in points:
                     at = max(1, round(point * shape.steps))
                     name = f"seed{seed}-{dim}-at{at}"
                     log(f"seed {seed}: grown in {dim} at step {at}")
-                    grown = train_run(shape, corpus, held, seed, shape.small(dim, corpus.vocab), at, out / name, log)
+                    grown = train_run(shape, corpus, held, seed, shape.small(dim, corpus.vocab), at, out / name)
                     runs[name] = grown
                     pairs.append({"name": name, "seed": seed, "dim": dim, "grow_at_step": at,
                                   "factor": scratch["params"] / grown["small_params"], **pair_figures(grown, scratch)})
         if made_group:
             dist.destroy_process_group()
-    held_out = pairs[-1]
+    kept = pairs[-1]
     fit = fit_efficiency(pairs[:-1])
-    scratch_of = runs[f"seed{held_out['seed']}-scratch"]
-    predicted = predict_speedup(held_out, runs[held_out["name"]], scratch_of, fit["token_efficiency"])
-    lo = predict_speedup(held_out, runs[held_out["name"]], scratch_of, fit["token_efficiency"] - fit["error"])
-    hi = predict_speedup(held_out, runs[held_out["name"]], scratch_of, fit["token_efficiency"] + fit["error"])
+    scratch_of = runs[f"seed{kept['seed']}-scratch"]
+    predicted = predict_speedup(kept, runs[kept["name"]], scratch_of, fit["token_efficiency"])
+    lo = predict_speedup(kept, runs[kept["name"]], scratch_of, fit["token_efficiency"] - fit["error"])
+    hi = predict_speedup(kept, runs[kept["name"]], scratch_of, fit["token_efficiency"] + fit["error"])
     result = {"kind": "flmplan-growth-pairs", "shape": asdict(shape), "data": corpus.text,
               "target_params": shape.target(corpus.vocab).params(), "seeds": seeds, "points": points, "dims": dims,
               "convention": "speed-up = FLOPs of the scratch run to its final held-out loss / FLOPs of the grown run "
                             "to the same loss (small steps at the small model's FLOPs) − 1 (Du et al. 2024)",
-              "pairs": pairs, "fit": {**fit, "held_out": held_out["name"]},
-              "held_out": {"name": held_out["name"], "measured": held_out["speedup_flops"], "predicted": predicted,
+              "pairs": pairs, "fit": {**fit, "held_out": kept["name"]},
+              "held_out": {"name": kept["name"], "measured": kept["speedup_flops"], "predicted": predicted,
                            "interval": sorted([lo, hi]),
-                           "within_error": held_out["speedup_flops"] is not None
-                           and min(lo, hi) <= held_out["speedup_flops"] <= max(lo, hi)}}
+                           "within_error": kept["speedup_flops"] is not None
+                           and min(lo, hi) <= kept["speedup_flops"] <= max(lo, hi)}}
     (out / "pairs.json").write_text(json.dumps(result, indent=1))
     return result

@@ -79,7 +79,7 @@ def find_inputs(items: list[Path]) -> list[Input]:
     return [Input(k, fs, sum(f.stat().st_size for f in fs)) for k, fs in out.items()] + disks
 
 
-def _stream(inp: Input, field: str, unit: str):
+def _stream(inp: Input, unit: str):
     """The input as an iterable of rows (dicts), streamed by `datasets`."""
     try:
         import datasets
@@ -119,7 +119,7 @@ def check_inputs(inputs: list[Input], field: str, unit: str) -> None:
                         raise FlmplanError(f"Input {f} is not UTF-8 text (byte {err.start} is not).") from None
         col = _column(inp, field)
         try:
-            first = next(iter(_stream(inp, field, unit)), None)
+            first = next(iter(_stream(inp, unit)), None)
         except FlmplanError:
             raise
         except Exception as err:              # datasets' own parse errors name the file and the cause
@@ -140,7 +140,7 @@ def batches(inputs: list[Input], field: str, unit: str, size: int, skip: int = 0
     resumed run). `seen(n)` is told the characters of each batch, for the progress bar."""
     for inp in inputs:
         col = _column(inp, field)
-        ds = _stream(inp, field, unit).select_columns([col])
+        ds = _stream(inp, unit).select_columns([col])
         if skip:
             rows = len(ds) if inp.kind == "disk" else None
             if rows is not None and skip >= rows:

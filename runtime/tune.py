@@ -53,9 +53,9 @@ class ProxyShape:
                              mup=parametrization == "mup", mup_base_width=base_width, mup_output_mult=output_mult)
 
 
-def held_out(corpus: Corpus, seq: int) -> torch.Tensor:
+def held_out(corpus: Corpus, seq: int, count: int = EVAL_SEQUENCES) -> torch.Tensor:
     """Held-out sequences (n, seq + 1) from the last EVAL_SHARE of the data, which no proxy trains on."""
-    return torch.from_numpy(corpus.held_out(seq, EVAL_SHARE, EVAL_SEQUENCES))
+    return torch.from_numpy(corpus.held_out(seq, EVAL_SHARE, count))
 
 
 @torch.no_grad()
