@@ -91,7 +91,7 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner, searched
     out += law_advice(main, planner)
     if len(main.stages) > 1:
         out.append(growth_evidence(main, fixed, planner))
-        out.append(growth_timing(main))
+        out.append(growth_timing(main, planner))
     factors = growth_factors(main)
     if factors and max(factors) > LITERATURE_GROWTH_FACTORS[1]:
         out.append(Advice("growth_factor", (
@@ -186,21 +186,37 @@ def growth_evidence(main: Schedule, fixed: Schedule | None, planner: Planner) ->
          "p_beats_fixed": beats, "fixed_loss": fixed.loss if fixed is not None else None})
 
 
-def growth_timing(main: Schedule) -> Advice:
+def growth_timing(main: Schedule, planner: Planner) -> Advice:
     """The plan's first growth beside the one published guideline for when to grow (Du et al. 2024,
-    for depth stacking ×4 at ≤ 7B): a check of the search's choice, not a rule imposed on it."""
+    for depth stacking ×4 at ≤ 7B), with the same chain's predicted loss under the other timing:
+    --growth-timing gstack makes the search use the guideline, search leaves it to the loss model."""
     from planner.growth_evidence import gstack_growth_tokens
 
     first = main.stages[0]
-    target = main.stages[-1].model.params()
-    guide = gstack_growth_tokens(target, main.compute_flops)
+    chain = [st.model for st in main.stages]
+    by_guideline = planner.s.growth_timing == "gstack"
+    guide = gstack_growth_tokens(chain[-1].params(), main.compute_flops)
+    other = planner.schedule_for(chain, main.gpus, timing="search") if by_guideline else \
+        planner.schedule_for(chain, main.gpus, first_tokens=guide)
     ratio = first.tokens / guide
     when = "later than" if ratio > 1.5 else "earlier than" if ratio < 1 / 1.5 else "about when"
-    return Advice("growth_timing", (
-        f"The plan grows first after {first.tokens / 1e9:,.1f}B tokens, {when} Du et al. 2024's guideline for "
-        f"depth stacking would at this size and compute ({guide / 1e9:,.1f}B tokens: log10 d = 0.88·log10 N + "
-        "163.27/log10 C − 5.74, fitted for ×4 stacking up to 7B; MSG's own timing is not published as a rule)."),
-        {"first_growth_tokens": first.tokens, "guideline_tokens": guide, "ratio": ratio})
+    rule = ("log10 d = 0.88·log10 N + 163.27/log10 C − 5.74, fitted for ×4 stacking up to 7B; MSG's own timing "
+            "is not published as a rule")
+    if by_guideline:
+        message = (f"The plan grows first after {first.tokens / 1e9:,.1f}B tokens, fixed at Du et al. 2024's "
+                   f"guideline for depth stacking (--growth-timing gstack; {rule})")
+    else:
+        message = (f"The plan grows first after {first.tokens / 1e9:,.1f}B tokens, {when} Du et al. 2024's "
+                   f"guideline for depth stacking would at this size and compute ({guide / 1e9:,.1f}B tokens: {rule})")
+    if other is not None:
+        message += (f"; the same stages {'left to the loss model' if by_guideline else 'grown at the guideline'} "
+                    f"predict {other.loss:.4f} against this plan's {main.loss:.4f} (--growth-timing "
+                    f"{'search' if by_guideline else 'gstack'} plans that way).")
+    else:
+        message += "; the same stages cannot be grown at the other timing within the budget."
+    return Advice("growth_timing", message,
+                  {"first_growth_tokens": first.tokens, "guideline_tokens": guide, "ratio": ratio,
+                   "timing": planner.s.growth_timing, "other_timing_loss": other.loss if other else None})
 
 
 def binding(main: Schedule, planner: Planner) -> Advice:

@@ -274,6 +274,9 @@ def simulate(
     max_growth_factor: Annotated[float, typer.Option(
         min=1.0, help="Largest parameter ratio of one growth (default 4: published growth operators measured ×2–4).")
     ] = 4.0,
+    growth_timing: Annotated[str, typer.Option(
+        help="When the plan grows first: search (where the loss model predicts the lowest final loss) or gstack "
+             "(Du et al. 2024's fitted guideline for the compute spent; the advice compares the two).")] = "search",
     failure_rate: Annotated[float, typer.Option(min=0.0, help="Node failures per 1000 node-days.")] = 5.0,
     restart_min: Annotated[float, typer.Option(
         min=0.0, help="Detection + restart time after a failure, minutes.")] = 10.0,
@@ -320,7 +323,7 @@ def simulate(
     settings = Settings(gpu=spec, price_per_gpu_hour=spec.price.usd_per_gpu_hour if price is None else price,
                         max_gpus=max_gpus, target_params=parse_size(target_size), budget_usd=budget,
                         global_batch=global_batch, grow_steps=grow_steps, max_days=max_days, attention=attention.value,
-                        max_growth_factor=max_growth_factor, teacher_every=teacher_every,
+                        max_growth_factor=max_growth_factor, growth_timing=growth_timing, teacher_every=teacher_every,
                         teacher_data=_teacher_source(teacher_data))
     from planner.loss import load_token_efficiency
 

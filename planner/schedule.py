@@ -29,6 +29,8 @@ from planner.specs import ClusterSpec, GpuSpec, Layout, ModelSpec, Software
 from profiles.schema import Profile
 
 SECONDS_PER_DAY = 86400.0
+# search: the first stage's tokens are the loss model's choice; gstack: Du et al. 2024's guideline fixes them.
+GROWTH_TIMINGS = ("search", "gstack")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Settings:
     attention: str = "flash"      # the kernel the run will use
     teacher_every: int = 0        # FreeLM: every k-th step a teacher batch (0: language modelling only)
     teacher_data: str | None = None   # FreeLM's propositions, written into the plan for the runtime
+    growth_timing: str = "search"     # when to grow first: where the loss model puts it, or Du et al.'s guideline
     software: Software = field(default_factory=Software)   # what else of the stack changes kernel costs
 
     def __post_init__(self) -> None:
@@ -71,6 +74,8 @@ class Settings:
             raise FlmplanError(f"--teacher-every must be 0 (off) or at least 2, got {self.teacher_every}.")
         if self.max_growth_factor < 1:
             raise FlmplanError(f"--max-growth-factor must be at least 1, got {self.max_growth_factor}.")
+        if self.growth_timing not in GROWTH_TIMINGS:
+            raise FlmplanError(f"--growth-timing must be one of {', '.join(GROWTH_TIMINGS)}, got {self.growth_timing}.")
 
 
 @dataclass
@@ -203,27 +208,50 @@ class Planner:
 
     # --- one chain --------------------------------------------------------------
     def schedule_for(self, chain: list[ModelSpec], gpus: int, name: str = "growth",
-                     coarse: bool = False) -> Schedule | None:
+                     coarse: bool = False, first_tokens: float | None = None,
+                     timing: str | None = None) -> Schedule | None:
+        """The chain's lowest-loss token split for the budget; `first_tokens` fixes the first stage's
+        tokens (the growth's timing) instead of leaving it to the loss model. Under the `timing` gstack
+        (default: the settings' --growth-timing), a growth chain's first stage is fixed at Du et al.
+        2024's guideline for the compute it spends."""
+        if first_tokens is None and (timing or self.s.growth_timing) == "gstack" and len(chain) > 1:
+            free = self._schedule(chain, gpus, name, coarse, None)
+            if free is None:
+                return None
+            from planner.growth_evidence import gstack_growth_tokens
+
+            first_tokens = gstack_growth_tokens(chain[-1].params(), free.compute_flops)
+        return self._schedule(chain, gpus, name, coarse, first_tokens)
+
+    def _schedule(self, chain: list[ModelSpec], gpus: int, name: str, coarse: bool,
+                  first_tokens: float | None) -> Schedule | None:
         stages = [self.stage(m, gpus, coarse=coarse) for m in chain]
         if any(s is None for s in stages):
             return None
         price = np.array([self.usd_per_token(s, gpus) for s in stages])
         seconds = np.array([s.seconds_per_token() for s in stages])
         d_min = np.array([self.min_tokens(k, s) for k, s in enumerate(stages)])
+        pinned = first_tokens is not None and len(chain) > 1
+        if pinned:
+            d_min[0] = max(d_min[0], first_tokens)
         transition_h = (len(chain) - 1) * self.s.transition_hours
-        spare = self.s.budget_usd - self.floor_cost_usd(stages, gpus)
+        spare = (self.s.budget_usd - self.floor_cost_usd(stages, gpus)
+                 - price[0] * (d_min[0] - self.min_tokens(0, stages[0])))
         spare_s = self.s.max_days * SECONDS_PER_DAY - transition_h * 3600 - float(seconds @ d_min)
         if spare < 0 or spare_s < 0:
             return None
-        tokens = d_min + self._split(chain, stages, price, seconds, d_min, spare, spare_s, polish=not coarse)
+        tokens = d_min + self._split(chain, stages, price, seconds, d_min, spare, spare_s, polish=not coarse,
+                                     pinned=pinned)
         for st, d in zip(stages, tokens, strict=True):
             per_step = st.layout.global_batch * st.model.seq
             st.tokens = float(math.floor(d / per_step) * per_step)   # whole steps, never over budget
         return self._finish(name, stages, gpus)
 
-    def _split(self, chain, stages, price, seconds, d_min, spare, spare_s, polish: bool) -> np.ndarray:
+    def _split(self, chain, stages, price, seconds, d_min, spare, spare_s, polish: bool,
+               pinned: bool = False) -> np.ndarray:
         """Extra tokens per stage (beyond the minima) that minimise the final loss for `spare`
-        dollars and `spare_s` seconds of the deadline; `polish` refines the grid optimum locally."""
+        dollars and `spare_s` seconds of the deadline; `polish` refines the grid optimum locally;
+        `pinned` gives the first stage none (its tokens are fixed)."""
         k = len(chain)
         # Tokens if all the spare went to one stage: the budget or the deadline binds first.
         scale = np.minimum(spare / price, spare_s / seconds)
@@ -236,6 +264,8 @@ class Planner:
         # local SLSQP polish from the best grid point; the deadline is a second linear constraint.
         money_tokens = spare / price
         grid = _simplex_grid(k, 12 if k <= 3 else 8)
+        if pinned:
+            grid = grid[grid[:, 0] == 0]
         # Where a split would run past the deadline, it is shortened to end on it.
         grid = grid * np.minimum(1.0, spare_s / np.maximum((grid * money_tokens) @ seconds, 1e-30))[:, None]
         extra = grid * money_tokens
@@ -248,11 +278,14 @@ class Planner:
             d = d_min + np.clip(shares, 0, 1) * money_tokens
             return float(self.loss_model.stage_losses(params, list(d), ramps)[-1])
 
-        res = minimize(final_loss, start, method="SLSQP", bounds=[(0, 1)] * k,
+        bounds = [(0, 0 if pinned else 1)] + [(0, 1)] * (k - 1)
+        res = minimize(final_loss, start, method="SLSQP", bounds=bounds,
                        constraints=[{"type": "ineq", "fun": lambda x: 1 - x.sum()},
                                     {"type": "ineq", "fun": lambda x: spare_s - float(seconds @ (x * money_tokens))}],
                        options={"ftol": 1e-10, "maxiter": 100})
         best = np.clip(res.x, 0, 1) if res.fun <= final_loss(start) else start
+        if pinned:
+            best[0] = 0.0
         return best * money_tokens
 
     def ramps(self, stages: list[StageRun]) -> list[float]:

@@ -274,6 +274,8 @@ def build_plan(s: Schedule, settings: Settings, profile: Profile, loss_model: Gr
             "min_first_stage_steps": settings.min_first_stage_steps,
             "transition_hours": settings.transition_hours,
             "max_days": settings.max_days,
+            "growth_timing": settings.growth_timing,
+            "max_growth_factor": settings.max_growth_factor,
             "budget_usd": settings.budget_usd,
             "cost_factor": settings.cost_factor,
             "attention_kernel": settings.attention,

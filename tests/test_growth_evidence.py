@@ -144,7 +144,30 @@ def test_du_et_als_timing_guideline_reproduces_its_own_table_and_checks_the_plan
 
     p = planner()
     plan = schedule(p, [stage(SMALL, 100e9, 2.3), stage(HUGE, 50e9, 2.1)])
-    item = growth_timing(plan)
+    item = growth_timing(plan, p)
     guide = gstack_growth_tokens(HUGE.params(), plan.compute_flops)
     assert item.figures["guideline_tokens"] == pytest.approx(guide)
     assert item.figures["ratio"] == pytest.approx(100e9 / guide) and "Du et al. 2024" in item.message
+    assert item.figures["timing"] == "search" and item.figures["other_timing_loss"] is not None
+
+
+def test_the_growth_search_uses_the_timing_guideline_when_asked():
+    """--growth-timing gstack fixes the first stage at the guideline for the compute the chain spends,
+    splits the rest as before, and the loss model's free choice is never worse by its own measure."""
+    from planner.growth_evidence import gstack_growth_tokens
+    from planner.schedule import Planner
+    from test_advice import HUGE, SMALL, planner
+
+    free_planner = planner()
+    pinned_planner = Planner(dataclasses.replace(free_planner.s, growth_timing="gstack"), free_planner.profile,
+                             free_planner.loss_model)
+    free = free_planner.schedule_for([SMALL, HUGE], 192)
+    pinned = pinned_planner.schedule_for([SMALL, HUGE], 192)
+    assert free is not None and pinned is not None
+    step = pinned.stages[0].layout.global_batch * SMALL.seq
+    free_c = pinned_planner.schedule_for([SMALL, HUGE], 192, timing="search").compute_flops
+    assert abs(pinned.stages[0].tokens - gstack_growth_tokens(HUGE.params(), free_c)) <= step
+    assert abs(pinned.stages[0].tokens - free.stages[0].tokens) > 10 * step     # the timing moved
+    assert free.loss <= pinned.loss + 1e-9 and pinned.cost_usd <= free_planner.s.budget_usd
+    with pytest.raises(Exception, match="--growth-timing must be one of"):
+        dataclasses.replace(free_planner.s, growth_timing="soon")
