@@ -77,7 +77,7 @@ Dtype = StrEnum("Dtype", ["bf16", "fp16", "fp32"])
 Schedule = StrEnum("Schedule", ["auto", "flm"])
 Attention = StrEnum("Attention", ["flash", "unfused"])
 IntervalRule = StrEnum("IntervalRule", ["daly", "young"])
-ExportTarget = StrEnum("ExportTarget", ["megatron", "torchtitan", "slurm"])
+ExportTarget = StrEnum("ExportTarget", ["megatron", "torchtitan", "slurm", "hf"])
 Scale = StrEnum("Scale", ["tiny", "full"])
 Parametrization = StrEnum("Parametrization", ["both", "mup", "sp"])
 
@@ -317,14 +317,18 @@ def simulate(
         if path is not None:
             _check_output_file(path, option, example)
     spec = get_gpu(gpu)
+    source = None
     if teacher_data is not None:
+        from runtime.freelm import teacher_source
+
         _check_teacher_data(teacher_data, teacher_every)
+        source = teacher_source(teacher_data)
     corpus = _prepared_corpus(data) if data else None
     settings = Settings(gpu=spec, price_per_gpu_hour=spec.price.usd_per_gpu_hour if price is None else price,
                         max_gpus=max_gpus, target_params=parse_size(target_size), budget_usd=budget,
                         global_batch=global_batch, grow_steps=grow_steps, max_days=max_days, attention=attention.value,
                         max_growth_factor=max_growth_factor, growth_timing=growth_timing, teacher_every=teacher_every,
-                        teacher_data=_teacher_source(teacher_data))
+                        teacher_data=source)
     from planner.loss import load_token_efficiency
 
     eta, eta_error, evidence = load_token_efficiency(token_efficiency)
@@ -577,9 +581,12 @@ def eval_iq(
 
 @app.command()
 def export(
-    plan_file: Annotated[Path, typer.Argument(help="A plan written by `flmplan simulate --out`.")],
-    to: Annotated[ExportTarget, typer.Option("--to", case_sensitive=False, help="The tool to hand the plan to.")
-                  ] = ExportTarget.megatron,
+    plan_file: Annotated[Path, typer.Argument(
+        help="A plan written by `flmplan simulate --out`; for --to hf, a run folder (`flmplan run --out`) or a "
+             "checkpoint in it.")],
+    to: Annotated[ExportTarget, typer.Option("--to", case_sensitive=False, help=(
+        "The tool to hand the plan to, or hf: the trained model as a Hugging Face model folder (safetensors, "
+        "config.json and the run's tokenizer) for transformers' GPT-NeoX."))] = ExportTarget.megatron,
     out_dir: Annotated[Path, typer.Option(
         "--out", "--out-dir", help="The folder to write the exported files into (--out-dir is the old name).")
     ] = Path("export"),
@@ -587,12 +594,14 @@ def export(
         "--nearest", "--rope-for-xpos",
         help="Where the tool lacks a feature of the plan's model, export the nearest it has and say so in the "
              "file: rotary for xPos; for torchtitan also SwiGLU of equal parameters for GeLU, and untied "
-             "embeddings under pipeline parallelism (--rope-for-xpos is the old name).")] = False,
+             "embeddings under pipeline parallelism; for hf, rotary for xPos, with the measured logit difference "
+             "(--rope-for-xpos is the old name).")] = False,
     time_limit: Annotated[str, typer.Option(
         "--time", help="SLURM: the job's time limit per piece (D-HH:MM:SS); before it runs out the job saves and "
                        "requeues itself.")] = "2-00:00:00",
 ) -> None:
-    """Write the plan as Megatron-LM arguments per stage, a torchtitan config module or a SLURM script."""
+    """Write the plan as Megatron-LM arguments per stage, a torchtitan config module or a SLURM script;
+    or a trained run's model in Hugging Face's format."""
     import re
 
     from planner.errors import FlmplanError
@@ -600,12 +609,36 @@ def export(
     from planner.plan import load_plan
 
     _check_output_folder(out_dir, "--out")
+    if to == ExportTarget.hf:
+        _export_hf(plan_file, out_dir, nearest)
+        return
     if not re.fullmatch(r"(\d+-)?\d{1,2}:\d{2}:\d{2}", time_limit):
         raise FlmplanError(f"--time {time_limit!r} is not a SLURM time limit; give D-HH:MM:SS or HH:MM:SS.")
     plan = load_plan(plan_file)
     for path in export_plan(plan, to.value, out_dir, plan_path=str(plan_file.resolve()), nearest=nearest,
                             time_limit=time_limit):
         stdout.print(f"wrote {path}")
+
+
+def _export_hf(run: Path, out_dir: Path, nearest: bool) -> None:
+    from planner.errors import FlmplanError
+    from runtime.hf import export_hf
+
+    if run.is_file():
+        raise FlmplanError(f"{run} is a file; --to hf exports a trained run: give its folder (flmplan run --out) "
+                           "or a checkpoint folder in it.")
+    record = export_hf(run, out_dir, nearest=nearest, log=stderr.print)
+    check = record["check"]
+    stdout.print(f"wrote {out_dir}: {record['architecture']} from stage {record['stage']} step {record['step']} "
+                 f"({'the stage finished' if record['stage_done'] else 'the stage had not finished'})")
+    if check["verified"]:
+        stdout.print(f"transformers {check['transformers']} loads it offline: max |Δlogit| "
+                     f"{check['max_abs_logit']:.2g} against the runtime on {check['sequences']} × {check['tokens']} "
+                     "tokens")
+    else:
+        stdout.print(f"not checked: {check['why']}")
+    for item in record["left_out"]:
+        stdout.print(f"left out: {item}")
 
 
 data_app = typer.Typer(cls=typer.core.TyperGroup, no_args_is_help=True,
@@ -760,16 +793,16 @@ def _with_teacher_data(plan, teacher_data: Path | None, corpus):
     of the plan resumes from anywhere), each stage's teacher file checked before any process starts."""
     from planner.errors import FlmplanError
     from planner.plan import plan_from_dict
+    from runtime.freelm import teacher_source
     from runtime.train import teacher_samplers
 
-    freelm = [k for k, st in enumerate(plan.stages) if st.objective.kind == "freelm"]
-    if teacher_data is not None and not freelm:
+    if teacher_data is not None and not plan.freelm_stages():
         raise FlmplanError("--teacher-data is for plans with a FreeLM objective; this plan trains language only "
                            "(plan one with `flmplan simulate --teacher-every K`).")
     raw = plan.to_json()
-    for k in freelm:
+    for k in plan.freelm_stages():
         given = teacher_data or raw["stages"][k]["objective"].get("teacher_data")
-        raw["stages"][k]["objective"]["teacher_data"] = _teacher_source(Path(given) if given else None)
+        raw["stages"][k]["objective"]["teacher_data"] = teacher_source(given)
     plan = plan_from_dict(raw)
     teacher_samplers(plan, seed=0, corpus=corpus)
     return plan
@@ -825,13 +858,6 @@ def _check_teacher_data(path: Path, teacher_every: int) -> None:
         raise FlmplanError("--teacher-data needs --teacher-every K (every K-th step a teacher batch).")
     if str(path) != IQ_SOURCE:
         read_teacher_file(path)
-
-
-def _teacher_source(path: Path | None) -> str | None:
-    """What a plan records as teacher_data: "iq", or the file's absolute path."""
-    from runtime.freelm import IQ_SOURCE
-
-    return None if path is None else IQ_SOURCE if str(path) == IQ_SOURCE else str(path.resolve())
 
 
 def _check_output_file(path: Path, option: str, example: str) -> None:

@@ -88,6 +88,29 @@ def _mup_nearest(st, missing: _Missing) -> list[str]:
             f"rate {st.lr:g} was tuned for µP and may not suit SP at this width."]
 
 
+def _language_steps(st, missing: _Missing, notes: list[str]) -> int:
+    """The steps a tool trains for: the stage's, or with FreeLM's teacher steps left out (neither tool has
+    FreeLM's teacher signal), said in the notes."""
+    if st.objective.kind != "freelm":
+        return st.steps
+    teacher = st.objective.teacher_steps(st.steps)
+    missing.add(f"trains FreeLM's teacher signal every {st.objective.teacher_every} steps (objective.kind)",
+                "language modelling alone")
+    notes.append(f"Language modelling alone where the plan trains FreeLM: its {teacher:,} teacher steps (every "
+                 f"{st.objective.teacher_every}th) are left out, so {st.steps - teacher:,} steps train the plan's "
+                 "language tokens and no more; the teacher head and its propositions are not exported.")
+    return st.steps - teacher
+
+
+def _data_restart_note(k: int, tool: str, how: str) -> list[str]:
+    """What a stage after the first reads: flmplan's runtime carries the data position across a growth;
+    the tools start each stage's stream afresh."""
+    if k == 0:
+        return []
+    return [f"Data: {tool} starts this stage's data stream afresh; flmplan's runtime would carry on where stage "
+            f"{k} stopped. {how}"]
+
+
 def checkpoint_every_steps(plan: Plan, k: int) -> int:
     """Steps between checkpoints: the simulation's interval (Daly's optimum, or the one given),
     in this stage's step time; 1,000 steps when the plan was not simulated."""
@@ -107,6 +130,7 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
     if m.position == "xpos":
         missing.add("uses xPos (model.position)", "plain rotary")
     notes = _mup_nearest(st, missing)
+    steps = _language_steps(st, missing, notes)
     missing.refuse()
     args = [
         f"--num-layers {m.layers}", f"--hidden-size {m.hidden}", f"--num-attention-heads {m.heads}",
@@ -117,8 +141,11 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
         *{"bf16": ["--bf16"], "fp16": ["--fp16"]}.get(plan.dtype, []),
         f"--attention-backend {'flash' if lay.attention == 'flash' else 'unfused'}",
         # The stage's own schedule (planner/plan.py): warm-up, then cosine to 10 % of its peak.
-        f"--train-iters {st.steps}", f"--lr {st.lr:g}", f"--min-lr {st.lr * MIN_LR_FRACTION:g}",
-        "--lr-decay-style cosine", f"--lr-warmup-iters {stage_warmup_steps(st)}", f"--lr-decay-iters {st.steps}",
+        f"--train-iters {steps}", f"--lr {st.lr:g}", f"--min-lr {st.lr * MIN_LR_FRACTION:g}",
+        "--lr-decay-style cosine", f"--lr-warmup-iters {stage_warmup_steps(st)}", f"--lr-decay-iters {steps}",
+        # A seed per stage: Megatron-LM shuffles its samples by it, so a stage does not re-read the
+        # previous stage's samples in their order (its stream restarts at a growth: see the notes).
+        f"--seed {1234 + k}",
         f"--save checkpoints/stage{k + 1}", f"--load checkpoints/stage{k + 1}",
         f"--save-interval {checkpoint_every_steps(plan, k)}",
     ]
@@ -131,6 +158,11 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
                      "Megatron-LM starts the optimizer afresh there; flmplan's runtime carries Adam's moments across "
                      "a growth.")
     args += _megatron_data_args(plan, notes)
+    notes += _data_restart_note(k, "Megatron-LM", (
+        "A grown checkpoint loads as a pretrained one, whose consumed-samples count is zero, and the dataset is "
+        "built for this stage's iterations alone: no argument offsets it. This stage's own --seed shuffles the "
+        "corpus anew instead, so it draws the documents in a new random order (some the previous stages read) "
+        "rather than re-reading stage 1's first ones."))
     # flmplan's optimizer, every setting written (Megatron-LM's defaults differ: β2 0.999, weight decay 0.01,
     # dropout 0.1). Megatron-LM leaves biases and norms undecayed as the runtime does, but decays the embedding.
     args += ["--optimizer adam", f"--adam-beta1 {ADAM_BETAS[0]!r}", f"--adam-beta2 {ADAM_BETAS[1]!r}",
@@ -213,6 +245,7 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
         raise FlmplanError(f"{where} trains in fp16, which torchtitan does not (bf16 or fp32).")
     missing = _Missing(where, "torchtitan", nearest)
     notes += _mup_nearest(st, missing)
+    steps = _language_steps(st, missing, notes)
     ffn = m.ffn
     if m.activation == "gelu":
         missing.add("has a GeLU MLP (model.activation)", "SwiGLU with the same parameters")
@@ -251,12 +284,16 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
     # torchtitan's local batch is one accumulation step of one data-parallel rank; with pipeline
     # parallelism it is the whole step, split into micro-batches.
     local_batch = lay.global_batch // lay.dp if lay.pp > 1 else lay.micro_batch
+    notes += _data_restart_note(k, "torchtitan", (
+        "A model-only initial load (initial_load_model_only) restores no dataloader state, and torchtitan's text "
+        "datasets read in file order: this stage re-reads the corpus from its first documents. Give it the part "
+        "of the corpus the earlier stages did not read (--dataloader.dataset_path), or accept the repeat."))
     if st.growth:
         notes.append(f"Grown from stage {st.growth.from_stage + 1} by MSG, which torchtitan does not have: write "
                      f"the grown weights to outputs/checkpoint/stage{k + 1}-grown (flmplan's runtime grows them "
                      "itself); the optimizer starts afresh there.")
     facts = {
-        "lr": f"{st.lr:g}", "warmup": stage_warmup_steps(st), "min_lr_factor": MIN_LR_FRACTION, "steps": st.steps,
+        "lr": f"{st.lr:g}", "warmup": stage_warmup_steps(st), "min_lr_factor": MIN_LR_FRACTION, "steps": steps,
         "local_batch": local_batch, "global_batch": lay.global_batch, "seq": m.seq,
         "param_dtype": json.dumps("bfloat16" if plan.dtype == "bf16" else "float32"),
         "replicate": replicate, "shard": shard, "reshard": json.dumps(reshard), "tp": lay.tp,
@@ -271,7 +308,7 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
     }
     model = (f"_model({json.dumps(f'flmplan-stage{k + 1}')}, layers={m.layers}, dim={m.hidden}, heads={m.heads}, "
              f"kv_heads={m.kv_heads}, ffn={ffn}, vocab={m.vocab}, seq={m.seq}, tied={tied})")
-    paragraphs = [f"{where}: {m.layers} layers × {m.hidden}, {m.heads} heads, {st.steps:,} steps on {lay.gpus} "
+    paragraphs = [f"{where}: {m.layers} layers × {m.hidden}, {m.heads} heads, {steps:,} steps on {lay.gpus} "
                   f"GPUs ({lay.describe()}).", *notes]
     doc = "\n\n".join(textwrap.fill(p, 100, initial_indent="    ", subsequent_indent="    ") for p in paragraphs)
     args = "".join(f"        {key}={value},\n" for key, value in facts.items())
@@ -332,39 +369,96 @@ def slurm_script(plan: Plan, plan_path: str = "plan.json", time_limit: str = "2-
         usage = "sbatch flmplan.sbatch (the plan's corpus; DATA=... trains on another)"
         data_check = ('data_args=()   # the plan names its corpus; DATA (PREFIX or WEIGHT:PREFIX ...) overrides it\n'
                       f'if [[ -n "${{DATA:-}}" ]]; then {split}; fi\n')
+    teacher = _slurm_teacher(plan)
     return f"""#!/bin/bash
 # flmplan: {plan.name}, {len(plan.stages)} stages on {plan.cluster.gpus} × {plan.cluster.gpu}
-# {nodes} working nodes and {spares} spare (as the run simulation bills them): a restart after a node
-# failure runs on the healthy ones. Checkpoints every {every} steps, stage by stage (the simulation's
-# interval in each stage's step time). The job runs in pieces of at most {time_limit}: five minutes
-# before the limit SLURM signals it, the runtime saves the step in flight, and the job requeues itself
-# and resumes there. Usage: {usage}
+# {nodes} working nodes and {spares} spare (as the run simulation bills them). The job survives a node's
+# failure (--no-kill): the training step stops, and the script starts it again on {nodes} of the nodes SLURM
+# does not report down or draining, a spare taking the failed node's place, up to {spares} time(s); the
+# runtime resumes from its newest good checkpoint. Checkpoints every {every} steps, stage by stage (the
+# simulation's interval in each stage's step time). The job runs in pieces of at most {time_limit}: five
+# minutes before the limit SLURM signals it, the runtime saves the step in flight, and the job requeues
+# itself and resumes there. Usage: {usage}
 #SBATCH --job-name=flmplan
 #SBATCH --nodes={nodes + spares}
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node={per_node}
 #SBATCH --exclusive
+#SBATCH --no-kill
 #SBATCH --time={time_limit}
 #SBATCH --signal=B:TERM@300
 #SBATCH --requeue
 #SBATCH --open-mode=append
 set -euo pipefail
-{data_check}head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1   # reliable torchrun restarts (pytorch#135712)
+{data_check}{teacher}export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1   # reliable torchrun restarts (pytorch#135712)
 export OMP_NUM_THREADS=1
-# Every stage runs in order; a restarted or requeued job resumes from the newest good checkpoint in {out}.
-srun --nodes={nodes} --ntasks={nodes} torchrun --nnodes={nodes} --nproc-per-node={per_node} --max-restarts=3 \\
-  --rdzv-backend=c10d --rdzv-endpoint="$head_node:29500" --rdzv-id="$SLURM_JOB_ID" \\
-  -m runtime.train --plan {shlex.quote(plan_path)} --out {out} "${{data_args[@]}}" --checkpoint-every {every} &
-run=$!
+needed={nodes}
+spares={spares}
+
+healthy_nodes() {{   # the job's nodes that SLURM does not report down, draining or failing
+  local node
+  for node in $(scontrol show hostnames "$SLURM_JOB_NODELIST"); do
+    if ! scontrol show node "$node" | grep -qE 'State=[A-Z_+]*(DOWN|DRAIN|FAIL|NOT_RESPONDING)'; then
+      echo "$node"
+    fi
+  done
+}}
+
+stopping=0
+run=""
 requeue() {{
-  kill -TERM "$run" 2>/dev/null || true     # the ranks finish their step, save it and exit
-  wait "$run" || true
-  scontrol requeue "$SLURM_JOB_ID"
+  stopping=1
+  if [[ -n "$run" ]]; then kill -TERM "$run" 2>/dev/null || true; fi   # the ranks finish their step, save, exit
 }}
 trap requeue TERM
-wait "$run"
+
+# Every stage runs in order; a restart resumes from the newest good checkpoint in {out}.
+attempt=0
+while true; do
+  mapfile -t pool < <(healthy_nodes)
+  if (( ${{#pool[@]}} < needed )); then
+    echo "flmplan: ${{#pool[@]}} healthy nodes of the $needed needed; requeueing" >&2
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
+  nodes=$(IFS=,; echo "${{pool[*]:0:needed}}")
+  srun --nodes="$needed" --ntasks="$needed" --nodelist="$nodes" --kill-on-bad-exit=1 \\
+    torchrun --nnodes="$needed" --nproc-per-node={per_node} --max-restarts=3 \\
+    --rdzv-backend=c10d --rdzv-endpoint="${{pool[0]}}:29500" --rdzv-id="$SLURM_JOB_ID-$attempt" \\
+    -m runtime.train --plan {shlex.quote(plan_path)} --out {out} "${{data_args[@]}}" \\
+    "${{teacher_args[@]}}" --checkpoint-every {every} &
+  run=$!
+  status=0
+  wait "$run" || status=$?
+  if (( stopping )); then
+    wait "$run" || true
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
+  if (( status == 0 )); then exit 0; fi
+  attempt=$((attempt + 1))
+  if (( attempt > spares )); then
+    echo "flmplan: training stopped (exit $status) after $spares restart(s) on spare nodes" >&2
+    exit "$status"
+  fi
+  echo "flmplan: training stopped (exit $status); restarting on the healthy nodes (restart $attempt of $spares)" >&2
+  sleep "${{FLMPLAN_RESTART_WAIT:-90}}"   # time for SLURM to mark an unresponsive node (its SlurmdTimeout)
+done
 """
+
+
+def _slurm_teacher(plan: Plan) -> str:
+    """FreeLM's propositions for the runtime: the plan's teacher_data, TEACHER_DATA overriding it, or
+    TEACHER_DATA required where a FreeLM stage names none."""
+    stages = plan.freelm_stages()
+    if not stages:
+        return "teacher_args=()\n"
+    if all(plan.stages[k].objective.teacher_data for k in stages):
+        return ('teacher_args=()   # the plan names FreeLM\'s propositions; TEACHER_DATA (a JSON-lines file, or iq) '
+                'overrides them\nif [[ -n "${TEACHER_DATA:-}" ]]; then teacher_args=(--teacher-data "$TEACHER_DATA"); '
+                'fi\n')
+    return (': "${TEACHER_DATA:?set TEACHER_DATA to the FreeLM propositions (JSON lines, or iq) before sbatch}"\n'
+            'teacher_args=(--teacher-data "$TEACHER_DATA")\n')
 
 
 # What an export writes beside its files, and the names its files have.

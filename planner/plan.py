@@ -172,6 +172,19 @@ class Plan(Strict):
         """Sequences of the corpus the whole plan trains on (FreeLM's teacher steps draw none)."""
         return sum((st.steps - st.objective.teacher_steps(st.steps)) * st.layout.global_batch for st in self.stages)
 
+    def freelm_stages(self) -> list[int]:
+        return [k for k, st in enumerate(self.stages) if st.objective.kind == "freelm"]
+
+    def with_teacher_data(self, source: str | None) -> Plan:
+        """The plan with `source` (a propositions file's path, or "iq") as every FreeLM stage's
+        teacher_data; the plan itself where `source` is None."""
+        if source is None:
+            return self
+        raw = self.to_json()
+        for k in self.freelm_stages():
+            raw["stages"][k]["objective"]["teacher_data"] = source
+        return plan_from_dict(raw)
+
 
 # The learning-rate schedule of every stage, the runtime's and the exports': linear warm-up over
 # FIRST_WARMUP_STEPS (the first stage) or the growth's lr_rewarm_steps, at most a fifth of the

@@ -210,3 +210,49 @@ def load_regions(path: Path, regions: dict[str, tuple[str, tuple[int, ...], tupl
     buffers = {k: torch.empty(sizes, dtype=dtypes[k], device=device) for k, (_, _, sizes) in regions.items()}
     dcp.load(buffers, checkpoint_id=str(path), planner=_RegionLoadPlanner(regions))
     return buffers
+
+
+def stage_checkpoints(target: Path) -> tuple[list[tuple[int, Path]], Path | None]:
+    """([(stage, checkpoint)], the run's plan.json or None): the newest good checkpoint of every stage
+    of a run folder, or the one checkpoint given."""
+    if not target.exists():
+        raise FlmplanError(f"{target} does not exist; give a run folder (flmplan run --out) or a checkpoint in it.")
+    if (target / "manifest.json").exists():
+        manifest, problem = read_manifest(target)
+        if problem or (problem := verify(target, manifest)):
+            raise FlmplanError(f"Checkpoint {target} is unusable: {problem}.")
+        plan = target.parent.parent / "plan.json"
+        return [(stage_index(manifest) + 1, target)], plan if plan.exists() else None
+    folder = target / "checkpoints"
+    found = {}
+    for path in checkpoints(folder):                     # newest first
+        manifest, problem = read_manifest(path)
+        if problem or verify(path, manifest):
+            continue
+        found.setdefault(stage_index(manifest) + 1, path)
+    if not found:
+        raise FlmplanError(f"{target} has no usable checkpoint (nothing to score or export); train it with "
+                           "`flmplan run`, or give a checkpoint folder.")
+    plan = target / "plan.json"
+    return sorted(found.items()), plan if plan.exists() else None
+
+
+def load_whole(path: Path, parametrization: dict | None = None):
+    """A flmplan checkpoint (any layout: DCP reshards on load) as one whole Decoder on this process."""
+    from planner.plan import PlanParametrization
+    from runtime.model import Decoder, DecoderConfig
+
+    manifest, problem = read_manifest(path)
+    if problem or (problem := verify(path, manifest)):
+        raise FlmplanError(f"Checkpoint {path} is unusable: {problem}.")
+    shapes = saved_shapes(path)
+    par = PlanParametrization(**(parametrization or {}))
+    cfg = DecoderConfig(**manifest["model"], **par.config_fields(), teacher_head="model.teacher.weight" in shapes)
+    model = Decoder(cfg)
+    params = dict(model.named_parameters())
+    regions = {n: (f"model.{n}", (0,) * p.dim(), tuple(p.shape)) for n, p in params.items()}
+    read = load_regions(path, regions, {n: p.dtype for n, p in params.items()}, torch.device("cpu"))
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(read[n])
+    return model.eval()

@@ -40,6 +40,12 @@ if TYPE_CHECKING:      # torch is imported where tensors are made: `flmplan simu
 IGNORE = -100          # the target of every position but [cls] (cross-entropy's ignore_index)
 HELDOUT_FRACTION = 0.1
 IQ_SOURCE = "iq"       # teacher_data naming the IQ generators' train split instead of a file
+
+
+def teacher_source(path: str | Path | None) -> str | None:
+    """What a plan records as teacher_data: "iq", or the file's absolute path (so that a run folder's copy
+    of the plan resumes from anywhere)."""
+    return None if path is None else IQ_SOURCE if str(path) == IQ_SOURCE else str(Path(path).resolve())
 IQ_ITEMS_PER_TASK = 2000
 
 

@@ -39,7 +39,7 @@ from planner.plan import MIN_LR_FRACTION, PlanParametrization, stage_warmup_step
 from planner.specs import Layout, ModelSpec
 from runtime import checkpoint, freelm
 from runtime.data import Corpus, ReadAhead, Sampler, check_corpus, open_corpus, parse_specs, record_run_data
-from runtime.freelm import is_teacher_step, teacher_steps_before
+from runtime.freelm import is_teacher_step, teacher_source, teacher_steps_before
 from runtime.grow import GrowthState, apply_masks, grow_sharded
 from runtime.model import Decoder, DecoderConfig
 from runtime.parallel import (
@@ -157,7 +157,8 @@ class Run:
         self.args = args
         from planner.plan import load_plan
 
-        self.plan = load_plan(args.plan)             # validated: the runtime works from the plan type
+        # Validated: the runtime works from the plan type; --teacher-data names FreeLM's propositions.
+        self.plan = load_plan(args.plan).with_teacher_data(teacher_source(args.teacher_data))
         self.configs = [config_of(st.model, st.parametrization, st.objective.kind == "freelm")
                         for st in self.plan.stages]
         self.out = Path(args.out)
@@ -661,6 +662,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--data", nargs="*", default=None)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--teacher-data", default=None,
+                    help="FreeLM's propositions (JSON lines, or iq) for the plan's FreeLM stages, instead of the "
+                         "plan's teacher_data")
     ap.add_argument("--checkpoint-every", default="0",
                     help="steps between checkpoints: one number for every stage, or one per stage, comma-separated "
                          "(0: a quarter of the stage, at least 5)")

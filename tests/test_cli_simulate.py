@@ -4,6 +4,7 @@ budget constraint, and one clear sentence with exit 2 for bad input."""
 import argparse
 import itertools
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from planner.cli import app
 from planner.export import checkpoint_every_steps
-from planner.plan import load_plan, stage_warmup_steps
+from planner.plan import load_plan, plan_from_dict, stage_warmup_steps
 
 runner = CliRunner()
 PAPER_DAYS = [9.63, 5.37, 6.54]
@@ -214,7 +215,7 @@ def test_export_formats(tmp_path, flm_plan):
     # 24 working nodes and the simulation's one spare; data required; checkpoints at the
     # simulation's interval in the slowest stage's steps.
     spares = flm_plan.simulation["spare_nodes"]
-    assert f"#SBATCH --nodes={24 + spares}" in script and "srun --nodes=24" in script
+    assert f"#SBATCH --nodes={24 + spares}" in script and "needed=24" in script and 'srun --nodes="$needed"' in script
     assert '"${data_args[@]}"' in script and ': "${DATA:?' in script      # the plan names no corpus
     # Each stage checkpoints at the simulation's interval in its own steps.
     interval = flm_plan.simulation["checkpoint_interval_min"] * 60
@@ -250,6 +251,97 @@ def test_slurm_script_quotes_paths_checkpoints_per_stage_and_requeues_before_its
     assert [checkpoint_interval(every, k) for k in range(3)] == [int(v) for v in every.split(",")]
     r = runner.invoke(app, ["export", str(path), "--to", "slurm", "--out", str(tmp_path / "s"), "--time", "48h"])
     assert_one_sentence(r, "is not a SLURM time limit")
+
+
+STUB_SCONTROL = r"""#!/bin/bash
+# scontrol as the script uses it: the job's hostnames, each node's state (DOWN once in $STUBS/down), requeue.
+case "$1 $2" in
+  "show hostnames") for i in $(seq 1 "$STUB_NODES"); do echo "node$i"; done ;;
+  "show node") if grep -qx "$3" "$STUBS/down" 2>/dev/null; then echo "NodeName=$3 State=DOWN+NOT_RESPONDING";
+               else echo "NodeName=$3 State=ALLOCATED"; fi ;;
+  *) echo "scontrol $*" >> "$STUBS/requeued" ;;
+esac
+"""
+# srun: records each launch; the first one loses node2 (marked down, exit 1 as a killed step), the next succeeds.
+STUB_SRUN = r"""#!/bin/bash
+echo "$*" >> "$STUBS/launches"
+if [[ $(wc -l < "$STUBS/launches") -eq 1 ]]; then echo node2 > "$STUBS/down"; exit 1; fi
+exit 0
+"""
+
+
+def test_slurm_replaces_a_failed_node_with_the_spare_and_resumes(tmp_path, auto_plan):
+    """The script under stub srun/scontrol: a node fails during the first launch; the job (not killed,
+    --no-kill) starts the training step again on the healthy nodes, the spare in the failed node's place,
+    with the same run folder (the runtime resumes from its newest checkpoint there), and ends well."""
+    raw = auto_plan.to_json()
+    raw["simulation"] = {**(raw.get("simulation") or {}), "spare_nodes": 1}
+    plan = plan_from_dict(raw)
+    needed = max(1, plan.cluster.gpus // plan.cluster.gpus_per_node)
+    from planner.export import slurm_script
+
+    script = tmp_path / "flmplan.sbatch"
+    script.write_text(slurm_script(plan, str(tmp_path / "my plans" / "p.json")))
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, text in (("scontrol", STUB_SCONTROL), ("srun", STUB_SRUN)):
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "STUBS": str(stubs), "SLURM_JOB_ID": "7",
+           "SLURM_JOB_NODELIST": f"node[1-{needed + 1}]", "STUB_NODES": str(needed + 1), "DATA": "corpus/en",
+           "FLMPLAN_RESTART_WAIT": "0"}
+    r = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    first, second = (stubs / "launches").read_text().splitlines()
+    nodes = [f"node{i}" for i in range(1, needed + 2)]
+    assert f"--nodelist={','.join(nodes[:needed])}" in first
+    assert f"--nodelist={','.join(n for n in nodes if n != 'node2')}" in second
+    out = first.split("--out ")[1].split()[0]
+    assert out == second.split("--out ")[1].split()[0]          # the same run folder: the runtime resumes
+    assert f"--plan '{tmp_path / 'my plans' / 'p.json'}'" in script.read_text()
+    assert "restarting on the healthy nodes (restart 1 of 1)" in r.stderr
+    assert not (stubs / "requeued").exists()
+
+
+def test_freelm_exports_language_alone_only_when_asked_and_slurm_passes_its_teacher_data(tmp_path, flm_plan):
+    """Neither tool has FreeLM's teacher signal: refused naming the field; with --nearest, the language steps
+    alone (the plan's language tokens, no more), said in each stage's file. SLURM passes --teacher-data,
+    which runtime.train takes. Stages after the first say that the tool restarts the data stream."""
+    raw = flm_plan.to_json()
+    for st in raw["stages"]:
+        st["objective"] = {"kind": "freelm", "teacher_every": 4}
+    plan = plan_from_dict(raw)
+    path = tmp_path / "freelm.json"
+    path.write_text(json.dumps(raw))
+    for to in ("megatron", "torchtitan"):
+        r = runner.invoke(app, ["export", str(path), "--to", to, "--out", str(tmp_path / to)])
+        assert_one_sentence(r, "FreeLM's teacher signal every 4 steps (objective.kind)")
+        assert not (tmp_path / to).exists()
+    r = runner.invoke(app, ["export", str(path), "--to", "megatron", "--nearest", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    seeds = set()
+    for k, st in enumerate(plan.stages):
+        text = (tmp_path / "m" / f"stage{k + 1}.megatron.args").read_text()
+        args = parse_megatron(text)
+        language = st.steps - st.steps // 4
+        assert int(args.train_iters) == int(args.lr_decay_iters) == language
+        assert language * st.layout.global_batch * st.model.seq == pytest.approx(
+            st.steps * st.layout.global_batch * st.model.seq * 0.75, rel=1e-3)
+        assert "teacher steps (every 4th) are left out" in text
+        assert ("starts this stage's data stream afresh" in text) == (k > 0)
+        seeds.add(args.seed)
+    assert len(seeds) == len(plan.stages)          # each stage shuffles the corpus anew
+    r = runner.invoke(app, ["export", str(path), "--to", "slurm", "--out", str(tmp_path / "s")])
+    script = (tmp_path / "s" / "flmplan.sbatch").read_text()
+    assert ': "${TEACHER_DATA:?' in script and '"${teacher_args[@]}"' in script
+    subprocess.run(["bash", "-n", str(tmp_path / "s" / "flmplan.sbatch")], check=True)
+    from planner.plan import PlanObjective  # noqa: F401  (the field the runtime's flag fills)
+    from runtime.freelm import IQ_SOURCE
+
+    assert all(st.objective.teacher_data == IQ_SOURCE for st in plan.with_teacher_data(IQ_SOURCE).stages)
+    r = subprocess.run([sys.executable, "-m", "runtime.train", "--help"], capture_output=True, text=True,
+                       cwd=Path(__file__).parents[1])
+    assert "--teacher-data" in r.stdout
 
 
 MEGATRON = json.loads((Path(__file__).parent / "data/megatron_args.json").read_text())

@@ -154,9 +154,10 @@ def test_du_et_als_timing_guideline_reproduces_its_own_table_and_checks_the_plan
 def test_the_growth_search_uses_the_timing_guideline_when_asked():
     """--growth-timing gstack fixes the first stage at the guideline for the compute the chain spends,
     splits the rest as before, and the loss model's free choice is never worse by its own measure."""
+    from test_advice import HUGE, SMALL, planner
+
     from planner.growth_evidence import gstack_growth_tokens
     from planner.schedule import Planner
-    from test_advice import HUGE, SMALL, planner
 
     free_planner = planner()
     pinned_planner = Planner(dataclasses.replace(free_planner.s, growth_timing="gstack"), free_planner.profile,

@@ -23,45 +23,20 @@ def wilson(correct: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def stage_checkpoints(target: Path) -> tuple[list[tuple[int, Path]], Path | None]:
-    """([(stage, checkpoint)], the run's plan.json or None): the newest good checkpoint of every stage
-    of a run folder, or the one checkpoint given."""
-    from runtime.checkpoint import checkpoints, read_manifest, stage_index, verify
-
-    if not target.exists():
-        raise FlmplanError(f"{target} does not exist; give a run folder (flmplan run --out) or a checkpoint in it.")
-    if (target / "manifest.json").exists():
-        manifest, problem = read_manifest(target)
-        if problem or (problem := verify(target, manifest)):
-            raise FlmplanError(f"Checkpoint {target} is unusable: {problem}.")
-        plan = target.parent.parent / "plan.json"
-        return [(stage_index(manifest) + 1, target)], plan if plan.exists() else None
-    folder = target / "checkpoints"
-    found = {}
-    for path in checkpoints(folder):                     # newest first
-        manifest, problem = read_manifest(path)
-        if problem or verify(path, manifest):
-            continue
-        found.setdefault(stage_index(manifest) + 1, path)
-    if not found:
-        raise FlmplanError(f"{target} has no usable checkpoint (no finished stage to score); train it with "
-                           "`flmplan run`, or give a checkpoint folder.")
-    plan = target / "plan.json"
-    return sorted(found.items()), plan if plan.exists() else None
-
-
 def evaluate(target: Path, out: Path, suite: str = "iq", limit: int | None = None, n: int = 100,
              seed: int = 0, log=print) -> dict:
     """Score every stage's checkpoint on the suite; write lm-eval's results per stage and return the
     table (stage × family: accuracy, interval, chance)."""
     if suite not in SUITES:
         raise FlmplanError(f"Unknown suite {suite!r}; the suites are: {', '.join(SUITES)}.")
+    from runtime.checkpoint import load_whole, stage_checkpoints
+
     stages, plan_path = stage_checkpoints(target)
     try:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
 
-        from runtime.iq.harness import FlmplanLM, load_checkpoint, write_tasks
+        from runtime.iq.harness import FlmplanLM, write_tasks
     except ImportError:
         raise FlmplanError("flmplan eval runs on lm-evaluation-harness: pip install -e '.[eval]'.") from None
     from runtime.iq.generators import TASKS
@@ -82,7 +57,7 @@ def evaluate(target: Path, out: Path, suite: str = "iq", limit: int | None = Non
     rows = []
     for stage, ckpt in stages:
         log(f"stage {stage}: scoring {ckpt.name}")
-        model = load_checkpoint(ckpt, parametrizations.get(stage))
+        model = load_whole(ckpt, parametrizations.get(stage))
         res = simple_evaluate(model=FlmplanLM(model, codec=codec), tasks=names, task_manager=manager, limit=limit,
                               log_samples=False, bootstrap_iters=0, verbosity="ERROR")
         (out / f"stage{stage}-lm-eval-results.json").write_text(json.dumps(res, indent=1, default=str))

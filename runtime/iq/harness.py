@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from planner.errors import FlmplanError
 from runtime.iq.generators import TASKS, generate
 
 GROUP = "iq"
@@ -55,28 +54,6 @@ def write_tasks(folder: Path, n: int = 100, seed: int = 0, tasks: list[str] | No
     return names
 
 
-def load_checkpoint(path: Path, parametrization: dict | None = None):
-    """A flmplan checkpoint (any layout: DCP reshards on load) as one whole Decoder on this process."""
-    from planner.plan import PlanParametrization
-    from runtime.checkpoint import load_regions, read_manifest, saved_shapes, verify
-    from runtime.model import Decoder, DecoderConfig
-
-    manifest, problem = read_manifest(path)
-    if problem or (problem := verify(path, manifest)):
-        raise FlmplanError(f"Checkpoint {path} is unusable: {problem}.")
-    shapes = saved_shapes(path)
-    par = PlanParametrization(**(parametrization or {}))
-    cfg = DecoderConfig(**manifest["model"], **par.config_fields(), teacher_head="model.teacher.weight" in shapes)
-    model = Decoder(cfg)
-    params = dict(model.named_parameters())
-    regions = {n: (f"model.{n}", (0,) * p.dim(), tuple(p.shape)) for n, p in params.items()}
-    read = load_regions(path, regions, {n: p.dtype for n, p in params.items()}, torch.device("cpu"))
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(read[n])
-    return model.eval()
-
-
 @register_model("flmplan")
 class FlmplanLM(LM):
     """lm-eval's model interface over a flmplan Decoder and the tokenizer its run trained with (bytes
@@ -85,10 +62,11 @@ class FlmplanLM(LM):
     def __init__(self, model=None, checkpoint: str | None = None, batch_size: int = 16, codec=None,
                  **kwargs) -> None:
         super().__init__()
+        from runtime.checkpoint import load_whole
         from runtime.corpus import ByteCodec
         from runtime.data import run_codec
 
-        self.model = model if model is not None else load_checkpoint(Path(checkpoint))
+        self.model = model if model is not None else load_whole(Path(checkpoint))
         if codec is None:
             codec = run_codec(Path(checkpoint).parent.parent) if checkpoint else ByteCodec()
         self.codec = codec
