@@ -153,10 +153,12 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
         # First start: no checkpoint in --load yet, so Megatron-LM loads the grown one as a
         # pretrained checkpoint (weights only, iteration 0); a restart resumes from --load.
         args.append(f"--pretrained-checkpoint checkpoints/stage{k + 1}-grown")
-        notes.append(f"Grown from stage {st.growth.from_stage + 1} by MSG; Megatron-LM has no MSG operator: write "
-                     f"the grown weights to checkpoints/stage{k + 1}-grown (`flmplan run` grows them itself). "
-                     "Megatron-LM starts the optimizer afresh there; flmplan's runtime carries Adam's moments across "
-                     "a growth.")
+        notes.append(f"Grown from stage {st.growth.from_stage + 1} by MSG; Megatron-LM has no MSG operator, and "
+                     "`flmplan grow` does not write Megatron-LM checkpoints yet (its LayerNorm is not left unchanged "
+                     "by zero dimensions, so a width growth needs MSG's masks or a duplicating operator): put grown "
+                     f"weights in checkpoints/stage{k + 1}-grown yourself, or train this plan with `flmplan run`, "
+                     "which grows by MSG. Megatron-LM starts the optimizer afresh there; flmplan's runtime carries "
+                     "Adam's moments across a growth.")
     args += _megatron_data_args(plan, notes)
     notes += _data_restart_note(k, "Megatron-LM", (
         "A grown checkpoint loads as a pretrained one, whose consumed-samples count is zero, and the dataset is "
@@ -233,6 +235,7 @@ def _megatron_data_args(plan: Plan, notes: list[str]) -> list[str]:
 # own ConfigManager.
 TORCHTITAN_VERSION = "0.3.0"
 TORCHTITAN_MODULE = "flmplan_torchtitan"
+TORCHTITAN_NORM_EPS = 1e-5      # torchtitan's RMSNorm default, the first stage's
 
 
 def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
@@ -246,23 +249,20 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
     missing = _Missing(where, "torchtitan", nearest)
     notes += _mup_nearest(st, missing)
     steps = _language_steps(st, missing, notes)
-    ffn = m.ffn
+    shape = torchtitan_shape(plan, k)
+    ffn = shape["ffn"]
     if m.activation == "gelu":
         missing.add("has a GeLU MLP (model.activation)", "SwiGLU with the same parameters")
-        # SwiGLU has three matrices where GeLU has two: 2/3 of the width keeps parameters and FLOPs
-        # (to a multiple of 128, so that any tensor-parallel degree divides it).
-        ffn = round(2 * m.ffn / 3 / 128) * 128
         notes.append(f"SwiGLU MLP of width {ffn} in place of the plan's GeLU of width {m.ffn} (the same parameters "
                      f"to {abs(3 * ffn - 2 * m.ffn) / (2 * m.ffn):.2%}).")
     if m.position != "rotary":
         name = _POSITION_NAMES[m.position]
         missing.add(f"uses {name} (model.position)", "plain rotary")
         notes.append(f"Plain rotary position embedding in place of {name}.")
-    tied = m.tied_embeddings
-    if tied and lay.pp > 1:
+    tied = shape["tied"]
+    if m.tied_embeddings and not tied:
         missing.add("ties the embedding to the output layer (model.tied_embeddings) under pipeline parallelism",
                     "untied embeddings")
-        tied = False
         notes.append(f"Untied embeddings (torchtitan cannot tie them across pipeline stages): "
                      f"{m.vocab * m.hidden / 1e9:.2f}B more parameters on the last pipeline stage.")
     missing.refuse()
@@ -289,9 +289,14 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
         "datasets read in file order: this stage re-reads the corpus from its first documents. Give it the part "
         "of the corpus the earlier stages did not read (--dataloader.dataset_path), or accept the repeat."))
     if st.growth:
-        notes.append(f"Grown from stage {st.growth.from_stage + 1} by MSG, which torchtitan does not have: write "
-                     f"the grown weights to outputs/checkpoint/stage{k + 1}-grown (flmplan's runtime grows them "
-                     "itself); the optimizer starts afresh there.")
+        notes.append(f"Grown from stage {st.growth.from_stage + 1}. torchtitan has no MSG: `flmplan grow "
+                     f"STAGE{st.growth.from_stage + 1}_CHECKPOINT --plan PLAN --stage {k + 1} --to torchtitan --out "
+                     f"outputs/checkpoint/stage{k + 1}-grown` writes this stage's first weights from the previous "
+                     "stage's checkpoint, grown without masks and function-preserving: new blocks, heads and neurons "
+                     "with zero-initialised output projections, new residual dimensions at zero with the RMSNorm "
+                     "gains scaled by √(old width / new width) and ε by old / new width (this config's norm_eps); "
+                     "the loss at the growth equals the previous stage's, with no mask ramp. The optimizer starts "
+                     "afresh there.")
     facts = {
         "lr": f"{st.lr:g}", "warmup": stage_warmup_steps(st), "min_lr_factor": MIN_LR_FRACTION, "steps": steps,
         "local_batch": local_batch, "global_batch": lay.global_batch, "seq": m.seq,
@@ -307,13 +312,30 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
         "max_norm": repr(MAX_GRAD_NORM),
     }
     model = (f"_model({json.dumps(f'flmplan-stage{k + 1}')}, layers={m.layers}, dim={m.hidden}, heads={m.heads}, "
-             f"kv_heads={m.kv_heads}, ffn={ffn}, vocab={m.vocab}, seq={m.seq}, tied={tied})")
+             f"kv_heads={m.kv_heads}, ffn={ffn}, vocab={m.vocab}, seq={m.seq}, tied={tied}, "
+             f"norm_eps={shape['norm_eps']!r})")
     paragraphs = [f"{where}: {m.layers} layers × {m.hidden}, {m.heads} heads, {steps:,} steps on {lay.gpus} "
                   f"GPUs ({lay.describe()}).", *notes]
     doc = "\n\n".join(textwrap.fill(p, 100, initial_indent="    ", subsequent_indent="    ") for p in paragraphs)
     args = "".join(f"        {key}={value},\n" for key, value in facts.items())
     return (f'\n\ndef stage{k + 1}() -> Trainer.Config:\n    """\n{doc}\n    """\n'
             f"    return _config(\n        {model},\n{args}    )\n")
+
+
+def torchtitan_shape(plan: Plan, k: int) -> dict:
+    """Stage k's decoder as the torchtitan export builds it (`_model` of the registry): the plan's shape,
+    SwiGLU's width for a GeLU MLP and untied embeddings under pipeline parallelism where --nearest
+    accepts them. `flmplan grow --to torchtitan` grows between these shapes."""
+    st = plan.stages[k]
+    m = st.model
+    # SwiGLU has three matrices where GeLU has two: 2/3 of the width keeps parameters and FLOPs
+    # (to a multiple of 128, so that any tensor-parallel degree divides it).
+    ffn = round(2 * m.ffn / 3 / 128) * 128 if m.activation == "gelu" else m.ffn
+    # RMSNorm's ε scales with 1/width from the first stage's 1e-5: the mean square of a residual stream
+    # grown with zero dimensions shrinks by d_old/d_new, and ε with it keeps the normalised values exact.
+    eps = TORCHTITAN_NORM_EPS * plan.stages[0].model.hidden / m.hidden
+    return {"layers": m.layers, "dim": m.hidden, "heads": m.heads, "kv_heads": m.n_kv_heads, "ffn": max(ffn, 128),
+            "vocab": m.vocab, "seq": m.seq, "tied": m.tied_embeddings and st.layout.pp == 1, "norm_eps": eps}
 
 
 def torchtitan_module(plan: Plan, nearest: bool = False) -> str:

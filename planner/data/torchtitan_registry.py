@@ -25,13 +25,14 @@ _LINEAR = {"weight": partial(nn.init.trunc_normal_, std=0.02), "bias": nn.init.z
 _NORM = {"weight": nn.init.ones_}
 
 
-def _model(flavor, *, layers, dim, heads, kv_heads, ffn, vocab, seq, tied):
-    """The stage's decoder in torchtitan's llama3 architecture (RMSNorm, SwiGLU, rotary)."""
+def _model(flavor, *, layers, dim, heads, kv_heads, ffn, vocab, seq, tied, norm_eps=1e-5):
+    """The stage's decoder in torchtitan's llama3 architecture (RMSNorm, SwiGLU, rotary); a grown stage's
+    RMSNorm ε shrinks with its width, which keeps `flmplan grow`'s growth exact."""
     rope = ComplexRoPE.Config(dim=dim // heads, max_seq_len=seq, theta=10000.0, scaling="none")
     blocks = [
         Llama3TransformerBlock.Config(
-            attention_norm=RMSNorm.Config(normalized_shape=dim, param_init=_NORM),
-            ffn_norm=RMSNorm.Config(normalized_shape=dim, param_init=_NORM),
+            attention_norm=RMSNorm.Config(normalized_shape=dim, param_init=_NORM, eps=norm_eps),
+            ffn_norm=RMSNorm.Config(normalized_shape=dim, param_init=_NORM, eps=norm_eps),
             attention=make_gqa_config(dim=dim, n_heads=heads, n_kv_heads=kv_heads, wqkv_param_init=_LINEAR,
                                       wo_param_init=_LINEAR, inner_attention=get_attention_config("flex"),
                                       fuse_qkv=True, rope=rope),
@@ -43,7 +44,7 @@ def _model(flavor, *, layers, dim, heads, kv_heads, ffn, vocab, seq, tied):
         dim=dim, vocab_size=vocab, enable_weight_tying=tied, layers=blocks,
         tok_embeddings=Embedding.Config(num_embeddings=vocab, embedding_dim=dim,
                                         param_init={"weight": partial(nn.init.normal_, std=0.02)}),
-        norm=RMSNorm.Config(normalized_shape=dim, param_init=_NORM),
+        norm=RMSNorm.Config(normalized_shape=dim, param_init=_NORM, eps=norm_eps),
         lm_head=Linear.Config(in_features=dim, out_features=vocab, param_init=_LINEAR),
     )
     return ModelSpec(name="llama3", flavor=flavor, model=model, parallelize_fn=parallelize_llama,
