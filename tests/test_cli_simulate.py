@@ -38,34 +38,34 @@ def auto_plan(tmp_path_factory):
     return load_plan(out)
 
 
-def test_flm_schedule_brackets_the_paper(flm_plan):
-    """FLM-101B's schedule with the software facts its sources state is optimistic, as the cost
-    model is on FLM's stages (BENCHMARKS.md §1); the range flmplan prints — open facts at their
-    costliest, then the model's remaining miss on FLM's published throughputs taken out — reaches
-    the paper's days and dollars: the paper must lie inside it, not at its optimistic end."""
+def test_flm_schedule_against_the_paper_within_the_cost_models_stated_error(flm_plan):
+    """FLM-101B's schedule costed by the model alone (the software facts its sources state, failures
+    simulated) against the paper's days and dollars. The model is optimistic on FLM-101B's throughputs,
+    held out of its fit, by at most the band tests/test_fidelity.py derives; the paper's days and its
+    stated throughputs disagree by up to 12 % themselves (its 51B stage). So the model's days must fall
+    short of the paper's, by no more than the two compounded: stage by stage, in total, in dollars, and
+    for 101B from scratch."""
+    from test_fidelity import PAPER_INCONSISTENCY, flm_bound, rows
+
+    band = (1 + flm_bound(rows())) * (1 + PAPER_INCONSISTENCY) - 1
     sim = flm_plan.simulation
     opened = flm_plan.assumptions["open_software_facts"]
-    (low, costliest, calibrated), (cost_low, _, cost_high) = opened["days"], opened["cost_usd"]
+    low, costliest, _ = opened["days"]
     assert opened["facts_at_costliest"] == {"flash_attention": 1, "dropout": 0.1}
-    assert low < costliest < calibrated
-    assert sim["days_p50"] < 21.54
-    # The calibrated end with failures (the simulation's P50 over failure-free) is within 10 % of the
-    # paper's 21.54 days, and its cost within 10 % of about $100K at $1/GPU-hour.
+    assert low < costliest                     # the open facts at their costliest cost time
+
+    def short_of_paper(model: float, paper: float) -> None:
+        assert paper / (1 + band) <= model <= paper, (model, paper, band)
+
+    short_of_paper(sim["days_p50"], 21.54)
+    short_of_paper(sim["cost_p50"], 21.54 * 24 * 192)          # the paper's GPU-hours at $1/GPU-hour
     failures = sim["days_p50"] / low
-    assert calibrated * failures == pytest.approx(21.54, rel=0.10)
-    assert cost_high * sim["cost_p50"] / cost_low == pytest.approx(100_000, rel=0.10)
-    # Stage by stage: 16B and 101B within 10 %; the 51B stage is the paper's own outlier (its
-    # 160 TFLOP/s and 5.37 days disagree by 12 %): within 20 %.
-    stages = [d * failures for d in opened["stage_days"][2]]
-    assert stages[0] == pytest.approx(PAPER_DAYS[0], rel=0.10)
-    assert stages[1] == pytest.approx(PAPER_DAYS[1], rel=0.20)
-    assert stages[2] == pytest.approx(PAPER_DAYS[2], rel=0.10)
+    for model, paper in zip(opened["stage_days"][0], PAPER_DAYS, strict=True):
+        short_of_paper(model * failures, paper)
     scratch = next(b for b in flm_plan.baselines if b.name == "target from scratch, same tokens")
     assert scratch.tokens == pytest.approx(311.55e9, rel=0.01)
-    # Failure-free, FLM's stated software; the paper's ≈ 76.7 days extrapolate its own wall-clock
-    # stage: reached with the 101B stage's costliest facts and remaining miss.
-    miss_101b = opened["stage_days"][2][2] / opened["stage_days"][0][2]
-    assert scratch.days * miss_101b == pytest.approx(76.7, rel=0.10)
+    # The paper's ≈ 76.7 days for 101B from scratch extrapolate its own 101B stage, failures included.
+    short_of_paper(scratch.days * failures, 76.7)
 
 
 def test_auto_plan_reaches_the_target_within_budget_and_beats_flm(auto_plan, flm_plan):

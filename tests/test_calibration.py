@@ -1,0 +1,36 @@
+"""The derived profiles' fitted values are re-made by code: `python -m profiles.derived --fit` re-fits
+them to planner/data/cases.json and writes the calibration record and the profiles; from a clean
+checkout that gives the committed files byte for byte."""
+
+import json
+from pathlib import Path
+
+import profiles.derived as derived
+from planner.specs import gpu_catalog
+
+DATA = Path(derived.__file__).parent / "data"
+
+
+def test_the_fit_rebuilds_the_committed_calibration_and_profiles_byte_for_byte(tmp_path):
+    record = derived.fit()
+    written = derived.write_calibration(record, tmp_path / "derived.json")
+    assert written.read_bytes() == derived.CALIBRATION.read_bytes()
+    paths = derived.write_all(tmp_path, derived.values_of(record))
+    assert {p.name for p in paths} == {f"{k}.json" for k in gpu_catalog()}
+    for p in paths:
+        assert p.read_bytes() == (DATA / p.name).read_bytes(), p.name
+    # The record says how: every fitted value with its bounds and start, the rows and their residuals;
+    # FLM-101B's rows are held out of the fit.
+    assert set(record["rows"]) == set(record["residuals"]) and not any(r.startswith("flm101b") for r in record["rows"])
+    for v in record["values"]:
+        lo, hi = v["bounds"]
+        assert lo <= v["value"] <= hi and lo <= v["start"] <= hi
+    profile = json.loads((DATA / "a800-80gb.json").read_text())
+    assert any("fitted" in line and "residual over them" in line for line in profile["references"])
+
+
+def test_leaving_a_row_out_refits_without_it():
+    record = derived.fit()
+    row = record["rows"][0]
+    without = derived.fit(leave_out=(row,), start=derived.values_of(record))
+    assert row not in without["rows"] and len(without["rows"]) == len(record["rows"]) - 1
