@@ -10,11 +10,11 @@ import time
 
 from planner.errors import FlmplanError
 from planner.loss import GrowthLossModel, load_law
+from planner.profile import builtin_profile
 from planner.schedule import Settings
 from planner.sim.run import FailureModel
 from planner.simulate import plan_budget
 from planner.specs import get_gpu
-from profiles.schema import builtin_profile
 
 SCENARIOS = [
     # (budget, gpu, carry-over, max days)

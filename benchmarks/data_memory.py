@@ -60,7 +60,7 @@ def write_corpus(prefix: Path, megabytes: float, seed: int = 0) -> int:
 
 
 def train(prefix: Path, out: Path) -> dict:
-    r = subprocess.run([sys.executable, "-m", "planner.cli", "run", "runtime/data/flm101b_plan.json", "--scale",
+    r = subprocess.run([sys.executable, "-m", "flmplan.cli", "run", "runtime/data/flm101b_plan.json", "--scale",
                         "tiny", "--nproc", "1", "--steps", "12", "--data", str(prefix), "--out", str(out),
                         "--log-every", "1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)

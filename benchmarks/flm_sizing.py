@@ -14,9 +14,9 @@ from dataclasses import replace
 from planner.case import published_cases
 from planner.compute import layer_time, logits_time
 from planner.cost import device_models
+from planner.profile import builtin_profile
 from planner.search import compare_to_published, estimate_case
 from planner.specs import get_gpu
-from profiles.schema import builtin_profile
 
 # Megatron-LM's vocabulary-parallel cross-entropy in fp32, element passes of 4 bytes over the
 # local logits (counted from megatron/core/tensor_parallel/cross_entropy.py, 2023): forward — cast

@@ -45,7 +45,7 @@ def run(name: str, p: dict, out: Path) -> list[dict]:
     folder = out / name
     if not (folder / "DONE.json").exists():
         (out / f"{name}.plan.json").write_text(json.dumps(p))
-        subprocess.run([sys.executable, "-m", "planner.cli", "run", str(out / f"{name}.plan.json"), "--nproc", "1",
+        subprocess.run([sys.executable, "-m", "flmplan.cli", "run", str(out / f"{name}.plan.json"), "--nproc", "1",
                         "--out", str(folder)], cwd=ROOT, check=True, capture_output=True, timeout=7200)
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 

@@ -29,7 +29,7 @@ from runtime.iq.generators import training_text  # noqa: E402
 
 def flmplan(*args: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "planner.cli", *args], cwd=ROOT, check=True, timeout=7200,
+    subprocess.run([sys.executable, "-m", "flmplan.cli", *args], cwd=ROOT, check=True, timeout=7200,
                    stdout=subprocess.DEVNULL)
     return time.perf_counter() - t0
 

@@ -20,8 +20,8 @@ from importlib import resources
 
 from planner.compute import layer_time
 from planner.cost import device_models, model_host_s, tp_comm_per_pass_s
+from planner.profile import Profile, builtin_profile, load_profile
 from planner.specs import Layout, ModelSpec
-from profiles.schema import Profile, builtin_profile, load_profile
 
 
 def predict_layer(profile: Profile, model: ModelSpec, layout: Layout) -> tuple[float, float, float]:

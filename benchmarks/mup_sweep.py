@@ -31,7 +31,7 @@ from runtime.tune import ProxyShape, tune  # noqa: E402
 
 
 def simulate(law: str, out: Path) -> dict:
-    subprocess.run([sys.executable, "-m", "planner.cli", "simulate", "--budget", "100000", "--loss-law", law,
+    subprocess.run([sys.executable, "-m", "flmplan.cli", "simulate", "--budget", "100000", "--loss-law", law,
                     "--out", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=1800)
     return json.loads(out.read_text())
 

@@ -14,12 +14,12 @@ import time
 
 from planner.layouts import PartialLayout
 from planner.loss import GrowthLossModel
+from planner.profile import builtin_profile
 from planner.schedule import Planner, Settings, flm_base, flm_schedule
 from planner.search import search_layout
 from planner.sim.run import FailureModel
 from planner.simulate import plan_budget, simulate_schedule
 from planner.specs import ClusterSpec, get_gpu
-from profiles.schema import builtin_profile
 
 
 def timed(fn, repeat: int = 3) -> tuple[float, object]:

@@ -176,8 +176,8 @@ def validate_errors(run_dir: Path) -> str:
     """`flmplan validate`'s step-time error for the run: with the built-in profile of the GPU and,
     on an H200, with the measured full-sweep profile shipped in profiles/data/measured/."""
     from planner.errors import FlmplanError
+    from planner.profile import load_profile
     from planner.validate import validate_run
-    from profiles.schema import load_profile
 
     texts = []
     measured = ROOT / "profiles/data/measured/h200-full-2026-11-28.json"

@@ -23,14 +23,14 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from runtime_layouts import LAYOUTS, run  # noqa: E402
 
-from planner.cli import VALIDATE_TOLERANCE  # noqa: E402  (issue 11's target for a CPU run)
+from flmplan.cli import VALIDATE_TOLERANCE  # noqa: E402  (issue 11's target for a CPU run)
+from planner.profile import load_profile  # noqa: E402
 from planner.validate import ValidateError, refit_profile, rms, rms_error, validate_run  # noqa: E402
-from profiles.schema import load_profile  # noqa: E402
 from runtime.parallel import usable_cores  # noqa: E402
 
 
 def flmplan(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "planner.cli", *args], cwd=ROOT, check=True, capture_output=True,
+    subprocess.run([sys.executable, "-m", "flmplan.cli", *args], cwd=ROOT, check=True, capture_output=True,
                    timeout=1800)
 
 

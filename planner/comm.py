@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from profiles.schema import Profile, bus_factor
+from planner.profile import Profile, bus_factor
 
 Op = Literal["all_reduce", "all_gather", "reduce_scatter", "send_recv"]
 

@@ -23,8 +23,8 @@ from planner.compute import layer_time, logits_time
 from planner.device import DeviceModel, core_sharing
 from planner.flops import step_flops
 from planner.memory import GRAD_BYTES, MemoryEstimate, memory_per_gpu, stage_params
+from planner.profile import Profile
 from planner.specs import ClusterSpec, Layout, ModelSpec, Software, get_gpu
-from profiles.schema import Profile
 
 # Adam step per parameter: read fp32 grad, master, m, v (16 B), write master, m, v (12 B)
 # and the bf16 weight (2 B).

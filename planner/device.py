@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-from profiles.schema import BYTES_PER_ELEMENT, Profile
+from planner.profile import BYTES_PER_ELEMENT, Profile
 
 # Bandwidth of the correction kernel, in octaves of each GEMM dimension.
 _KERNEL_OCTAVES = 0.75

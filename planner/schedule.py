@@ -24,9 +24,9 @@ from planner.errors import FlmplanError, Infeasible, InvalidLayout
 from planner.growth import final_shapes, growth_between, growth_chains, shape, smallest_shape
 from planner.layouts import PartialLayout
 from planner.loss import GrowthLossModel
+from planner.profile import Profile
 from planner.search import search_layout
 from planner.specs import ClusterSpec, GpuSpec, Layout, ModelSpec, Software
-from profiles.schema import Profile
 
 SECONDS_PER_DAY = 86400.0
 # search: the first stage's tokens are the loss model's choice; gstack: Du et al. 2024's guideline fixes them.

@@ -14,8 +14,8 @@ from planner.cost import StepEstimate, compute_lower_bound_s, estimate_step
 from planner.errors import Infeasible, InvalidLayout
 from planner.layouts import PartialLayout, candidate_layouts, check_fixed_fields
 from planner.memory import memory_per_gpu
+from planner.profile import Profile, builtin_profile
 from planner.specs import ClusterSpec, Layout, ModelSpec, Software, validate_layout
-from profiles.schema import Profile, builtin_profile
 
 
 @dataclass

@@ -22,11 +22,11 @@ from planner.plan import (
     PlanStage,
     PlanTotals,
 )
+from planner.profile import Profile
 from planner.schedule import Planner, Schedule, Settings, StageRun, flm_base, flm_schedule, flm_software
 from planner.sim.pipeline import simulate_estimate
 from planner.sim.run import FailureModel, RunSummary, StageWork, monte_carlo
 from planner.specs import ClusterSpec
-from profiles.schema import Profile
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 from planner.device import core_sharing
 from planner.errors import FlmplanError
 from planner.plan import Plan, load_plan
-from profiles.schema import Profile, builtin_profile
+from planner.profile import Profile, builtin_profile
 
 TIMING_WARMUP_STEPS = 2
 
@@ -278,7 +278,7 @@ def refit_profile(base: Profile, fit_dirs: list[Path], holdout_dirs: list[Path])
     import numpy as np
     from scipy.optimize import least_squares
 
-    from profiles.schema import CALIBRATED_KINDS
+    from planner.profile import CALIBRATED_KINDS
 
     fit_runs = [load_run(f) for f in fit_dirs]
     holdout_runs = [load_run(f) for f in holdout_dirs]

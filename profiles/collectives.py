@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from profiles.schema import bus_factor
+from planner.profile import bus_factor
 from profiles.timing import median_and_spread, time_interleaved, time_lockstep
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from planner.profile import Profile, save_profile
 from planner.specs import GpuSpec, gpu_catalog
-from profiles.schema import Profile, save_profile
 
 DATE = "2026-11-28"
 

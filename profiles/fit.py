@@ -10,7 +10,7 @@ import math
 import statistics
 
 from planner.device import FLASH_BWD_FLOPS, flash_work, gemm_roofline_s
-from profiles.schema import ProfileError
+from planner.profile import ProfileError
 
 
 def fit_gemm(points: list[dict], peak_flops: float, hbm_bytes_s: float, elem: int) -> dict:

@@ -16,12 +16,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from planner.profile import Profile, ProfileError
 from planner.specs import gpu_for_device
 from profiles import fit
 from profiles.collectives import measure_collectives
 from profiles.kernels import layer_gemm_shapes, measure_attention, measure_gemm, memory_bound_ops
 from profiles.layer import issue_probe, measure_layer
-from profiles.schema import Profile, ProfileError
 from profiles.timing import DTYPES, SETTLED, TARGET_SPREAD, measure
 
 

@@ -635,8 +635,8 @@ def predicted_for(run: Run, stage: PlanStage, layout: Layout) -> dict:
                 "predicted_mfu": p.mfu, "predicted_memory_gib_per_gpu": p.memory_gib_per_gpu,
                 "predicted_source": "the plan"}
     from planner.cost import estimate_step
+    from planner.profile import builtin_profile
     from planner.specs import ClusterSpec, get_gpu
-    from profiles.schema import builtin_profile
 
     gpu = get_gpu(run.gpu_key)
     est = estimate_step(spec, ClusterSpec.on(gpu, world), layout, builtin_profile(run.gpu_key))

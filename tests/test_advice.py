@@ -4,9 +4,9 @@ import pytest
 
 from planner.advice import advise
 from planner.loss import GrowthLossModel, load_law
+from planner.profile import builtin_profile
 from planner.schedule import Planner, Schedule, Settings, StageRun
 from planner.specs import Layout, ModelSpec, get_gpu
-from profiles.schema import builtin_profile
 
 SMALL = ModelSpec(layers=24, hidden=4096, heads=32, ffn=16384, vocab=100352, seq=2048)      # ≈5.3B
 MID = ModelSpec(layers=48, hidden=4096, heads=32, ffn=16384, vocab=100352, seq=2048)        # ≈10B

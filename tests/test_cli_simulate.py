@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from planner.cli import app
+from flmplan.cli import app
 from planner.export import checkpoint_every_steps
 from planner.plan import load_plan, plan_from_dict, stage_warmup_steps
 
@@ -615,3 +615,21 @@ def test_learned_positions_export_to_megatron_and_are_refused_where_not_trained(
     r = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
     assert_one_sentence(r, "uses learned positions (model.position), which the runtime does not train")
     assert not (tmp_path / "run").exists()
+
+
+def test_simulate_settings_from_a_file_with_flags_overriding_and_recorded_in_the_plan(tmp_path):
+    """`--config settings.toml` gives simulate's settings (torchtitan's job-config style); a flag overrides
+    the file; the plan records every setting; a key simulate does not have is refused, naming it."""
+    config = tmp_path / "settings.toml"
+    config.write_text('budget = 300000\nmax_gpus = 96\ntrials = 20\ngrowth_timing = "gstack"\n')
+    out = tmp_path / "plan.json"
+    r = runner.invoke(app, ["simulate", "--config", str(config), "--budget", "200000", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    plan = load_plan(out)
+    settings = plan.assumptions["settings"]
+    assert settings["budget"] == 200000 and settings["max_gpus"] == 96 and settings["trials"] == 20
+    assert settings["growth_timing"] == "gstack" == plan.assumptions["growth_timing"]
+    assert plan.cluster.gpus <= 96 and settings["config"] == str(config)
+    config.write_text("budget = 300000\nmax_gpu = 96\n")
+    r = runner.invoke(app, ["simulate", "--config", str(config)])
+    assert_one_sentence(r, "sets max_gpu, which `simulate` does not have")

@@ -8,9 +8,9 @@ import pytest
 from planner.cost import estimate_step, probe_residuals
 from planner.layouts import PartialLayout
 from planner.memory import stage_params
+from planner.profile import builtin_profile
 from planner.search import search_layout
 from planner.specs import ClusterSpec, Layout, ModelSpec, Software, get_gpu
-from profiles.schema import builtin_profile
 
 
 @pytest.fixture

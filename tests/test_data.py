@@ -17,7 +17,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from planner.cli import app
+from flmplan.cli import app
 from planner.plan import load_plan
 from runtime.corpus import IndexedTokens, codec_for, paths
 from runtime.data import Sampler, load_corpus, permute
@@ -149,7 +149,7 @@ def test_an_interrupted_preparation_resumes_to_the_same_files(corpora, tmp_path)
     the same command then continues there and writes what an uninterrupted run writes, byte for byte."""
     tok = str(corpora["bi"]) + ".tokenizer.json"
     source = str(corpora["folder"] / "en.jsonl")
-    cmd = [sys.executable, "-m", "planner.cli", "data", "prepare", source, "--field", "body", "--tokenizer", tok,
+    cmd = [sys.executable, "-m", "flmplan.cli", "data", "prepare", source, "--field", "body", "--tokenizer", tok,
            "--batch-docs", "2", "--out"]
     env = {**os.environ, "FLMPLAN_PREPARE_KILL_AT": "64"}
     r = subprocess.run([*cmd, str(tmp_path / "cut")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -260,7 +260,7 @@ def test_a_tiny_plan_trains_on_a_bilingual_int32_mixture(corpora, tmp_path):
     tokenizer's vocabulary, the loss starts at chance for it and falls, the realised mixture is logged,
     the loader's time is under 1 % of a step, and `flmplan eval`'s model reads text with the run's tokenizer."""
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "planner.cli", "run", "runtime/data/tiny_one_stage.json", "--scale",
+    r = subprocess.run([sys.executable, "-m", "flmplan.cli", "run", "runtime/data/tiny_one_stage.json", "--scale",
                         "tiny", "--nproc", "1", "--steps", "12", "--log-every", "1", "--out", str(out),
                         "--data", f"0.7:{corpora['en']}", "--data", f"0.3:{corpora['zh']}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)

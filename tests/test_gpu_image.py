@@ -12,7 +12,7 @@ BLOCK = """
 import sys
 for name in ("simpy", "plotly", "scipy"):
     sys.modules[name] = None          # importing any of them now raises ImportError
-from planner.cli import app
+from flmplan.cli import app
 sys.argv = ["flmplan", "profile", "--help"]
 app()
 """

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from planner.cli import app
+from flmplan.cli import app
 
 runner = CliRunner()
 # Function-preserving up to RMSNorm's ε (added to the mean square before and after the growth alike, where

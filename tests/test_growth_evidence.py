@@ -50,7 +50,7 @@ def test_the_plan_records_the_token_efficiency_and_the_choice_follows_it(tmp_pat
 
     from typer.testing import CliRunner
 
-    from planner.cli import app
+    from flmplan.cli import app
 
     eta = evidence_table()["eta"]
     plans = {}
@@ -83,7 +83,7 @@ def test_the_plan_names_its_evidence_and_its_interval_narrows_with_more_of_it(tm
 
     from typer.testing import CliRunner
 
-    from planner.cli import app
+    from flmplan.cli import app
 
     widths, evidence = {}, {}
     for name, value in (("assumed", "1"), ("few", str(_pairs_file(tmp_path / "few.json", 1.3, 0.12, 4))),
@@ -113,7 +113,7 @@ def test_grow_versus_scratch_measures_pairs_and_predicts_the_one_held_out(tmp_pa
 
     from typer.testing import CliRunner
 
-    from planner.cli import app
+    from flmplan.cli import app
 
     out = tmp_path / "pairs"
     r = CliRunner().invoke(app, ["grow-vs-scratch", "--hidden", "64", "--layers", "2", "--steps", "30", "--points",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from planner.cli import app
+from flmplan.cli import app
 
 transformers = pytest.importorskip("transformers")
 

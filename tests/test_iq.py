@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from planner.cli import app
+from flmplan.cli import app
 from runtime.iq.generators import TASKS, generate, propositions, training_text
 
 lm_eval = pytest.importorskip("lm_eval")

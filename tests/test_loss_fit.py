@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from planner.cli import app
+from flmplan.cli import app
 from planner.loss_fit import fit_chinchilla, fit_mu_scaling
 
 TRUE = dict(E=1.2, A=40.0, B=60.0, alpha=0.35, beta=0.3)

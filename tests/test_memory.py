@@ -6,9 +6,9 @@ from planner.case import published_cases
 from planner.errors import Infeasible
 from planner.layouts import PartialLayout
 from planner.memory import activation_bytes_per_layer, memory_per_gpu, micro_batches_in_flight
+from planner.profile import builtin_profile
 from planner.search import search_layout
 from planner.specs import ClusterSpec, Layout, get_gpu
-from profiles.schema import builtin_profile
 
 
 def _layout(**kw) -> Layout:

@@ -115,7 +115,7 @@ def test_exports_refuse_mup_unless_nearest(tmp_path):
 
     from typer.testing import CliRunner
 
-    from planner.cli import app
+    from flmplan.cli import app
 
     plan = json.loads((Path(__file__).parents[1] / "runtime/data/tiny_one_stage.json").read_text())
     plan["stages"][0]["model"]["position"] = "rotary"

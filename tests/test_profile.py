@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from planner.cli import app
+from flmplan.cli import app
 from planner.device import DeviceModel
+from planner.profile import ProfileError, builtin_profile, builtin_profile_names, load_profile, save_profile
 from profiles.run import Sweep, run_profile
-from profiles.schema import ProfileError, builtin_profile, builtin_profile_names, load_profile, save_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Sweep(hiddens=[64, 128], tokens=[64], tps=[1, 2],

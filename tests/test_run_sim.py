@@ -3,6 +3,7 @@
 import pytest
 
 from planner.case import published_cases
+from planner.profile import builtin_profile
 from planner.search import estimate_case
 from planner.sim.pipeline import schedule_order, simulate_estimate
 from planner.sim.run import (
@@ -14,7 +15,6 @@ from planner.sim.run import (
     monte_carlo,
     young_interval,
 )
-from profiles.schema import builtin_profile
 
 
 def test_simulated_step_equals_the_analytic_step_for_every_pipeline_case():

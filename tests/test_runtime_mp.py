@@ -280,7 +280,7 @@ def test_flmplan_run_scales_the_flm_plan_to_this_machine(tmp_path):
     """The launcher: FLM-101B's three stages, tiny, under torchrun --standalone; with --log-every 1
     every step is its own timing window."""
     out = tmp_path / "flm"
-    r = subprocess.run([sys.executable, "-m", "planner.cli", "run", "runtime/data/flm101b_plan.json", "--scale",
+    r = subprocess.run([sys.executable, "-m", "flmplan.cli", "run", "runtime/data/flm101b_plan.json", "--scale",
                         "tiny", "--nproc", "2", "--steps", "3", "--out", str(out), "--log-every", "1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -321,7 +321,7 @@ def test_sigterm_saves_the_step_in_flight_and_resumes_bit_identically(tmp_path):
     path.write_text(json.dumps(plan))
 
     def flmplan_run(out: Path) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "planner.cli", "run", str(path), "--nproc", "2", "--out",
+        return subprocess.Popen([sys.executable, "-m", "flmplan.cli", "run", str(path), "--nproc", "2", "--out",
                                  str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     reference = tmp_path / "reference"

@@ -126,7 +126,7 @@ def test_run_refuses_a_plan_field_it_cannot_honour(tmp_path, model, layout, word
     """Refused in one sentence naming the field, before any process starts."""
     from typer.testing import CliRunner
 
-    from planner.cli import app
+    from flmplan.cli import app
 
     plan = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
     plan["stages"][0]["model"].update(model)

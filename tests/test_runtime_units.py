@@ -58,7 +58,7 @@ def test_learning_rate_rewarms():
 def test_run_refuses_a_plan_that_needs_other_hardware():
     from typer.testing import CliRunner
 
-    from planner.cli import app
+    from flmplan.cli import app
 
     runner = CliRunner()
     plan = str(Path(__file__).resolve().parents[1] / "runtime/data/flm101b_plan.json")
@@ -112,7 +112,7 @@ def test_tiny_scale_never_drops_a_sequence_and_is_a_valid_plan_on_any_process_co
 def _run_cli(args: list[str]):
     from typer.testing import CliRunner
 
-    from planner.cli import app
+    from flmplan.cli import app
 
     return CliRunner().invoke(app, ["run", *args])
 
@@ -179,7 +179,7 @@ def test_a_finished_run_is_recognised_and_not_started_again(tmp_path):
     """`flmplan run` on a folder whose DONE.json names this plan says so and starts nothing."""
     from typer.testing import CliRunner
 
-    from planner.cli import app
+    from flmplan.cli import app
     from planner.plan import load_plan, plan_fingerprint
 
     plan_path = Path(__file__).resolve().parents[1] / "runtime/data/tiny_one_stage.json"

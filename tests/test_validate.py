@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from planner.cli import app
+from flmplan.cli import app
 from planner.cost import estimate_step
 from planner.plan import load_plan
+from planner.profile import builtin_profile
 from planner.specs import ClusterSpec, get_gpu
-from profiles.schema import builtin_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = ROOT / "runtime/data/tiny_one_stage.json"
@@ -136,7 +136,7 @@ def test_refit_learns_a_slower_machine_and_improves_held_out_runs(tmp_path):
     out = tmp_path / "refit.json"
     r = runner.invoke(app, ["profile", "--refit", str(fit), "--holdout", str(held), "--out", str(out)])
     assert r.exit_code == 0, r.output
-    from profiles.schema import load_profile
+    from planner.profile import load_profile
 
     prof = load_profile(out)
     cal = prof.calibration
@@ -224,8 +224,8 @@ def test_a_compiled_gpu_run_is_predicted_with_its_element_wise_ops_fused(tmp_pat
     measured, not at its own eager kernel's; the same run eager is costed as eager."""
     from dataclasses import replace
 
+    from planner.profile import save_profile
     from planner.specs import Software
-    from profiles.schema import save_profile
 
     base = builtin_profile("a800-80gb")
     # Per-op eager bandwidths as a measured profile has them: rotary slow, the residual add fastest.

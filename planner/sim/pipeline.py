@@ -20,7 +20,7 @@ import simpy
 from planner.comm import group
 from planner.compute import layer_time, logits_time
 from planner.cost import StepEstimate, device_models
-from profiles.schema import Profile
+from planner.profile import Profile
 
 
 @dataclass(frozen=True)

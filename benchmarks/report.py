@@ -1,0 +1,140 @@
+"""BENCHMARKS.md's generated tables: each cheap benchmark is run with --json and its table written between
+its markers (`<!-- report:NAME -->` … `<!-- /report:NAME -->`) with the command, machine, date and commit
+that made it.
+
+    python benchmarks/report.py [NAME ...]          # rewrite the tables (all by default)
+    python benchmarks/report.py --check [NAME ...]  # exit 1 when a committed table differs from what its
+                                                    # script gives now (the provenance line aside)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "BENCHMARKS.md"
+
+
+def pct(x: float) -> str:
+    return f"{x:+.1%}".replace("%", " %")
+
+
+def render_fidelity(result: dict) -> list[str]:
+    s = result["summary"]
+    lines = ["| rows | mean \\|error\\| | max \\|error\\| |", "|---|---:|---:|"]
+    for label, key in (("fitted rows, in sample", "in_sample"),
+                       ("the same rows, each re-fitted without it", "out_of_sample_fitted_rows"),
+                       ("all rows out of sample (FLM-101B held out of every fit)", "out_of_sample")):
+        lines.append(f"| {s[key]['rows']} {label} | {s[key]['mean_abs']:.1%} | {s[key]['max_abs']:.1%} |")
+    lines += ["", "| source | rows | mean signed error, out of sample |", "|---|---:|---:|"]
+    lines += [f"| {name} | {v['out_of_sample']['rows']} | {pct(v['out_of_sample']['mean_signed'])} |"
+              for name, v in s["by_source"].items()]
+    lines += ["", "| case | metric | published | predicted | in sample | out of sample |",
+              "|---|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        inside = pct(r["error"]) if r["in_fit"] else "held out"
+        lines.append(f"| {r['case']} | {r['metric']} | {r['published']:.4g} | {r['predicted']:.4g} | {inside} | "
+                     f"{pct(r['error_out_of_sample'])} |")
+    values = ", ".join(f"{v['generation']} {v['parameter']} {v['value']:g}" for v in s["values"])
+    return [*lines, "", f"Fitted values (profiles/data/calibration/derived.json): {values}."]
+
+
+def render_growth_cases(result: dict) -> list[str]:
+    lines = [f"η = {result['eta']:.3f}, fitted on {result['fit_on']} (law {result['law']}).", "",
+             "| case | stated | equal-loss, default | equal-loss, best in range | η form | scored |",
+             "|---|---:|---:|---:|---:|---|"]
+    for r in result["rows"]:
+        if not r["modelled"]:
+            lines.append(f"| {r['name']} | {r['stated']:.1%} | — | — | — | not modelled: {r['why_not']} |")
+            continue
+        scored = "fitted" if r["in_fit"] else "out of sample" if r["comparable"] else "not comparable"
+        lines.append(f"| {r['name']} | {r['stated']:.1%} | {r['equal_loss_default']:.1%} | "
+                     f"{r['equal_loss_best']:.1%} | {r['token_efficiency']:.1%} | {scored} |")
+    return lines
+
+
+REPORTS = {
+    "fidelity": (["benchmarks/fidelity.py", "--json"], render_fidelity),
+    "growth-cases": (["benchmarks/growth_cases.py", "--json"], render_growth_cases),
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{os.cpu_count()} × {cpu}, Python {platform.python_version()}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def table(name: str) -> list[str]:
+    command, render = REPORTS[name]
+    out = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return render(json.loads(out))
+
+
+def block(name: str, body: list[str]) -> str:
+    command = " ".join(c for c in REPORTS[name][0] if c != "--json")
+    provenance = f"*`python {command}` · {machine()} · {date.today().isoformat()} · commit {commit()}*"
+    return "\n".join([f"<!-- report:{name} -->", provenance, "", *body, f"<!-- /report:{name} -->"])
+
+
+def pattern(name: str) -> re.Pattern:
+    return re.compile(rf"<!-- report:{re.escape(name)} -->\n(.*?)\n<!-- /report:{re.escape(name)} -->", re.S)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help=f"which tables: {', '.join(REPORTS)} (default: all)")
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    names = args.names or list(REPORTS)
+    unknown = [n for n in names if n not in REPORTS]
+    if unknown:
+        ap.error(f"no table {', '.join(unknown)}; the tables are {', '.join(REPORTS)}")
+    text = DOC.read_text()
+    stale = []
+    for name in names:
+        found = pattern(name).search(text)
+        if found is None:
+            print(f"BENCHMARKS.md has no <!-- report:{name} --> block", file=sys.stderr)
+            return 2
+        body = table(name)
+        committed = found.group(1).split("\n")[2:]          # the provenance line and the blank after it aside
+        if args.check:
+            if committed != body:
+                stale.append(name)
+            continue
+        text = text[:found.start()] + block(name, body) + text[found.end():]
+    if args.check:
+        for name in stale:
+            print(f"BENCHMARKS.md's {name} table differs from what `{' '.join(REPORTS[name][0])}` gives now; "
+                  "run python benchmarks/report.py", file=sys.stderr)
+        return 1 if stale else 0
+    DOC.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

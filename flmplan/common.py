@@ -1,0 +1,261 @@
+"""What every command shares: the one error style, the app, the consoles, the options' choices and the
+checks of what a command will write."""
+
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum, StrEnum
+from pathlib import Path
+
+import typer
+import typer.core
+from rich.console import Console
+
+# typer ≥ 0.26 carries its own copy of click; its exception classes are reached through typer's.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneErrorStyle(typer.core.TyperGroup):
+    """Every refusal the same way, caught once: a bad option (click's parser) or a bad input found
+    later (a FlmplanError) is one line on stderr, `Error: <sentence>`, exit code 2, no traceback."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from planner.errors import FlmplanError
+
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _ClickException as err:
+            if type(err).__name__ == "NoArgsIsHelpError":     # typer has printed the help
+                code = err.exit_code
+            else:
+                ctx = getattr(err, "ctx", None)
+                hint = f" See '{ctx.command_path} --help'." if ctx is not None else ""
+                message = err.format_message().rstrip()
+                _print_error(message + ("" if message.endswith(".") else ".") + hint)
+                code = err.exit_code
+        except FlmplanError as err:
+            _print_error(str(err))
+            code = 2
+        except typer.Abort:
+            stderr.print("Aborted.")
+            code = 1
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _print_error(sentence: str) -> None:
+    from rich.markup import escape
+
+    stderr.print(f"[bold red]Error:[/] {escape(sentence)}", highlight=False, soft_wrap=True)
+
+
+app = typer.Typer(
+    cls=_OneErrorStyle,
+    add_completion=False,
+    no_args_is_help=True,
+    help="flmplan: plan, simulate and run LLM pretraining by growth (the FLM-101B recipe) on a budget.",
+)
+
+
+stdout = Console()
+
+
+stderr = Console(stderr=True)
+
+
+# The choices of the options, declared once so that click checks them at parse time and --help
+# lists them.
+Device = StrEnum("Device", ["cuda", "cpu"])
+
+
+Dtype = StrEnum("Dtype", ["bf16", "fp16", "fp32"])
+
+
+Schedule = StrEnum("Schedule", ["auto", "flm"])
+
+
+Attention = StrEnum("Attention", ["flash", "unfused"])
+
+
+IntervalRule = StrEnum("IntervalRule", ["daly", "young"])
+
+
+ExportTarget = StrEnum("ExportTarget", ["megatron", "torchtitan", "slurm", "hf"])
+
+
+Scale = StrEnum("Scale", ["tiny", "full"])
+
+
+Parametrization = StrEnum("Parametrization", ["both", "mup", "sp"])
+
+
+def value_of(choice: Enum | None) -> str | None:
+    return None if choice is None else choice.value
+
+
+@app.callback()
+def _root() -> None:
+    """flmplan: plan, simulate and run LLM pretraining by growth on a budget."""
+
+
+def load_profile_for(gpu_key: str, path: Path | None, dtype: str = "bf16"):
+    """The profile the user gave (checked against the plan's dtype), else the built-in one."""
+    from planner.profile import ProfileError, builtin_profile, load_profile
+
+    if path is None:
+        return builtin_profile(gpu_key)
+    from planner.specs import gpu_for_device
+
+    profile = load_profile(path)
+    if profile.dtype != dtype:
+        raise ProfileError(
+            f"Profile {path} was measured in {profile.dtype} but the plan trains in {dtype}; "
+            f"measure again with `flmplan profile --dtype {dtype}`."
+        )
+    measured_on = gpu_for_device(profile.device["name"]) if profile.device.get("kind") == "cuda" else None
+    if measured_on is not None and measured_on.key != gpu_key and profile.name != gpu_key:
+        raise ProfileError(
+            f"Profile {path} describes {profile.device['name']} but the plan is for {gpu_key}; "
+            f"pass --gpu {measured_on.key} or a profile of {gpu_key}."
+        )
+    return profile
+
+
+# The same layer measured twice in one sweep should agree this closely on a quiet device.
+REPEAT_TOLERANCE = 0.03
+
+# The tensor-parallel probe's figures are differences of step times: a looser bound on their spread.
+PROBE_SPREAD_TOLERANCE = 0.25
+
+# A run's step time (and, on a GPU, memory) should be this close to its plan's.
+VALIDATE_TOLERANCE = 0.15
+
+
+def numbers(text: str, kind: type, option: str) -> list:
+    """A comma-separated list of numbers, or one sentence saying which item is not one."""
+    from planner.errors import FlmplanError
+
+    values = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        try:
+            values.append(kind(item))
+        except ValueError:
+            raise FlmplanError(f"{option} takes comma-separated numbers; {item!r} is not one.") from None
+    if not values:
+        raise FlmplanError(f"{option} is empty; give comma-separated numbers.")
+    return values
+
+
+def prepared_corpus(items: list[str]):
+    """--data of simulate: prepared corpora only (a plan records files a cluster can read, not text to
+    tokenize), whole and of one tokenizer."""
+    from planner.errors import FlmplanError
+    from runtime.data import load_corpus, parse_specs
+
+    specs = parse_specs(items)
+    if any(s.prefix is None for s in specs):
+        raise FlmplanError("simulate --data takes prepared corpora (PREFIX of PREFIX.bin/.idx); prepare text with "
+                           "`flmplan data prepare`.")
+    return load_corpus(items)
+
+
+def with_data(plan, corpus):
+    """The plan with its corpus: every stage's vocabulary holds the tokenizer, and how often the plan
+    reads each source."""
+    from planner.plan import plan_from_dict
+    from runtime.data import check_corpus
+
+    check_corpus(corpus, plan)
+    seq = plan.stages[0].model.seq
+    sequences = plan.language_sequences()
+    raw = plan.to_json()
+    rec = corpus.record()
+    raw["data"] = {"sources": [{"prefix": s["prefix"], "weight": s["weight"], "tokens": s["tokens"],
+                                "documents": s["documents"]} for s in rec["sources"]],
+                   "tokenizer": rec["tokenizer"], "tokens": sum(s["tokens"] for s in rec["sources"]),
+                   "epochs": max(corpus.epochs(seq, sequences))}
+    return plan_from_dict(raw)
+
+
+def check_teacher_data(path: Path, teacher_every: int) -> None:
+    """A teacher file is only meaningful with a teacher schedule, and must read as propositions."""
+    from planner.errors import FlmplanError
+    from runtime.freelm import IQ_SOURCE, read_teacher_file
+
+    if not teacher_every:
+        raise FlmplanError("--teacher-data needs --teacher-every K (every K-th step a teacher batch).")
+    if str(path) != IQ_SOURCE:
+        read_teacher_file(path)
+
+
+def check_output_file(path: Path, option: str, example: str) -> None:
+    """A file the command will write: not a folder, and in a folder that exists or can be made."""
+    from planner.errors import FlmplanError
+
+    if path.is_dir():
+        raise FlmplanError(f"{option} {path} is a folder; give a file name, like {path / example}.")
+    check_writable(path.parent, path, option)
+
+
+def check_output_folder(path: Path, option: str) -> None:
+    """A folder the command will write into: not a file, and itself or its nearest existing
+    parent writable, so that a bad --out is refused before any work (nothing is created yet)."""
+    from planner.errors import FlmplanError
+
+    if path.exists() and not path.is_dir():
+        raise FlmplanError(f"{option} {path} is a file; give a folder.")
+    check_writable(path, path, option)
+
+
+def check_writable(where: Path, path: Path, option: str) -> None:
+    """`where`, or the nearest folder above it that exists, can be written into."""
+    from planner.errors import FlmplanError
+
+    while not where.exists():
+        where = where.parent
+    if not where.is_dir() or not os.access(where, os.W_OK):
+        raise FlmplanError(f"{option} {path} cannot be written: {where} is not a writable folder.")
+
+
+
+def settings_file(ctx: typer.Context, param, path: Path | None) -> Path | None:
+    """--config: a TOML file whose keys are the command's options (underscores), read before the other
+    options so that they become their defaults and flags on the command line override them (click's
+    default_map; torchtitan's job config and its command-line overrides work the same way)."""
+    if path is None:
+        return None
+    import tomllib
+
+    from planner.errors import FlmplanError
+
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FlmplanError(f"--config {path} does not exist.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, IsADirectoryError) as err:
+        raise FlmplanError(f"--config {path} is not a TOML file ({err}).") from None
+    known = {p.name for p in ctx.command.params if p.name != "config"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise FlmplanError(f"--config {path} sets {', '.join(unknown)}, which `{ctx.info_name}` does not have; its "
+                           f"settings are: {', '.join(sorted(known))}.")
+    ctx.default_map = {**(ctx.default_map or {}), **raw}
+    return path
+
+
+def recorded_settings(params: dict) -> dict:
+    """Every setting a command ran with, as the plan records it (paths and choices as text)."""
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, list | tuple):
+            value = [str(v) for v in value]
+        out[key] = value
+    return out
