@@ -4,11 +4,13 @@ at a time on its three stages (issue 18).
 Each row changes one fact of the cases in planner/data/cases.json and re-runs the same cost model
 (built-in A800 profile); the published figures are 162 / 160 / 165 TFLOP/s per GPU.
 
-    python benchmarks/flm_sizing.py
+    python benchmarks/flm_sizing.py [--json]
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import replace
 
 from planner.case import published_cases
@@ -30,12 +32,10 @@ def flm_cases():
     return [c for c in published_cases() if c.name.startswith("flm101b-stage")]
 
 
-def row(label: str, cases) -> str:
-    cells = []
-    for c in cases:
-        r = compare_to_published(c)
-        cells.append(f"{r['predicted']:6.1f} ({r['error']:+6.1%})")
-    return f"| {label} | " + " | ".join(cells) + " |"
+def row(label: str, cases) -> dict:
+    """One change of facts: the predicted TFLOP/s of each stage and its error against the published one."""
+    results = [compare_to_published(c) for c in cases]
+    return {"facts": label, "predicted": [r["predicted"] for r in results], "error": [r["error"] for r in results]}
 
 
 def with_software(case, **facts):
@@ -69,30 +69,40 @@ def shares(case) -> str:
             f"{extra / stage:+.2%}")
 
 
-def main() -> None:
+def rows() -> list[dict]:
     cases = flm_cases()
-    print("| facts | 16B | 51B | 101B |\n|---|---:|---:|---:|")
-    print(row("stated facts: flash attention, xPos, gradients reduced after the backward "
-              "(FA version and dropout not stated: FA2, none)", cases))
-    print(row("… with unfused attention instead (the earlier assumption)", [with_software(c, attention="unfused")
-                                                                          for c in cases]))
-    print(row("… with FlashAttention v1", [with_software(c, flash_attention=1) for c in cases]))
-    print(row("… with dropout 0.1", [with_software(c, dropout=0.1) for c in cases]))
-    print(row("… with FA v1 and dropout 0.1", [with_software(c, flash_attention=1, dropout=0.1) for c in cases]))
-    print(row("… without xPos (plain rotary)", [with_model(c, position="rotary") for c in cases]))
-    print(row("… with the gradient reduction overlapped", [with_software(c, overlap_grad_reduce=True)
-                                                          for c in cases]))
-    print(row("… micro-batch 1, no interleaving (unpublished fields fixed)",
-              [with_parallel(c, micro_batch=1, interleave=1) for c in cases]))
     a100 = get_gpu("a100-80gb")
-    print(row("… on A100 NVLink (600 GB/s) instead of the A800's 400 GB/s",
-              [c.model_copy(update={"cluster": c.cluster.model_copy(update={"gpu": a100.key})}) for c in cases]))
-    print(row("FA v1, dropout 0.1, micro-batch 1, no interleaving (everything open at its costliest)",
-              [with_parallel(with_software(c, flash_attention=1, dropout=0.1), micro_batch=1, interleave=1)
-               for c in cases]))
+    return [
+        row("stated facts: flash attention, xPos, gradients reduced after the backward "
+            "(FA version and dropout not stated: FA2, none)", cases),
+        row("… with unfused attention instead (the earlier assumption)", [with_software(c, attention="unfused")
+                                                                        for c in cases]),
+        row("… with FlashAttention v1", [with_software(c, flash_attention=1) for c in cases]),
+        row("… with dropout 0.1", [with_software(c, dropout=0.1) for c in cases]),
+        row("… with FA v1 and dropout 0.1", [with_software(c, flash_attention=1, dropout=0.1) for c in cases]),
+        row("… without xPos (plain rotary)", [with_model(c, position="rotary") for c in cases]),
+        row("… with the gradient reduction overlapped", [with_software(c, overlap_grad_reduce=True) for c in cases]),
+        row("… micro-batch 1, no interleaving (unpublished fields fixed)",
+            [with_parallel(c, micro_batch=1, interleave=1) for c in cases]),
+        row("… on A100 NVLink (600 GB/s) instead of the A800's 400 GB/s",
+            [c.model_copy(update={"cluster": c.cluster.model_copy(update={"gpu": a100.key})}) for c in cases]),
+        row("FA v1, dropout 0.1, micro-batch 1, no interleaving (everything open at its costliest)",
+            [with_parallel(with_software(c, flash_attention=1, dropout=0.1), micro_batch=1, interleave=1)
+             for c in cases]),
+    ]
+
+
+def main() -> None:
+    result = {"rows": rows(), "shares": [shares(c) for c in flm_cases()]}
+    if "--json" in sys.argv:
+        print(json.dumps(result, indent=1))
+        return
+    print("| facts | 16B | 51B | 101B |\n|---|---:|---:|---:|")
+    for r in result["rows"]:
+        cells = [f"{p:6.1f} ({e:+6.1%})" for p, e in zip(r["predicted"], r["error"], strict=True)]
+        print(f"| {r['facts']} | " + " | ".join(cells) + " |")
     print()
-    for c in cases:
-        print(shares(c))
+    print("\n".join(result["shares"]))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,14 @@
 - the default `flmplan simulate --budget 100000` search, baselines and 1,000-trial run  [< 10 s]
 - 1,000 Monte Carlo trials of the FLM-101B 192-GPU plan                             [< 10 s]
 
-    python benchmarks/planner_speed.py
+    python benchmarks/planner_speed.py [--json]
 """
 
 from __future__ import annotations
 
+import json
 import platform
+import sys
 import time
 
 from planner.layouts import PartialLayout
@@ -31,8 +33,7 @@ def timed(fn, repeat: int = 3) -> tuple[float, object]:
     return best, out
 
 
-def main() -> None:
-    print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}")
+def measure() -> dict:
     gpu = get_gpu("a800-80gb")
     profile = builtin_profile("a800-80gb")
     cluster = ClusterSpec(gpu=gpu, gpus=192)
@@ -44,19 +45,33 @@ def main() -> None:
         _logits_time.cache_clear()
         return search_layout(flm_base(), cluster, PartialLayout(global_batch=2160), profile)
 
-    s, r = timed(search)
-    print(f"layout search, 101B on 192 × A800, all fields open: {s:.3f} s ({r.considered} layouts, "
-          f"{dict(r.rejected)}); best {r.best.layout.describe()} at {r.best.tflops_per_gpu_hfu:.0f} TFLOP/s")
-
+    search_s, r = timed(search)
     settings = Settings(gpu=gpu, price_per_gpu_hour=1.0, max_gpus=192, target_params=101e9, budget_usd=100_000)
-    s, res = timed(lambda: plan_budget(settings, profile, GrowthLossModel(), trials=1000), repeat=1)
-    print(f"simulate --budget 100000 (search + baselines + 1000 trials): {s:.2f} s, {len(res.searched)} schedules")
-
+    simulate_s, res = timed(lambda: plan_budget(settings, profile, GrowthLossModel(), trials=1000), repeat=1)
     flm = flm_schedule(Planner(settings, profile, GrowthLossModel()))
-    s, mc = timed(lambda: simulate_schedule(flm, FailureModel(), 1000, 0))
+    trials_s, mc = timed(lambda: simulate_schedule(flm, FailureModel(), 1000, 0))
     d = mc.to_dict(keep_costs=False)
-    print(f"1000 Monte Carlo trials of the FLM-101B plan: {s:.3f} s (P50 {d['days_p50']:.2f} d, "
-          f"P90 {d['days_p90']:.2f} d, {d['failures_mean']:.1f} failures per run)")
+    return {"machine": f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
+            "search": {"seconds": search_s, "layouts": r.considered, "rejected": dict(r.rejected),
+                       "best": r.best.layout.describe(), "tflops_hfu": r.best.tflops_per_gpu_hfu},
+            "simulate": {"seconds": simulate_s, "schedules": len(res.searched)},
+            "monte_carlo": {"seconds": trials_s, "days_p50": d["days_p50"], "days_p90": d["days_p90"],
+                            "failures_mean": d["failures_mean"]}}
+
+
+def main() -> None:
+    m = measure()
+    if "--json" in sys.argv:
+        print(json.dumps(m, indent=1))
+        return
+    s, r, mc = m["search"], m["simulate"], m["monte_carlo"]
+    print(f"machine: {m['machine']}")
+    print(f"layout search, 101B on 192 × A800, all fields open: {s['seconds']:.3f} s ({s['layouts']} layouts, "
+          f"{s['rejected']}); best {s['best']} at {s['tflops_hfu']:.0f} TFLOP/s")
+    print(f"simulate --budget 100000 (search + baselines + 1000 trials): {r['seconds']:.2f} s, {r['schedules']} "
+          "schedules")
+    print(f"1000 Monte Carlo trials of the FLM-101B plan: {mc['seconds']:.3f} s (P50 {mc['days_p50']:.2f} d, "
+          f"P90 {mc['days_p90']:.2f} d, {mc['failures_mean']:.1f} failures per run)")
 
 
 if __name__ == "__main__":

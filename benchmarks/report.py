@@ -23,16 +23,20 @@ DOC = ROOT / "BENCHMARKS.md"
 
 
 def pct(x: float) -> str:
-    return f"{x:+.1%}".replace("%", " %")
+    return f"{x:+.1%}".replace("%", " %").replace("-", "−")
+
+
+def share(x: float) -> str:
+    return f"{x:.1%}".replace("%", " %")
 
 
 def render_fidelity(result: dict) -> list[str]:
     s = result["summary"]
     lines = ["| rows | mean \\|error\\| | max \\|error\\| |", "|---|---:|---:|"]
-    for label, key in (("fitted rows, in sample", "in_sample"),
-                       ("the same rows, each re-fitted without it", "out_of_sample_fitted_rows"),
-                       ("all rows out of sample (FLM-101B held out of every fit)", "out_of_sample")):
-        lines.append(f"| {s[key]['rows']} {label} | {s[key]['mean_abs']:.1%} | {s[key]['max_abs']:.1%} |")
+    for label, key in (("in sample: the {} fitted rows", "in_sample"),
+                       ("out of sample: the same {} rows, each re-fitted without it", "out_of_sample_fitted_rows"),
+                       ("out of sample: all {} rows (FLM-101B held out of every fit)", "out_of_sample")):
+        lines.append(f"| {label.format(s[key]['rows'])} | {share(s[key]['mean_abs'])} | {share(s[key]['max_abs'])} |")
     lines += ["", "| source | rows | mean signed error, out of sample |", "|---|---:|---:|"]
     lines += [f"| {name} | {v['out_of_sample']['rows']} | {pct(v['out_of_sample']['mean_signed'])} |"
               for name, v in s["by_source"].items()]
@@ -52,17 +56,39 @@ def render_growth_cases(result: dict) -> list[str]:
              "|---|---:|---:|---:|---:|---|"]
     for r in result["rows"]:
         if not r["modelled"]:
-            lines.append(f"| {r['name']} | {r['stated']:.1%} | — | — | — | not modelled: {r['why_not']} |")
+            lines.append(f"| {r['name']} | {share(r['stated'])} | — | — | — | not modelled: {r['why_not']} |")
             continue
         scored = "fitted" if r["in_fit"] else "out of sample" if r["comparable"] else "not comparable"
-        lines.append(f"| {r['name']} | {r['stated']:.1%} | {r['equal_loss_default']:.1%} | "
-                     f"{r['equal_loss_best']:.1%} | {r['token_efficiency']:.1%} | {scored} |")
+        lines.append(f"| {r['name']} | {share(r['stated'])} | {share(r['equal_loss_default'])} | "
+                     f"{share(r['equal_loss_best'])} | {share(r['token_efficiency'])} | {scored} |")
     return lines
 
 
+def render_flm_sizing(result: dict) -> list[str]:
+    lines = ["| facts | 16B | 51B | 101B |", "|---|---:|---:|---:|"]
+    for r in result["rows"]:
+        cells = [f"{p:.1f} ({pct(e)})" for p, e in zip(r["predicted"], r["error"], strict=True)]
+        lines.append(f"| {r['facts']} | " + " | ".join(cells) + " |")
+    return [*lines, "", *[f"- {s}" for s in result["shares"]]]
+
+
+def render_planner_speed(result: dict) -> list[str]:
+    s, r, mc = result["search"], result["simulate"], result["monte_carlo"]
+    return ["| what | seconds | target | result |", "|---|---:|---:|---|",
+            f"| layout search, 101B on 192 × A800, every field open | {s['seconds']:.3f} | < 2 | {s['layouts']:,} "
+            f"layouts; best {s['best']} at {s['tflops_hfu']:.0f} TFLOP/s |",
+            f"| `flmplan simulate --budget 100000` (search, baselines, 1,000 trials) | {r['seconds']:.2f} | < 10 | "
+            f"{r['schedules']} schedules |",
+            f"| 1,000 Monte Carlo trials of FLM-101B's schedule | {mc['seconds']:.3f} | < 10 | P50 "
+            f"{mc['days_p50']:.2f} d, P90 {mc['days_p90']:.2f} d, {mc['failures_mean']:.1f} failures a run |"]
+
+
+# name → (command, renderer, compared by --check: timings are this machine's and are not)
 REPORTS = {
-    "fidelity": (["benchmarks/fidelity.py", "--json"], render_fidelity),
-    "growth-cases": (["benchmarks/growth_cases.py", "--json"], render_growth_cases),
+    "fidelity": (["benchmarks/fidelity.py", "--json"], render_fidelity, True),
+    "flm-sizing": (["benchmarks/flm_sizing.py", "--json"], render_flm_sizing, True),
+    "growth-cases": (["benchmarks/growth_cases.py", "--json"], render_growth_cases, True),
+    "planner-speed": (["benchmarks/planner_speed.py", "--json"], render_planner_speed, False),
 }
 
 
@@ -89,7 +115,7 @@ def commit() -> str:
 
 
 def table(name: str) -> list[str]:
-    command, render = REPORTS[name]
+    command, render, _ = REPORTS[name]
     out = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return render(json.loads(out))
 
@@ -101,27 +127,28 @@ def block(name: str, body: list[str]) -> str:
 
 
 def pattern(name: str) -> re.Pattern:
-    return re.compile(rf"<!-- report:{re.escape(name)} -->\n(.*?)\n<!-- /report:{re.escape(name)} -->", re.S)
+    return re.compile(rf"<!-- report:{re.escape(name)} -->\n(.*?)<!-- /report:{re.escape(name)} -->", re.S)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", help=f"which tables: {', '.join(REPORTS)} (default: all)")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--doc", type=Path, default=DOC, help="the document (default BENCHMARKS.md)")
     args = ap.parse_args()
-    names = args.names or list(REPORTS)
+    names = args.names or [n for n in REPORTS if REPORTS[n][2] or not args.check]
     unknown = [n for n in names if n not in REPORTS]
     if unknown:
         ap.error(f"no table {', '.join(unknown)}; the tables are {', '.join(REPORTS)}")
-    text = DOC.read_text()
+    text = args.doc.read_text()
     stale = []
     for name in names:
         found = pattern(name).search(text)
         if found is None:
-            print(f"BENCHMARKS.md has no <!-- report:{name} --> block", file=sys.stderr)
+            print(f"{args.doc.name} has no <!-- report:{name} --> block", file=sys.stderr)
             return 2
         body = table(name)
-        committed = found.group(1).split("\n")[2:]          # the provenance line and the blank after it aside
+        committed = found.group(1).rstrip("\n").split("\n")[2:]   # the provenance line and the blank after it aside
         if args.check:
             if committed != body:
                 stale.append(name)
@@ -129,10 +156,10 @@ def main() -> int:
         text = text[:found.start()] + block(name, body) + text[found.end():]
     if args.check:
         for name in stale:
-            print(f"BENCHMARKS.md's {name} table differs from what `{' '.join(REPORTS[name][0])}` gives now; "
+            print(f"{args.doc.name}'s {name} table differs from what `{' '.join(REPORTS[name][0])}` gives now; "
                   "run python benchmarks/report.py", file=sys.stderr)
         return 1 if stale else 0
-    DOC.write_text(text)
+    args.doc.write_text(text)
     return 0
 
 

@@ -69,7 +69,7 @@ def runs(folder: Path, steps: int, repeats: int) -> list[tuple[str, list[Path]]]
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=Path, default=None)
-    # 24 steps: 11 timing windows of 2 steps after the warm-up, where 14 gave 6 (BENCHMARKS.md §21)
+    # 24 steps: 11 timing windows of 2 steps after the warm-up, where 14 gave 6 (BENCHMARKS.md#cpu-runs-24-steps)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=2, help="runs of each layout, round after round")
     args = ap.parse_args()

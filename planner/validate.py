@@ -194,7 +194,7 @@ def check_run(run: RunRecord, plan: Plan, profile: Profile) -> list[StageCheck]:
         if not steady:
             continue
         # A GPU run's blocks under torch.compile fuse their element-wise ops; on a CPU inductor's
-        # kernels were no faster than eager (BENCHMARKS.md §31), and the run is costed as eager.
+        # kernels were no faster than eager (BENCHMARKS.md#gpu-image-host-time), and the run is costed as eager.
         compiled = run.start.get("device_kind") == "cuda" and bool(steady[-1].get("compile"))
         est = estimate_step(model, ClusterSpec.on(get_gpu(plan.cluster.gpu), layout.gpus), layout, profile,
                             software=Software(compiled=compiled))

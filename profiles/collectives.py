@@ -150,7 +150,7 @@ def _measure_size(rank: int, nproc: int, nbytes: int, device: torch.device, reps
 # tensor parallelism (DTensor's sharding propagation and redistribution on the host, the
 # vocabulary-parallel ends, their small collectives) is then most of its time. The planner charges
 # it alike at any width; on a CPU it grows with the tensors (2.3× at 8× the activations,
-# BENCHMARKS.md §23), which a second, wider probe measured too noisily to charge.
+# BENCHMARKS.md#probe-kernels-cores), which a second, wider probe measured too noisily to charge.
 TP_PROBE = {"hidden": 128, "heads": 8, "seq": 64, "micro_batch": 2, "vocab": 256}
 
 

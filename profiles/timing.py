@@ -85,7 +85,7 @@ def measure(fn: Callable[[], object], device: torch.device, min_reps: int = 5, m
 def time_lockstep(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
     """Mean of a fixed number of calls, for collectives: every rank must make the same calls. A
     step pays each call's expected time, its tail included; on a shared CPU host gloo's calls are
-    heavy-tailed (a 64 KB all-reduce: median 0.34 ms, mean 1.4–1.9 ms; BENCHMARKS.md §23)."""
+    heavy-tailed (a 64 KB all-reduce: median 0.34 ms, mean 1.4–1.9 ms; BENCHMARKS.md#probe-kernels-cores)."""
     for _ in range(warmup):
         fn()
     return statistics.mean(_once(fn, device)[0] for _ in range(reps))

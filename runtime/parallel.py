@@ -80,7 +80,7 @@ def pin_to_own_cores(local_rank: int, local_ranks: int) -> list[int] | None:
     use; the threads gloo started at init_process_group (call this after it) stay free to run
     wherever a core is idle. Left free, the ranks' computing threads migrate onto each other's cores:
     a tensor-parallel micro-batch of two 1-thread ranks took 132–144 ms free and 107–116 ms pinned,
-    and no faster with gloo's threads pinned too (BENCHMARKS.md §27). The cores pinned, or None (one
+    and no faster with gloo's threads pinned too (BENCHMARKS.md#cpu-pinning). The cores pinned, or None (one
     rank, or a platform without CPU affinity)."""
     if local_ranks <= 1 or not hasattr(os, "sched_setaffinity"):
         return None
@@ -154,7 +154,7 @@ def sdpa_backends(device: torch.device, layout: Layout, precision: Precision) ->
 def make_optimizer(chunk: nn.Module, lr: float) -> torch.optim.Optimizer:
     """AdamW (β = 0.9, 0.95; weight decay on matrices only, not on LayerNorms, biases or the
     embedding, as GPT-3 and Megatron do); the fused kernel, on CPUs too (a third of foreach's time on
-    this project's CPU, DTensors or not: BENCHMARKS.md §17). One parameter
+    this project's CPU, DTensors or not: BENCHMARKS.md#cpu-step-cost). One parameter
     group per learning-rate factor and decay (µP's, runtime/mup.py: each group's `lr_mult` scales
     the stage's rate) and per kind of tensor (plain, DTensors of each mesh): the multi-tensor
     kernels take one kind per call. Groups follow the shards: a chunk names its parameters as the

@@ -25,7 +25,7 @@ def test_estimate_json_has_the_design_keys():
 def test_estimate_of_a_published_run():
     """Megatron-LM's 18.4B run reached 135 TFLOP/s per GPU (Narayanan et al. 2021, Table 1); the
     cost model's worst error over the 25 published runs of Megatron-LM and llm-foundry is under
-    9 % (BENCHMARKS.md §1)."""
+    9 % (BENCHMARKS.md#fidelity-first)."""
     r = runner.invoke(app, ["estimate", str(ROOT / "examples/megatron-18B.json"), "--json"])
     assert r.exit_code == 0, r.output
     assert abs(json.loads(r.stdout)["tflops_per_gpu_hfu"] / 135 - 1) < 0.09

@@ -231,7 +231,7 @@ def test_measured_h200_profiles_are_shipped_with_their_source():
 
 def test_cost_model_predicts_the_measured_h200_layers():
     """The cost model, fed only each H200 profile's kernel tables, against the whole layers the same
-    profile measured (BENCHMARKS.md §9). The h2048 layer is left out: the quick and the full
+    profile measured (BENCHMARKS.md#h200-profiles). The h2048 layer is left out: the quick and the full
     sweep measured it 3.49 and 4.74 ms on the same GPU, 36 % apart, so no prediction can be within
     10 % of both; every other layer is held to 10 %."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
