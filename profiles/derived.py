@@ -200,14 +200,15 @@ def fit(leave_out: tuple[str, ...] = (), start: dict | None = None) -> dict:
     start = start or START
     result = least_squares(residuals, [start[k] for k in keys], bounds=([FITTED[k][0] for k in keys],
                                                                          [FITTED[k][1] for k in keys]),
-                           method="trf", diff_step=1e-3, xtol=1e-8, ftol=1e-10)
+                           method="trf", diff_step=1e-3, xtol=1e-5, ftol=1e-6)
     values = {k: round(float(v), DIGITS) for k, v in zip(keys, result.x, strict=True)}
     errors = row_errors(rows, values)
     return {
         "note": "Written by `python -m profiles.derived --fit`; the derived profiles' fitted values and their "
                 "provenance. Errors are the cost model's relative errors on each row with these values.",
         "optimiser": "scipy.optimize.least_squares (trf, bounded), relative errors of the published figure, "
-                     f"finite differences (step 1e-3), values rounded to {DIGITS} decimals",
+                     f"finite differences (step 1e-3), xtol 1e-5 and ftol 1e-6 (finer than the values' {DIGITS} "
+                     "decimals), values rounded to those decimals",
         "rows": list(rows),
         "values": [{"generation": g, "parameter": p, "value": values[(g, p)], "start": start[(g, p)],
                     "bounds": list(FITTED[(g, p)]),

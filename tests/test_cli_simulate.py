@@ -621,15 +621,17 @@ def test_simulate_settings_from_a_file_with_flags_overriding_and_recorded_in_the
     """`--config settings.toml` gives simulate's settings (torchtitan's job-config style); a flag overrides
     the file; the plan records every setting; a key simulate does not have is refused, naming it."""
     config = tmp_path / "settings.toml"
-    config.write_text('budget = 300000\nmax_gpus = 96\ntrials = 20\ngrowth_timing = "gstack"\n')
+    # A small plan (7B on at most 16 GPUs) keeps the search short; the settings are what is tested.
+    config.write_text('budget = 30000\nmax_gpus = 16\ntarget_size = "7B"\ntrials = 20\ngrowth_timing = "gstack"\n')
     out = tmp_path / "plan.json"
-    r = runner.invoke(app, ["simulate", "--config", str(config), "--budget", "200000", "--out", str(out)])
+    r = runner.invoke(app, ["simulate", "--config", str(config), "--budget", "20000", "--out", str(out)])
     assert r.exit_code == 0, r.output
     plan = load_plan(out)
     settings = plan.assumptions["settings"]
-    assert settings["budget"] == 200000 and settings["max_gpus"] == 96 and settings["trials"] == 20
+    assert settings["budget"] == 20000 and settings["max_gpus"] == 16 and settings["trials"] == 20
+    assert settings["target_size"] == "7B"
     assert settings["growth_timing"] == "gstack" == plan.assumptions["growth_timing"]
-    assert plan.cluster.gpus <= 96 and settings["config"] == str(config)
+    assert plan.cluster.gpus <= 16 and settings["config"] == str(config)
     config.write_text("budget = 300000\nmax_gpu = 96\n")
     r = runner.invoke(app, ["simulate", "--config", str(config)])
     assert_one_sentence(r, "sets max_gpu, which `simulate` does not have")
