@@ -251,7 +251,11 @@ def load_whole(path: Path, parametrization: dict | None = None):
     model = Decoder(cfg)
     params = dict(model.named_parameters())
     regions = {n: (f"model.{n}", (0,) * p.dim(), tuple(p.shape)) for n, p in params.items()}
-    read = load_regions(path, regions, {n: p.dtype for n, p in params.items()}, torch.device("cpu"))
+    import warnings
+
+    with warnings.catch_warnings():      # DCP's note that it reads in one process, which is the intent here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        read = load_regions(path, regions, {n: p.dtype for n, p in params.items()}, torch.device("cpu"))
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(read[n])

@@ -196,7 +196,6 @@ def fixed_batch(codec, seq: int) -> torch.Tensor:
 def export_hf(target: Path, out: Path, nearest: bool = False, log=print) -> dict:
     """Write the run's model as a Hugging Face model folder; returns what `flmplan-hf.json` records."""
     import dataclasses
-    import warnings
 
     from runtime.checkpoint import load_whole
     from runtime.data import run_codec
@@ -210,9 +209,7 @@ def export_hf(target: Path, out: Path, nearest: bool = False, log=print) -> dict
     except ImportError:
         raise FlmplanError("The Hugging Face export writes the tokenizer with Hugging Face tokenizers: "
                            "pip install -e '.[hf]'.") from None
-    with warnings.catch_warnings():     # DCP's note that it reads in one process, which is the intent
-        warnings.simplefilter("ignore", UserWarning)
-        model = load_whole(path, par)
+    model = load_whole(path, par)
     record = {"architecture": ARCHITECTURE, "checkpoint": str(path), "stage": manifest["stage"],
               "step": manifest["step"], "stage_done": manifest.get("stage_done", False),
               "tokens": manifest.get("tokens"), "dtype": "float32",
