@@ -170,6 +170,9 @@ def grow_checkpoint(checkpoint: Path, plan, stage: int, target: str, out: Path, 
     if not checkpoint.is_dir():
         raise FlmplanError(f"{checkpoint} is not a checkpoint folder; give stage {stage - 1}'s torchtitan "
                            "checkpoint (e.g. outputs/checkpoint/step-1000).")
+    if out.is_dir() and any(out.iterdir()) and not (out / ".metadata").is_file():
+        raise FlmplanError(f"--out {out} already holds files that are not a checkpoint; give an empty or new "
+                           "folder (a grown checkpoint written before is replaced).")
     state = grow_torchtitan(read_model(checkpoint, old), old, new, torch.Generator().manual_seed(seed))
     write_model(state, out)
     unique = {id(t): t for t in state.values()}.values()      # a tied embedding counts once

@@ -76,9 +76,13 @@ def test_grown_torchtitan_checkpoints_load_in_torchtitan_and_keep_the_loss(tmp_p
         previous, saved = model, tmp_path / "outputs" / "checkpoint" / f"step-{stage}"
         dcp.save(ModelWrapper([previous]).state_dict(), checkpoint_id=str(saved))
 
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
     for args, words in ((["--stage", "1"], "must be a grown stage"),
+                        (["--stage", "2", "--out", str(tmp_path / "notes")], "already holds files"),
                         (["--stage", "2", "--to", "megatron"], "writes torchtitan checkpoints only"),
                         (["--stage", "3"], "is not this plan's previous stage in torchtitan's layout")):
         r = runner.invoke(app, ["grow", str(tmp_path / "outputs" / "checkpoint" / "step-40"), "--plan",
                                 str(plan_path), "--out", str(tmp_path / "bad"), *args])
         assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, (args, r.output)
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
