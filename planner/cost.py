@@ -22,16 +22,16 @@ from planner.comm import Network, group
 from planner.compute import layer_time, logits_time
 from planner.device import DeviceModel, core_sharing
 from planner.flops import step_flops
-from planner.memory import GRAD_BYTES, MemoryEstimate, memory_per_gpu, stage_params
+from planner.memory import MemoryEstimate, memory_per_gpu, stage_params
 from planner.profile import Profile
 from planner.specs import ClusterSpec, Layout, ModelSpec, Software, get_gpu
 
 # Adam step per parameter: read fp32 grad, master, m, v (16 B), write master, m, v (12 B)
 # and the bf16 weight (2 B).
 OPTIMIZER_BYTES_PER_PARAM = 30
-# Gradients are reduced in fp32 (Megatron with bf16, FSDP's reduce_dtype); weights are gathered in
-# the compute dtype (bf16 under mixed precision, fp32 in an fp32 run): DeviceModel.bytes_per_element.
-GRAD_REDUCE_BYTES = GRAD_BYTES
+# Gradients are reduced in fp32 unless the run says otherwise (Software.grad_reduce_bytes: Megatron with
+# bf16, FSDP's reduce_dtype); weights are gathered in the compute dtype (bf16 under mixed precision, fp32
+# in an fp32 run): DeviceModel.bytes_per_element.
 
 
 @dataclass(frozen=True)
@@ -315,7 +315,7 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     layernorm_sync = 0.0
     if t > 1 and lay.sequence_parallel:
         layernorm_grads = layers_max * anatomy.layernorm_params(model) + anatomy.final_layernorm_params(model)
-        layernorm_sync = net.time("all_reduce", layernorm_grads * GRAD_REDUCE_BYTES, group(t, 1, gpn))
+        layernorm_sync = net.time("all_reduce", layernorm_grads * software.grad_reduce_bytes, group(t, 1, gpn))
     stage_mb = compute_mb + recompute_mb + tp_mb
     mean_stage_mb = stage_mb - ends * (p - 1) / p if p > 1 else stage_mb
 
@@ -339,12 +339,12 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
             # FSDP: per micro-batch gather weights for forward and backward, reduce-scatter
             # gradients, prefetched under the micro-batch's compute; the first gather is exposed.
             per_mb = (2 * net.time("all_gather", grads * dev.bytes_per_element, dp_group)
-                      + net.time("reduce_scatter", grads * GRAD_REDUCE_BYTES, dp_group))
+                      + net.time("reduce_scatter", grads * software.grad_reduce_bytes, dp_group))
             first_gather = net.time("all_gather", grads * dev.bytes_per_element / layers_max, dp_group)
             dp_comm = m * (net.exposed(per_mb, stage_mb) + first_gather + 2 * layers_max * fsdp_host + fsdp_ends)
         else:
             reduce_op = "all_reduce" if lay.zero == 0 else "reduce_scatter"
-            grad_sync = net.time(reduce_op, grads * GRAD_REDUCE_BYTES, dp_group)
+            grad_sync = net.time(reduce_op, grads * software.grad_reduce_bytes, dp_group)
             # Bucketed reduction overlaps the backward it follows, all but the last bucket: once
             # per step after gradient accumulation (zero 0/1), or after every micro-batch when
             # the gradients themselves are sharded (zero 2).

@@ -138,8 +138,14 @@ class Software:
     # not at its own eager kernel's (a profile's points are eager). Launches and their issue are
     # charged as eager. False: eager PyTorch, or kernels a profile without per-op points describes.
     compiled: bool = False
+    # Bytes per gradient element in the data-parallel reduction: fp32 in Megatron-LM with bf16 and in
+    # FSDP's usual mixed precision (Composer's DEFAULT: reduce_dtype fp32); the compute dtype's 2 under
+    # pure bf16 (Composer's PURE: param, reduce and buffer dtypes all bf16).
+    grad_reduce_bytes: Literal[2, 4] = 4
 
     def __post_init__(self) -> None:
+        if self.grad_reduce_bytes not in (2, 4):
+            raise FlmplanError(f"software.grad_reduce_bytes must be 2 or 4, got {self.grad_reduce_bytes!r}.")
         if self.flash_attention not in (1, 2):
             raise FlmplanError(f"software.flash_attention must be 1 or 2, got {self.flash_attention!r}.")
         if not 0.0 <= self.dropout < 1.0:

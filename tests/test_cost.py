@@ -396,3 +396,24 @@ def test_tensor_parallel_collectives_by_hand(a800):
             == pytest.approx(passes * 2 * (gather + scatter) + passes / 2 * 2 * gather + sync))
     assert tp_comm(sequence_parallel=True, recompute="full") == pytest.approx(
         passes * 1.5 * 2 * (gather + scatter) + sync)
+
+
+def test_a_stated_bf16_gradient_reduction_is_charged_half_the_bytes():
+    """llm-foundry's pure-bf16 runs (FSDP PURE) reduce gradients in bf16; the cost model charges what
+    the case states, and refuses a size that is neither bf16 nor fp32."""
+    import dataclasses
+
+    import pytest
+
+    from planner.case import published_cases
+    from planner.errors import FlmplanError
+    from planner.search import estimate_case
+    from planner.specs import Software
+
+    case = next(c for c in published_cases() if c.name == "llmfoundry-70b-s2048-32xa100-80gb")
+    assert case.software_spec().grad_reduce_bytes == 2           # stated in cases.json, from the source
+    stated = estimate_case(case).best.breakdown.dp_comm_s
+    fp32 = case.model_copy(update={"software": case.software.model_copy(update={"grad_reduce_bytes": 4})})
+    assert estimate_case(fp32).best.breakdown.dp_comm_s > stated > 0
+    with pytest.raises(FlmplanError, match="grad_reduce_bytes must be 2 or 4"):
+        dataclasses.replace(Software(), grad_reduce_bytes=3)
