@@ -237,13 +237,15 @@ def stage_checkpoints(target: Path) -> tuple[list[tuple[int, Path]], Path | None
     return sorted(found.items()), plan if plan.exists() else None
 
 
-def load_whole(path: Path, parametrization: dict | None = None):
-    """A flmplan checkpoint (any layout: DCP reshards on load) as one whole Decoder on this process."""
+def load_whole(path: Path, parametrization: dict | None = None, verified: bool = False):
+    """A flmplan checkpoint (any layout: DCP reshards on load) as one whole Decoder on this process;
+    `verified`: the caller has checked its files against their checksums already (stage_checkpoints),
+    so they are not hashed again."""
     from planner.plan import PlanParametrization
     from runtime.model import Decoder, DecoderConfig
 
     manifest, problem = read_manifest(path)
-    if problem or (problem := verify(path, manifest)):
+    if problem or (not verified and (problem := verify(path, manifest))):
         raise FlmplanError(f"Checkpoint {path} is unusable: {problem}.")
     shapes = saved_shapes(path)
     par = PlanParametrization(**(parametrization or {}))

@@ -104,15 +104,16 @@ def neox_state_dict(model) -> tuple[dict[str, torch.Tensor], bool]:
     order = rotary_halves(d)
     # GPT-NeoX multiplies q·kᵀ by 1/√d; the runtime by attention_scale (µP: attn_mult/d).
     q_scale = mup.attention_scale(cfg) * math.sqrt(d)
+
+    def per_head(t: torch.Tensor, rotate: bool, scale: float = 1.0) -> torch.Tensor:
+        """A projection's rows (or bias) per head, q and k in GPT-NeoX's rotary order."""
+        t = t.reshape(heads, d, *t.shape[1:])
+        return (t[:, order] if rotate else t) * scale
+
     sd: dict[str, torch.Tensor] = {"gpt_neox.embed_in.weight": model.embed.weight}
     for i, block in model.blocks.items():
         p = f"gpt_neox.layers.{i}."
         a = block.attn
-
-        def per_head(t: torch.Tensor, rotate: bool, scale: float = 1.0) -> torch.Tensor:
-            t = t.reshape(heads, d, *t.shape[1:])
-            return (t[:, order] if rotate else t) * scale
-
         for kind in ("weight", "bias"):
             q, k, v = (getattr(m, kind) for m in (a.q, a.k, a.v))
             fused = torch.cat([per_head(q, True, q_scale), per_head(k, True), per_head(v, False)], dim=1)
@@ -209,7 +210,7 @@ def export_hf(target: Path, out: Path, nearest: bool = False, log=print) -> dict
     except ImportError:
         raise FlmplanError("The Hugging Face export writes the tokenizer with Hugging Face tokenizers: "
                            "pip install -e '.[hf]'.") from None
-    model = load_whole(path, par)
+    model = load_whole(path, par, verified=True)        # choose_checkpoint checked its files
     record = {"architecture": ARCHITECTURE, "checkpoint": str(path), "stage": manifest["stage"],
               "step": manifest["step"], "stage_done": manifest.get("stage_done", False),
               "tokens": manifest.get("tokens"), "dtype": "float32",

@@ -57,7 +57,7 @@ def evaluate(target: Path, out: Path, suite: str = "iq", limit: int | None = Non
     rows = []
     for stage, ckpt in stages:
         log(f"stage {stage}: scoring {ckpt.name}")
-        model = load_whole(ckpt, parametrizations.get(stage))
+        model = load_whole(ckpt, parametrizations.get(stage), verified=True)
         res = simple_evaluate(model=FlmplanLM(model, codec=codec), tasks=names, task_manager=manager, limit=limit,
                               log_samples=False, bootstrap_iters=0, verbosity="ERROR")
         (out / f"stage{stage}-lm-eval-results.json").write_text(json.dumps(res, indent=1, default=str))
