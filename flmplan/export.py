@@ -55,17 +55,20 @@ def export(
 @app.command()
 def grow(
     checkpoint: Annotated[Path, typer.Argument(help="The previous stage's checkpoint, written by the tool (e.g. "
-                                                    "torchtitan's outputs/checkpoint/step-N).")],
+                                                    "torchtitan's outputs/checkpoint/step-N, or Megatron-LM's "
+                                                    "--save folder checkpoints/stageN).")],
     plan_file: Annotated[Path, typer.Option("--plan", help="The plan the export was made from.")],
     stage: Annotated[int, typer.Option(help="The grown stage to write the first weights of (1-based).")],
-    to: Annotated[str, typer.Option("--to", help="The tool whose checkpoint format to read and write: torchtitan.")
-                  ] = "torchtitan",
-    out: Annotated[Path, typer.Option(help="The checkpoint folder to write (the export's initial load path, e.g. "
-                                           "outputs/checkpoint/stage2-grown).")] = Path("grown"),
+    to: Annotated[str, typer.Option("--to", help="The tool whose checkpoint format to read and write: torchtitan "
+                                                 "or megatron.")] = "torchtitan",
+    out: Annotated[Path, typer.Option(help="The checkpoint folder to write: the export's initial load path (e.g. "
+                                           "outputs/checkpoint/stage2-grown for torchtitan, checkpoints/stage2-grown "
+                                           "for Megatron-LM).")] = Path("grown"),
     seed: Annotated[int, typer.Option(help="Seed of the new units' weights.")] = 0,
 ) -> None:
     """Write a grown stage's first weights from the previous stage's checkpoint of another tool, grown
-    without masks and function-preserving (zero-initialised output projections; RMSNorm gains rescaled)."""
+    without masks and function-preserving (zero-initialised output projections; new hidden dimensions zero
+    under RMSNorm, the old ones' mean under LayerNorm, with the gains rescaled)."""
     from planner.plan import load_plan
     from runtime.grow_targets import grow_checkpoint
 
@@ -74,8 +77,7 @@ def grow(
     o, n = record["old"], record["new"]
     stdout.print(f"wrote {out}: stage {stage}'s first weights for {to}, {record['parameters']:,} parameters "
                  f"({o['layers']} × {o['dim']} → {n['layers']} × {n['dim']}, heads {o['heads']} → {n['heads']}, "
-                 f"MLP {o['ffn']} → {n['ffn']}); load it with checkpoint.initial_load_path and "
-                 "initial_load_model_only")
+                 f"MLP {o['ffn']} → {n['ffn']}); {record['load']}")
 
 
 def _export_hf(run: Path, out_dir: Path, nearest: bool) -> None:

@@ -120,6 +120,30 @@ def checkpoint_every_steps(plan: Plan, k: int) -> int:
     return max(1, round(interval_min * 60 / plan.stages[k].predicted.step_s))
 
 
+def grown_norm_eps(plan: Plan, k: int, first: float) -> float:
+    """Stage k's norm ε in a tool's export, from the first stage's `first`: `flmplan grow` widens a residual
+    stream so that its variance (LayerNorm) or mean square (RMSNorm) over d_new dimensions is d_old/d_new
+    of the old one, and an ε scaled with it keeps the normalised values exact (runtime/grow_targets.py)."""
+    return first * plan.stages[0].model.hidden / plan.stages[k].model.hidden
+
+
+MEGATRON_NORM_EPS = 1e-5      # Megatron-LM's --norm-epsilon default, the first stage's
+
+
+def megatron_shape(plan: Plan, k: int) -> dict:
+    """Stage k's decoder as Megatron-LM builds it from the exported arguments. `flmplan grow --to megatron`
+    grows between these shapes."""
+    st = plan.stages[k]
+    m = st.model
+    # Megatron-LM pads the vocabulary to a multiple of --make-vocab-size-divisible-by (1 in the arguments
+    # for a prepared corpus, 128 by default) times the tensor-parallel degree (`_vocab_size_with_padding`).
+    multiple = (1 if plan.data else 128) * st.layout.tp
+    return {"layers": m.layers, "dim": m.hidden, "heads": m.heads, "kv_heads": m.n_kv_heads, "ffn": m.ffn,
+            "vocab": -(-m.vocab // multiple) * multiple, "seq": m.seq, "tied": m.tied_embeddings,
+            "swiglu": m.activation == "swiglu", "learned_positions": m.position == "learned",
+            "norm_eps": grown_norm_eps(plan, k, MEGATRON_NORM_EPS)}
+
+
 def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
     """One stage as Megatron-LM arguments that mean what the plan means, or a refusal naming the
     field Megatron-LM cannot express (`nearest`: the user accepts plain rotary for xPos)."""
@@ -148,17 +172,25 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
         f"--seed {1234 + k}",
         f"--save checkpoints/stage{k + 1}", f"--load checkpoints/stage{k + 1}",
         f"--save-interval {checkpoint_every_steps(plan, k)}",
+        # LayerNorm's ε, scaled down with the width from Megatron-LM's default as `flmplan grow` needs.
+        f"--norm-epsilon {megatron_shape(plan, k)['norm_eps']!r}",
     ]
     if st.growth:
         # First start: no checkpoint in --load yet, so Megatron-LM loads the grown one as a
         # pretrained checkpoint (weights only, iteration 0); a restart resumes from --load.
         args.append(f"--pretrained-checkpoint checkpoints/stage{k + 1}-grown")
-        notes.append(f"Grown from stage {st.growth.from_stage + 1} by MSG; Megatron-LM has no MSG operator, and "
-                     "`flmplan grow` does not write Megatron-LM checkpoints yet (its LayerNorm is not left unchanged "
-                     "by zero dimensions, so a width growth needs MSG's masks or a duplicating operator): put grown "
-                     f"weights in checkpoints/stage{k + 1}-grown yourself, or train this plan with `flmplan run`, "
-                     "which grows by MSG. Megatron-LM starts the optimizer afresh there; flmplan's runtime carries "
-                     "Adam's moments across a growth.")
+        notes.append(f"Grown from stage {st.growth.from_stage + 1} by MSG in the plan; Megatron-LM has no MSG masks. "
+                     f"`flmplan grow CHECKPOINT --plan PLAN --stage {k + 1} --to megatron --out "
+                     f"checkpoints/stage{k + 1}-grown` writes these first weights from stage "
+                     f"{st.growth.from_stage + 1}'s checkpoint, growing without masks and keeping the function: new "
+                     "blocks, heads and neurons add nothing until trained (zero output projections), and new hidden "
+                     "dimensions carry the mean of the old ones (LEMON's average expansion), with the LayerNorm gains "
+                     "and this stage's --norm-epsilon rescaled to match. Megatron-LM starts the optimizer afresh "
+                     "there; flmplan's runtime carries Adam's moments across a growth.")
+        if lay.zero >= 2:
+            notes.append("The grown checkpoint is in torch_dist format, which Megatron-LM detects when it loads one; "
+                         "loading it into Megatron-FSDP (this stage's --ckpt-format fsdp_dtensor) was not checked "
+                         "(megatron-core's FSDP needs CUDA).")
     args += _megatron_data_args(plan, notes)
     notes += _data_restart_note(k, "Megatron-LM", (
         "A grown checkpoint loads as a pretrained one, whose consumed-samples count is zero, and the dataset is "
@@ -331,11 +363,9 @@ def torchtitan_shape(plan: Plan, k: int) -> dict:
     # SwiGLU has three matrices where GeLU has two: 2/3 of the width keeps parameters and FLOPs
     # (to a multiple of 128, so that any tensor-parallel degree divides it).
     ffn = round(2 * m.ffn / 3 / 128) * 128 if m.activation == "gelu" else m.ffn
-    # RMSNorm's ε scales with 1/width from the first stage's 1e-5: the mean square of a residual stream
-    # grown with zero dimensions shrinks by d_old/d_new, and ε with it keeps the normalised values exact.
-    eps = TORCHTITAN_NORM_EPS * plan.stages[0].model.hidden / m.hidden
     return {"layers": m.layers, "dim": m.hidden, "heads": m.heads, "kv_heads": m.n_kv_heads, "ffn": max(ffn, 128),
-            "vocab": m.vocab, "seq": m.seq, "tied": m.tied_embeddings and st.layout.pp == 1, "norm_eps": eps}
+            "vocab": m.vocab, "seq": m.seq, "tied": m.tied_embeddings and st.layout.pp == 1,
+            "norm_eps": grown_norm_eps(plan, k, TORCHTITAN_NORM_EPS)}
 
 
 def torchtitan_module(plan: Plan, nearest: bool = False) -> str:

@@ -6,7 +6,8 @@ stage, step, tokens, data position, RNG state, layout and SHA-256 of every file.
 the newest checkpoint whose files match their checksums is used; a truncated or corrupted one
 is named and skipped. DCP reshards on load, so a checkpoint saved under one layout loads into
 another. Growth reads boxes of the old stage's tensors (`load_regions`), each rank only the
-part that lands in its own shards of the grown model.
+part that lands in its own shards of the grown model; `save_chunks` writes a checkpoint a box at a
+time, each computed as it is written (`flmplan grow` for other tools).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
-from torch.distributed.checkpoint.planner import LoadPlan
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorProperties
+from torch.distributed.checkpoint.planner import LoadPlan, TensorWriteData, WriteItem, WriteItemType
 from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -210,6 +211,45 @@ def load_regions(path: Path, regions: dict[str, tuple[str, tuple[int, ...], tupl
     buffers = {k: torch.empty(sizes, dtype=dtypes[k], device=device) for k, (_, _, sizes) in regions.items()}
     dcp.load(buffers, checkpoint_id=str(path), planner=_RegionLoadPlanner(regions))
     return buffers
+
+
+# A box of a saved tensor: its name, global shape, dtype, and the box's offsets and sizes.
+Box = tuple[str, tuple[int, ...], torch.dtype, tuple[int, ...], tuple[int, ...]]
+
+
+class _BoxSavePlanner(DefaultSavePlanner):
+    """Plans each tensor as the boxes given and computes a box only when DCP writes it (`make`), so
+    that one box is in memory at a time; the state dict's objects are written as DCP writes them."""
+
+    def __init__(self, boxes: list[Box], make) -> None:
+        super().__init__()
+        self.boxes, self.make = boxes, make
+
+    def create_local_plan(self):
+        plan = super().create_local_plan()
+        items = [WriteItem(index=MetadataIndex(fqn, torch.Size(offsets)), type=WriteItemType.SHARD,
+                           tensor_data=TensorWriteData(
+                               chunk=ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes)),
+                               properties=TensorProperties(dtype=dtype), size=torch.Size(shape)))
+                 for fqn, shape, dtype, offsets, sizes in self.boxes]
+        self.plan = replace(plan, items=[*plan.items, *items])
+        return self.plan
+
+    def resolve_data(self, write_item: WriteItem):
+        if write_item.type == WriteItemType.BYTE_IO:
+            return super().resolve_data(write_item)
+        return self.make(write_item.index.fqn, tuple(write_item.index.offset),
+                         tuple(write_item.tensor_data.chunk.sizes))
+
+
+def save_chunks(folder: Path, boxes: list[Box], make, objects: dict | None = None) -> None:
+    """A DCP checkpoint written one box at a time: make(name, offsets, sizes) computes a box when it is
+    written, in the order given, each into its own file, so memory holds one box, never the model.
+    Readers (DCP, megatron-core) read the boxes that overlap what they need."""
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    writer = FileSystemWriter(str(folder), single_file_per_rank=False, thread_count=1)
+    dcp.save(dict(objects or {}), storage_writer=writer, planner=_BoxSavePlanner(boxes, make))
 
 
 def stage_checkpoints(target: Path) -> tuple[list[tuple[int, Path]], Path | None]:

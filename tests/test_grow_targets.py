@@ -80,9 +80,85 @@ def test_grown_torchtitan_checkpoints_load_in_torchtitan_and_keep_the_loss(tmp_p
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
     for args, words in ((["--stage", "1"], "must be a grown stage"),
                         (["--stage", "2", "--out", str(tmp_path / "notes")], "already holds files"),
-                        (["--stage", "2", "--to", "megatron"], "writes torchtitan checkpoints only"),
+                        (["--stage", "2", "--to", "deepspeed"], "--to deepspeed is not one"),
                         (["--stage", "3"], "is not this plan's previous stage in torchtitan's layout")):
         r = runner.invoke(app, ["grow", str(tmp_path / "outputs" / "checkpoint" / "step-40"), "--plan",
                                 str(plan_path), "--out", str(tmp_path / "bad"), *args])
         assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, (args, r.output)
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
+
+@pytest.mark.parametrize("variant", ["flm", "gqa-swiglu-untied-learned"])
+def test_grown_megatron_checkpoints_load_in_megatron_core_and_keep_the_loss(tmp_path, monkeypatch, process_group,
+                                                                            variant):
+    """Stage 1 is written by megatron-core's own saver; `flmplan grow --to megatron` grows it a box at a
+    time; megatron-core's loader (what Megatron-LM's --pretrained-checkpoint calls) reads the grown
+    checkpoint with every key accounted for both ways, and the grown GPT computes the old one's loss."""
+    pytest.importorskip("megatron.core", reason="megatron-core is in the test extra")
+    from pathlib import Path
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from runtime import grow_targets
+    from runtime.scale import tiny_plan
+
+    monkeypatch.setattr(grow_targets, "BOX_ELEMENTS", 64 * 128)    # embeddings in several boxes, as at scale
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from grow_megatron import load_megatron, megatron_gpt, megatron_on_cpu, save_megatron
+
+    raw = tiny_plan(json.loads((Path(__file__).parents[1] / "runtime/data/flm101b_plan.json").read_text()), nproc=1)
+    if variant != "flm":
+        for st in raw["stages"]:
+            st["model"] |= {"activation": "swiglu", "kv_heads": st["model"]["heads"] // 2, "tied_embeddings": False,
+                            "position": "learned"}
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(raw))
+    r = runner.invoke(app, ["export", str(plan_path), "--to", "megatron", "--nearest", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    vocab = raw["stages"][0]["model"]["vocab"]
+    batch = torch.randint(0, vocab, (2, 33), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(32).expand(2, -1)
+    causal = torch.triu(torch.ones(32, 32), diagonal=1).bool()[None, None]      # True: masked
+
+    def loss(model) -> float:
+        with torch.no_grad():
+            return float(model(batch[:, :-1], positions, causal, labels=batch[:, 1:]).mean())
+
+    checkpoints = tmp_path / "checkpoints"
+    with megatron_on_cpu():
+        torch.manual_seed(0)
+        previous = megatron_gpt(tmp_path / "stage1.megatron.args", vocab)
+        with torch.no_grad():      # far from init, as a trained stage is: residual streams with a mean
+            for p in previous.parameters():
+                p.add_(torch.randn(p.shape) * 0.2 + 0.05)
+        save_megatron(previous, checkpoints / "stage1", 40)
+        for stage in (2, 3):
+            grown = checkpoints / f"stage{stage}-grown"
+            args_file = tmp_path / f"stage{stage}.megatron.args"
+            assert f"--pretrained-checkpoint checkpoints/stage{stage}-grown" in args_file.read_text()
+            r = runner.invoke(app, ["grow", str(checkpoints / f"stage{stage - 1}"), "--plan", str(plan_path),
+                                    "--stage", str(stage), "--to", "megatron", "--out", str(grown)])
+            assert r.exit_code == 0, r.output
+            model = megatron_gpt(args_file, vocab)
+            load_megatron(model, grown)
+            expected = sum(p.numel() for p in model.parameters())
+            assert f"{expected:,} parameters" in r.output
+            assert loss(model) == pytest.approx(loss(previous), abs=LOSS_TOLERANCE)
+            saved = FileSystemReader(str(grown / "release")).read_metadata().state_dict_metadata
+            assert len(saved["embedding.word_embeddings.weight"].chunks) == vocab // 64
+            assert len(saved["decoder.layers.mlp.linear_fc1.weight"].chunks) == model.config.num_layers
+            previous = model
+            save_megatron(previous, checkpoints / f"stage{stage}", 100 * stage)
+
+    bad = tmp_path / "bad"
+    (tmp_path / "plain").mkdir()
+    cases = ((checkpoints / "stage1" / "iter_0000040" / "common.pt", 2, "is not a checkpoint folder"),
+             (tmp_path / "plain", 2, "not a Megatron-LM checkpoint in torch_dist format"),
+             (checkpoints / "stage1", 3, "is not this plan's previous stage in Megatron-LM's layout"))
+    for source, stage, words in cases:
+        r = runner.invoke(app, ["grow", str(source), "--plan", str(plan_path), "--stage", str(stage), "--to",
+                                "megatron", "--out", str(bad)])
+        assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, (source, r.output)
+    assert not bad.exists()
