@@ -9,13 +9,14 @@
 2. The built-in A100 profile against Korthikanti et al. 2022, Table 4 (one 22B layer at
    tp = 8, micro-batch 4, on A100): baseline, sequence parallel, full and selective recompute.
 
-    python benchmarks/layer_fidelity.py [PROFILE.json]     (default: profile this CPU, quick)
+    python benchmarks/layer_fidelity.py [PROFILE.json] [--json]    (default: profile this CPU, quick)
+    python benchmarks/layer_fidelity.py --korthikanti [--json]      (part 2 alone: no profiling, cheap)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from importlib import resources
 
 from planner.compute import layer_time
@@ -79,20 +80,34 @@ def korthikanti_rows() -> list[dict]:
 
 
 def main() -> int:
-    if len(sys.argv) > 1:
-        profile = load_profile(sys.argv[1])
-    else:
-        from profiles.run import run_profile
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("profile", nargs="?", help="a profile to check (default: profile this CPU, quick)")
+    ap.add_argument("--korthikanti", action="store_true", help="only the built-in A100 profile against Table 4")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    result: dict = {"korthikanti": korthikanti_rows()}
+    if not args.korthikanti:
+        if args.profile:
+            profile = load_profile(args.profile)
+        else:
+            from profiles.run import run_profile
 
-        profile = run_profile("cpu", quick=True)
-    print(f"Profile {profile.name} ({profile.source}, {profile.device['name']}, {profile.dtype})")
-    print(f"{'layer':24} {'measured ms':>12} {'predicted ms':>13} {'error':>7} {'with full recompute':>20}")
-    for r in measured_profile_rows(profile):
-        print(f"{r['shape']:24} {r['measured_ms']:12.2f} {r['predicted_ms']:13.2f} {r['error']:+7.1%} "
-              f"{r['recompute_error']:+20.1%}")
-    print("\nKorthikanti et al. 2022, Table 4 (22B layer, tp 8, A100) with the built-in a100-80gb profile")
+            profile = run_profile("cpu", quick=True)
+        result |= {"profile": f"{profile.name} ({profile.source}, {profile.device['name']}, {profile.dtype})",
+                   "layers": measured_profile_rows(profile)}
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    if "layers" in result:
+        print(f"Profile {result['profile']}")
+        print(f"{'layer':24} {'measured ms':>12} {'predicted ms':>13} {'error':>7} {'with full recompute':>20}")
+        for r in result["layers"]:
+            print(f"{r['shape']:24} {r['measured_ms']:12.2f} {r['predicted_ms']:13.2f} {r['error']:+7.1%} "
+                  f"{r['recompute_error']:+20.1%}")
+        print()
+    print("Korthikanti et al. 2022, Table 4 (22B layer, tp 8, A100) with the built-in a100-80gb profile")
     print(f"{'mode':40} {'fwd ms pub/pred':>16} {'bwd ms pub/pred':>16} {'fwd+bwd error':>14}")
-    for r in korthikanti_rows():
+    for r in result["korthikanti"]:
         f, b = r["forward_ms"], r["backward_ms"]
         print(f"{r['mode']:40} {f[0]:7.1f}/{f[1]:6.1f}  {b[0]:7.1f}/{b[1]:6.1f}  {r['total_error']:+13.1%}")
     return 0

@@ -35,7 +35,7 @@ def render_fidelity(result: dict) -> list[str]:
     lines = ["| rows | mean \\|error\\| | max \\|error\\| |", "|---|---:|---:|"]
     for label, key in (("in sample: the {} fitted rows", "in_sample"),
                        ("out of sample: the same {} rows, each re-fitted without it", "out_of_sample_fitted_rows"),
-                       ("out of sample: all {} rows (FLM-101B held out of every fit)", "out_of_sample")):
+                       ("out of sample: all {} rows (FLM-101B's and Llama 3's never fitted)", "out_of_sample")):
         lines.append(f"| {label.format(s[key]['rows'])} | {share(s[key]['mean_abs'])} | {share(s[key]['max_abs'])} |")
     lines += ["", "| source | rows | mean signed error, out of sample |", "|---|---:|---:|"]
     lines += [f"| {name} | {v['out_of_sample']['rows']} | {pct(v['out_of_sample']['mean_signed'])} |"
@@ -83,10 +83,21 @@ def render_planner_speed(result: dict) -> list[str]:
             f"{mc['days_p50']:.2f} d, P90 {mc['days_p90']:.2f} d, {mc['failures_mean']:.1f} failures a run |"]
 
 
+def render_korthikanti(result: dict) -> list[str]:
+    lines = ["| mode | forward ms, published / predicted | backward ms, published / predicted | forward + backward |",
+             "|---|---:|---:|---:|"]
+    for r in result["korthikanti"]:
+        (fp, fq), (bp, bq) = r["forward_ms"], r["backward_ms"]
+        mode = r["mode"].replace("_", " ").replace("+", " + ")
+        lines.append(f"| {mode} | {fp:.1f} / {fq:.1f} | {bp:.1f} / {bq:.1f} | {pct(r['total_error'])} |")
+    return lines
+
+
 # name → (command, renderer, compared by --check: timings are this machine's and are not)
 REPORTS = {
     "fidelity": (["benchmarks/fidelity.py", "--json"], render_fidelity, True),
     "flm-sizing": (["benchmarks/flm_sizing.py", "--json"], render_flm_sizing, True),
+    "korthikanti": (["benchmarks/layer_fidelity.py", "--korthikanti", "--json"], render_korthikanti, True),
     "growth-cases": (["benchmarks/growth_cases.py", "--json"], render_growth_cases, True),
     "planner-speed": (["benchmarks/planner_speed.py", "--json"], render_planner_speed, False),
 }

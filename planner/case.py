@@ -96,6 +96,9 @@ class Case(Strict):
     name: str = "case"
     source: str = ""
     note: str = ""
+    # Held out of every fit of the cost model's values (profiles/derived.py): a check beyond the
+    # calibration set, always scored out of sample.
+    held_out: bool = False
     model: ModelSpec
     cluster: CaseCluster
     parallel: CaseParallel
