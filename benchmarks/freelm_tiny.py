@@ -2,7 +2,7 @@
 accuracy rise above chance while the language loss keeps falling, and what does the teacher
 signal cost the language loss?
 
-    python benchmarks/freelm_tiny.py [--out DIR] [--steps 600] [--every 2]
+    python benchmarks/freelm_tiny.py [--out DIR] [--steps 600] [--every 2] [--json]
 
 Three `flmplan run`s of the same one-stage tiny model (4 × 128, byte tokens of Python's standard
 library, batch 16 × 64, one process, fp32):
@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--every", type=int, default=2)
     ap.add_argument("--propositions", type=int, default=3000)
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     teacher = write_teacher_file(synthetic_propositions(args.propositions, seed=0), args.out / "teacher.jsonl")
@@ -71,24 +72,34 @@ def main() -> None:
             "lm-same-compute": run("lm-same-compute", plan(args.steps, None), args.out),
             "lm-same-language-tokens": run("lm-same-tokens", plan(language_steps, None), args.out)}
 
-    print("## Held-out teacher accuracy (chance 50 %) during the freelm run\n")
     evals = [r for r in runs["freelm"] if r.get("event") == "teacher_eval"]
     tasks = sorted(evals[0].get("tasks", {}))
+    for e in evals:
+        lang = [r["loss"] for r in runs["freelm"] if "loss" in r and "event" not in r and r["step"] < e["step"]]
+        e["language_loss_last_10"] = float(np.mean(lang[-10:]))
+    ends = []
+    for name, rows in runs.items():
+        steps = [r for r in rows if "step" in r and "event" not in r]
+        ends.append({"run": name, "steps": len(steps), "language_steps": sum("loss" in r for r in steps),
+                     "language_loss": language_tail(rows)})
+    if args.json:
+        print(json.dumps({"steps": args.steps, "teacher_every": args.every, "teacher_evals": evals, "ends": ends},
+                         indent=1))
+        return
+    print("## Held-out teacher accuracy (chance 50 %) during the freelm run\n")
     print("| step | accuracy | " + " | ".join(tasks) + " | teacher loss | language loss (last 10 steps) |")
     print("|---:|---:|" + "---:|" * len(tasks) + "---:|---:|")
     for e in evals:
-        lang = [r["loss"] for r in runs["freelm"] if "loss" in r and "event" not in r and r["step"] < e["step"]]
         per_task = " | ".join(f"{e['tasks'][t]['accuracy']:.1%}" for t in tasks)
-        print(f"| {e['step']} | {e['accuracy']:.1%} | {per_task} | {e['loss']:.3f} | {np.mean(lang[-10:]):.3f} |")
+        print(f"| {e['step']} | {e['accuracy']:.1%} | {per_task} | {e['loss']:.3f} | "
+              f"{e['language_loss_last_10']:.3f} |")
     print(f"\n({evals[-1]['propositions']} held-out propositions; batches of 16 filled by repeating each task's.)")
 
     print("\n## Language loss at the end (mean of the last 10 % of language steps)\n")
     print("| run | steps | language steps | language loss |")
     print("|---|---:|---:|---:|")
-    for name, rows in runs.items():
-        steps = [r for r in rows if "step" in r and "event" not in r]
-        lang = [r for r in steps if "loss" in r]
-        print(f"| {name} | {len(steps)} | {len(lang)} | {language_tail(rows):.4f} |")
+    for e in ends:
+        print(f"| {e['run']} | {e['steps']} | {e['language_steps']} | {e['language_loss']:.4f} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Sharded growth: each rank's peak memory while it grows the previous stage into its shards.
 
-    python benchmarks/growth_memory.py [--nproc 4] [--layers 6 12] [--hidden 512 1024]
+    python benchmarks/growth_memory.py [--nproc 4] [--layers 6 12] [--hidden 512 1024] [--json]
 
 A two-stage plan (FSDP, zero 3, on N gloo processes) grows width and depth. The first launch
 runs both stages and logs the loss of a fixed batch just before and just after the growth. A
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--nproc", type=int, default=4)
     ap.add_argument("--layers", type=int, nargs=2, default=(6, 12))
     ap.add_argument("--hidden", type=int, nargs=2, default=(512, 1024))
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     plan = plan_for(tuple(args.layers), tuple(args.hidden), args.nproc)
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,6 +86,11 @@ def main() -> None:
     from planner.specs import ModelSpec
 
     params = [ModelSpec(**st["model"]).params() for st in plan["stages"]]
+    if args.json:
+        print(json.dumps({"nproc": args.nproc, "layers": args.layers, "hidden": args.hidden, "params": params,
+                          "loss_before": before, "loss_after": after, "loss_after_fresh_process": after2,
+                          "new_state_bytes": 12 * params[1], "memory": memory}, indent=1))
+        return
     print(f"{args.nproc} processes, FSDP zero 3: {params[0] / 1e6:.1f}M → {params[1] / 1e6:.1f}M parameters "
           f"({args.layers[0]}×{args.hidden[0]} → {args.layers[1]}×{args.hidden[1]}); new stage's weights + Adam "
           f"state {12 * params[1] / 2**20:,.0f} MiB in all")

@@ -2,7 +2,7 @@
 split, does a model score above chance on the eval split, does an untrained one score at chance,
 and does accuracy survive each growth?
 
-    python benchmarks/iq_tiny.py [--out DIR] [--steps 3000] [--train-items 9000] [--items 100]
+    python benchmarks/iq_tiny.py [--out DIR] [--steps 3000] [--train-items 9000] [--items 100] [--json]
 
 1. The train split of every task as text (runtime/iq/generators.py `training_text`: prompt and
    answer, items apart by a blank line; `--train-items` per task) is the run's only --data.
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--items", type=int, default=100)
     ap.add_argument("--train-items", type=int, default=9000)
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / "iq_train.txt"
@@ -73,13 +74,18 @@ def main() -> None:
     if not (blank / "checkpoints").exists():
         untrained(run, blank)
     flmplan("eval", str(blank), "--items", str(args.items), "--out", str(args.out / "eval-untrained"))
+    rows = [("untrained (final shape)", r) for r in json.loads((args.out / "eval-untrained" / "iq.json").read_text())
+            ["rows"]]
+    rows += [(f"stage {r['stage']}", r) for r in json.loads((args.out / "eval" / "iq.json").read_text())["rows"]]
+    if args.json:
+        print(json.dumps({"steps": args.steps, "items": args.items, "train_bytes": data.stat().st_size,
+                          "train_s": train_s, "eval_s": eval_s, "rows": [{"model": n, **r} for n, r in rows]},
+                         indent=1))
+        return
     print(f"train split: {data.stat().st_size / 1e6:.1f} MB; run {train_s / 60:.1f} min; `flmplan eval` of the "
           f"3-stage run {eval_s / 60:.1f} min\n")
     print("| model | family | accuracy | 95 % interval | chance |")
     print("|---|---|---:|---|---:|")
-    rows = [("untrained (final shape)", r) for r in json.loads((args.out / "eval-untrained" / "iq.json").read_text())
-            ["rows"]]
-    rows += [(f"stage {r['stage']}", r) for r in json.loads((args.out / "eval" / "iq.json").read_text())["rows"]]
     for name, r in rows:
         mark = " **above chance**" if r["low"] > r["chance"] else ""
         print(f"| {name} | {r['family'].replace('_', ' ')} | {r['accuracy']:.1%}{mark} | "

@@ -2,7 +2,7 @@
 then µScaling's loss prediction of the widest model from the narrower ones, then a plan made with
 the fitted law beside the Chinchilla one.
 
-    python benchmarks/mup_sweep.py [--out DIR] [--widths 32,64,128,256,512] [--steps 150]
+    python benchmarks/mup_sweep.py [--out DIR] [--widths 32,64,128,256,512] [--steps 150] [--json]
 
 1. `flmplan tune` (runtime/tune.py, in this process): every width × learning rate (× output
    multiplier under µP), SP and µP, the same seed, data order and tokens for every proxy
@@ -50,28 +50,30 @@ def main() -> None:
     ap.add_argument("--lrs", default="0.001,0.002,0.004,0.008,0.016,0.032")
     ap.add_argument("--output-mults", default="1,4")
     ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    say = (lambda *a, **k: None) if args.json else print
     widths = [int(w) for w in args.widths.split(",")]
     lrs = [float(x) for x in args.lrs.split(",")]
     shape = ProxyShape(layers=2, head_dim=16, seq=64, batch=8, steps=args.steps)
     mults = [float(x) for x in args.output_mults.split(",")]
-    result = tune(widths, lrs, mults, ["sp", "mup"], shape, args.out, log=lambda s: print(s, flush=True))
+    result = tune(widths, lrs, mults, ["sp", "mup"], shape, args.out, log=lambda s: say(s, flush=True))
 
-    print("\n## Best learning rate per width (final loss)\n")
-    print("| width | params | SP best lr | SP loss | µP best lr (output mult) | µP loss |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    say("\n## Best learning rate per width (final loss)\n")
+    say("| width | params | SP best lr | SP loss | µP best lr (output mult) | µP loss |")
+    say("|---:|---:|---:|---:|---:|---:|")
     params = {r["width"]: r["params"] for r in result["runs"]}
     for w in result["widths"]:
         sp, mu = result["best"]["sp"].get(w), result["best"]["mup"].get(w)
-        print(f"| {w} | {params[w] / 1e6:.2f}M | {sp['lr']:g} | {sp['final_loss']:.4f} | {mu['lr']:g} "
+        say(f"| {w} | {params[w] / 1e6:.2f}M | {sp['lr']:g} | {sp['final_loss']:.4f} | {mu['lr']:g} "
               f"(×{mu['output_mult']:g}) | {mu['final_loss']:.4f} |")
-    print(f"\nbest-rate drift narrowest → widest (factors of 2): SP {result['drift']['sp']:+.2f}, "
+    say(f"\nbest-rate drift narrowest → widest (factors of 2): SP {result['drift']['sp']:+.2f}, "
           f"µP {result['drift']['mup']:+.2f}")
 
     summary = {"tune": {k: result[k] for k in ("widths", "lrs", "best", "drift", "shape", "data")}}
-    print("\n## µScaling: fit on all widths but the widest, predict the widest (rate tuned at the narrowest)\n")
-    print("| parametrization | lr, output mult (all widths) | widest: measured | predicted | error (nats) | error % |")
-    print("|---|---:|---:|---:|---:|---:|")
+    say("\n## µScaling: fit on all widths but the widest, predict the widest (rate tuned at the narrowest)\n")
+    say("| parametrization | lr, output mult (all widths) | widest: measured | predicted | error (nats) | error % |")
+    say("|---|---:|---:|---:|---:|---:|")
     for kind in ("mup", "sp"):
         narrow = result["best"][kind][min(widths)]
         lr, om = narrow["lr"], narrow["output_mult"]
@@ -79,23 +81,25 @@ def main() -> None:
                 and r["output_mult"] == om]
         fit = fit_loss(runs, holdout=1)
         held = next(p for p in fit["mu_scaling"]["predictions"] if p["held_out"])
-        print(f"| {kind} | {lr:g}, ×{om:g} | {held['measured']:.4f} | {held['predicted']:.4f} | {held['error']:+.4f} "
+        say(f"| {kind} | {lr:g}, ×{om:g} | {held['measured']:.4f} | {held['predicted']:.4f} | {held['error']:+.4f} "
               f"| {held['error_pct']:+.2f} |")
         law = law_file(fit, f"fitted-{kind}")
         (args.out / f"loss-law-{kind}.json").write_text(json.dumps(law, indent=1))
         mu = {k: v for k, v in fit["mu_scaling"].items() if k != "predictions"}
         summary[kind] = {"lr": lr, "output_mult": om, "held_out": held, "mu_scaling": mu, "law": fit["law"]}
         e = fit["law"]["errors"]
-        print(f"  {kind} L(N, D) = {law['E']:.3f}±{e['E']:.2g} + {law['A']:.4g}/N^{law['alpha']:.3f}±"
+        say(f"  {kind} L(N, D) = {law['E']:.3f}±{e['E']:.2g} + {law['A']:.4g}/N^{law['alpha']:.3f}±"
               f"{e['alpha']:.2g} + {law['B']:.4g}/D^{law['beta']:.3f}±{e['beta']:.2g} "
               f"(rms residual {fit['law']['rms_residual']:.4f})")
 
-    print("\n## simulate --budget 100000: Chinchilla's law against the µP runs' fitted law\n")
+    say("\n## simulate --budget 100000: Chinchilla's law against the µP runs' fitted law\n")
     for name, law in (("chinchilla", "chinchilla"), ("fitted µP", str(args.out / "loss-law-mup.json"))):
         plan = simulate(law, args.out / f"plan-{name.split()[0]}.json")
         summary[f"plan_{name.split()[0]}"] = describe(plan)
-        print(f"- {name}: {describe(plan)}")
+        say(f"- {name}: {describe(plan)}")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    if args.json:
+        print(json.dumps(summary, indent=1, default=str))
 
 
 if __name__ == "__main__":

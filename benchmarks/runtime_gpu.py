@@ -2,6 +2,7 @@
 
     python benchmarks/runtime_gpu.py                         # a GPU: ≈0.35B, 0.75B, 1.3B, 2.7B at seq 2048
     python benchmarks/runtime_gpu.py --device cpu            # what a CPU allows: tiny shapes, fp32
+    … [--json]                                               # the rows as JSON instead of the table
 
 The reference loop is written here, independent of the runtime: the same decoder (pre-LN,
 biases, rotary with xPos, tanh-GeLU MLP, tied embeddings), bf16 autocast over fp32 weights,
@@ -206,7 +207,9 @@ def main() -> None:
     ap.add_argument("--compile-shapes", nargs="*", default=None,
                     help="shapes also run under torch.compile (default on a GPU: 1.3B)")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    say = (lambda *a, **k: None) if args.json else print
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     shapes = GPU_SHAPES if gpu else CPU_SHAPES
@@ -218,11 +221,12 @@ def main() -> None:
     dtype = torch.bfloat16 if gpu else None
     peak = dense_peak(device)
     what = torch.cuda.get_device_name(device) if gpu else "CPU"
-    print(f"{what}, torch {torch.__version__}, {dtype_name}, seq {seq}, {GLOBAL_BATCH} sequences a step, "
+    say(f"{what}, torch {torch.__version__}, {dtype_name}, seq {seq}, {GLOBAL_BATCH} sequences a step, "
           f"{steps} steps (median of the last two thirds)")
     header = (f"{'shape':7} {'mode':8} {'ref tok/s':>10} {'run tok/s':>10} {'run/ref':>8} {'ref MFU':>8} "
               f"{'run MFU':>8} {'MFU chk':>8} {'ref GiB':>8} {'run GiB':>8} {'planner tok/s':>13}")
-    print(header, flush=True)
+    say(header, flush=True)
+    rows: list[dict] = []
     for name in names:
         shape = shapes[name]
         fpt = flops_per_token(shape[0], shape[1], seq, VOCAB)
@@ -238,13 +242,19 @@ def main() -> None:
             ref_gib = f"{ref['memory_gib']:.1f}" if gpu else "—"
             pred = run["predicted_tokens_per_s"]
             pred_text = "—" if pred is None else f"{pred:,.0f}"
-            print(f"{name:7} {'compile' if compiled else 'eager':8} {ref['tokens_per_s']:10,.0f} "
+            say(f"{name:7} {'compile' if compiled else 'eager':8} {ref['tokens_per_s']:10,.0f} "
                   f"{run['tokens_per_s']:10,.0f} {run['tokens_per_s'] / ref['tokens_per_s']:8.1%} {ref_mfu:>8} "
                   f"{run['mfu']:8.1%} {ok:>8} {ref_gib:>8} {run['memory_gib']:8.1f} "
                   f"{pred_text:>13}", flush=True)
+            rows.append({"shape": name, "compiled": compiled, "reference": ref, "runtime": run,
+                         "mfu_check": check, "flops_per_token": fpt})
             if run["validate"]:
-                print(f"        flmplan validate, step time: {run['validate']}", flush=True)
-    print(f"runtime: {run['peak_banner'].strip()}")
+                say(f"        flmplan validate, step time: {run['validate']}", flush=True)
+    say(f"runtime: {run['peak_banner'].strip()}")
+    if args.json:
+        print(json.dumps({"device": what, "torch": torch.__version__, "dtype": dtype_name, "seq": seq,
+                          "global_batch": GLOBAL_BATCH, "steps": steps, "peak_flops": peak, "rows": rows},
+                         indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The runtime on this machine: tokens/s and MFU of the tiny plan, and each layout's overhead
 against a single process on the same model, batch and data (fp32, gloo).
 
-    python benchmarks/runtime_layouts.py [--steps 12] [--dtype fp32|bf16]
+    python benchmarks/runtime_layouts.py [--steps 12] [--dtype fp32|bf16] [--json]
 
 MFU is relative to the device's own measured matmul rate in the run's dtype (runtime/train.py). On a
 2-core CPU, processes share the cores: a layout's "overhead" is its step time over the
@@ -56,19 +56,27 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--dtype", default="fp32", help="the runtime's dtype policy (bf16 is slow on CPUs)")
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    base = None
-    print(f"{'layout':32} {'procs':>5} {'step s':>8} {'tokens/s':>9} {'MFU':>6} {'overhead':>9} {'final loss':>10}")
+    base, out = None, []
+    if not args.json:
+        print(f"{'layout':32} {'procs':>5} {'step s':>8} {'tokens/s':>9} {'MFU':>6} {'overhead':>9} {'final loss':>10}")
     for name, (nproc, layout) in LAYOUTS.items():
         with tempfile.TemporaryDirectory() as tmp:
             rows = run(layout, nproc, args.steps, Path(tmp), args.dtype)
         steady = rows[2:]   # skip warm-up steps
         step_s = statistics.median(r["step_s"] for r in steady)
-        tps = statistics.median(r["tokens_per_s"] for r in steady)
-        mfu = statistics.median(r["mfu"] for r in steady)
         base = base or step_s
-        print(f"{name:32} {nproc:5d} {step_s:8.3f} {tps:9,.0f} {mfu:6.1%} {step_s / base:8.2f}× "
-              f"{rows[-1]['loss']:10.4f}")
+        row = {"layout": name, "processes": nproc, "step_s": step_s,
+               "tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
+               "mfu": statistics.median(r["mfu"] for r in steady), "overhead": step_s / base,
+               "final_loss": rows[-1]["loss"]}
+        out.append(row)
+        if not args.json:
+            print(f"{name:32} {nproc:5d} {step_s:8.3f} {row['tokens_per_s']:9,.0f} {row['mfu']:6.1%} "
+                  f"{row['overhead']:8.2f}× {row['final_loss']:10.4f}", flush=True)
+    if args.json:
+        print(json.dumps({"steps": args.steps, "dtype": args.dtype, "rows": out}, indent=1))
 
 
 if __name__ == "__main__":

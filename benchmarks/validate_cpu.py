@@ -3,7 +3,7 @@ FLM-101B plan, run for real (gloo, fp32), then held against the cost model's pre
 `flmplan validate` and a profile of this machine (all its cores); then
 `flmplan profile --refit` on half of the runs, checked on the other half.
 
-    python benchmarks/validate_cpu.py [--runs DIR] [--steps 24] [--repeats 2]
+    python benchmarks/validate_cpu.py [--runs DIR] [--steps 24] [--repeats 2] [--json]
 
 DIR keeps the run folders and profiles (a second call reuses them); default a temporary folder.
 """
@@ -11,6 +11,7 @@ DIR keeps the run folders and profiles (a second call reuses them); default a te
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -72,31 +73,37 @@ def main() -> int:
     # 24 steps: 11 timing windows of 2 steps after the warm-up, where 14 gave 6 (BENCHMARKS.md#cpu-runs-24-steps)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=2, help="runs of each layout, round after round")
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    say = (lambda *a, **k: None) if args.json else print
     folder = args.runs or Path(tempfile.mkdtemp(prefix="flmplan-validate-"))
     folder.mkdir(parents=True, exist_ok=True)
     cores = usable_cores()
     all_runs = runs(folder, args.steps, args.repeats)
     profile = load_profile(profile_for(cores, folder))
-    print(f"{'run':42} {'stage':>5} {'step s measured (each repeat)':>30} {'predicted':>10} {'errors':>16} "
-          f"{'error of the median':>20}")
-    errors = []      # of the median of each run's repeats, per stage
+    say(f"{'run':42} {'stage':>5} {'step s measured (each repeat)':>30} {'predicted':>10} {'errors':>16} "
+        f"{'error of the median':>20}")
+    errors, rows = [], []      # errors: of the median of each run's repeats, per stage
     for name, paths in all_runs:
         try:
             checks = [validate_run(path, None, profile)[2] for path in paths]
         except ValidateError as err:
-            print(f"{name:42} {err}")
+            say(f"{name:42} {err}")
+            rows.append({"run": name, "refused": str(err)})
             continue
         for stage in zip(*checks, strict=True):
             measured = [c.measured_step_s for c in stage]
             predicted = stage[0].predicted_step_s
             errors.append(predicted / statistics.median(measured) - 1)
-            print(f"{name:42} {stage[0].stage:5d} {' '.join(f'{m:.3f}' for m in measured):>30} {predicted:10.3f} "
-                  f"{' '.join(f'{c.step_error:+.1%}' for c in stage):>16} {errors[-1]:+20.1%}")
+            rows.append({"run": name, "stage": stage[0].stage, "measured_step_s": measured,
+                         "predicted_step_s": predicted, "errors": [c.step_error for c in stage],
+                         "error_of_median": errors[-1]})
+            say(f"{name:42} {stage[0].stage:5d} {' '.join(f'{m:.3f}' for m in measured):>30} {predicted:10.3f} "
+                f"{' '.join(f'{c.step_error:+.1%}' for c in stage):>16} {errors[-1]:+20.1%}")
     within = sum(abs(e) <= VALIDATE_TOLERANCE for e in errors)
-    print(f"error of the median: rms {rms(errors):.1%}, {within} of {len(errors)} within {VALIDATE_TOLERANCE:.0%}")
-    print(f"(this machine: {cores} cores; profile measured with {profile.software['threads']} threads; "
-          f"{args.repeats} runs of each, warm-up steps left out)")
+    say(f"error of the median: rms {rms(errors):.1%}, {within} of {len(errors)} within {VALIDATE_TOLERANCE:.0%}")
+    say(f"(this machine: {cores} cores; profile measured with {profile.software['threads']} threads; "
+        f"{args.repeats} runs of each, warm-up steps left out)")
 
     # Refit on half the runs, the rest held out: one of each kind on either side, so that every
     # time factor a held-out run leans on is one the fitted runs constrain (the two sharded data-
@@ -104,12 +111,22 @@ def main() -> int:
     fit = [p for name, paths in all_runs if not name.startswith(HELD_OUT) for p in paths]
     held = [p for name, paths in all_runs if name.startswith(HELD_OUT) for p in paths]
     result = refit_profile(profile, fit, held)
-    factors = ", ".join(f"{k} ×{v:.3g}" for k, v in result.profile.calibration["time_factors"].items())
-    print(f"\nrefit on {len(fit)} runs ({factors}): fitted rms {rms_error(result.fitted):.1%}; "
-          f"held-out {len(held)} runs rms {rms_error(result.before):.1%} → {rms_error(result.after):.1%}")
+    factors = result.profile.calibration["time_factors"]
+    say(f"\nrefit on {len(fit)} runs ({', '.join(f'{k} ×{v:.3g}' for k, v in factors.items())}): fitted rms "
+        f"{rms_error(result.fitted):.1%}; held-out {len(held)} runs rms {rms_error(result.before):.1%} → "
+        f"{rms_error(result.after):.1%}")
+    held_rows = []
     for (f, b), (_, a) in zip(result.before, result.after, strict=True):
-        print(f"  held out {f.parent.name if f.name == 'run' else f.name} stage {b.stage}: "
-              f"{b.step_error:+.1%} → {a.step_error:+.1%}")
+        run_name = f.parent.name if f.name == "run" else f.name
+        held_rows.append({"run": run_name, "stage": b.stage, "error_before": b.step_error, "error_after": a.step_error})
+        say(f"  held out {run_name} stage {b.stage}: {b.step_error:+.1%} → {a.step_error:+.1%}")
+    if args.json:
+        print(json.dumps({"cores": cores, "steps": args.steps, "repeats": args.repeats, "rows": rows,
+                          "rms": rms(errors), "within": within, "tolerance": VALIDATE_TOLERANCE,
+                          "refit": {"time_factors": factors, "fitted_rms": rms_error(result.fitted),
+                                    "held_out_rms_before": rms_error(result.before),
+                                    "held_out_rms_after": rms_error(result.after), "held_out": held_rows}},
+                         indent=1))
     return 0
 
 

@@ -204,8 +204,9 @@ class _Growth:
             saved_md = FileSystemReader(str(saved)).read_metadata().state_dict_metadata
         except (OSError, ValueError, RuntimeError) as err:
             raise FlmplanError(f"{saved} is not a torch.distributed.checkpoint folder ({err}).") from None
-        wrong = [f"{n} {tuple(saved_md[n].size)} (expected {s})" for n, s in self.old_names.items()
-                 if n in saved_md and tuple(getattr(saved_md[n], "size", ())) != s]
+        saved_shapes = {n: tuple(getattr(md, "size", ())) for n, md in saved_md.items()}
+        wrong = [f"{n} {saved_shapes[n]} (expected {s})" for n, s in self.old_names.items()
+                 if n in saved_shapes and saved_shapes[n] != s]
         missing = [n for n in self.old_names if n not in saved_md]
         if missing or wrong:
             what = (f"lacks {len(missing)} of the stage's parameters (e.g. {missing[0]})" if missing
