@@ -179,14 +179,15 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
         # First start: no checkpoint in --load yet, so Megatron-LM loads the grown one as a
         # pretrained checkpoint (weights only, iteration 0); a restart resumes from --load.
         args.append(f"--pretrained-checkpoint checkpoints/stage{k + 1}-grown")
-        notes.append(f"Grown from stage {st.growth.from_stage + 1} by MSG in the plan; Megatron-LM has no MSG masks. "
-                     f"`flmplan grow CHECKPOINT --plan PLAN --stage {k + 1} --to megatron --out "
-                     f"checkpoints/stage{k + 1}-grown` writes these first weights from stage "
-                     f"{st.growth.from_stage + 1}'s checkpoint, growing without masks and keeping the function: new "
-                     "blocks, heads and neurons add nothing until trained (zero output projections), and new hidden "
-                     "dimensions carry the mean of the old ones (LEMON's average expansion), with the LayerNorm gains "
-                     "and this stage's --norm-epsilon rescaled to match. Megatron-LM starts the optimizer afresh "
-                     "there; flmplan's runtime carries Adam's moments across a growth.")
+        j = st.growth.from_stage + 1
+        grow = (f"flmplan grow checkpoints/stage{j} --plan PLAN --stage {k + 1} --to megatron "
+                f"--out checkpoints/stage{k + 1}-grown")
+        notes.append(f"Grown from stage {j} by MSG in the plan; Megatron-LM has no MSG masks. `{grow}` "
+                     f"writes these first weights from stage {j}'s last checkpoint, growing without masks and keeping "
+                     "the function: new blocks, heads and neurons add nothing until trained (zero output projections), "
+                     "and new hidden dimensions carry the mean of the old ones (LEMON's average expansion), with the "
+                     "LayerNorm gains and this stage's --norm-epsilon rescaled to match. Megatron-LM starts the "
+                     "optimizer afresh there; flmplan's runtime carries Adam's moments across a growth.")
         if lay.zero >= 2:
             notes.append("The grown checkpoint is in torch_dist format, which Megatron-LM detects when it loads one; "
                          "loading it into Megatron-FSDP (this stage's --ckpt-format fsdp_dtensor) was not checked "

@@ -137,7 +137,10 @@ def test_grown_megatron_checkpoints_load_in_megatron_core_and_keep_the_loss(tmp_
         for stage in (2, 3):
             grown = checkpoints / f"stage{stage}-grown"
             args_file = tmp_path / f"stage{stage}.megatron.args"
+            # The export names the command this test runs, from the folder Megatron-LM saved the last stage in.
             assert f"--pretrained-checkpoint checkpoints/stage{stage}-grown" in args_file.read_text()
+            assert (f"flmplan grow checkpoints/stage{stage - 1} --plan PLAN --stage {stage} --to megatron --out "
+                    f"checkpoints/stage{stage}-grown") in args_file.read_text()
             r = runner.invoke(app, ["grow", str(checkpoints / f"stage{stage - 1}"), "--plan", str(plan_path),
                                     "--stage", str(stage), "--to", "megatron", "--out", str(grown)])
             assert r.exit_code == 0, r.output
