@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iq_tiny import flmplan  # noqa: E402  (this folder's runner of flmplan commands, timed)
+from iq_tiny import flmplan, tiny_run_on_iq  # noqa: E402  (this folder's runner of flmplan commands, timed)
 
 
 def main() -> None:
@@ -29,14 +29,11 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=50)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from runtime.iq.generators import TASKS, training_text
+    from runtime.iq.generators import TASKS
 
     args.out.mkdir(parents=True, exist_ok=True)
-    data = args.out / "iq_train.txt"
-    data.write_text(training_text(3000, seed=1))
-    run, hf = args.out / "run", args.out / "hf"
-    train_s = flmplan("run", "runtime/data/flm101b_plan.json", "--scale", "tiny", "--nproc", "1", "--steps",
-                      str(args.steps), "--data", str(data), "--out", str(run))
+    _, run, train_s = tiny_run_on_iq(args.out, args.steps, train_items=3000)
+    hf = args.out / "hf"
     export_s = flmplan("export", str(run), "--to", "hf", "--nearest", "--out", str(hf))
     flmplan("eval", str(run), "--items", str(args.items), "--out", str(args.out / "eval"))
     record = json.loads((hf / "flmplan-hf.json").read_text())

@@ -34,6 +34,17 @@ def flmplan(*args: str) -> float:
     return time.perf_counter() - t0
 
 
+def tiny_run_on_iq(out: Path, steps: int, train_items: int) -> tuple[Path, Path, float]:
+    """FLM-101B's schedule at CPU size (`flmplan run --scale tiny`) trained on the IQ suite's train split as
+    text: (the text file, the run folder, seconds)."""
+    data = out / "iq_train.txt"
+    data.write_text(training_text(train_items, seed=1))
+    run = out / "run"
+    seconds = flmplan("run", "runtime/data/flm101b_plan.json", "--scale", "tiny", "--nproc", "1", "--steps",
+                      str(steps), "--data", str(data), "--out", str(run))
+    return data, run, seconds
+
+
 def untrained(run: Path, folder: Path) -> Path:
     """A one-checkpoint run folder: the final stage's shape, initialised as the runtime does, not trained."""
     import torch
@@ -64,11 +75,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    data = args.out / "iq_train.txt"
-    data.write_text(training_text(args.train_items, seed=1))
-    run = args.out / "run"
-    train_s = flmplan("run", "runtime/data/flm101b_plan.json", "--scale", "tiny", "--nproc", "1", "--steps",
-                      str(args.steps), "--data", str(data), "--out", str(run))
+    data, run, train_s = tiny_run_on_iq(args.out, args.steps, args.train_items)
     eval_s = flmplan("eval", str(run), "--items", str(args.items), "--out", str(args.out / "eval"))
     blank = args.out / "untrained"
     if not (blank / "checkpoints").exists():

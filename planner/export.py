@@ -173,7 +173,7 @@ def megatron_args(plan: Plan, k: int, nearest: bool = False) -> str:
         f"--save checkpoints/stage{k + 1}", f"--load checkpoints/stage{k + 1}",
         f"--save-interval {checkpoint_every_steps(plan, k)}",
         # LayerNorm's ε, scaled down with the width from Megatron-LM's default as `flmplan grow` needs.
-        f"--norm-epsilon {megatron_shape(plan, k)['norm_eps']!r}",
+        f"--norm-epsilon {grown_norm_eps(plan, k, MEGATRON_NORM_EPS)!r}",
     ]
     if st.growth:
         # First start: no checkpoint in --load yet, so Megatron-LM loads the grown one as a

@@ -125,13 +125,19 @@ def _drawn(shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtyp
     return (torch.randn(shape, generator=generator) * INIT_STD).to(dtype)
 
 
+def _norm_gain(source: torch.Tensor, shape: tuple[int, ...], d0: int, d1: int) -> torch.Tensor:
+    """A norm's gain over the grown width, every entry scaled by √(d_old / d_new): the normalised old
+    dimensions come out as before (the module docstring says why, for either norm)."""
+    gain = math.sqrt(d0 / d1)
+    return _leading(source * gain, torch.full(shape, gain, dtype=source.dtype))
+
+
 def _grow_torchtitan_tensor(part: str, source: torch.Tensor, shape: tuple[int, ...], d0: int, d1: int,
                             is_copy: bool, generator: torch.Generator) -> torch.Tensor:
     """One grown tensor of a block (`part` without the block prefix) or of the model: zero new residual
     dimensions under RMSNorm (see the module docstring)."""
     if part.endswith("norm.weight"):
-        gain = math.sqrt(d0 / d1)
-        return _leading(source * gain, torch.full(shape, gain, dtype=source.dtype))
+        return _norm_gain(source, shape, d0, d1)
     t = _leading(source, _drawn(shape, generator, source.dtype))
     # What keeps the function: new residual dimensions stay zero (embedding columns, output-projection
     # rows), the output projections read nothing from new heads and neurons, and a copied block's
@@ -154,9 +160,8 @@ def _grow_megatron_tensor(part: str, source: torch.Tensor, shape: tuple[int, ...
                           is_copy: bool, generator: torch.Generator, swiglu: bool = False) -> torch.Tensor:
     """One grown tensor of a block (`part` without the block prefix) or of the model: the average
     expansion of the residual stream under LayerNorm (see the module docstring)."""
-    gain = math.sqrt(d0 / d1)
     if part.endswith(("layer_norm_weight", "final_layernorm.weight")):
-        return _leading(source * gain, torch.full(shape, gain, dtype=source.dtype))
+        return _norm_gain(source, shape, d0, d1)
     if part.endswith(("layer_norm_bias", "final_layernorm.bias")):
         return _leading(source, torch.zeros(shape, dtype=source.dtype))   # new dimensions normalise to zero
     if swiglu and part.startswith("mlp.linear_fc1."):
