@@ -10,13 +10,13 @@ import json
 import sys
 import time
 
+from planner.cost.device_profile import builtin_profile
 from planner.errors import FlmplanError
-from planner.loss import GrowthLossModel, load_law
-from planner.profile import builtin_profile
-from planner.schedule import Settings
-from planner.sim.run import FailureModel
-from planner.simulate import plan_budget
-from planner.specs import get_gpu
+from planner.growth.loss_law import GrowthLossModel, load_law
+from planner.growth.schedule import Settings
+from planner.model.specs import get_gpu
+from planner.plan.budget import plan_budget
+from planner.sim.whole_run import FailureModel
 
 SCENARIOS = [
     # (budget, gpu, carry-over, max days)

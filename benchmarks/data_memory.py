@@ -5,7 +5,7 @@ written with the runtime's own writer), each trained on by a tiny run: `flmplan 
 three-stage plan at `--scale tiny`, 12 steps a stage, on one process. The training process's peak
 resident memory (ru_maxrss, which `metrics.jsonl` logs) is compared between the two corpora; so is
 the loader this one replaced, side by side in the same run: it read the whole .bin on every rank and
-widened it to int64 (`np.fromfile(path, np.uint16).astype(np.int64)`, runtime/data.py before the
+widened it to int64 (`np.fromfile(path, np.uint16).astype(np.int64)`, runtime/data/corpus.py before the
 indexed datasets), and built the whole epoch's permutation of sequences. The loader's own time per
 step (`data_s`: what the step waits for; the next batch is read on a thread while a step computes) is
 set against the step's (`step_s`), medians over each stage's steps after its first (which reads its
@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime.corpus import ByteCodec, IndexedWriter, paths, write_manifest  # noqa: E402
+from runtime.data.indexed import ByteCodec, IndexedWriter, paths, write_manifest  # noqa: E402
 
 OLD_LOADER = """
 import resource, sys, numpy as np
@@ -60,7 +60,7 @@ def write_corpus(prefix: Path, megabytes: float, seed: int = 0) -> int:
 
 
 def train(prefix: Path, out: Path) -> dict:
-    r = subprocess.run([sys.executable, "-m", "flmplan.cli", "run", "runtime/data/flm101b_plan.json", "--scale",
+    r = subprocess.run([sys.executable, "-m", "flmplan.cli", "run", "examples/plans/flm101b_plan.json", "--scale",
                         "tiny", "--nproc", "1", "--steps", "12", "--data", str(prefix), "--out", str(out),
                         "--log-every", "1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)

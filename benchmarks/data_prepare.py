@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.prepare import prepare, train_tokenizer
+from runtime.data.prepare import prepare, train_tokenizer
 
 
 def write_corpus(path: Path, mb: float, seed: int = 0) -> list[str]:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from planner.case import published_cases
-from planner.search import compare_to_published
+from planner.layout.case import published_cases
+from planner.layout.search import compare_to_published
 from profiles.derived import CALIBRATION, leave_one_out
 
 SOURCES = {"megatron": "Megatron-LM 2021", "llmfoundry": "llm-foundry", "flm101b": "FLM-101B",

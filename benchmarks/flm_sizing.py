@@ -13,12 +13,12 @@ import json
 import sys
 from dataclasses import replace
 
-from planner.case import published_cases
-from planner.compute import layer_time, logits_time
-from planner.cost import device_models
-from planner.profile import builtin_profile
-from planner.search import compare_to_published, estimate_case
-from planner.specs import get_gpu
+from planner.cost.compute import layer_time, logits_time
+from planner.cost.device_profile import builtin_profile
+from planner.cost.step import device_models
+from planner.layout.case import published_cases
+from planner.layout.search import compare_to_published, estimate_case
+from planner.model.specs import get_gpu
 
 # Megatron-LM's vocabulary-parallel cross-entropy in fp32, element passes of 4 bytes over the
 # local logits (counted from megatron/core/tensor_parallel/cross_entropy.py, 2023): forward — cast

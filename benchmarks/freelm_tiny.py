@@ -6,7 +6,7 @@ signal cost the language loss?
 
 Three `flmplan run`s of the same one-stage tiny model (4 × 128, byte tokens of Python's standard
 library, batch 16 × 64, one process, fp32):
-- freelm: every `--every`-th step a teacher batch of synthetic propositions (runtime/freelm.py:
+- freelm: every `--every`-th step a teacher batch of synthetic propositions (runtime/objectives/freelm.py:
   retrieval, comparison, capitals; a tenth held out), `--steps` steps in all;
 - lm, same compute: language modelling only, the same number of steps;
 - lm, same language tokens: language modelling only, as many steps as freelm's language steps.
@@ -26,11 +26,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime.freelm import synthetic_propositions, write_teacher_file  # noqa: E402
+from runtime.objectives.freelm import synthetic_propositions, write_teacher_file  # noqa: E402
 
 
 def plan(steps: int, objective: dict | None) -> dict:
-    p = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
+    p = json.loads((ROOT / "examples/plans/tiny_one_stage.json").read_text())
     st = p["stages"][0]
     st["model"].update(hidden=128, heads=8, ffn=512, layers=4)
     st["layout"].update(micro_batch=16, global_batch=16)

@@ -138,9 +138,9 @@ def memory(out: Path) -> list[dict]:
     from typer.testing import CliRunner
 
     from flmplan.cli import app
-    from runtime.scale import tiny_plan
+    from runtime.model.scale import tiny_plan
 
-    raw = tiny_plan(json.loads((ROOT / "runtime/data/flm101b_plan.json").read_text()), nproc=1)
+    raw = tiny_plan(json.loads((ROOT / "examples/plans/flm101b_plan.json").read_text()), nproc=1)
     for st, (hidden, layers) in zip(raw["stages"], ((1024, 12), (2048, 12), (2048, 24)), strict=True):
         st["model"] |= {"hidden": hidden, "heads": hidden // 128, "ffn": 4 * hidden, "layers": layers,
                         "vocab": 32000, "seq": 2048}
@@ -187,13 +187,13 @@ def main() -> None:
     from typer.testing import CliRunner
 
     from flmplan.cli import app
-    from runtime.scale import tiny_plan
+    from runtime.model.scale import tiny_plan
 
     runner = CliRunner()
     rows = []
     with tempfile.TemporaryDirectory() as tmp, megatron_on_cpu():
         out = Path(tmp)
-        raw = tiny_plan(json.loads((ROOT / "runtime/data/flm101b_plan.json").read_text()), nproc=1)
+        raw = tiny_plan(json.loads((ROOT / "examples/plans/flm101b_plan.json").read_text()), nproc=1)
         (out / "plan.json").write_text(json.dumps(raw))
         r = runner.invoke(app, ["export", str(out / "plan.json"), "--to", "megatron", "--nearest", "--out", str(out)])
         assert r.exit_code == 0, r.output

@@ -3,9 +3,9 @@
     python benchmarks/growth_cases.py [--law chinchilla] [--fit-on gstack-7b-300b] [--json]
 
 For each case of planner/data/growth_cases.json: the speed-up its source states (in its own
-convention), the equal-loss model's (planner/loss.py) with the default knobs (carry-over 1, half the
+convention), the equal-loss model's (planner/growth/loss_law.py) with the default knobs (carry-over 1, half the
 mask ramp counted) and with the most favourable in range (the whole ramp counted), and the proposed
-persistent token efficiency η, fitted on one case and scored on the others (planner/growth_evidence.py).
+persistent token efficiency η, fitted on one case and scored on the others (planner/growth/evidence.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from planner.growth_evidence import evidence_table
-from planner.loss import load_law
+from planner.growth.evidence import evidence_table
+from planner.growth.loss_law import load_law
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def plan_for(layers: tuple[int, int], hidden: tuple[int, int], nproc: int) -> dict:
-    plan = json.loads((ROOT / "runtime/data/tiny_two_stage.json").read_text())
+    plan = json.loads((ROOT / "examples/plans/tiny_two_stage.json").read_text())
     plan["name"] = "growth memory benchmark"
     plan["cluster"]["gpus"] = nproc
     for k, st in enumerate(plan["stages"]):
@@ -83,7 +83,7 @@ def main() -> None:
         ev2 = events(second)
         memory = next(e for e in ev2 if e["event"] == "growth_memory")
         after2 = next(e["loss"] for e in ev2 if e["event"] == "after_growth")
-    from planner.specs import ModelSpec
+    from planner.model.specs import ModelSpec
 
     params = [ModelSpec(**st["model"]).params() for st in plan["stages"]]
     if args.json:

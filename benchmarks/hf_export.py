@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=50)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from runtime.iq.generators import TASKS
+    from runtime.evaluation.iq_tasks import TASKS
 
     args.out.mkdir(parents=True, exist_ok=True)
     _, run, train_s = tiny_run_on_iq(args.out, args.steps, train_items=3000)

@@ -4,9 +4,9 @@ and does accuracy survive each growth?
 
     python benchmarks/iq_tiny.py [--out DIR] [--steps 3000] [--train-items 9000] [--items 100] [--json]
 
-1. The train split of every task as text (runtime/iq/generators.py `training_text`: prompt and
+1. The train split of every task as text (runtime/evaluation/iq_tasks.py `training_text`: prompt and
    answer, items apart by a blank line; `--train-items` per task) is the run's only --data.
-2. `flmplan run runtime/data/flm101b_plan.json --scale tiny --nproc 1 --steps S`: FLM-101B's three
+2. `flmplan run examples/plans/flm101b_plan.json --scale tiny --nproc 1 --steps S`: FLM-101B's three
    stages at CPU size (final stage 4 × 128, sequence 64 bytes), grown by MSG twice.
 3. `flmplan eval` of the run (the last checkpoint of each stage) and of an untrained model of the
    final stage's shape, on `--items` eval-split items per task.
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime.iq.generators import training_text  # noqa: E402
+from runtime.evaluation.iq_tasks import training_text  # noqa: E402
 
 
 def flmplan(*args: str) -> float:
@@ -40,7 +40,7 @@ def tiny_run_on_iq(out: Path, steps: int, train_items: int) -> tuple[Path, Path,
     data = out / "iq_train.txt"
     data.write_text(training_text(train_items, seed=1))
     run = out / "run"
-    seconds = flmplan("run", "runtime/data/flm101b_plan.json", "--scale", "tiny", "--nproc", "1", "--steps",
+    seconds = flmplan("run", "examples/plans/flm101b_plan.json", "--scale", "tiny", "--nproc", "1", "--steps",
                       str(steps), "--data", str(data), "--out", str(run))
     return data, run, seconds
 
@@ -50,10 +50,10 @@ def untrained(run: Path, folder: Path) -> Path:
     import torch
     import torch.distributed as dist
 
-    from planner.plan import load_plan
+    from planner.plan.plan_file import load_plan
     from runtime import checkpoint
-    from runtime.model import Decoder
-    from runtime.train import config_of
+    from runtime.model.decoder import Decoder
+    from runtime.training.trainer import config_of
 
     st = load_plan(run / "plan.json").stages[-1]
     if not dist.is_initialized():                # DCP saves through a process group: this process alone

@@ -19,15 +19,15 @@ import argparse
 import json
 from importlib import resources
 
-from planner.compute import layer_time
-from planner.cost import device_models, model_host_s, tp_comm_per_pass_s
-from planner.profile import Profile, builtin_profile, load_profile
-from planner.specs import Layout, ModelSpec
+from planner.cost.compute import layer_time
+from planner.cost.device_profile import Profile, builtin_profile, load_profile
+from planner.cost.step import device_models, model_host_s, tp_comm_per_pass_s
+from planner.model.specs import Layout, ModelSpec
 
 
 def predict_layer(profile: Profile, model: ModelSpec, layout: Layout) -> tuple[float, float, float]:
     """(forward, backward, backward with full recompute) of one layer at this layout, TP included,
-    with the host's time per pass on a CPU (planner/cost.py estimate_step)."""
+    with the host's time per pass on a CPU (planner/cost/step.py estimate_step)."""
     dev, net = device_models(profile)
     lt = layer_time(dev, model, layout)
     tp_time = tp_comm_per_pass_s(net, model, layout, dev.bytes_per_element, gpus_per_node=8)
@@ -90,7 +90,7 @@ def main() -> int:
         if args.profile:
             profile = load_profile(args.profile)
         else:
-            from profiles.run import run_profile
+            from profiles.measure import run_profile
 
             profile = run_profile("cpu", quick=True)
         result |= {"profile": f"{profile.name} ({profile.source}, {profile.device['name']}, {profile.dtype})",

@@ -4,7 +4,7 @@ the fitted law beside the Chinchilla one.
 
     python benchmarks/mup_sweep.py [--out DIR] [--widths 32,64,128,256,512] [--steps 150] [--json]
 
-1. `flmplan tune` (runtime/tune.py, in this process): every width × learning rate (× output
+1. `flmplan tune` (runtime/training/lr_sweep.py, in this process): every width × learning rate (× output
    multiplier under µP), SP and µP, the same seed, data order and tokens for every proxy
    (byte-level text of Python's standard library).
 2. Each parametrization's best rate (and multiplier) at the narrowest width is used at every width
@@ -26,8 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from planner.loss_fit import fit_loss, law_file  # noqa: E402
-from runtime.tune import ProxyShape, tune  # noqa: E402
+from planner.growth.loss_fit import fit_loss, law_file  # noqa: E402
+from planner.plan.run_curves import read_curves  # noqa: E402
+from runtime.training.lr_sweep import ProxyShape, tune  # noqa: E402
 
 
 def simulate(law: str, out: Path) -> dict:
@@ -79,7 +80,7 @@ def main() -> None:
         lr, om = narrow["lr"], narrow["output_mult"]
         runs = [Path(r["run"]) for r in result["runs"] if r["parametrization"] == kind and r["lr"] == lr
                 and r["output_mult"] == om]
-        fit = fit_loss(runs, holdout=1)
+        fit = fit_loss(read_curves(runs), holdout=1)
         held = next(p for p in fit["mu_scaling"]["predictions"] if p["held_out"])
         say(f"| {kind} | {lr:g}, ×{om:g} | {held['measured']:.4f} | {held['predicted']:.4f} | {held['error']:+.4f} "
               f"| {held['error_pct']:+.2f} |")

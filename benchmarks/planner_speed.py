@@ -14,14 +14,16 @@ import platform
 import sys
 import time
 
-from planner.layouts import PartialLayout
-from planner.loss import GrowthLossModel
-from planner.profile import builtin_profile
-from planner.schedule import Planner, Settings, flm_base, flm_schedule
-from planner.search import search_layout
-from planner.sim.run import FailureModel
-from planner.simulate import plan_budget, simulate_schedule
-from planner.specs import ClusterSpec, get_gpu
+from planner.cost.device_profile import builtin_profile
+from planner.growth.flm import flm_base
+from planner.growth.loss_law import GrowthLossModel
+from planner.growth.schedule import Settings
+from planner.growth.schedule_search import Planner, flm_schedule
+from planner.layout.candidates import PartialLayout
+from planner.layout.search import search_layout
+from planner.model.specs import ClusterSpec, get_gpu
+from planner.plan.budget import plan_budget, simulate_schedule
+from planner.sim.whole_run import FailureModel
 
 
 def timed(fn, repeat: int = 3) -> tuple[float, object]:
@@ -39,7 +41,7 @@ def measure() -> dict:
     cluster = ClusterSpec(gpu=gpu, gpus=192)
 
     def search():
-        from planner.compute import _layer_time, _logits_time
+        from planner.cost.compute import _layer_time, _logits_time
 
         _layer_time.cache_clear()
         _logits_time.cache_clear()

@@ -143,7 +143,7 @@ def reference(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype |
 def runtime(shape: tuple[int, ...], device: str, dtype: str, compiled: bool, steps: int, seq: int,
             folder: Path) -> dict:
     layers, h, heads, micro = shape
-    plan = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
+    plan = json.loads((ROOT / "examples/plans/tiny_one_stage.json").read_text())
     plan["name"] = f"runtime benchmark {layers}x{h}"
     plan["dtype"] = dtype
     st = plan["stages"][0]
@@ -176,9 +176,9 @@ def runtime(shape: tuple[int, ...], device: str, dtype: str, compiled: bool, ste
 def validate_errors(run_dir: Path) -> str:
     """`flmplan validate`'s step-time error for the run: with the built-in profile of the GPU and,
     on an H200, with the measured full-sweep profile shipped in profiles/data/measured/."""
+    from planner.cost.device_profile import load_profile
     from planner.errors import FlmplanError
-    from planner.profile import load_profile
-    from planner.validate import validate_run
+    from planner.plan.validation import validate_run
 
     texts = []
     measured = ROOT / "profiles/data/measured/h200-full-2026-11-28.json"

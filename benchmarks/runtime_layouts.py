@@ -35,7 +35,7 @@ LAYOUTS = {
 
 
 def run(layout: dict, nproc: int, steps: int, folder: Path, dtype: str, log_every: int = 1) -> list[dict]:
-    plan = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
+    plan = json.loads((ROOT / "examples/plans/tiny_one_stage.json").read_text())
     st = plan["stages"][0]
     st["model"].update(layers=4, hidden=256, heads=8, ffn=1024, seq=128)
     st["layout"].update(micro_batch=4, global_batch=16, **layout)

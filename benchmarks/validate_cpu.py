@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from runtime_layouts import LAYOUTS, run  # noqa: E402
 
 from flmplan.cli import VALIDATE_TOLERANCE  # noqa: E402  (issue 11's target for a CPU run)
-from planner.profile import load_profile  # noqa: E402
-from planner.validate import ValidateError, refit_profile, rms, rms_error, validate_run  # noqa: E402
-from runtime.parallel import usable_cores  # noqa: E402
+from planner.cost.device_profile import load_profile  # noqa: E402
+from planner.plan.validation import ValidateError, refit_profile, rms, rms_error, validate_run  # noqa: E402
+from runtime.parallel.cores import usable_cores  # noqa: E402
 
 
 def flmplan(*args: str) -> None:
@@ -61,7 +61,7 @@ def runs(folder: Path, steps: int, repeats: int) -> list[tuple[str, list[Path]]]
             out.setdefault(f"{name} ({nproc} proc)", []).append(f / "run")
         flm = folder / f"flm-tiny{tail}"
         if not (flm / "DONE.json").exists():
-            flmplan("run", str(ROOT / "runtime/data/flm101b_plan.json"), "--scale", "tiny", "--nproc", "2",
+            flmplan("run", str(ROOT / "examples/plans/flm101b_plan.json"), "--scale", "tiny", "--nproc", "2",
                     "--steps", str(steps), "--out", str(flm), "--log-every", "2")
         out.setdefault("FLM-101B tiny plan (2 proc)", []).append(flm)
     return list(out.items())

@@ -1,65 +1,16 @@
-"""What every command shares: the one error style, the app, the consoles, the options' choices and the
+"""What every command shares: the consoles, the options' choices and the
 checks of what a command will write."""
 
 
 from __future__ import annotations
 
 import os
-import sys
 from enum import Enum, StrEnum
 from pathlib import Path
 
 import typer
 import typer.core
 from rich.console import Console
-
-# typer ≥ 0.26 carries its own copy of click; its exception classes are reached through typer's.
-_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-
-
-class _OneErrorStyle(typer.core.TyperGroup):
-    """Every refusal the same way, caught once: a bad option (click's parser) or a bad input found
-    later (a FlmplanError) is one line on stderr, `Error: <sentence>`, exit code 2, no traceback."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        from planner.errors import FlmplanError
-
-        try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except _ClickException as err:
-            if type(err).__name__ == "NoArgsIsHelpError":     # typer has printed the help
-                code = err.exit_code
-            else:
-                ctx = getattr(err, "ctx", None)
-                hint = f" See '{ctx.command_path} --help'." if ctx is not None else ""
-                message = err.format_message().rstrip()
-                _print_error(message + ("" if message.endswith(".") else ".") + hint)
-                code = err.exit_code
-        except FlmplanError as err:
-            _print_error(str(err))
-            code = 2
-        except typer.Abort:
-            stderr.print("Aborted.")
-            code = 1
-        code = code if isinstance(code, int) else 0
-        if standalone_mode:
-            sys.exit(code)
-        return code
-
-
-def _print_error(sentence: str) -> None:
-    from rich.markup import escape
-
-    stderr.print(f"[bold red]Error:[/] {escape(sentence)}", highlight=False, soft_wrap=True)
-
-
-app = typer.Typer(
-    cls=_OneErrorStyle,
-    add_completion=False,
-    no_args_is_help=True,
-    help="flmplan: plan, simulate and run LLM pretraining by growth (the FLM-101B recipe) on a budget.",
-)
-
 
 stdout = Console()
 
@@ -97,18 +48,13 @@ def value_of(choice: Enum | None) -> str | None:
     return None if choice is None else choice.value
 
 
-@app.callback()
-def _root() -> None:
-    """flmplan: plan, simulate and run LLM pretraining by growth on a budget."""
-
-
 def load_profile_for(gpu_key: str, path: Path | None, dtype: str = "bf16"):
     """The profile the user gave (checked against the plan's dtype), else the built-in one."""
-    from planner.profile import ProfileError, builtin_profile, load_profile
+    from planner.cost.device_profile import ProfileError, builtin_profile, load_profile
 
     if path is None:
         return builtin_profile(gpu_key)
-    from planner.specs import gpu_for_device
+    from planner.model.specs import gpu_for_device
 
     profile = load_profile(path)
     if profile.dtype != dtype:
@@ -154,7 +100,7 @@ def prepared_corpus(items: list[str]):
     """--data of simulate: prepared corpora only (a plan records files a cluster can read, not text to
     tokenize), whole and of one tokenizer."""
     from planner.errors import FlmplanError
-    from runtime.data import load_corpus, parse_specs
+    from runtime.data.corpus import load_corpus, parse_specs
 
     specs = parse_specs(items)
     if any(s.prefix is None for s in specs):
@@ -166,8 +112,8 @@ def prepared_corpus(items: list[str]):
 def with_data(plan, corpus):
     """The plan with its corpus: every stage's vocabulary holds the tokenizer, and how often the plan
     reads each source."""
-    from planner.plan import plan_from_dict
-    from runtime.data import check_corpus
+    from planner.plan.plan_file import plan_from_dict
+    from runtime.data.corpus import check_corpus
 
     check_corpus(corpus, plan)
     seq = plan.stages[0].model.seq
@@ -184,7 +130,7 @@ def with_data(plan, corpus):
 def check_teacher_data(path: Path, teacher_every: int) -> None:
     """A teacher file is only meaningful with a teacher schedule, and must read as propositions."""
     from planner.errors import FlmplanError
-    from runtime.freelm import IQ_SOURCE, read_teacher_file
+    from runtime.objectives.freelm import IQ_SOURCE, read_teacher_file
 
     if not teacher_every:
         raise FlmplanError("--teacher-data needs --teacher-every K (every K-th step a teacher batch).")

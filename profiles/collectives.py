@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from planner.profile import bus_factor
+from planner.cost.device_profile import bus_factor
 from profiles.timing import median_and_spread, time_interleaved, time_lockstep
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
@@ -42,7 +42,7 @@ def _worker(rank: int, nproc: int, port: int, backend: str, sizes: list[int], re
     if backend == "nccl":
         torch.cuda.set_device(device)
     else:     # as `flmplan run` starts CPU ranks: the cores shared out among them, each rank's own pinned
-        from runtime.parallel import pin_to_own_cores, rank_threads, usable_cores
+        from runtime.parallel.cores import pin_to_own_cores, rank_threads, usable_cores
 
         rank_cores = usable_cores() / nproc
         torch.set_num_threads(rank_threads(nproc))
@@ -99,7 +99,7 @@ def tensor_parallel_entry(tp: dict[bool, dict] | None, error: str | None, nproc:
                   "round, in turns; each figure the median over the rounds, with its spread "
                   "(interquartile range / median). The planner charges, where the probe has them, what "
                   "its own model leaves of the sharded per-layer and 1-layer times instead of these "
-                  "differences (planner/cost.py probe_residuals)",
+                  "differences (planner/cost/step.py probe_residuals)",
     }
 
 
@@ -154,6 +154,66 @@ def _measure_size(rank: int, nproc: int, nbytes: int, device: torch.device, reps
 TP_PROBE = {"hidden": 128, "heads": 8, "seq": 64, "micro_batch": 2, "vocab": 256}
 
 
+def _whole_step(m, x: torch.Tensor, y: torch.Tensor):
+    """One micro-batch's forward and backward of an unsharded model."""
+    from runtime.model.decoder import causal_lm_loss
+
+    return lambda: causal_lm_loss(m(x), y).backward()
+
+
+def _whole_tail(m):
+    """A single process's step after its backward (runtime/training/trainer.py): the gradient norm and
+    clip as multi-tensor kernels, the fused AdamW step, the gradients zeroed."""
+    from runtime.parallel.optim import make_optimizer
+
+    opt = make_optimizer(m, 1e-4)
+
+    def tail() -> None:
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return tail
+
+
+def _sharded_tail(pm):
+    """The same on DTensor shards, through the runtime's own clip (one all-reduce of the norm)."""
+    from runtime.parallel.optim import make_optimizer
+
+    opts = [make_optimizer(c, 1e-4) for c in pm.chunks]
+
+    def tail() -> None:
+        pm.clip_and_unscale(1.0)
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+    return tail
+
+
+def _collective_steps(elements: int, nproc: int, device: torch.device, dtype: torch.dtype,
+                      sequence_parallel: bool) -> dict:
+    """A layer's tensor-parallel collectives alone, and what a selective recompute re-runs of them."""
+    full = torch.empty(elements, device=device, dtype=dtype)
+    part = torch.empty(elements // nproc, device=device, dtype=dtype)
+
+    def layer_collectives() -> None:
+        # One layer, forward and backward: two all-reduces of the activations each, or with
+        # sequence parallelism two all-gathers and two reduce-scatters each (planner/cost/step.py
+        # tp_comm_per_pass_s; runtime/model/decoder.py column_parallel_input).
+        for _ in range(4):
+            if sequence_parallel:
+                _all_gather(full, part)
+                _reduce_scatter(part, full)
+            else:
+                dist.all_reduce(full)
+
+    def regathers() -> None:
+        # What a selective recompute re-runs of them: the two all-gathers (runtime/model/decoder.py _saved_ops).
+        for _ in range(2 if sequence_parallel else 0):
+            _all_gather(full, part)
+
+    return {"layer_collectives_s": layer_collectives, "regathers_s": regathers}
+
+
 def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtype, sequence_parallel: bool,
                              reps: int = 9) -> dict:
     """What the runtime's tensor parallelism costs beyond the kernels of its shards and the
@@ -163,10 +223,10 @@ def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtyp
     sharded models under selective recompute give its cost per layer. Without sequence
     parallelism the step after the backward (clip, AdamW, zero) is timed on them too, sharded and
     whole, and the models' step under FSDP over the ranks. The planner takes its charges from
-    these times (planner/cost.py probe_residuals, optimizer_step_s). Every rank calls this."""
-    from planner.specs import Layout
-    from runtime.model import Decoder, DecoderConfig, causal_lm_loss
-    from runtime.parallel import make_mesh, make_optimizer, parallelize
+    these times (planner/cost/step.py probe_residuals, optimizer_step_s). Every rank calls this."""
+    from planner.model.specs import Layout
+    from runtime.model.decoder import Decoder, DecoderConfig
+    from runtime.parallel.parallelize import make_mesh, parallelize
 
     h, seq, b, vocab = TP_PROBE["hidden"], TP_PROBE["seq"], TP_PROBE["micro_batch"], TP_PROBE["vocab"]
     layout = Layout(tp=nproc, pp=1, dp=1, micro_batch=b, global_batch=b, sequence_parallel=sequence_parallel,
@@ -180,55 +240,11 @@ def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtyp
         cfg = DecoderConfig(layers=layers, hidden=h, heads=TP_PROBE["heads"], ffn=4 * h, vocab=vocab, seq=seq)
         return Decoder(cfg).to(device=device, dtype=dtype)
 
-    def unsharded_step(m: Decoder):
-        return lambda: causal_lm_loss(m(x), y).backward()
-
-    def unsharded_tail(m: Decoder):
-        # A single process's step after its backward (runtime/train.py): the gradient norm and clip
-        # as multi-tensor kernels, the fused AdamW step, the gradients zeroed.
-        opt = make_optimizer(m, 1e-4)
-
-        def tail() -> None:
-            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0, foreach=True)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return tail
-
-    def sharded_tail(pm):
-        # The same on DTensor shards, through the runtime's own clip (one all-reduce of the norm).
-        opts = [make_optimizer(c, 1e-4) for c in pm.chunks]
-
-        def tail() -> None:
-            pm.clip_and_unscale(1.0)
-            for o in opts:
-                o.step()
-                o.zero_grad(set_to_none=True)
-        return tail
-
     selective = replace(layout, recompute="selective")
-    full = torch.empty(b * seq * h, device=device, dtype=dtype)
-    part = torch.empty(b * seq * h // nproc, device=device, dtype=dtype)
-
-    def layer_collectives() -> None:
-        # One layer, forward and backward: two all-reduces of the activations each, or with
-        # sequence parallelism two all-gathers and two reduce-scatters each (planner/cost.py
-        # tp_comm_per_pass_s; runtime/model.py column_parallel_input).
-        for _ in range(4):
-            if sequence_parallel:
-                _all_gather(full, part)
-                _reduce_scatter(part, full)
-            else:
-                dist.all_reduce(full)
-
-    def regathers() -> None:
-        # What a selective recompute re-runs of them: the two all-gathers (runtime/model.py _saved_ops).
-        for _ in range(2 if sequence_parallel else 0):
-            _all_gather(full, part)
-
-    steps = {"layer_collectives_s": layer_collectives, "regathers_s": regathers}
+    steps = _collective_steps(b * seq * h, nproc, device, dtype, sequence_parallel)
     if not sequence_parallel:
         # The same models under FSDP over the ranks (zero 3): its hooks, gathers and reductions
-        # on the host, which the planner holds its own charge against (planner/cost.py).
+        # on the host, which the planner holds its own charge against (planner/cost/step.py).
         fsdp = Layout(tp=1, pp=1, dp=nproc, micro_batch=b, global_batch=b * nproc, zero=3)
         fsdp_mesh = make_mesh(fsdp, device.type)
         for layers in (1, 3):
@@ -239,13 +255,13 @@ def tensor_parallel_overhead(nproc: int, device: torch.device, dtype: torch.dtyp
         recomputed = parallelize(model(layers), selective, mesh, device)
         plain = model(layers)
         steps[f"tensor_parallel_{layers}_layers_s"] = lambda pm=sharded: pm.train_batch(x, y)
-        steps[f"unsharded_{layers}_layers_s"] = unsharded_step(plain)
+        steps[f"unsharded_{layers}_layers_s"] = _whole_step(plain, x, y)
         steps[f"selective_recompute_{layers}_layers_s"] = lambda pm=recomputed: pm.train_batch(x, y)
         if not sequence_parallel:     # which does not change the step's tensors: timed once
             # Each after its model's step above, whose gradients it uses and frees, as the runtime
             # does (the warm-up and every round call them in this order).
-            steps[f"optimizer_sharded_{layers}_layers_s"] = sharded_tail(sharded)
-            steps[f"optimizer_unsharded_{layers}_layers_s"] = unsharded_tail(plain)
+            steps[f"optimizer_sharded_{layers}_layers_s"] = _sharded_tail(sharded)
+            steps[f"optimizer_unsharded_{layers}_layers_s"] = _whole_tail(plain)
     # The figures below are differences of these times: taken in turns, and each figure is the
     # median of its value in every round (their spread beside it).
     rounds = time_interleaved(steps, device, warmup=3, rounds=reps)
@@ -272,17 +288,17 @@ def _round_overheads(t: dict[str, float]) -> dict[str, float]:
     ends = t["tensor_parallel_1_layers_s"] - t["unsharded_1_layers_s"] - t["layer_collectives_s"] - 2 * pass_s
     selective = slope("selective_recompute") - sharded - pass_s - t["regathers_s"]
     extra = {}
-    # FSDP's per layer, as the planner holds its own charge against it (planner/cost.py).
+    # FSDP's per layer, as the planner holds its own charge against it (planner/cost/step.py).
     if "fully_sharded_1_layers_s" in t:
         extra["fully_sharded_layer_s"] = slope("fully_sharded")
     # The step after the backward (clip, AdamW, zero), per layer and the rest, on shards and whole:
-    # measured with the kernels' own work in it, which the cost model takes out (planner/cost.py).
+    # measured with the kernels' own work in it, which the cost model takes out (planner/cost/step.py).
     for kind in ("sharded", "unsharded") if "optimizer_sharded_1_layers_s" in t else ():
         per_layer = slope(f"optimizer_{kind}")
         extra[f"optimizer_{kind}_layer_s"] = max(0.0, per_layer)
         extra[f"optimizer_{kind}_fixed_s"] = max(0.0, t[f"optimizer_{kind}_1_layers_s"] - per_layer)
     # The sharded models' time per layer (forward + backward), without and with selective
-    # recompute: the planner holds its own charge for the probe against these (planner/cost.py).
+    # recompute: the planner holds its own charge for the probe against these (planner/cost/step.py).
     return {"layer_pass_s": pass_s, "micro_batch_s": max(0.0, ends), "selective_recompute_layer_s": max(0.0, selective),
             "sharded_layer_s": sharded, "selective_recompute_sharded_layer_s": slope("selective_recompute"), **extra}
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from planner.profile import Profile, save_profile
-from planner.specs import GpuSpec, gpu_catalog
+from planner.cost.device_profile import Profile, save_profile
+from planner.model.specs import GpuSpec, gpu_catalog
 
 DATE = "2026-11-28"
 
@@ -43,7 +43,7 @@ class Source:
 def _rows(gpus: tuple[str, ...]) -> tuple[str, ...]:
     """The published rows (planner/data/cases.json) run on these GPUs, less those held out of every fit
     (FLM-101B's, the runs this tool plans, and Llama 3's, a check beyond the set), scored out of sample."""
-    from planner.case import published_cases
+    from planner.layout.case import published_cases
 
     return tuple(c.name for c in published_cases() if c.cluster.gpu in gpus and not c.held_out)
 
@@ -177,8 +177,8 @@ def derived_profile(gpu: GpuSpec, residuals: dict[tuple[str, ...], str] | None =
 def row_errors(rows: tuple[str, ...], values: dict) -> list[float]:
     """The cost model's relative error on each row, every row costed with the derived profile of the
     GPU it ran on under the fitted `values`."""
-    from planner.case import published_cases
-    from planner.search import compare_to_published
+    from planner.layout.case import published_cases
+    from planner.layout.search import compare_to_published
 
     cases = {c.name: c for c in published_cases()}
     return [compare_to_published(cases[r], derived_profile(cases[r].cluster_spec().gpu, values=values))["error"]
@@ -230,7 +230,7 @@ def leave_one_out(record: dict) -> dict[str, float]:
 
 def fit_residuals(values: dict | None = None) -> dict[tuple[str, ...], str]:
     """The cost model's error over each fitted parameter's rows, for the profiles' references."""
-    from planner.validate import rms
+    from planner.plan.validation import rms
 
     values = values if values is not None else calibrated_values()
     out = {}

@@ -1,6 +1,6 @@
 """Fit the profile's few model parameters to its measured points (pure Python).
 
-The planner's device model (planner/device.py) uses these parameters and corrects them with
+The planner's device model (planner/cost/device.py) uses these parameters and corrects them with
 the measured points near a query; the fit gives it a physical curve between and beyond them.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import statistics
 
-from planner.device import FLASH_BWD_FLOPS, flash_work, gemm_roofline_s
-from planner.profile import ProfileError
+from planner.cost.device import FLASH_BWD_FLOPS, flash_work, gemm_roofline_s
+from planner.cost.device_profile import ProfileError
 
 
 def fit_gemm(points: list[dict], peak_flops: float, hbm_bytes_s: float, elem: int) -> dict:
@@ -41,7 +41,7 @@ def fit_gemm(points: list[dict], peak_flops: float, hbm_bytes_s: float, elem: in
 
 def fit_attention(points: list[dict], peak_flops: float, overhead_s: float = 0.0) -> dict:
     """The flash kernel's time beyond its launch (`overhead_s`; twice that backward) as its matmul
-    FLOPs at an efficiency, plus a time per score and per query row (planner/device.py flash_work),
+    FLOPs at an efficiency, plus a time per score and per query row (planner/cost/device.py flash_work),
     forward and backward: least squares on the relative error over the points, every term ≥ 0. Only
     points at two head dimensions or more tell the scores from the matmuls, and at two sequence
     lengths or more the rows from the scores: a term the points cannot tell apart stays 0."""

@@ -1,6 +1,6 @@
 """Kernel measurements: the GEMMs of a decoder layer, attention, and the memory-bound ops.
 
-The GEMMs and element-wise ops are those of planner/anatomy.py's layer (an FLM/GPT layer with
+The GEMMs and element-wise ops are those of planner/model/anatomy.py's layer (an FLM/GPT layer with
 f = 4h) at each tensor-parallel split, each GEMM forward (y = xW), backward-data (dx = dy·Wᵀ)
 and backward-weight (dW = xᵀ·dy).
 """
@@ -12,10 +12,10 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from planner import anatomy
-from planner.specs import ModelSpec
+from planner.model import anatomy
+from planner.model.specs import ModelSpec
 from profiles.timing import Timing, measure
-from runtime.model import apply_rotary
+from runtime.model.decoder import apply_rotary
 
 # Which GEMM of a linear layer y = x·Wᵀ (nn.Linear keeps W as out × in): forward x·Wᵀ,
 # backward-data dy·W, backward-weight dyᵀ·x. The operands' memory layouts are those autograd uses.

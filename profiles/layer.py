@@ -1,4 +1,4 @@
-"""Whole decoder layer (runtime/model.py's Block) forward, backward, and backward with full
+"""Whole decoder layer (runtime/model/decoder.py's Block) forward, backward, and backward with full
 recompute: the ground truth the cost model's layer time is checked against."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ def measure_layer(hidden: int, heads: int, seq: int, micro_batch: int, device: t
                   dtype: torch.dtype, reps: int, budget_s: float = 2.0) -> dict:
     """Times of one layer, with each measurement's spread and, for forward + backward, the host's
     time to issue it (near the device time when the layer is bound by the host, not the GPU)."""
-    from runtime.model import Block, DecoderConfig, rotary_tables
+    from runtime.model.decoder import Block, DecoderConfig, rotary_tables
 
     cfg = DecoderConfig(layers=1, hidden=hidden, heads=heads, ffn=4 * hidden, vocab=8, seq=seq)
     block = Block(cfg).to(device=device, dtype=dtype)
@@ -54,10 +54,10 @@ ISSUE_PROBE = (256, 4, 128, 1)      # hidden, heads, seq, micro_batch
 def issue_probe(device: torch.device, dtype: torch.dtype, reps: int, budget_s: float = 2.0) -> dict:
     """The host's time per kernel to issue the runtime's own layer, forward and backward (Python,
     autograd and the dispatcher around each launch), which bounds a pass on a GPU from below
-    however little its kernels compute (planner/device.py issue_s). On a GPU only: a CPU runs each
+    however little its kernels compute (planner/cost/device.py issue_s). On a GPU only: a CPU runs each
     kernel on the host that dispatches it."""
-    from planner.compute import layer_kernels
-    from planner.specs import ModelSpec
+    from planner.cost.compute import layer_kernels
+    from planner.model.specs import ModelSpec
 
     hidden, heads, seq, micro_batch = ISSUE_PROBE
     layer = measure_layer(hidden, heads, seq, micro_batch, device, dtype, reps, budget_s)
@@ -65,4 +65,4 @@ def issue_probe(device: torch.device, dtype: torch.dtype, reps: int, budget_s: f
     return {"layer": layer, "kernels": fwd + bwd, "us_per_kernel": round(layer["host_s"] / (fwd + bwd) * 1e6, 3),
             "method": "the host's median time to issue forward + backward of the runtime's layer at this "
                       "shape (its kernels far shorter than their launch), over the kernels the cost model "
-                      "counts for it (planner/compute.py layer_kernels)"}
+                      "counts for it (planner/cost/compute.py layer_kernels)"}

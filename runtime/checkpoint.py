@@ -281,8 +281,8 @@ def load_whole(path: Path, parametrization: dict | None = None, verified: bool =
     """A flmplan checkpoint (any layout: DCP reshards on load) as one whole Decoder on this process;
     `verified`: the caller has checked its files against their checksums already (stage_checkpoints),
     so they are not hashed again."""
-    from planner.plan import PlanParametrization
-    from runtime.model import Decoder, DecoderConfig
+    from planner.plan.plan_file import PlanParametrization
+    from runtime.model.decoder import Decoder, DecoderConfig
 
     manifest, problem = read_manifest(path)
     if problem or (not verified and (problem := verify(path, manifest))):

@@ -2,12 +2,12 @@
 
 import pytest
 
-from planner.specs import ClusterSpec, Layout, ModelSpec, get_gpu
+from planner.model.specs import ClusterSpec, Layout, ModelSpec, get_gpu
 
 
 @pytest.fixture
 def flm101b() -> ModelSpec:
-    from planner.schedule import flm_base
+    from planner.growth.flm import flm_base
 
     return flm_base()
 
@@ -46,9 +46,10 @@ def grow_from_checkpoint(process_group, tmp_path):
     import torch
 
     from runtime import checkpoint
-    from runtime.grow import grow_sharded
-    from runtime.model import Decoder
-    from runtime.parallel import make_mesh, make_optimizer, parallelize
+    from runtime.growth.msg import grow_sharded
+    from runtime.model.decoder import Decoder
+    from runtime.parallel.optim import make_optimizer
+    from runtime.parallel.parallelize import make_mesh, parallelize
 
     def grow(old, opt, cfg):
         checkpoint.save(tmp_path, "old", [old], [opt], {"global_step": 1})
@@ -61,3 +62,33 @@ def grow_from_checkpoint(process_group, tmp_path):
         return pm.chunks[0], opts[0]
 
     return grow
+
+
+# Two plans that several test modules export, read and check: made once per session.
+@pytest.fixture(scope="session")
+def flm_plan(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from flmplan.cli import app
+    from planner.plan.plan_file import load_plan
+
+    runner = CliRunner()
+    out = tmp_path_factory.mktemp("flm") / "plan.json"
+    args = ["simulate", "--budget", "100000", "--schedule", "flm", "--out", str(out), "--trials", "300"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    return load_plan(out)
+
+
+@pytest.fixture(scope="session")
+def auto_plan(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from flmplan.cli import app
+    from planner.plan.plan_file import load_plan
+
+    runner = CliRunner()
+    out = tmp_path_factory.mktemp("auto") / "plan.json"
+    r = runner.invoke(app, ["simulate", "--budget", "100000", "--out", str(out), "--trials", "200"])
+    assert r.exit_code == 0, r.output
+    return load_plan(out)

@@ -2,11 +2,12 @@
 
 import pytest
 
-from planner.advice import advise
-from planner.loss import GrowthLossModel, load_law
-from planner.profile import builtin_profile
-from planner.schedule import Planner, Schedule, Settings, StageRun
-from planner.specs import Layout, ModelSpec, get_gpu
+from planner.cost.device_profile import builtin_profile
+from planner.growth.loss_law import GrowthLossModel, load_law
+from planner.growth.schedule import Schedule, Settings, StageRun
+from planner.growth.schedule_search import Planner
+from planner.model.specs import Layout, ModelSpec, get_gpu
+from planner.plan.advice import advise
 
 SMALL = ModelSpec(layers=24, hidden=4096, heads=32, ffn=16384, vocab=100352, seq=2048)      # ≈5.3B
 MID = ModelSpec(layers=48, hidden=4096, heads=32, ffn=16384, vocab=100352, seq=2048)        # ≈10B
@@ -98,11 +99,11 @@ def test_the_binding_constraint_and_the_unspent_budget():
 
 
 def test_a_confidence_that_cannot_be_met_says_so(monkeypatch):
-    import planner.simulate as simulate
+    import planner.plan.budget as simulate
 
     monkeypatch.setattr(simulate, "MAX_REPLANS", 0)
     p = planner(budget=100_000.0)
-    from planner.sim.run import FailureModel
+    from planner.sim.whole_run import FailureModel
 
     result = simulate.plan_budget(p.s, p.profile, p.loss_model, failures=FailureModel(failures_per_1000_node_days=20),
                                   trials=100)

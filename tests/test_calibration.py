@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import profiles.derived as derived
-from planner.case import published_cases
-from planner.specs import gpu_catalog
+from planner.layout.case import published_cases
+from planner.model.specs import gpu_catalog
 
 DATA = Path(derived.__file__).parent / "data"
 

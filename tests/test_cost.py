@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from planner.cost import estimate_step, probe_residuals
-from planner.layouts import PartialLayout
-from planner.memory import stage_params
-from planner.profile import builtin_profile
-from planner.search import search_layout
-from planner.specs import ClusterSpec, Layout, ModelSpec, Software, get_gpu
+from planner.cost.device_profile import builtin_profile
+from planner.cost.step import estimate_step, probe_residuals
+from planner.layout.candidates import PartialLayout
+from planner.layout.search import search_layout
+from planner.model.memory import stage_params
+from planner.model.specs import ClusterSpec, Layout, ModelSpec, Software, get_gpu
 
 
 @pytest.fixture
@@ -19,10 +19,10 @@ def a800():
 
 
 def test_flash_attention_is_charged_its_matmuls_scores_and_rows_by_hand(a800):
-    """A profile's attention terms (planner/device.py flash_work): a causal kernel of b = 2, s = 1024,
+    """A profile's attention terms (planner/cost/device.py flash_work): a causal kernel of b = 2, s = 1024,
     h = 16, d = 64 executes 2·b·s²·h·d = 4.29 GFLOP of matmuls forward (2.5× backward), works on
     b·h·s²/2 = 16.8 M scores and b·h·s = 32,768 query rows."""
-    from planner.cost import device_models
+    from planner.cost.step import device_models
 
     profile = replace(a800, gemm={"e_max": 0.5, "k_half": 0, "overhead_us": 0, "points": []},
                       attention={"fwd_eff": 0.5, "bwd_eff": 0.25, "fwd_score_ps": 2.0, "bwd_score_ps": 6.0,
@@ -211,8 +211,8 @@ def test_host_times_are_what_the_model_leaves_of_the_probe(a800):
     here as the model's own charge for the probe plus known host times, they come back, and the
     probe's steps are then predicted at their measured times. The probe's ranks computed on one core
     each and the profile's kernels on two: the model's charge for the probe is at one core."""
-    from planner.device import core_sharing
-    from planner.validate import RunRecord, shared_cores
+    from planner.cost.device import core_sharing
+    from planner.plan.validation import RunRecord, shared_cores
 
     cpu = replace(_synthetic(a800, membw_gbps=50.0), device={**a800.device, "kind": "cpu"}, software={"threads": 2})
     # The profile as the probe's ranks ran it: kernels at one core of two, the host's own time as it is.
@@ -370,7 +370,7 @@ def test_tensor_parallel_collectives_by_hand(a800):
     """Per layer pass: two all-reduces of the activations, or under sequence parallelism two
     all-gathers and two reduce-scatters (Korthikanti et al. 2022, §4.2.2), each op at its own
     measured bus bandwidth where the profile has one; a full recompute re-runs them all, a
-    selective one only the all-gathers (runtime/model.py _saved_ops). Under sequence parallelism
+    selective one only the all-gathers (runtime/model/decoder.py _saved_ops). Under sequence parallelism
     the LayerNorms' fp32 gradients (2 per layer and the final one, weight and bias) are summed once
     a step in one all-reduce."""
     plain = _synthetic(a800)
@@ -405,10 +405,10 @@ def test_a_stated_bf16_gradient_reduction_is_charged_half_the_bytes():
 
     import pytest
 
-    from planner.case import published_cases
     from planner.errors import FlmplanError
-    from planner.search import estimate_case
-    from planner.specs import Software
+    from planner.layout.case import published_cases
+    from planner.layout.search import estimate_case
+    from planner.model.specs import Software
 
     case = next(c for c in published_cases() if c.name == "llmfoundry-70b-s2048-32xa100-80gb")
     assert case.software_spec().grad_reduce_bytes == 2           # stated in cases.json, from the source

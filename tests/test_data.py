@@ -18,9 +18,10 @@ import torch
 from typer.testing import CliRunner
 
 from flmplan.cli import app
-from planner.plan import load_plan
-from runtime.corpus import IndexedTokens, codec_for, paths
-from runtime.data import Sampler, load_corpus, permute
+from planner.plan.plan_file import load_plan
+from runtime.data.corpus import load_corpus
+from runtime.data.indexed import IndexedTokens, codec_for, paths
+from runtime.data.loader import Sampler, permute
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -151,7 +152,7 @@ def test_an_interrupted_preparation_resumes_to_the_same_files(corpora, tmp_path)
     source = str(corpora["folder"] / "en.jsonl")
     cmd = [sys.executable, "-m", "flmplan.cli", "data", "prepare", source, "--field", "body", "--tokenizer", tok,
            "--batch-docs", "2", "--out"]
-    env = {**os.environ, "FLMPLAN_PREPARE_KILL_AT": "64"}
+    env = {**os.environ, "FLMPLAN_PREPARE_HOOKS": "tests.hooks:kill_prepare_at", "FLMPLAN_PREPARE_KILL_AT": "64"}
     r = subprocess.run([*cmd, str(tmp_path / "cut")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == -9, r.stderr
     assert not any(paths(tmp_path / "cut")[k].exists() for k in ("bin", "idx", "manifest"))
@@ -202,7 +203,7 @@ def test_bad_input_is_one_sentence_and_nothing_is_written(corpora, tmp_path):
     shutil.copy(paths(corpora["en"])["manifest"], paths(swapped)["manifest"])
     small = tmp_path / "small"
     prepare(str(folder / "ok.txt"), "--out", str(small))
-    plan = str(ROOT / "runtime/data/tiny_one_stage.json")
+    plan = str(ROOT / "examples/plans/tiny_one_stage.json")
     run = ["run", plan, "--nproc", "1", "--out", str(tmp_path / "run")]
     _refused([*run, "--data", str(corpora["en"])], f"tokenizer has {BPE_VOCAB:,} entries, more than the plan's "
                                                    "vocabulary of 256")
@@ -219,7 +220,7 @@ def test_bad_input_is_one_sentence_and_nothing_is_written(corpora, tmp_path):
 
 
 def test_simulate_records_the_corpus_and_the_exports_carry_it(corpora, tmp_path):
-    from test_cli_simulate import parse_megatron
+    from test_export import parse_megatron
 
     plan_file = tmp_path / "plan.json"
     r = runner.invoke(app, ["simulate", "--budget", "100000", "--schedule", "flm", "--trials", "20", "--out",
@@ -260,7 +261,7 @@ def test_a_tiny_plan_trains_on_a_bilingual_int32_mixture(corpora, tmp_path):
     tokenizer's vocabulary, the loss starts at chance for it and falls, the realised mixture is logged,
     the loader's time is under 1 % of a step, and `flmplan eval`'s model reads text with the run's tokenizer."""
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "flmplan.cli", "run", "runtime/data/tiny_one_stage.json", "--scale",
+    r = subprocess.run([sys.executable, "-m", "flmplan.cli", "run", "examples/plans/tiny_one_stage.json", "--scale",
                         "tiny", "--nproc", "1", "--steps", "12", "--log-every", "1", "--out", str(out),
                         "--data", f"0.7:{corpora['en']}", "--data", f"0.3:{corpora['zh']}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -277,7 +278,7 @@ def test_a_tiny_plan_trains_on_a_bilingual_int32_mixture(corpora, tmp_path):
     assert statistics.median(m["data_s"] for m in steps[1:]) < 0.01 * statistics.median(m["step_s"] for m in steps)
     assert (out / "tokenizer.json").is_file() and json.loads((out / "data.json").read_text())["tokenizer"]["vocab"] \
         == BPE_VOCAB
-    from runtime.iq.harness import FlmplanLM
+    from runtime.evaluation.harness import FlmplanLM
 
     ckpt = sorted((out / "checkpoints").iterdir())[-1]
     lm = FlmplanLM(checkpoint=str(ckpt))

@@ -17,8 +17,8 @@ and why:
 import json
 import math
 
-from planner.case import published_cases
-from planner.search import compare_to_published
+from planner.layout.case import published_cases
+from planner.layout.search import compare_to_published
 
 # FLM-101B's 51B stage: its stated 160 TFLOP/s and its 5.37 days for the stage's tokens are 12 % apart.
 PAPER_INCONSISTENCY = 0.12

@@ -2,8 +2,8 @@
 
 import pytest
 
-from planner.flops import hardware_flops_per_token, model_flops_per_token, step_flops
-from planner.specs import ModelSpec
+from planner.model.flops import hardware_flops_per_token, model_flops_per_token, step_flops
+from planner.model.specs import ModelSpec
 
 
 def test_model_flops_match_narayanan_eq3_without_recompute(flm101b):
@@ -48,8 +48,8 @@ def test_learned_positions_have_no_kernel_in_the_layer_and_a_table_beside_the_em
     parameters."""
     from dataclasses import replace
 
-    from planner import anatomy
-    from planner.compute import layer_kernels
+    from planner.cost.compute import layer_kernels
+    from planner.model import anatomy
 
     rope = ModelSpec(layers=2, hidden=256, heads=4, ffn=1024, vocab=1000, seq=128)
     gpt = replace(rope, position="learned")

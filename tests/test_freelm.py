@@ -1,4 +1,4 @@
-"""FreeLM's teacher signal (runtime/freelm.py): the format, the alternation, the head across a growth,
+"""FreeLM's teacher signal (runtime/objectives/freelm.py): the format, the alternation, the head across a growth,
 the planner's count of teacher steps, and one sentence for a bad teacher file."""
 
 import json
@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from flmplan.cli import app
 from planner.errors import FlmplanError
-from runtime import freelm
-from runtime.grow import grow_decoder
-from runtime.model import Decoder, DecoderConfig
+from runtime.growth.msg import grow_decoder
+from runtime.model.decoder import Decoder, DecoderConfig
+from runtime.objectives import freelm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def test_the_teacher_heads_output_is_kept_across_a_growth(change, mup):
 def test_a_head_added_at_a_growth_starts_fresh_and_the_language_function_is_kept(grow_from_checkpoint):
     """A stage that begins the teacher signal after a language-only one: the head is new (its own init,
     zero moments), nothing else changes."""
-    from runtime.parallel import make_optimizer
+    from runtime.parallel.optim import make_optimizer
 
     torch.manual_seed(1)
     old_cfg = DecoderConfig(layers=1, hidden=16, heads=2, ffn=32, vocab=256, seq=8)
@@ -93,7 +93,7 @@ def test_a_bad_teacher_file_is_one_sentence_and_exit_2(tmp_path):
         "string-label": ([{"text": "a", "proposition": "b", "label": "yes"}] * 12, '"label" must be true or false'),
         "not-json": (None, "line 1, is not JSON"),
     }
-    plan = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
+    plan = json.loads((ROOT / "examples/plans/tiny_one_stage.json").read_text())
     plan["stages"][0]["objective"] = {"kind": "freelm", "teacher_every": 2}
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(json.dumps(plan))
@@ -110,7 +110,7 @@ def test_a_bad_teacher_file_is_one_sentence_and_exit_2(tmp_path):
             assert code == 2 and words in out and "Traceback" not in out, (args, out)
     for args, words in (
         (("run", str(plan_path), "--nproc", "1", "--out", str(tmp_path / "run")), "names no teacher_data"),
-        (("run", str(ROOT / "runtime/data/tiny_one_stage.json"), "--nproc", "1", "--teacher-data",
+        (("run", str(ROOT / "examples/plans/tiny_one_stage.json"), "--nproc", "1", "--teacher-data",
           str(tmp_path / "good.jsonl"), "--out", str(tmp_path / "run")), "plans with a FreeLM objective"),
         (("simulate", "--teacher-data", str(tmp_path / "good.jsonl")), "needs --teacher-every"),
         (("simulate", "--teacher-every", "1"), "0 (off) or at least 2"),
@@ -137,11 +137,11 @@ def test_the_planner_pays_for_the_teacher_steps(tmp_path):
 
 def test_the_iq_generators_train_split_is_a_teacher_source():
     """`teacher_data: "iq"`: propositions from the IQ tasks' train split, per task, half true."""
-    from planner.plan import plan_from_dict
-    from runtime.data import load_corpus
-    from runtime.train import teacher_samplers
+    from planner.plan.plan_file import plan_from_dict
+    from runtime.data.corpus import load_corpus
+    from runtime.objectives.freelm import teacher_samplers
 
-    plan = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
+    plan = json.loads((ROOT / "examples/plans/tiny_one_stage.json").read_text())
     plan["stages"][0]["objective"] = {"kind": "freelm", "teacher_every": 2, "teacher_data": "iq"}
     sampler, held = teacher_samplers(plan_from_dict(plan), seed=0, corpus=load_corpus(None))[0]
     tasks = {p.task for p in sampler.props}

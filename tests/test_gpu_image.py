@@ -21,7 +21,8 @@ IMPORTS = """
 import sys
 for name in ("pydantic", "simpy", "plotly", "scipy"):
     sys.modules[name] = None
-import profiles.run, profiles.collectives, profiles.fit, profiles.layer, runtime.model, runtime.parallel  # noqa
+import profiles.measure, profiles.collectives, profiles.fit, profiles.layer  # noqa
+import runtime.model.decoder, runtime.parallel.parallelize, runtime.parallel.optim, runtime.parallel.cores  # noqa
 print("ok")
 """
 

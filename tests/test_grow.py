@@ -4,8 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.grow import GrowthState, apply_masks, block_mapping, grow_decoder, grow_sharded
-from runtime.model import Decoder, DecoderConfig
+from runtime.growth.msg import GrowthState, apply_masks, block_mapping, grow_decoder, grow_sharded
+from runtime.model.decoder import Decoder, DecoderConfig
 
 torch.set_default_dtype(torch.float32)
 
@@ -84,9 +84,10 @@ def test_mask_ramp_and_block_mapping():
 def test_sharded_growth_from_a_checkpoint_preserves_the_function_and_the_optimizer(process_group, tmp_path):
     """The runtime's path: the old stage saved by DCP, the new one built on the meta device and
     grown from the checkpoint — same logits as the old model, Adam moments carried."""
-    from planner.specs import Layout
+    from planner.model.specs import Layout
     from runtime import checkpoint
-    from runtime.parallel import make_mesh, make_optimizer, parallelize
+    from runtime.parallel.optim import make_optimizer
+    from runtime.parallel.parallelize import make_mesh, parallelize
 
     torch.manual_seed(1)
     base = DecoderConfig(layers=1, hidden=16, heads=2, ffn=32, vocab=20, seq=8)

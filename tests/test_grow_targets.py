@@ -27,11 +27,11 @@ def test_grown_torchtitan_checkpoints_load_in_torchtitan_and_keep_the_loss(tmp_p
     from torch.nn.attention.flex_attention import create_block_mask
     from torchtitan.components.checkpoint import CheckpointManager, ModelWrapper
 
-    from planner.export import TORCHTITAN_MODULE
-    from runtime.scale import tiny_plan
+    from planner.export.torchtitan import TORCHTITAN_MODULE
+    from runtime.model.scale import tiny_plan
 
     # FLM-101B's schedule at CPU size: stage 2 grows the width (64 → 128, heads 4 → 8, MLP), stage 3 the depth.
-    raw = tiny_plan(json.loads((__import__("pathlib").Path(__file__).parents[1] / "runtime/data/flm101b_plan.json")
+    raw = tiny_plan(json.loads((__import__("pathlib").Path(__file__).parents[1] / "examples/plans/flm101b_plan.json")
                                .read_text()), nproc=1)
     plan_path = tmp_path / "plan.json"
     plan_path.write_text(json.dumps(raw))
@@ -100,15 +100,15 @@ def test_grown_megatron_checkpoints_load_in_megatron_core_and_keep_the_loss(tmp_
 
     from torch.distributed.checkpoint import FileSystemReader
 
-    from runtime import grow_targets
-    from runtime.scale import tiny_plan
+    from runtime.growth import targets as grow_targets
+    from runtime.model.scale import tiny_plan
 
     monkeypatch.setattr(grow_targets, "BOX_ELEMENTS", 64 * 128)    # embeddings in several boxes, as at scale
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from grow_megatron import load_megatron, megatron_gpt, megatron_on_cpu, save_megatron
 
-    raw = tiny_plan(json.loads((Path(__file__).parents[1] / "runtime/data/flm101b_plan.json").read_text()), nproc=1)
+    raw = tiny_plan(json.loads((Path(__file__).parents[1] / "examples/plans/flm101b_plan.json").read_text()), nproc=1)
     if variant != "flm":
         for st in raw["stages"]:
             st["model"] |= {"activation": "swiglu", "kv_heads": st["model"]["heads"] // 2, "tied_embeddings": False,

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from planner.growth_evidence import evidence_table, growth_cases, predicted_speedup
-from planner.loss import GrowthLossModel
+from planner.growth.evidence import evidence_table, growth_cases, predicted_speedup
+from planner.growth.loss_law import GrowthLossModel
 
 # Du et al. 2024 report 48.6 % and 54.5 % for the same 3B model at two lengths: a constant η cannot
 # follow a 5.9-point spread that the source itself shows, so out-of-sample errors are held to it.
@@ -135,8 +135,8 @@ def test_grow_versus_scratch_measures_pairs_and_predicts_the_one_held_out(tmp_pa
 
 def test_du_et_als_timing_guideline_reproduces_its_own_table_and_checks_the_plan():
     """The prts README's table (Llama families, g = 4): d for N and D = tokens, C = 6·N·D."""
-    from planner.advice import growth_timing
-    from planner.growth_evidence import gstack_growth_tokens
+    from planner.growth.evidence import gstack_growth_tokens
+    from planner.plan.advice import growth_timing
 
     for n, d_tokens, d in ((8e9, 15e12, 6.58e9), (7e9, 2e12, 11.11e9), (13e9, 2e12, 15.84e9), (70e9, 2e12, 42.48e9)):
         assert gstack_growth_tokens(n, 6 * n * d_tokens) == pytest.approx(d, rel=0.005)
@@ -156,8 +156,8 @@ def test_the_growth_search_uses_the_timing_guideline_when_asked():
     splits the rest as before, and the loss model's free choice is never worse by its own measure."""
     from test_advice import HUGE, SMALL, planner
 
-    from planner.growth_evidence import gstack_growth_tokens
-    from planner.schedule import Planner
+    from planner.growth.evidence import gstack_growth_tokens
+    from planner.growth.schedule_search import Planner
 
     free_planner = planner()
     pinned_planner = Planner(dataclasses.replace(free_planner.s, growth_timing="gstack"), free_planner.profile,

@@ -22,8 +22,8 @@ def trained_run(root, process_group, steps: int = 40, **model):
     """A one-stage run folder whose final checkpoint is a tiny decoder trained `steps` AdamW steps on
     the IQ suite's train split as bytes (trained, so that its logits are far from uniform)."""
     from runtime import checkpoint
-    from runtime.iq.generators import training_text
-    from runtime.model import Decoder, DecoderConfig, causal_lm_loss
+    from runtime.evaluation.iq_tasks import training_text
+    from runtime.model.decoder import Decoder, DecoderConfig, causal_lm_loss
 
     torch.manual_seed(0)
     fields = dict(layers=2, hidden=32, heads=4, ffn=64, vocab=256, seq=64, **model)
@@ -73,7 +73,7 @@ def test_the_export_loads_in_transformers_and_computes_the_runtimes_logits(expor
         ours = model(batch)
     assert (hf_logits(folder, batch) - ours).abs().max() < LOGIT_TOLERANCE
     # Interleaved rotary is not half rotary: without the q/k permutation the logits would differ.
-    from runtime.hf import rotary_halves
+    from runtime.export.hf import rotary_halves
 
     assert not torch.equal(rotary_halves(8), torch.arange(8))
 
@@ -81,9 +81,9 @@ def test_the_export_loads_in_transformers_and_computes_the_runtimes_logits(expor
 def test_mup_and_untied_output_fold_into_gpt_neox(tmp_path, process_group):
     """µP's attention scale and readout multiplier have no GPT-NeoX field: they are folded into q and
     into an output matrix of its own, and the logits still match."""
-    from runtime.corpus import ByteCodec
-    from runtime.hf import hf_tokenizer, verify_with_transformers, write_folder
-    from runtime.model import Decoder, DecoderConfig
+    from runtime.data.indexed import ByteCodec
+    from runtime.export.hf import hf_tokenizer, verify_with_transformers, write_folder
+    from runtime.model.decoder import Decoder, DecoderConfig
 
     torch.manual_seed(1)
     for fields in (dict(mup=True, mup_base_width=8, mup_output_mult=2.0, mup_attn_mult=1.5),
@@ -113,7 +113,7 @@ def test_lm_eval_scores_the_export_as_flmplan_eval_does(exported, tmp_path):
     manager = TaskManager(include_path=str(tmp_path / "e" / "tasks"), include_defaults=False)
     hf = simple_evaluate(model=HFLM(pretrained=str(folder), dtype="float32", device="cpu"), tasks=["iq"],
                          task_manager=manager, limit=8, bootstrap_iters=0, verbosity="ERROR")["results"]
-    from runtime.iq.generators import TASKS
+    from runtime.evaluation.iq_tasks import TASKS
 
     for name in TASKS:
         task = f"iq_{name}"

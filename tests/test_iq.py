@@ -1,4 +1,4 @@
-"""The IQ suite (runtime/iq): generated items answerable from their prompts, disjoint train and eval
+"""The IQ suite (runtime/evaluation): generated items answerable from their prompts, disjoint train and eval
 pools, and the lm-eval integration — an oracle scores 100 %, a uniform-random model chance, and
 `flmplan eval` scores a flmplan checkpoint or refuses bad input in one sentence."""
 
@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from flmplan.cli import app
-from runtime.iq.generators import TASKS, generate, propositions, training_text
+from runtime.evaluation.iq_tasks import TASKS, generate, propositions, training_text
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -55,7 +55,7 @@ def test_train_and_eval_share_no_symbol_mapping_key_name_or_string():
 
 
 def test_the_train_split_as_text_and_as_freelm_propositions():
-    from runtime.freelm import Proposition
+    from runtime.objectives.freelm import Proposition
 
     text = training_text(5)
     assert text.count("\n\n") == 5 * len(TASKS) and "Answer:" in text
@@ -70,7 +70,7 @@ def test_the_train_split_as_text_and_as_freelm_propositions():
 def tasks(tmp_path_factory):
     from lm_eval.tasks import TaskManager
 
-    from runtime.iq.harness import write_tasks
+    from runtime.evaluation.harness import write_tasks
 
     folder = tmp_path_factory.mktemp("iq")
     names = write_tasks(folder, n=30, seed=3)
@@ -93,7 +93,7 @@ def scores(model, tasks) -> dict[str, float]:
 def test_lm_eval_scores_an_oracle_at_100_percent_and_a_random_model_at_chance(tasks):
     from lm_eval.api.model import LM
 
-    from runtime.iq.evaluate import wilson
+    from runtime.evaluation.evaluate import wilson
 
     answers = tasks[2]
 
@@ -141,7 +141,7 @@ def test_lm_eval_scores_an_oracle_at_100_percent_and_a_random_model_at_chance(ta
 def run_folder(tmp_path, process_group):
     """A one-stage run folder holding an untrained tiny model's final checkpoint (as `flmplan run` saves it)."""
     from runtime import checkpoint
-    from runtime.model import Decoder, DecoderConfig
+    from runtime.model.decoder import Decoder, DecoderConfig
 
     torch.manual_seed(0)
     model_fields = dict(layers=1, hidden=32, heads=2, ffn=64, vocab=256, seq=128)

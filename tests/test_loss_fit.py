@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flmplan.cli import app
-from planner.loss_fit import fit_chinchilla, fit_mu_scaling
+from planner.growth.loss_fit import fit_chinchilla, fit_mu_scaling
 
 TRUE = dict(E=1.2, A=40.0, B=60.0, alpha=0.35, beta=0.3)
 
@@ -159,10 +159,10 @@ def test_a_run_of_flmplan_run_is_read_as_one_curve(tmp_path):
     from pathlib import Path
 
     from planner.errors import FlmplanError
-    from planner.loss_fit import read_curve
-    from planner.plan import load_plan
+    from planner.plan.plan_file import load_plan
+    from planner.plan.run_curves import read_curve
 
-    plan_file = Path(__file__).parents[1] / "runtime/data/tiny_one_stage.json"
+    plan_file = Path(__file__).parents[1] / "examples/plans/tiny_one_stage.json"
     run = tmp_path / "run"
     run.mkdir()
     (run / "plan.json").write_text(plan_file.read_text())
@@ -176,7 +176,7 @@ def test_a_run_of_flmplan_run_is_read_as_one_curve(tmp_path):
     assert c.loss.tolist() == [5.0, 4.0, 3.0, 1.5]
     grown = tmp_path / "grown"
     grown.mkdir()
-    (grown / "plan.json").write_text((Path(__file__).parents[1] / "runtime/data/tiny_two_stage.json").read_text())
+    (grown / "plan.json").write_text((Path(__file__).parents[1] / "examples/plans/tiny_two_stage.json").read_text())
     (grown / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text())
     with pytest.raises(FlmplanError, match="run of 2 stages"):
         read_curve(grown)

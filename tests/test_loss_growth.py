@@ -6,9 +6,9 @@ import math
 import pytest
 
 from planner.errors import FlmplanError
-from planner.growth import final_shapes, growth_between, growth_chains, predecessors, reachable, shape
-from planner.loss import BESIROGLU, CHINCHILLA, GrowthLossModel, load_law
-from planner.schedule import flm_base
+from planner.growth.flm import flm_base
+from planner.growth.loss_law import BESIROGLU, CHINCHILLA, GrowthLossModel, load_law
+from planner.growth.operators import final_shapes, growth_between, growth_chains, predecessors, reachable, shape
 
 
 def test_chinchilla_by_hand():

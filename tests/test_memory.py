@@ -2,13 +2,13 @@
 
 import pytest
 
-from planner.case import published_cases
+from planner.cost.device_profile import builtin_profile
 from planner.errors import Infeasible
-from planner.layouts import PartialLayout
-from planner.memory import activation_bytes_per_layer, memory_per_gpu, micro_batches_in_flight
-from planner.profile import builtin_profile
-from planner.search import search_layout
-from planner.specs import ClusterSpec, Layout, get_gpu
+from planner.layout.candidates import PartialLayout
+from planner.layout.case import published_cases
+from planner.layout.search import search_layout
+from planner.model.memory import activation_bytes_per_layer, memory_per_gpu, micro_batches_in_flight
+from planner.model.specs import ClusterSpec, Layout, get_gpu
 
 
 def _layout(**kw) -> Layout:

@@ -1,4 +1,4 @@
-"""µP (runtime/mup.py): the multipliers of each parameter group against hand-computed values, and
+"""µP (runtime/model/mup.py): the multipliers of each parameter group against hand-computed values, and
 growth under µP keeping the function while the grown model takes its own width's rates."""
 
 import math
@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from runtime import mup
-from runtime.grow import grow_decoder
-from runtime.model import Decoder, DecoderConfig
-from runtime.parallel import make_optimizer
+from runtime.growth.msg import grow_decoder
+from runtime.model import mup
+from runtime.model.decoder import Decoder, DecoderConfig
+from runtime.parallel.optim import make_optimizer
 
 # width 128 over base 32: width_mult 4.
 MUP = DecoderConfig(layers=2, hidden=128, heads=4, ffn=512, vocab=64, seq=16, tied_embeddings=False,
@@ -117,7 +117,7 @@ def test_exports_refuse_mup_unless_nearest(tmp_path):
 
     from flmplan.cli import app
 
-    plan = json.loads((Path(__file__).parents[1] / "runtime/data/tiny_one_stage.json").read_text())
+    plan = json.loads((Path(__file__).parents[1] / "examples/plans/tiny_one_stage.json").read_text())
     plan["stages"][0]["model"]["position"] = "rotary"
     plan["stages"][0]["parametrization"] = {"kind": "mup", "base_width": 32}
     path = tmp_path / "plan.json"

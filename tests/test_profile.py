@@ -9,9 +9,15 @@ import pytest
 from typer.testing import CliRunner
 
 from flmplan.cli import app
-from planner.device import DeviceModel
-from planner.profile import ProfileError, builtin_profile, builtin_profile_names, load_profile, save_profile
-from profiles.run import Sweep, run_profile
+from planner.cost.device import DeviceModel
+from planner.cost.device_profile import (
+    ProfileError,
+    builtin_profile,
+    builtin_profile_names,
+    load_profile,
+    save_profile,
+)
+from profiles.measure import Sweep, run_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Sweep(hiddens=[64, 128], tokens=[64], tps=[1, 2],
@@ -77,7 +83,7 @@ def test_gloo_collectives_between_two_processes():
     assert (tp["sequence_parallel_selective_recompute_layer_overhead_s"]
             == tp["probe"]["sequence_parallel"]["selective_recompute_layer_s"] >= 0)
     # Each rank computed on its share of the cores this process may use (not of its pinned core).
-    from runtime.parallel import usable_cores
+    from runtime.parallel.cores import usable_cores
 
     share = usable_cores() / 2
     assert tp["probe"]["ranks"] == 2 and tp["probe"]["rank_cores"] == min(max(1, int(share)), share)
@@ -203,7 +209,7 @@ def test_profile_cli_rejects_bad_flags():
 
 
 def test_gpu_names_map_to_the_catalog():
-    from planner.specs import gpu_for_device
+    from planner.model.specs import gpu_for_device
 
     assert gpu_for_device("NVIDIA H100 80GB HBM3").key == "h100-80gb"
     assert gpu_for_device("NVIDIA H200").key == "h200-141gb"
@@ -253,8 +259,8 @@ def test_a_gpu_pass_is_issued_at_the_probed_time_per_kernel():
     2 LayerNorms, 2 residual adds, 14 rotary kernels (7 each for Q and K), the GeLU and attention's
     output copy: 25 forward; backward the GEMMs and attention twice and the 20 element-wise kernels
     twice: 50. xPos adds one product each for Q and K."""
-    from planner.compute import layer_kernels, layer_time
-    from planner.specs import Layout, ModelSpec
+    from planner.cost.compute import layer_kernels, layer_time
+    from planner.model.specs import Layout, ModelSpec
 
     model = ModelSpec(layers=1, hidden=256, heads=4, ffn=1024, vocab=8, seq=128)
     assert layer_kernels(model) == (25, 50)
@@ -290,8 +296,8 @@ def test_a_compiled_block_moves_its_element_wise_bytes_at_the_fastest_measured_k
     adds 2 × 3 × 256, GeLU 2 × 1024 and rotary 2 × 512 elements: 5,632 × 2 bytes; 128 tokens move
     1,441,792 bytes forward, twice that backward. Compiled, all at the quick H200 profile's fastest
     element-wise kernel (its residual add, 4,179.36 GB/s); eager, rotary at its own 347 GB/s."""
-    from planner.compute import layer_time
-    from planner.specs import Layout, ModelSpec, Software
+    from planner.cost.compute import layer_time
+    from planner.model.specs import Layout, ModelSpec, Software
 
     quick = load_profile(next(p for p in MEASURED if "quick" in p.name))
     model = ModelSpec(layers=1, hidden=256, heads=4, ffn=1024, vocab=8, seq=128)

@@ -2,11 +2,11 @@
 
 import pytest
 
-from planner.case import published_cases
-from planner.profile import builtin_profile
-from planner.search import estimate_case
+from planner.cost.device_profile import builtin_profile
+from planner.layout.case import published_cases
+from planner.layout.search import estimate_case
 from planner.sim.pipeline import schedule_order, simulate_estimate
-from planner.sim.run import (
+from planner.sim.whole_run import (
     DAY_S,
     FailureModel,
     StageWork,

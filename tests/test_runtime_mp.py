@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.parallel import _physical_core
+from runtime.parallel.cores import _physical_core
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.multiprocess
@@ -53,13 +53,13 @@ def state_bytes(out: Path) -> list[dict]:
 
 
 def assert_holds_what_the_planner_charges(out: Path, plan: dict) -> None:
-    """Bytes of parameters, gradients and Adam state on the fullest rank, against planner/memory.py
+    """Bytes of parameters, gradients and Adam state on the fullest rank, against planner/model/memory.py
     for the same model, layout and ZeRO stage. The planner's 12 bytes of optimizer state per
     parameter are the fp32 master weights and Adam's m and v: in the runtime the fp32 parameters
     are the master weights. ZeRO 1 is run as FSDP2 without resharding, which shards the gradients
     too (ZeRO 2): there the runtime holds 1/dp of the gradients the planner charges for ZeRO 1."""
-    from planner.memory import memory_per_gpu
-    from planner.specs import Layout, ModelSpec
+    from planner.model.memory import memory_per_gpu
+    from planner.model.specs import Layout, ModelSpec
 
     st = plan["stages"][0]
     layout, model = Layout(**st["layout"]), ModelSpec(**st["model"])
@@ -79,7 +79,7 @@ def single(tmp_path_factory):
 
 
 def one_stage(**layout) -> dict:
-    plan = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
+    plan = json.loads((ROOT / "examples/plans/tiny_one_stage.json").read_text())
     plan["stages"][0]["layout"].update(layout)
     lay = plan["stages"][0]["layout"]
     plan["cluster"]["gpus"] = lay["tp"] * lay.get("pp", 1) * lay.get("dp", 1)
@@ -103,7 +103,7 @@ def test_layouts_give_the_same_losses(single, tmp_path):
         out = tmp_path / name
         assert torchrun(one_stage(**layout), out, 2) == 0, name
         assert (out / "DONE.json").exists()
-        # Each CPU rank computes on its own core (runtime/parallel.py pin_to_own_cores); rank 0 on the first.
+        # Each CPU rank computes on its own core (runtime/parallel/cores.py pin_to_own_cores); rank 0 on the first.
         start = next(r for r in records(out) if r.get("event") == "start")
         assert start["pinned_cores"] == cores[:max(1, len(cores) // 2)]
         # and records the cores the run had, not the rank's pinned share: validate shares them out.
@@ -167,7 +167,7 @@ def test_mup_and_freelm_train_alike_on_every_kind_of_layout(single, tmp_path):
     loss and accuracy, and the held-out teacher evaluation agree alone, under tensor and sequence
     parallelism, pipeline parallelism (the head on the last stage) and FSDP. Every 3rd step is a teacher
     batch; µP is in force (width 64 over base 32: the first loss is not SP's)."""
-    from runtime.freelm import synthetic_propositions, write_teacher_file
+    from runtime.objectives.freelm import synthetic_propositions, write_teacher_file
 
     teacher = write_teacher_file(synthetic_propositions(200, seed=1), tmp_path / "teacher.jsonl")
 
@@ -204,11 +204,11 @@ def two_stage(tmp_path_factory):
     """The tiny growth plan under µP and FreeLM's objective: width 64 → 128 over base 64 doubles
     width_mult at the growth, through a change from FSDP to tensor × pipeline parallelism with
     sequence parallelism; every 4th step is a teacher batch, and the teacher head grows too."""
-    from runtime.freelm import synthetic_propositions, write_teacher_file
+    from runtime.objectives.freelm import synthetic_propositions, write_teacher_file
 
     folder = tmp_path_factory.mktemp("two")
     teacher = write_teacher_file(synthetic_propositions(200, seed=2), folder / "teacher.jsonl")
-    plan = json.loads((ROOT / "runtime/data/tiny_two_stage.json").read_text())
+    plan = json.loads((ROOT / "examples/plans/tiny_two_stage.json").read_text())
     for st in plan["stages"]:
         st["steps"] = 16
         st["parametrization"] = {"kind": "mup", "base_width": 64, "output_mult": 2.0}
@@ -242,7 +242,7 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_does(two_stage, tmp
     out = tmp_path / "killed"
     # Rank 0 dies (SIGKILL) right after the first stage's last checkpoint, before the probe of the
     # growth; then in the grown stage at step 8, three steps after its last checkpoint.
-    env = {"FLMPLAN_KILL_AT": "0:16,1:8"}
+    env = {"FLMPLAN_STEP_HOOKS": "tests.hooks:kill_at", "FLMPLAN_KILL_AT": "0:16,1:8"}
     assert torchrun(plan, out, 4, env=env) != 0
     assert events(out) == {}
     assert torchrun(plan, out, 4, env=env) != 0
@@ -280,7 +280,7 @@ def test_flmplan_run_scales_the_flm_plan_to_this_machine(tmp_path):
     """The launcher: FLM-101B's three stages, tiny, under torchrun --standalone; with --log-every 1
     every step is its own timing window."""
     out = tmp_path / "flm"
-    r = subprocess.run([sys.executable, "-m", "flmplan.cli", "run", "runtime/data/flm101b_plan.json", "--scale",
+    r = subprocess.run([sys.executable, "-m", "flmplan.cli", "run", "examples/plans/flm101b_plan.json", "--scale",
                         "tiny", "--nproc", "2", "--steps", "3", "--out", str(out), "--log-every", "1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -355,9 +355,9 @@ def test_sigterm_saves_the_step_in_flight_and_resumes_bit_identically(tmp_path):
 COMM_COUNTS = '''
 import json, sys, torch, torch.distributed as dist
 from torch.distributed.tensor.debug import CommDebugMode
-from planner.specs import Layout
-from runtime.model import Decoder, DecoderConfig
-from runtime.parallel import make_mesh, parallelize
+from planner.model.specs import Layout
+from runtime.model.decoder import Decoder, DecoderConfig
+from runtime.parallel.parallelize import make_mesh, parallelize
 dist.init_process_group("gloo")
 out = {}
 for sp, recompute in ((False, "none"), (True, "none"), (True, "selective")):
@@ -378,7 +378,7 @@ dist.destroy_process_group()
 
 
 def test_tensor_parallel_blocks_communicate_what_the_planner_charges(tmp_path):
-    """Per layer, forward and backward, as planner/cost.py charges (Korthikanti et al. 2022, §4.2.2):
+    """Per layer, forward and backward, as planner/cost/step.py charges (Korthikanti et al. 2022, §4.2.2):
     two all-reduces each way, or with sequence parallelism two all-gathers and two reduce-scatters
     each way, and selective recompute re-runs the two all-gathers. (Each column-parallel layer
     summing its own input gradient would add all-reduces in backward; a plain gather, an

@@ -6,12 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from planner.flops import model_flops_per_token
-from planner.specs import Layout, ModelSpec
-from runtime.grow import GrowthState, apply_masks
-from runtime.model import Decoder, DecoderConfig, causal_lm_loss
-from runtime.parallel import Precision, make_mesh, make_optimizer, parallelize
-from runtime.train import mfu
+from planner.model.flops import model_flops_per_token
+from planner.model.specs import Layout, ModelSpec
+from runtime.growth.msg import GrowthState, apply_masks
+from runtime.model.decoder import Decoder, DecoderConfig, causal_lm_loss
+from runtime.parallel.optim import make_optimizer
+from runtime.parallel.parallelize import make_mesh, parallelize
+from runtime.parallel.precision import Precision
+from runtime.training.meter import mfu
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,11 +106,11 @@ def test_runtime_model_is_the_planned_model():
     """Every model field is honoured: a SwiGLU, untied, grouped-query plan builds a Decoder with the
     planner's exact parameter count, a gate in each MLP, K/V of the grouped width and an output
     layer of its own."""
-    from planner.specs import ModelSpec
-    from runtime.model import Decoder
-    from runtime.train import config_of
+    from planner.model.specs import ModelSpec
+    from runtime.model.decoder import Decoder
+    from runtime.training.trainer import config_of
 
-    shape = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())["stages"][0]["model"]
+    shape = json.loads((ROOT / "examples/plans/tiny_one_stage.json").read_text())["stages"][0]["model"]
     spec = ModelSpec(**{**shape, "activation": "swiglu", "tied_embeddings": False, "kv_heads": 2, "ffn": 176})
     model = Decoder(config_of(spec))
     assert sum(p.numel() for p in model.parameters()) == spec.params()
@@ -128,7 +130,7 @@ def test_run_refuses_a_plan_field_it_cannot_honour(tmp_path, model, layout, word
 
     from flmplan.cli import app
 
-    plan = json.loads((ROOT / "runtime/data/tiny_one_stage.json").read_text())
+    plan = json.loads((ROOT / "examples/plans/tiny_one_stage.json").read_text())
     plan["stages"][0]["model"].update(model)
     plan["stages"][0]["layout"].update(layout)
     plan["cluster"]["gpus"] = plan["stages"][0]["layout"]["tp"]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from planner.plan import plan_from_dict
+from planner.plan.plan_file import plan_from_dict
 from runtime.checkpoint import checkpoints, verify
-from runtime.scale import tiny_plan
-from runtime.train import lr_at
+from runtime.model.scale import tiny_plan
+from runtime.training.lr_schedule import lr_at
 
 
 def test_checkpoint_verification_names_the_problem(tmp_path):
@@ -38,7 +38,7 @@ def test_checkpoint_verification_names_the_problem(tmp_path):
 
 
 def test_tiny_scale_keeps_the_growth_steps():
-    plan = json.loads((Path(__file__).resolve().parents[1] / "runtime/data/flm101b_plan.json").read_text())
+    plan = json.loads((Path(__file__).resolve().parents[1] / "examples/plans/flm101b_plan.json").read_text())
     tiny = tiny_plan(plan, nproc=4, steps=10)
     plan_from_dict(tiny)
     dims = [set(s["growth"]["dims"]) for s in tiny["stages"][1:]]
@@ -61,7 +61,7 @@ def test_run_refuses_a_plan_that_needs_other_hardware():
     from flmplan.cli import app
 
     runner = CliRunner()
-    plan = str(Path(__file__).resolve().parents[1] / "runtime/data/flm101b_plan.json")
+    plan = str(Path(__file__).resolve().parents[1] / "examples/plans/flm101b_plan.json")
     r = runner.invoke(app, ["run", plan, "--nproc", "4"])
     assert r.exit_code == 2 and "needs tp·pp·dp = 2·1·96 = 192 processes but --nproc is 4" in r.output
 
@@ -98,9 +98,9 @@ def test_no_usable_checkpoint_stops_the_run_instead_of_starting_over(process_gro
 
 
 def test_tiny_scale_never_drops_a_sequence_and_is_a_valid_plan_on_any_process_count():
-    from planner.plan import plan_from_dict
+    from planner.plan.plan_file import plan_from_dict
 
-    plan = json.loads((Path(__file__).resolve().parents[1] / "runtime/data/flm101b_plan.json").read_text())
+    plan = json.loads((Path(__file__).resolve().parents[1] / "examples/plans/flm101b_plan.json").read_text())
     for nproc in range(1, 9):
         tiny = tiny_plan(plan, nproc=nproc, steps=4)
         plan_from_dict(tiny)          # e.g. sequence parallelism dropped where tp falls to 1
@@ -123,7 +123,7 @@ def test_run_checks_data_plan_and_folder_before_any_process_starts(tmp_path):
 
 
     root = Path(__file__).resolve().parents[1]
-    plan_path = str(root / "runtime/data/tiny_one_stage.json")
+    plan_path = str(root / "examples/plans/tiny_one_stage.json")
     plan = json.loads(Path(plan_path).read_text())
     (tmp_path / "empty").mkdir()
     (tmp_path / "noise.txt").write_bytes(bytes(range(128, 256)) * 100)
@@ -165,7 +165,7 @@ def test_run_checks_data_plan_and_folder_before_any_process_starts(tmp_path):
 def test_tiny_scale_keeps_grouped_query_attention():
     """A GQA plan maps onto this machine with the same query heads per key/value head, and an even
     number of key/value heads for tp = 2."""
-    plan = json.loads((Path(__file__).resolve().parents[1] / "runtime/data/flm101b_plan.json").read_text())
+    plan = json.loads((Path(__file__).resolve().parents[1] / "examples/plans/flm101b_plan.json").read_text())
     for st in plan["stages"]:
         st["model"]["kv_heads"] = st["model"]["heads"] // 4 if st["model"]["heads"] % 4 == 0 else None
     plan["stages"][0]["model"]["kv_heads"] = 11          # 44 heads: 4 per key/value head
@@ -180,9 +180,9 @@ def test_a_finished_run_is_recognised_and_not_started_again(tmp_path):
     from typer.testing import CliRunner
 
     from flmplan.cli import app
-    from planner.plan import load_plan, plan_fingerprint
+    from planner.plan.plan_file import load_plan, plan_fingerprint
 
-    plan_path = Path(__file__).resolve().parents[1] / "runtime/data/tiny_one_stage.json"
+    plan_path = Path(__file__).resolve().parents[1] / "examples/plans/tiny_one_stage.json"
     out = tmp_path / "run"
     out.mkdir()
     done = {"stages": 1, "plan_fingerprint": plan_fingerprint(load_plan(plan_path))}
@@ -203,7 +203,7 @@ def test_checkpoint_stage_numbering_reads_old_and_new_manifests():
 
 
 def test_cpu_ranks_are_pinned_to_their_own_share_of_the_cores():
-    from runtime.parallel import _physical_core, pin_to_own_cores, usable_cores
+    from runtime.parallel.cores import _physical_core, pin_to_own_cores, usable_cores
 
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("no CPU affinity on this platform")

@@ -3,7 +3,7 @@
 import pytest
 
 from planner.errors import FlmplanError, InvalidLayout
-from planner.specs import ClusterSpec, Layout, ModelSpec, get_gpu, gpu_catalog, validate_layout
+from planner.model.specs import ClusterSpec, Layout, ModelSpec, get_gpu, gpu_catalog, validate_layout
 
 
 def test_flm101b_parameter_count(flm101b):

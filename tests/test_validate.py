@@ -8,13 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 from flmplan.cli import app
-from planner.cost import estimate_step
-from planner.plan import load_plan
-from planner.profile import builtin_profile
-from planner.specs import ClusterSpec, get_gpu
+from planner.cost.device_profile import builtin_profile
+from planner.cost.step import estimate_step
+from planner.model.specs import ClusterSpec, get_gpu
+from planner.plan.plan_file import load_plan
 
 ROOT = Path(__file__).resolve().parents[1]
-PLAN = ROOT / "runtime/data/tiny_one_stage.json"
+PLAN = ROOT / "examples/plans/tiny_one_stage.json"
 runner = CliRunner()
 START = {"event": "start", "processes": 1, "device": "NVIDIA A800-SXM4-80GB", "device_kind": "cuda",
          "gpu": "a800-80gb", "dtype": "bf16"}
@@ -136,7 +136,7 @@ def test_refit_learns_a_slower_machine_and_improves_held_out_runs(tmp_path):
     out = tmp_path / "refit.json"
     r = runner.invoke(app, ["profile", "--refit", str(fit), "--holdout", str(held), "--out", str(out)])
     assert r.exit_code == 0, r.output
-    from planner.profile import load_profile
+    from planner.cost.device_profile import load_profile
 
     prof = load_profile(out)
     cal = prof.calibration
@@ -161,7 +161,7 @@ def test_cpu_ranks_sharing_cores_slow_kernels_and_the_tensor_parallel_host_time(
     a core, against the cores its probe's ranks had; a pipeline's waiting ranks lend theirs."""
     from dataclasses import replace
 
-    from planner.validate import RunRecord, shared_cores
+    from planner.plan.validation import RunRecord, shared_cores
 
     base = builtin_profile("a800-80gb")
     tp = {"layer_pass_overhead_s": 0.01, "sequence_parallel_layer_pass_overhead_s": 0.02,
@@ -181,13 +181,13 @@ def test_cpu_ranks_sharing_cores_slow_kernels_and_the_tensor_parallel_host_time(
     # gloo's collectives run on the ranks' cores too: half a core each, twice as long.
     for kind in ("host", "collectives"):
         assert two.time_factors()[kind] == pytest.approx(1.0) and four.time_factors()[kind] == pytest.approx(2.0)
-    from planner.comm import Network
+    from planner.cost.comm import Network
 
     assert Network(two).tp_pass_overhead == {False: pytest.approx(0.01), True: pytest.approx(0.02)}
     assert Network(four).tp_pass_overhead[True] == pytest.approx(0.04)
     # A pipeline's fill and drain leave one of two stages computing: with 4 one-thread ranks on 2 cores
     # the busy ranks get a whole core each, twice their share; 2 ranks on 2 cores had a core already.
-    from planner.specs import Layout, ModelSpec
+    from planner.model.specs import Layout, ModelSpec
 
     model = ModelSpec(layers=2, hidden=1024, heads=8, ffn=4096, vocab=8192, seq=1024)
 
@@ -224,8 +224,8 @@ def test_a_compiled_gpu_run_is_predicted_with_its_element_wise_ops_fused(tmp_pat
     measured, not at its own eager kernel's; the same run eager is costed as eager."""
     from dataclasses import replace
 
-    from planner.profile import save_profile
-    from planner.specs import Software
+    from planner.cost.device_profile import save_profile
+    from planner.model.specs import Software
 
     base = builtin_profile("a800-80gb")
     # Per-op eager bandwidths as a measured profile has them: rotary slow, the residual add fastest.

@@ -1,5 +1,5 @@
 """The fixed part of the torchtitan config registry that `flmplan export --to torchtitan` writes
-(planner/export.py adds a docstring and one config function per stage). torchtitan 0.3.0; this
+(planner/export/torchtitan.py adds a docstring and one config function per stage). torchtitan 0.3.0; this
 file is package data, imported only by torchtitan when it loads the exported module."""
 
 import os

@@ -7,7 +7,7 @@ forward, the next stage's backward) and its stage is free; sending an activation
 gradient to the neighbour blocks the sender for the transfer time, as Megatron's send/recv
 do. Tensor-parallel collectives are inside each pass. After its last backward, each stage
 finishes the data-parallel gradient reduction that did not hide behind that backward, then
-steps the optimizer. Durations come from the cost model (planner/cost.py).
+steps the optimizer. Durations come from the cost model (planner/cost/step.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from planner.comm import group
-from planner.compute import layer_time, logits_time
-from planner.cost import StepEstimate, device_models
-from planner.profile import Profile
+from planner.cost.comm import group
+from planner.cost.compute import layer_time, logits_time
+from planner.cost.device_profile import Profile
+from planner.cost.step import StepEstimate, device_models
 
 
 @dataclass(frozen=True)

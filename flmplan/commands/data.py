@@ -1,0 +1,59 @@
+"""`flmplan data prepare`: tokenize a corpus once."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import typer.core
+
+from flmplan.common import check_output_file, stderr, stdout
+
+data_app = typer.Typer(cls=typer.core.TyperGroup, no_args_is_help=True,
+                       help="Prepare corpora: tokenize once into Megatron-LM indexed datasets.")
+
+
+TextUnit = StrEnum("TextUnit", ["document", "paragraph", "line"])
+
+
+@data_app.command("prepare")
+def data_prepare(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Text files (.txt, .md), JSON lines (.jsonl, .json), parquet files, folders of them, or a dataset "
+             "folder saved with datasets' save_to_disk.")],
+    out: Annotated[Path, typer.Option(help="The corpus prefix: writes PREFIX.bin, PREFIX.idx (Megatron-LM's "
+                                           "indexed dataset), PREFIX.manifest.json and the tokenizer.")],
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="A Hugging Face tokenizer.json, or a folder with one (default: UTF-8 bytes).")] = None,
+    train_tokenizer: Annotated[int | None, typer.Option(
+        min=257, help="Train a byte-level BPE of this many entries on the corpus itself (tokenizers' trainer).")
+    ] = None,
+    field: Annotated[str, typer.Option(help="The text field of JSON lines, parquet and datasets.")] = "text",
+    text_unit: Annotated[TextUnit, typer.Option(
+        case_sensitive=False, help="What one document of a text file is (paragraph: blocks between blank lines).")
+    ] = TextUnit.paragraph,
+    eod_token: Annotated[str | None, typer.Option(
+        help="The tokenizer's end-of-document token (default: the first of <|endoftext|>, </s>, ... it has).")
+    ] = None,
+    batch_docs: Annotated[int, typer.Option(min=1, help="Documents per encode_batch call.")] = 512,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Tokenize a corpus once, on all cores, into what `flmplan run --data` and Megatron-LM read (resumable)."""
+    from runtime.data.prepare import prepare
+
+    check_output_file(out, "--out", "corpus")
+    record = prepare(inputs, out, tokenizer=tokenizer, train_vocab=train_tokenizer, field=field,
+                     unit=text_unit.value, eod_token=eod_token, batch_docs=batch_docs,
+                     log=(lambda _: None) if as_json else stderr.print, progress=not as_json)
+    if as_json:
+        print(json.dumps(record, indent=1))
+        return
+    tok = record["tokenizer"]
+    stdout.print(f"wrote {out}.bin and {out}.idx: {record['documents']:,} documents, {record['tokens']:,} tokens "
+                 f"({record['dtype']}), {tok['kind']} tokenizer of {tok['vocab']:,} entries, "
+                 f"{record['tokens'] / max(record['tokenizing_s'], 1e-9):,.0f} tokens/s; "
+                 f"train on it with `flmplan run PLAN --data {out}`")
+

@@ -1,0 +1,316 @@
+"""`flmplan data prepare`: tokenize a corpus once into Megatron-LM's indexed dataset.
+
+Inputs are read with Hugging Face `datasets` (text, JSON lines, parquet, or a dataset saved with
+`save_to_disk`), streamed so that memory does not grow with the corpus. The tokenizer is a Hugging
+Face `tokenizers` file, one trained on the corpus itself with its byte-level BPE trainer, or UTF-8
+bytes (the default: nothing to download). Documents are encoded in batches by the tokenizer's own
+`encode_batch` on all cores (its Rust thread pool), each ended by the end-of-document id, and
+streamed into PREFIX.bin. Every few batches the point reached is recorded in PREFIX.progress.json,
+so an interrupted run started again continues there; the final names appear only when the corpus is
+whole (runtime/data/indexed.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from planner.errors import FlmplanError
+from runtime.data.indexed import ByteCodec, Codec, HFCodec, IndexedWriter, paths, token_dtype, write_manifest
+from runtime.hooks import PREPARE_HOOKS, installed
+
+TEXT_SUFFIXES = {".txt", ".text", ".md"}
+JSON_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+PARQUET_SUFFIXES = {".parquet"}
+EOD_TOKEN = "<|endoftext|>"
+
+
+@dataclass
+class Input:
+    """One source as `datasets` reads it: a builder ("text", "json", "parquet") and its files, or a
+    dataset folder saved with save_to_disk ("disk")."""
+
+    kind: str
+    files: list[Path]
+    bytes: int
+
+    @property
+    def name(self) -> str:
+        return str(self.files[0]) + (f" and {len(self.files) - 1} more" if len(self.files) > 1 else "")
+
+
+def _kind_of(path: Path) -> str | None:
+    suffixes = [s for s in path.suffixes if s not in (".gz", ".zst", ".bz2", ".xz")]
+    last = suffixes[-1] if suffixes else ""
+    return ("text" if last in TEXT_SUFFIXES else "json" if last in JSON_SUFFIXES
+            else "parquet" if last in PARQUET_SUFFIXES else None)
+
+
+def find_inputs(items: list[Path]) -> list[Input]:
+    """The inputs, grouped by format; refuses a missing path, an empty file or folder, and a file
+    whose format is not text, JSON lines or parquet."""
+    out: dict[str, list[Path]] = {}
+    disks = []
+    for p in items:
+        if not p.exists():
+            raise FlmplanError(f"Input {p} does not exist.")
+        if p.is_dir() and any((p / marker).is_file() for marker in ("dataset_info.json", "state.json",
+                                                                    "dataset_dict.json")):
+            disks.append(Input("disk", [p], sum(f.stat().st_size for f in p.rglob("*") if f.is_file())))
+            continue
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
+        if not files:
+            raise FlmplanError(f"Input {p} is a folder with no files in it.")
+        for f in files:
+            kind = _kind_of(f)
+            if kind is None:
+                raise FlmplanError(f"Input {f} is neither text (.txt, .md), JSON lines (.jsonl, .json) nor parquet; "
+                                   "rename it, or give a dataset folder saved with datasets' save_to_disk.")
+            if f.stat().st_size == 0:
+                raise FlmplanError(f"Input {f} is empty (0 bytes).")
+            out.setdefault(kind, []).append(f)
+    return [Input(k, fs, sum(f.stat().st_size for f in fs)) for k, fs in out.items()] + disks
+
+
+def _stream(inp: Input, unit: str):
+    """The input as an iterable of rows (dicts), streamed by `datasets`."""
+    try:
+        import datasets
+    except ImportError:
+        raise FlmplanError("flmplan data prepare reads inputs with Hugging Face datasets: "
+                           "pip install -e '.[data]'.") from None
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    files = [str(f) for f in inp.files]
+    if inp.kind == "disk":
+        ds = datasets.load_from_disk(files[0])
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+        return ds
+    kwargs = {"sample_by": unit} if inp.kind == "text" else {}
+    return datasets.load_dataset(inp.kind, data_files=files, split="train", streaming=True, **kwargs)
+
+
+def _column(inp: Input, field: str) -> str:
+    return "text" if inp.kind == "text" else field
+
+
+def check_inputs(inputs: list[Input], field: str, unit: str) -> None:
+    """Before anything is written: each input has a first document with the field, as a string, and
+    text and JSON files start as UTF-8."""
+    for inp in inputs:
+        if inp.kind in ("text", "json"):
+            for f in inp.files:
+                if f.suffix in (".gz", ".zst", ".bz2", ".xz"):
+                    continue
+                with open(f, "rb") as fh:
+                    head = fh.read(1 << 20)
+                try:
+                    head.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    if err.start < len(head) - 4:      # not a character cut by the 1 MiB boundary
+                        raise FlmplanError(f"Input {f} is not UTF-8 text (byte {err.start} is not).") from None
+        col = _column(inp, field)
+        try:
+            first = next(iter(_stream(inp, unit)), None)
+        except FlmplanError:
+            raise
+        except Exception as err:              # datasets' own parse errors name the file and the cause
+            raise FlmplanError(f"Input {inp.name} cannot be read as {inp.kind}: {str(err).splitlines()[0]}") from None
+        if first is None:
+            raise FlmplanError(f"Input {inp.name} holds no documents.")
+        if col not in first:
+            raise FlmplanError(f"Input {inp.name} has no field {col!r} (its fields: {', '.join(map(str, first))}); "
+                               "name the text field with --field.")
+        if not isinstance(first[col], str):
+            raise FlmplanError(f"Input {inp.name}'s field {col!r} holds {type(first[col]).__name__}, not text.")
+
+
+def batches(inputs: list[Input], field: str, unit: str, size: int, skip: int = 0,
+            seen: Callable[[int], None] | None = None) -> Iterator[list[str]]:
+    """Every document's text in lists of up to `size`, inputs in order (read by `datasets` a batch at
+    a time: a row at a time costs more than tokenizing); the first `skip` documents are passed over (a
+    resumed run). `seen(n)` is told the characters of each batch, for the progress bar."""
+    for inp in inputs:
+        col = _column(inp, field)
+        ds = _stream(inp, unit).select_columns([col])
+        if skip:
+            rows = len(ds) if inp.kind == "disk" else None
+            if rows is not None and skip >= rows:
+                skip -= rows
+                continue
+            ds, skip = ds.skip(skip), 0
+        for batch in ds.iter(batch_size=size):
+            texts = [t if t is not None else "" for t in batch[col]]
+            if seen:
+                seen(sum(map(len, texts)))
+            yield texts
+
+
+def documents(inputs: list[Input], field: str, unit: str) -> Iterator[str]:
+    """Every document's text, inputs in order."""
+    for batch in batches(inputs, field, unit, 1024):
+        yield from batch
+
+
+def train_tokenizer(texts: Iterator[str], vocab: int, out: Path) -> Path:
+    """A byte-level BPE of `vocab` entries trained on the corpus with Hugging Face tokenizers' own
+    trainer (GPT-2's scheme: bytes as the base alphabet, so any text encodes), `<|endoftext|>` as the
+    end-of-document token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=[EOD_TOKEN], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.save(str(out))
+    return out
+
+
+def _fingerprint(inputs: list[Input], field: str, unit: str, tokenizer: str) -> str:
+    parts = [(i.kind, [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in i.files]) for i in inputs]
+    return hashlib.sha256(json.dumps([parts, field, unit, tokenizer]).encode()).hexdigest()[:16]
+
+
+def progress_of(progress_file: Path, fingerprint: str, log: Callable[[str], None]) -> dict | None:
+    """The progress recorded by an earlier run of the same command on the same inputs, if any."""
+    if not progress_file.is_file():
+        return None
+    record = json.loads(progress_file.read_text())
+    if record.get("fingerprint") != fingerprint:
+        return None
+    log(f"resuming: {record['documents']:,} documents ({record['tokens']:,} tokens) were done")
+    return record
+
+
+def progress_bar(total: int):
+    """A started rich bar over the input's characters, with the tokens/s so far."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("tokenizing"), BarColumn(), TextColumn("{task.percentage:>3.0f}% of the input"),
+                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
+    task = bar.add_task("", total=total, rate="")
+    bar.start()
+    return bar, task
+
+
+def encode(codec: Codec, batch: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of documents as (ids with an end-of-document token after each, each document's length)."""
+    if isinstance(codec, HFCodec):
+        ids = codec.encode_batch(batch)
+        lengths = np.fromiter((len(d) + 1 for d in ids), dtype=np.int64, count=len(ids))
+        flat: list[int] = []
+        for d in ids:
+            flat += d
+            flat.append(codec.eod)
+        return np.array(flat, dtype=dtype), lengths
+    raw = [t.encode("utf-8") + b"\x00" for t in batch]
+    lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
+    return np.frombuffer(b"".join(raw), dtype=np.uint8), lengths
+
+
+def record_progress(writer: IndexedWriter, progress_file: Path, fingerprint: str) -> None:
+    """Flush what is written and record, atomically, how far it got: a killed run resumes there."""
+    docs, nbytes = writer.sync()
+    tmp = Path(f"{progress_file}.partial")
+    tmp.write_text(json.dumps({"fingerprint": fingerprint, "documents": docs, "bin_bytes": nbytes,
+                               "tokens": writer.tokens}))
+    os.replace(tmp, progress_file)
+
+
+def keep_tokenizer(codec: Codec, train_vocab: int | None, tok_partial: Path, kept: Path) -> Codec:
+    """The tokenizer beside the corpus: the trained one moved into place, or a copy of the given one."""
+    if train_vocab is not None:
+        os.replace(tok_partial, kept)
+        return HFCodec(kept, EOD_TOKEN)
+    if isinstance(codec, HFCodec):
+        shutil.copyfile(codec.file, kept)
+    return codec
+
+
+def manifest_record(codec: Codec, writer: IndexedWriter, dtype: np.dtype, unit: str, field: str, inputs: list,
+                    seconds: float) -> dict:
+    """What PREFIX.manifest.json says of the corpus: tokenizer, documents, tokens, sources."""
+    return {"tokenizer": codec.describe(), "documents": writer.documents, "tokens": writer.tokens,
+            "dtype": dtype.name, "text_unit": unit, "field": field,
+            "sources": [{"kind": i.kind, "files": [str(p.resolve()) for p in i.files], "bytes": i.bytes}
+                        for i in inputs],
+            "tokenizing_s": round(seconds, 3), "threads": os.cpu_count(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def prepare(items: list[Path], out: Path, tokenizer: Path | None = None, train_vocab: int | None = None,
+            field: str = "text", unit: str = "paragraph", eod_token: str | None = None, batch_docs: int = 512,
+            log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Tokenize `items` into the indexed dataset `out` (PREFIX); returns its manifest."""
+    f = paths(out)
+    if f["bin"].exists() or f["idx"].exists():
+        raise FlmplanError(f"{out}.bin or {out}.idx exists already; give another --out, or remove them.")
+    inputs = find_inputs(items)
+    if not inputs:
+        raise FlmplanError("No inputs given.")
+    # The tokenizer, before any pass over the data.
+    tok_partial = Path(f"{f['tokenizer']}.partial")
+    if tokenizer is not None and train_vocab is not None:
+        raise FlmplanError("Give --tokenizer or --train-tokenizer, not both.")
+    codec: Codec = HFCodec(tokenizer, eod_token) if tokenizer is not None else ByteCodec()
+    check_inputs(inputs, field, unit)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    progress_file = Path(f"{out}.progress.json")
+    tok_desc = str(tokenizer.resolve()) if tokenizer else f"train-bpe-{train_vocab}" if train_vocab else "bytes"
+    fingerprint = _fingerprint(inputs, field, unit, tok_desc)
+    resume = progress_of(progress_file, fingerprint, log)
+    if train_vocab is not None:
+        if not (resume and tok_partial.is_file()):
+            log(f"training a byte-level BPE of {train_vocab:,} entries on the corpus (tokenizers' BpeTrainer)")
+            train_tokenizer(documents(inputs, field, unit), train_vocab, tok_partial)
+        codec = HFCodec(tok_partial, EOD_TOKEN)
+    dtype = token_dtype(codec.vocab)
+    writer = IndexedWriter(out, dtype, (resume["documents"], resume["bin_bytes"]) if resume else None)
+    done_chars = [0]
+    total = sum(i.bytes for i in inputs)
+    bar, task = progress_bar(total) if progress else (None, None)
+    start, tokens_start = time.perf_counter(), writer.tokens
+    hooks = installed(PREPARE_HOOKS)
+
+    def seen(n: int) -> None:
+        done_chars[0] += n
+
+    try:
+        for n, batch in enumerate(batches(inputs, field, unit, batch_docs, skip=writer.documents, seen=seen)):
+            writer.add(*encode(codec, batch, dtype))
+            if n % 64 == 63:
+                record_progress(writer, progress_file, fingerprint)
+                for hook in hooks:
+                    hook(n + 1)
+            if bar is not None:
+                rate = (writer.tokens - tokens_start) / max(1e-9, time.perf_counter() - start)
+                bar.update(task, completed=min(total, done_chars[0]), rate=f"{rate:,.0f} tokens/s")
+    except UnicodeDecodeError as err:
+        writer.abandon()
+        progress_file.unlink(missing_ok=True)
+        raise FlmplanError(f"An input is not UTF-8 text ({err.reason} at byte {err.start} of a block); nothing "
+                           "was written.") from None
+    finally:
+        if bar is not None:
+            bar.stop()
+    if writer.documents == 0:
+        writer.abandon()
+        raise FlmplanError("The inputs hold no documents; nothing was written.")
+    seconds = time.perf_counter() - start
+    writer.finish()
+    codec = keep_tokenizer(codec, train_vocab, tok_partial, f["tokenizer"])
+    record = manifest_record(codec, writer, dtype, unit, field, inputs, seconds)
+    write_manifest(out, record)
+    progress_file.unlink(missing_ok=True)
+    return record
