@@ -27,7 +27,7 @@ from flmplan.commands.run import run
 from flmplan.commands.simulate import simulate
 from flmplan.commands.tune import tune
 from flmplan.commands.validate import validate
-from flmplan.common import VALIDATE_TOLERANCE, stderr
+from flmplan.common import VALIDATE_TOLERANCE, one_line_paragraphs, stderr
 
 # typer ≥ 0.26 carries its own copy of click; its exception classes are reached through typer's.
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -49,7 +49,7 @@ class _OneErrorStyle(typer.core.TyperGroup):
                 ctx = getattr(err, "ctx", None)
                 hint = f" See '{ctx.command_path} --help'." if ctx is not None else ""
                 message = err.format_message().rstrip()
-                _print_error(message + ("" if message.endswith(".") else ".") + hint)
+                _print_error(message + ("" if message.endswith((".", "?", "!")) else ".") + hint)
                 code = err.exit_code
         except FlmplanError as err:
             _print_error(str(err))
@@ -77,8 +77,20 @@ app = typer.Typer(
 )
 
 
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"flmplan {version('flmplan')}")
+        except PackageNotFoundError:           # a checkout run without installing (the GPU image)
+            print("flmplan (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(shown: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                     help="Print flmplan's version and exit.")) -> None:
     """flmplan: plan, simulate and run LLM pretraining by growth on a budget."""
 
 
@@ -86,7 +98,9 @@ COMMANDS = (("profile", profile), ("estimate", estimate), ("simulate", simulate)
             ("run", run), ("tune", tune), ("grow-vs-scratch", grow_vs_scratch), ("fit-loss", fit_loss),
             ("eval", eval_iq), ("export", export), ("grow", grow))
 for _name, _command in COMMANDS:
-    app.command(_name)(_command)
+    app.command(_name, help=one_line_paragraphs(_command.__doc__ or ""))(_command)
+for _info in data_app.registered_commands:
+    _info.help = one_line_paragraphs(_info.callback.__doc__ or "")
 app.add_typer(data_app, name="data")
 
 __all__ = ["VALIDATE_TOLERANCE", "app"]

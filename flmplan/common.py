@@ -4,6 +4,7 @@ checks of what a command will write."""
 
 from __future__ import annotations
 
+import difflib
 import os
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -35,6 +36,9 @@ Attention = StrEnum("Attention", ["flash", "unfused"])
 IntervalRule = StrEnum("IntervalRule", ["daly", "young"])
 
 
+GrowthTiming = StrEnum("GrowthTiming", ["search", "gstack"])
+
+
 ExportTarget = StrEnum("ExportTarget", ["megatron", "torchtitan", "slurm", "hf"])
 
 
@@ -42,6 +46,27 @@ Scale = StrEnum("Scale", ["tiny", "full"])
 
 
 Parametrization = StrEnum("Parametrization", ["both", "mup", "sp"])
+
+
+def parse_money(value: str | float) -> float:
+    """A dollar amount as a person writes it: 100000, 100k, 1.5M, $100,000."""
+    if isinstance(value, int | float):
+        amount = float(value)
+    else:
+        text = value.strip().replace(",", "").replace("_", "").lstrip("$")
+        scale = {"k": 1e3, "m": 1e6}.get(text[-1:].lower(), 1.0)
+        try:
+            amount = float(text[:-1] if scale != 1.0 else text) * scale
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not a dollar amount; write 100000, 100k or 1.5M.") from None
+    if not amount >= 1:
+        raise typer.BadParameter(f"{amount!r} is not in the range x>=1.0.")
+    return amount
+
+
+def one_line_paragraphs(text: str) -> str:
+    """A docstring as help: each paragraph on one line, so that --help wraps it to the terminal."""
+    return "\n\n".join(" ".join(p.split()) for p in text.strip().split("\n\n"))
 
 
 def value_of(choice: Enum | None) -> str | None:
@@ -187,8 +212,11 @@ def settings_file(ctx: typer.Context, param, path: Path | None) -> Path | None:
     known = {p.name for p in ctx.command.params if p.name != "config"}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise FlmplanError(f"--config {path} sets {', '.join(unknown)}, which `{ctx.info_name}` does not have; its "
-                           f"settings are: {', '.join(sorted(known))}.")
+        near = {k: difflib.get_close_matches(k, known, n=1, cutoff=0.6) for k in unknown}
+        hints = "; ".join(f"did you mean {near[k][0]}?" for k in unknown if near[k])
+        raise FlmplanError(f"--config {path} sets {', '.join(unknown)}, which `{ctx.info_name}` does not have"
+                           + (f" ({hints})" if hints else f"; `flmplan {ctx.info_name} --help` lists its settings "
+                              "(the options' names with underscores)") + ".")
     ctx.default_map = {**(ctx.default_map or {}), **raw}
     return path
 

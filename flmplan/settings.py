@@ -17,7 +17,7 @@ from typing import Annotated, get_type_hints
 
 import typer
 
-from flmplan.common import Attention, IntervalRule, Schedule, settings_file
+from flmplan.common import Attention, GrowthTiming, IntervalRule, Schedule, parse_money, settings_file
 
 
 def option(*decls: str, default=None, **checks) -> dataclasses.Field:
@@ -32,10 +32,11 @@ class SimulateSettings:
     config: Path | None = option("--config", is_eager=True, callback=settings_file)
     """A TOML file of simulate's settings (option names with underscores, e.g. max_gpus = 96); flags given on the
     command line override it. The plan records every setting it was made with."""
-    budget: float = option(default=100_000, min=1.0)
-    """Budget in US dollars."""
+    budget: float = option(default=100_000, parser=parse_money, metavar="USD")
+    """Budget in US dollars: 100000, 100k or 1.5M."""
     gpu: str = option(default="a800-80gb")
-    """GPU type (catalog key)."""
+    """GPU type: a catalog key in any case (a800-80gb, H100-80GB), or a family where the catalog has one of
+    it (h100, h200, b200); an unknown name lists the catalog."""
     price: float | None = option(min=0.001)
     """USD per GPU-hour (default: the catalog's dated price; for a800-80gb $1.00, the price FLM-101B's figures
     imply)."""
@@ -75,7 +76,7 @@ class SimulateSettings:
     """The budget must hold at this quantile of the simulated cost, failures counted."""
     max_growth_factor: float = option(default=4.0, min=1.0)
     """Largest parameter ratio of one growth (default 4: published growth operators measured ×2–4)."""
-    growth_timing: str = option(default="search")
+    growth_timing: GrowthTiming = option(default=GrowthTiming.search, case_sensitive=False)
     """When the plan grows first: search (where the loss model predicts the lowest final loss) or gstack (Du et al.
     2024's fitted guideline for the compute spent; the advice compares the two)."""
     failure_rate: float = option(default=5.0, min=0.0)

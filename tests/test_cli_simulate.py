@@ -114,7 +114,7 @@ PARSE_TIME_REFUSALS = [
     (["--schedule", "best"], "'--schedule': 'best' is not one of 'auto', 'flm'."),
     (["--attention", "sdpa"], "'--attention': 'sdpa' is not one of 'flash', 'unfused'."),
     (["--checkpoint-rule", "weekly"], "'--checkpoint-rule': 'weekly' is not one of 'daly', 'young'."),
-    (["--budget", "lots"], "'--budget': 'lots' is not a valid float"),
+    (["--budget", "lots"], "'--budget': 'lots' is not a dollar amount; write 100000, 100k or 1.5M."),
     (["--out", "."], "--out . is a folder; give a file name, like plan.json."),
     (["--report", "."], "--report . is a folder; give a file name, like report.html."),
 ]
@@ -178,7 +178,7 @@ def test_small_budget_names_the_smallest_that_works():
 
 
 def test_report_has_the_tables_of_the_console(tmp_path):
-    out = tmp_path / "report.html"
+    out = tmp_path / "new-folder" / "report.html"      # a folder the report makes, as the plan does
     r = runner.invoke(app, ["simulate", "--budget", "100000", "--schedule", "flm", "--trials", "20", "--report",
                             str(out)])
     assert r.exit_code == 0, r.output
@@ -224,3 +224,30 @@ def test_simulate_settings_are_declared_once():
     assert [p.name for p in command.params] == [f.name for f in fields(SimulateSettings)]
     docs = field_docs(SimulateSettings)
     assert all(docs[p.name] and p.help == docs[p.name] for p in command.params)
+
+
+def test_what_a_person_types_is_read_as_meant(tmp_path):
+    """GPU names in any case and by family where the family is one GPU, budgets as 100k or 1.5M, the
+    growth timing among its choices, a config typo answered with the nearest setting, and --version."""
+    from flmplan.common import parse_money
+    from planner.model.specs import get_gpu
+
+    assert get_gpu("H100-80GB").key == get_gpu("h100").key == "h100-80gb"
+    assert [parse_money(v) for v in ("100k", "1.5M", "$100,000", 30000)] == [1e5, 1.5e6, 1e5, 3e4]
+    out = tmp_path / "plan.json"
+    r = runner.invoke(app, ["simulate", "--gpu", "H100", "--budget", "30k", "--max-gpus", "16", "--target-size", "7B",
+                            "--trials", "20", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    plan = load_plan(out)
+    assert plan.cluster.gpu == "h100-80gb" and plan.assumptions["settings"]["budget"] == 30000
+    assert_one_sentence(runner.invoke(app, ["simulate", "--gpu", "a100"]), "GPU 'a100' is a100-40gb or a100-80gb")
+    assert_one_sentence(runner.invoke(app, ["simulate", "--growth-timing", "soon"]),
+                        "'--growth-timing': 'soon' is not one of 'search', 'gstack'.")
+    config = tmp_path / "typo.toml"
+    config.write_text("max_gpu = 96\n")
+    assert_one_sentence(runner.invoke(app, ["simulate", "--config", str(config)]), "(did you mean max_gpus?)")
+    r = runner.invoke(app, ["simualte"])
+    assert_one_sentence(r, "Did you mean 'simulate'")
+    assert "?." not in r.output
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.startswith("flmplan ")

@@ -197,10 +197,18 @@ def gpu_for_device(device_name: str) -> GpuSpec | None:
 
 
 def get_gpu(key: str) -> GpuSpec:
+    """The catalog's GPU by its key, in any case, or by its family alone where the catalog has one of
+    that family (h100 is h100-80gb; a100 is refused, naming a100-40gb and a100-80gb)."""
     catalog = gpu_catalog()
-    if key not in catalog:
-        raise FlmplanError(f"Unknown GPU {key!r}; choose one of: {', '.join(catalog)}.")
-    return catalog[key]
+    name = key.strip().lower()
+    if name in catalog:
+        return catalog[name]
+    family = [k for k in catalog if k.split("-")[0] == name]
+    if len(family) == 1:
+        return catalog[family[0]]
+    if family:
+        raise FlmplanError(f"GPU {key!r} is {' or '.join(family)}; give one of them.")
+    raise FlmplanError(f"Unknown GPU {key!r}; choose one of: {', '.join(catalog)}.")
 
 
 @dataclass(frozen=True)

@@ -176,6 +176,7 @@ def write_report(result, path: str | Path) -> Path:
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"
             + head + "".join(parts) + "</body></html>")
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)      # as the plan file's folder is made
     path.write_text(page)
     return path
 
