@@ -301,3 +301,14 @@ def test_parquet_and_saved_datasets_are_read_by_datasets(tmp_path):
         data = IndexedTokens.open(tmp_path / f"c-{source}")
         assert man["documents"] == data.documents == 3
         assert bytes(data.document(1)[:-1].astype(np.uint8)).decode() == "второй документ"
+
+
+def test_token_width_follows_megatron_cores_rule():
+    """uint16 below 65,500 entries, int32 from there: the rule megatron-core's own writer applies, so the
+    files are Megatron-LM's bytes for every vocabulary (65,500 to 65,536 entries included)."""
+    from megatron.core.datasets.indexed_dataset import DType
+
+    from runtime.data.indexed import token_dtype
+
+    for vocab in (256, 50_257, 65_499, 65_500, 65_536, 100_352):
+        assert token_dtype(vocab) == np.dtype(DType.optimal_dtype(vocab)), vocab

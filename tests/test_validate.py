@@ -79,7 +79,10 @@ def test_validate_leaves_out_warm_up_and_computes_the_errors(tmp_path):
     r = runner.invoke(app, ["validate", str(run), "--json"])
     assert json.loads(r.stdout)["checkpoints"] == {"count": 3, "median_s": 0.5, "max_s": 2.0}
     assert json.loads(r.stdout)["stages"][0]["step_error"] == pytest.approx(-0.20)
-    assert "3 written, 0.5 s each" in runner.invoke(app, ["validate", str(run), "--tolerance", "0.25"]).output
+    shown = runner.invoke(app, ["validate", str(run), "--tolerance", "0.25"]).output
+    assert "3 written, 0.5 s each" in shown
+    # The error as a person reads it: −20 % of the step time predicted is a run 1.25× slower than planned.
+    assert "1.25×" in shown and "slower" in shown and "faster" not in shown
 
 
 def test_validate_fails_on_memory_alone(tmp_path):

@@ -25,7 +25,8 @@ def run(
                                                         "PREFIX.bin/.idx), each as WEIGHT:PREFIX for a mixture; or "
                                                         "text files or folders, as bytes (default: the Python standard "
                                                         "library's sources).")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="With --scale tiny: optimizer steps per stage.")] = 40,
+    steps: Annotated[int, typer.Option(min=1, help="With --scale tiny: optimizer steps per stage (a grown stage "
+                                                    "adds its 8 mask-ramp steps).")] = 40,
     max_restarts: Annotated[int, typer.Option(min=0, help="torchrun restarts after a failure (resumes from the "
                                                    "newest good checkpoint).")] = 0,
     dtype: Annotated[Dtype | None, typer.Option(case_sensitive=False, help="Instead of the plan's dtype (default: "
@@ -130,8 +131,8 @@ def _validate_after_run(out: Path) -> None:
 
     run, plan = load_run(out)
     if run.start.get("device_kind") == "cpu":
-        stdout.print(f"Check the run against its plan: flmplan validate {out} --profile CPU_PROFILE.json "
-                     "(measure this machine with `flmplan profile --device cpu --out CPU_PROFILE.json`)")
+        stdout.print(f"Check the run against its plan: flmplan validate {out} --profile cpu-profile.json "
+                     "(measure this machine with `flmplan profile --device cpu --out cpu-profile.json`)")
         return
     try:
         prof = run_profile_for(run, plan, None)

@@ -136,7 +136,7 @@ def run_profile_for(run: RunRecord, plan: Plan, profile: Profile | None) -> Prof
     if profile is None:
         if kind == "cpu":
             raise ValidateError("This run was on a CPU, which has no built-in profile; measure this machine with "
-                                "`flmplan profile --device cpu --out cpu.json` and pass it with --profile.")
+                                "`flmplan profile --device cpu --out cpu-profile.json` and pass it with --profile.")
         gpu = start.get("gpu") or plan.cluster.gpu
         return builtin_profile(gpu)
     if kind and profile.device.get("kind") != kind:

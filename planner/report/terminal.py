@@ -239,6 +239,14 @@ def print_simulation(console: Console, sim: dict) -> None:
                       + ("met." if sim["confidence_met"] else "[red]not met (see the advice)[/]."))
 
 
+def pace(measured_s: float, predicted_s: float) -> str:
+    """A step's error as a person says it: the run went N× faster or slower than planned."""
+    ratio = measured_s / predicted_s
+    if abs(ratio - 1) < 0.005:
+        return "as planned"
+    return f"ran {ratio:.2f}× slower" if ratio > 1 else f"ran {1 / ratio:.2f}× faster"
+
+
 def print_validation(console: Console, run, profile, checks, tolerance: float) -> None:
     """One row per stage: measured / predicted / error for step time, tokens/s, MFU and memory."""
     start = run.start
@@ -248,7 +256,7 @@ def print_validation(console: Console, run, profile, checks, tolerance: float) -
     console.print(f"[bold]{run.folder}[/]: {where}; predicted with profile {profile.name} ({profile.source}); "
                   "warm-up steps left out")
     table = Table(show_header=True, header_style="bold")
-    for col in ("stage", "steps (warm-up)", "step s run / plan", "error", "tokens/s run / plan",
+    for col in ("stage", "steps (warm-up)", "step s run / plan", "error", "the run", "tokens/s run / plan",
                 "MFU run / plan", "GiB run / plan"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for c in checks:
@@ -259,6 +267,7 @@ def print_validation(console: Console, run, profile, checks, tolerance: float) -
         table.add_row(f"{c.stage} {c.name}", f"{c.steps} ({c.warmup_steps}){teacher}",
                       f"{c.measured_step_s:.3g} / {c.predicted_step_s:.3g}",
                       f"[{'green' if ok else 'red'}]{c.step_error:+.1%}[/]",
+                      pace(c.measured_step_s, c.predicted_step_s),
                       f"{c.measured_tokens_per_s:,.0f} / {c.predicted_tokens_per_s:,.0f}",
                       f"{c.measured_mfu:.1%} / {c.predicted_mfu:.1%}", memory)
     console.print(table)

@@ -39,8 +39,9 @@ EOD_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>"
 
 
 def token_dtype(vocab: int) -> np.dtype:
-    """uint16 when every id fits in 16 bits, else int32 (Megatron's own choice, by the vocabulary)."""
-    return np.dtype(np.uint16) if vocab <= 1 << 16 else np.dtype(np.int32)
+    """uint16 for a vocabulary under 65,500 entries, else int32: megatron-core's own rule
+    (`DType.optimal_dtype`), so a corpus is written with the bytes Megatron-LM writes for it."""
+    return np.dtype(np.uint16) if vocab < 65500 else np.dtype(np.int32)
 
 
 def paths(prefix: str | Path) -> dict[str, Path]:
