@@ -17,7 +17,15 @@ from typing import Annotated, get_type_hints
 
 import typer
 
-from flmplan.common import Attention, GrowthTiming, IntervalRule, Schedule, parse_money, settings_file
+from flmplan.common import (
+    Attention,
+    GrowthTiming,
+    IntervalRule,
+    Schedule,
+    one_line_paragraphs,
+    parse_money,
+    settings_file,
+)
 
 
 def option(*decls: str, default=None, **checks) -> dataclasses.Field:
@@ -120,7 +128,7 @@ def field_docs(cls: type) -> dict[str, str]:
     for node, after in itertools.pairwise(body):
         if (isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
                 and isinstance(after.value.value, str)):
-            docs[node.target.id] = " ".join(after.value.value.split())
+            docs[node.target.id] = one_line_paragraphs(after.value.value)
     return docs
 
 

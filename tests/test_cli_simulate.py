@@ -229,8 +229,11 @@ def test_simulate_settings_are_declared_once():
 def test_what_a_person_types_is_read_as_meant(tmp_path):
     """GPU names in any case and by family where the family is one GPU, budgets as 100k or 1.5M, the
     growth timing among its choices, a config typo answered with the nearest setting, and --version."""
-    from flmplan.common import parse_money
+    from flmplan.common import GrowthTiming, parse_money
+    from planner.growth.schedule import GROWTH_TIMINGS
     from planner.model.specs import get_gpu
+
+    assert tuple(GrowthTiming) == GROWTH_TIMINGS          # the option's choices are the planner's
 
     assert get_gpu("H100-80GB").key == get_gpu("h100").key == "h100-80gb"
     assert [parse_money(v) for v in ("100k", "1.5M", "$100,000", 30000)] == [1e5, 1.5e6, 1e5, 3e4]

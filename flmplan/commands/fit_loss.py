@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import typer.core
 
 from flmplan.common import check_output_file, stdout
 

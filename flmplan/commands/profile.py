@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import typer.core
 
 from flmplan.common import (
     PROBE_SPREAD_TOLERANCE,

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import typer.core
 
 from flmplan.common import VALIDATE_TOLERANCE, Dtype, Scale, check_output_folder, stdout, value_of
 

@@ -112,4 +112,3 @@ def print_result(s: SimulateSettings, result) -> None:
 
 
 simulate = command(SimulateSettings, simulate_budget)
-simulate.__name__ = "simulate"

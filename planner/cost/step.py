@@ -281,18 +281,15 @@ def _pipeline_s(dev: DeviceModel, net: Network, lay: Layout, mean_stage_mb: floa
                 pp_group) -> tuple[float, float]:
     """(the pipeline bubble, the point-to-point time) of one step."""
     p, v, m, t = lay.pp, lay.interleave, lay.micro_batches, lay.tp
+    if p <= 1:
+        return 0.0, 0.0
     # 1F1B fill and drain: (p−1)/v stage-times of a micro-batch (Narayanan et al. 2021, §2.2), with
     # 1, 2, … p−1 of the p stages computing; where ranks share a CPU's cores, the busy ones run faster.
-    bubble = 0.0
-    if p > 1:
-        bubble = (p - 1) / v * mean_stage_mb * statistics.mean(1 / dev.busy_speedup(k / p) for k in range(1, p))
+    bubble = (p - 1) / v * mean_stage_mb * statistics.mean(1 / dev.busy_speedup(k / p) for k in range(1, p))
     # Point-to-point: each micro-batch's activation forward and gradient back, per model chunk,
     # scattered over the tp ranks; the blocking send/recv of Megatron's schedule sits on the
     # critical path.
-    pp_comm = 0.0
-    if p > 1:
-        msg = activation_bytes / t
-        pp_comm = 2 * v * m * net.time("send_recv", msg, pp_group)
+    pp_comm = 2 * v * m * net.time("send_recv", activation_bytes / t, pp_group)
     return bubble, pp_comm
 
 

@@ -15,8 +15,6 @@ from planner.plan.plan_file import Plan
 
 # What an export writes beside its files, and the names its files have.
 EXPORT_RECORD = "flmplan-export.json"
-
-
 EXPORT_PATTERNS = {"megatron": "stage*.megatron.args", "torchtitan": f"{TORCHTITAN_MODULE}.py",
                    "slurm": "flmplan.sbatch"}
 

@@ -27,8 +27,6 @@ from planner.plan.plan_file import MIN_LR_FRACTION, Plan, stage_warmup_steps
 # builders) plus one function per stage; tests/test_cli_simulate.py loads it with torchtitan's
 # own ConfigManager.
 TORCHTITAN_VERSION = "0.3.0"
-
-
 TORCHTITAN_MODULE = "flmplan_torchtitan"
 
 

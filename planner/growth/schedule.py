@@ -21,8 +21,6 @@ GROWTH_TIMINGS = ("search", "gstack")
 # Training, Shen et al. 2022; bert2BERT, Chen et al. 2022; LiGO, Wang et al. 2023; MSG, Yao et al.
 # 2023; stacking, Du et al. 2024): its benefit past ×4 is not measured, so plans stop there by default.
 LITERATURE_GROWTH_FACTORS = (2.0, 4.0)
-
-
 DEFAULT_MAX_GROWTH_FACTOR = LITERATURE_GROWTH_FACTORS[1]
 
 

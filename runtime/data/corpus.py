@@ -40,16 +40,12 @@ from runtime.data.indexed import (
 )
 
 BYTE_VOCAB = ByteCodec.vocab
-
-
 BUILTIN = "builtin"
 
 
 # A run folder keeps what it trained on: the corpus's record and a copy of its tokenizer, so that
 # `flmplan eval` (and an export) read the run's text with the run's own tokenizer.
 RUN_DATA_FILE = "data.json"
-
-
 RUN_TOKENIZER_FILE = "tokenizer.json"
 
 

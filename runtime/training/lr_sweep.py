@@ -31,6 +31,8 @@ from runtime.parallel.optim import make_optimizer, set_lr
 from runtime.training.lr_schedule import lr_at
 
 PROXY_FILE = "proxy.json"
+
+
 @dataclass(frozen=True)
 class ProxyShape:
     """What every proxy of a grid shares; the width alone varies (heads = width / head_dim)."""

@@ -22,12 +22,14 @@ def log_state_bytes(run, k: int, pm: ParallelModel, opts: list) -> None:
     dist.all_gather_object(rows, pm.state_bytes(opts))
     run.log({"event": "state_bytes", "stage": k + 1, "ranks": rows})
 
+
 def probe_before_growth(run, k: int, finished: Path, sampler: Sampler) -> None:
     """A run stopped between stages lost the fixed-batch loss before growth k: measure it again
     from stage k−1's final checkpoint, so every growth keeps its before/after pair."""
     pm, opts = run.build(k - 1, run.fresh(k - 1, meta=True))
     checkpoint.load(finished, pm.chunks, opts)
     eval_growth(run, k, pm, sampler, "before_growth")
+
 
 def eval_growth(run, k: int, pm: ParallelModel, sampler: Sampler, when: str) -> None:
     """The loss of a fixed batch just before and just after a growth (nothing is updated)."""
@@ -38,6 +40,7 @@ def eval_growth(run, k: int, pm: ParallelModel, sampler: Sampler, when: str) -> 
     for c in pm.chunks:
         c.zero_grad(set_to_none=True)
     run.log({"event": when, "growth_into_stage": k + 1, "loss": float(loss)})
+
 
 def eval_teacher(run, k: int, pm: ParallelModel, step: int) -> None:
     """FreeLM's teacher signal on its held-out propositions, per task (nothing is updated): loss and

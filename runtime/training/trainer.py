@@ -38,8 +38,6 @@ from runtime.training.meter import Meter, current_rss, peak_flops, peak_rss
 from runtime.training.probes import eval_growth, eval_teacher, log_state_bytes, probe_before_growth
 
 ERROR_FILE = "ERROR.txt"   # a worker's one-sentence error, for the launcher to show
-
-
 PREEMPTED_EXIT = 143      # 128 + SIGTERM: what a scheduler expects of a job it asked to stop
 
 
