@@ -42,7 +42,7 @@ class Source:
 #                  one-direction NVLink bandwidth; net_busbw — fraction of the NIC line rate.
 def _rows(gpus: tuple[str, ...]) -> tuple[str, ...]:
     """The published rows (planner/data/cases.json) run on these GPUs, less those held out of every fit
-    (FLM-101B's, the runs this tool plans, and Llama 3's, a check beyond the set), scored out of sample."""
+    (the production runs), scored out of sample."""
     from planner.layout.case import published_cases
 
     return tuple(c.name for c in published_cases() if c.cluster.gpu in gpus and not c.held_out)
@@ -217,6 +217,27 @@ def fit(leave_out: tuple[str, ...] = (), start: dict | None = None) -> dict:
     }
 
 
+def production_factors(values: dict) -> list[dict]:
+    """The cost model on every production row (none is in any fit), with the fitted `values`: the
+    step-time factors (measured / predicted) a plan draws its model error from (planner/cost/model_error.py)."""
+    from planner.layout.case import published_cases
+    from planner.layout.search import compare_to_published
+
+    out = []
+    for c in published_cases():
+        if c.kind == "production":
+            r = compare_to_published(c, derived_profile(c.cluster_spec().gpu, values=values))
+            out.append({"case": c.name, "run": c.run_name, "step_factor": round(r["step_factor"], 4)})
+    return out
+
+
+def calibrate() -> dict:
+    """The calibration record: the fit, and the production rows' factors under its values."""
+    record = fit()
+    record["production"] = production_factors(values_of(record))
+    return record
+
+
 def values_of(record: dict) -> dict:
     return {(v["generation"], v["parameter"]): v["value"] for v in record["values"]}
 
@@ -259,6 +280,6 @@ if __name__ == "__main__":
     import sys
 
     if "--fit" in sys.argv:
-        print(write_calibration(fit()))
+        print(write_calibration(calibrate()))
     for path in write_all():
         print(path)

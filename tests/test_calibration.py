@@ -13,7 +13,7 @@ DATA = Path(derived.__file__).parent / "data"
 
 
 def test_the_fit_rebuilds_the_committed_calibration_and_profiles_byte_for_byte(tmp_path):
-    record = derived.fit()
+    record = derived.calibrate()
     written = derived.write_calibration(record, tmp_path / "derived.json")
     assert written.read_bytes() == derived.CALIBRATION.read_bytes()
     paths = derived.write_all(tmp_path, derived.values_of(record))
@@ -21,9 +21,10 @@ def test_the_fit_rebuilds_the_committed_calibration_and_profiles_byte_for_byte(t
     for p in paths:
         assert p.read_bytes() == (DATA / p.name).read_bytes(), p.name
     # The record says how: every fitted value with its bounds and start, the rows and their residuals;
-    # the rows marked held out (FLM-101B's, Llama 3's) are in no fit.
-    held_out = {c.name for c in published_cases() if c.held_out}
-    assert len(held_out) == 4 and set(record["rows"]) == set(record["residuals"]) and not held_out & set(record["rows"])
+    # the production rows are in no fit, and their step-time factors (a plan's model error) are recorded.
+    production = {c.name for c in published_cases() if c.kind == "production"}
+    assert len(production) == 11 and set(record["rows"]) == set(record["residuals"])
+    assert not production & set(record["rows"]) and {r["case"] for r in record["production"]} == production
     for v in record["values"]:
         lo, hi = v["bounds"]
         assert lo <= v["value"] <= hi and lo <= v["start"] <= hi

@@ -114,8 +114,8 @@ def test_estimate_says_which_software_facts_it_assumed():
     assert "flash_attention 2 (not stated: default)" in text and "overlap_grad_reduce False" in text
     assert "open facts at their costliest (flash_attention 1, dropout 0.1)" in text
     out = json.loads(runner.invoke(app, ["estimate", str(ROOT / "examples/flm101b-101B.json"), "--json"]).stdout)
-    assert out["software"] == {"flash_attention": 2, "overlap_grad_reduce": False, "dropout": 0.0, "compiled": False,
-                               "grad_reduce_bytes": 4}
+    assert out["software"] == {"flash_attention": 2, "overlap_grad_reduce": False, "overlap_param_gather": True,
+                               "dropout": 0.0, "compiled": False, "grad_reduce_bytes": 4}
     assert out["open_software_at_costliest"]["iteration_s"] > out["iteration_s"]
 
 

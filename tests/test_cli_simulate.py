@@ -27,15 +27,20 @@ def test_flm_schedule_against_the_paper_within_the_cost_models_stated_error(flm_
     sim = flm_plan.simulation
     opened = flm_plan.assumptions["open_software_facts"]
     low, costliest, _ = opened["days"]
-    assert opened["facts_at_costliest"] == {"flash_attention": 1, "dropout": 0.1}
+    # Its era (June 2023) already sets FlashAttention's first version; dropout is the one fact left open.
+    assert opened["facts_at_costliest"] == {"dropout": 0.1}
     assert low < costliest                     # the open facts at their costliest cost time
 
     def short_of_paper(model: float, paper: float) -> None:
         assert paper / (1 + band) <= model <= paper, (model, paper, band)
 
-    short_of_paper(sim["days_p50"], 21.54)
-    short_of_paper(sim["cost_p50"], 21.54 * 24 * 192)          # the paper's GPU-hours at $1/GPU-hour
-    failures = sim["days_p50"] / low
+    # The model alone (failures simulated, its own error not drawn) falls short of the paper.
+    alone = sim["model_error"]["without"]
+    short_of_paper(alone["days_p50"], 21.54)
+    short_of_paper(alone["cost_p50"], 21.54 * 24 * 192)          # the paper's GPU-hours at $1/GPU-hour
+    # With its error on production runs drawn, the P50 comes within 10 % of the paper's days.
+    assert sim["days_p50"] == pytest.approx(21.54, rel=0.10)
+    failures = alone["days_p50"] / low
     for model, paper in zip(opened["stage_days"][0], PAPER_DAYS, strict=True):
         short_of_paper(model * failures, paper)
     scratch = next(b for b in flm_plan.baselines if b.name == "target from scratch, same tokens")
@@ -49,7 +54,9 @@ def test_auto_plan_reaches_the_target_within_budget_and_beats_flm(auto_plan, flm
     assert auto_plan.totals.cost_usd <= 100_000
     assert sum(s.predicted.cost_usd for s in auto_plan.stages) <= 100_000
     flm = next(b for b in auto_plan.baselines if b.name == "FLM-101B schedule")
-    assert auto_plan.totals.predicted_loss <= flm.predicted_loss
+    # It beats FLM-101B's schedule, or FLM's schedule does not hold $100K at P90 once the model's own
+    # error is drawn (then the plan buys less, to hold it).
+    assert auto_plan.totals.predicted_loss <= flm.predicted_loss or flm_plan.simulation["cost_p90"] > 100_000
     assert {b.name for b in auto_plan.baselines} >= {"target from scratch, same money", "compute-optimal fixed size"}
     for k, st in enumerate(auto_plan.stages):
         assert (st.growth is None) == (k == 0)
@@ -71,7 +78,14 @@ def test_default_plan_fits_its_budget_with_failures_counted(auto_plan):
     assert sim["confidence"] == 0.9 and sim["confidence_met"] is True
     assert sim["cost_at_confidence"] <= 100_000 and sim["p_within_budget"] >= 0.9
     kinds = [a["kind"] for a in auto_plan.advice]
-    assert kinds[-1] == "binding" and auto_plan.advice[-1]["figures"]["binds"] == ["money"]
+    binding = next(a for a in auto_plan.advice if a["kind"] == "binding")
+    assert binding["figures"]["binds"] == ["money"]
+    # The P90 includes the cost model's own error on production runs, and says what it would be without.
+    error = sim["model_error"]
+    assert error["runs"] == 6 and error["mean_factor"] > 1
+    assert error["without"]["cost_p90"] < sim["cost_at_confidence"]
+    said = next(a for a in auto_plan.advice if a["kind"] == "model_error")
+    assert "production runs" in said["message"] and f"${error['without']['cost_p90']:,.0f}" in said["message"]
     fixed = next(b for b in auto_plan.baselines if b.name == "compute-optimal fixed size")
     assert ("fixed_size_better" in kinds) == (fixed.predicted_loss < auto_plan.totals.predicted_loss)
 

@@ -149,6 +149,20 @@ def test_refit_learns_a_slower_machine_and_improves_held_out_runs(tmp_path):
     assert all(f > 1 for f in cal["time_factors"].values() if f != 1.0)
     v = runner.invoke(app, ["validate", str(held), "--profile", str(out), "--json"])
     assert v.exit_code == 0 and abs(json.loads(v.stdout)["stages"][0]["step_error"]) < 0.03
+    # A plan made with the refit profile draws the model's error from these runs, not the production
+    # runs: the held-out run's factor is near 1, and the simulated cost's band narrows.
+    from planner.cost.model_error import model_error_for, production_error
+    from planner.sim.whole_run import FailureModel, StageWork, monte_carlo
+
+    own, production = model_error_for(prof), production_error()
+    assert "your own runs, held out" in own.source and abs(own.mean() - 1) < 0.03
+
+    def band(error) -> float:
+        s = monte_carlo([StageWork("s", 20 * 86400)], 12, 8, 1.0, FailureModel(), 200, 0, 1e9, error)
+        costs = [t.cost_usd for t in s.trials]
+        return s.quantile(costs, 0.9) - s.quantile(costs, 0.1)
+
+    assert band(own) < band(production) / 3
 
 
 def test_refit_refuses_bad_input(tmp_path):

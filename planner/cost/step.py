@@ -294,8 +294,8 @@ def _pipeline_s(dev: DeviceModel, net: Network, lay: Layout, mean_stage_mb: floa
 
 
 def _data_parallel_s(dev: DeviceModel, net: Network, lay: Layout, software: Software, grads: float,
-                     stage_mb: float, layers_max: int, backward_layer: float, fsdp_host: float,
-                     fsdp_ends: float, dp_group) -> float:
+                     stage_mb: float, layers_max: int, backward_layer: float, forward_layer: float,
+                     fsdp_host: float, fsdp_ends: float, dp_group) -> float:
     """The data-parallel time of one step left on the critical path: FSDP's gathers and reduce-scatters
     (ZeRO 3), or the gradient reduction overlapped with the backward and the distributed optimizer's
     gather (ZeRO 0–2)."""
@@ -323,7 +323,13 @@ def _data_parallel_s(dev: DeviceModel, net: Network, lay: Layout, software: Soft
         else:                 # all of it after the backward, on the critical path
             dp_comm = syncs * grad_sync
         if lay.zero >= 1:
-            dp_comm += net.time("all_gather", grads * dev.bytes_per_element, dp_group)
+            param_gather = net.time("all_gather", grads * dev.bytes_per_element, dp_group)
+            if software.overlap_param_gather:
+                # Bucket by bucket under the next step's first forward: the first bucket waits.
+                first = param_gather / layers_max
+                dp_comm += first + net.exposed(param_gather - first, layers_max * forward_layer)
+            else:
+                dp_comm += param_gather
     return dp_comm
 
 
@@ -387,7 +393,7 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
 
     grads = stage_params(model, lay)
     dp_comm = _data_parallel_s(dev, net, lay, software, grads, stage_mb, layers_max,
-                               lt.backward + recompute_layer, fsdp_host, fsdp_ends, dp_group)
+                               lt.backward + recompute_layer, lt.forward, fsdp_host, fsdp_ends, dp_group)
 
     opt_params = grads / (lay.dp if lay.zero >= 1 else 1)
     optimizer = optimizer_step_s(dev, net, lay, opt_params, layers_max)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Literal, get_type_hints
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from planner.errors import FlmplanError
 from planner.jsonio import read_json
 from planner.layout.candidates import OPEN_FIELDS, PartialLayout
+from planner.layout.era import Stack, era_defaults
 from planner.model.specs import ClusterSpec, Layout, ModelSpec, Software, get_gpu
 
 
@@ -39,6 +40,9 @@ class CaseCluster(Strict):
     gpu: str
     gpus: int = Field(gt=0)
     gpus_per_node: int = Field(default=8, gt=0)
+    # The network per GPU where the run's differs from the catalog's for its GPU (Gb/s per GPU: an AWS
+    # p4d's 400 Gb/s of EFA per 8 A100s is 50, a DGX A100's HDR InfiniBand 200).
+    network_gbps: float | None = Field(default=None, gt=0)
 
 
 class _SoftwareTable(Strict):
@@ -96,27 +100,66 @@ class Case(Strict):
     name: str = "case"
     source: str = ""
     note: str = ""
-    # Held out of every fit of the cost model's values (profiles/derived.py): a check beyond the
-    # calibration set, always scored out of sample.
-    held_out: bool = False
+    # A benchmark table (the best layout its authors found; the cost model's values are fitted to these
+    # rows, profiles/derived.py) or a production run (what a model was trained with; never fitted, always
+    # scored out of sample, and the source of the model's error in a plan: planner/cost/model_error.py).
+    kind: Literal["benchmark", "production"] = "benchmark"
+    # Rows of one run (one model trained on different cluster sizes) share it: they are left out together.
+    run: str = ""
+    # When the run trained (YYYY-MM) and on what stack: a production row's open facts take that era's
+    # defaults (planner/layout/era.py), not the fastest choice.
+    era: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}$")
+    stack: Stack | None = None
+    # Each field the row had to assume or derive, with why (the rest is the source's own).
+    assumed: dict[str, str] = {}
     model: ModelSpec
     cluster: CaseCluster
     parallel: CaseParallel
     software: CaseSoftware = CaseSoftware()
     measured: CaseMeasured = CaseMeasured()
 
+    @model_validator(mode="after")
+    def _production_names_its_era(self) -> Case:
+        if self.kind == "production" and (self.era is None or self.stack is None):
+            raise ValueError("a production row names its era (YYYY-MM) and stack, whose defaults fill its open facts")
+        return self
+
+    @property
+    def held_out(self) -> bool:
+        """Never fitted: the production rows."""
+        return self.kind == "production"
+
+    @property
+    def run_name(self) -> str:
+        return self.run or self.name
+
+    def era_defaults(self) -> dict[str, object]:
+        """The facts this row leaves open, at its era's and stack's defaults (none for a benchmark row)."""
+        if self.kind != "production":
+            return {}
+        defaults = era_defaults(self.era, self.stack)
+        stated = {**self.parallel.model_dump(exclude_none=True), **self.software.stated(),
+                  **({"attention": self.software.attention} if self.software.attention else {})}
+        return {k: v for k, v in defaults.items() if k not in stated}
+
     def model_spec(self) -> ModelSpec:
         return self.model
 
     def attention_kernel(self) -> str:
-        return self.software.attention or "flash"
+        return self.software.attention or self.era_defaults().get("attention", "flash")
 
     def software_spec(self, costliest: bool = False) -> Software:
-        return self.software.spec(costliest)
+        era = {k: v for k, v in self.era_defaults().items() if k in {f.name for f in fields(Software)}}
+        return replace(self.software.spec(costliest), **{k: v for k, v in era.items()
+                                                          if not (costliest and k in self.software.unstated_costliest)})
 
     def partial_layout(self) -> PartialLayout:
-        """The published layout, its unpublished fields left for the search."""
-        return PartialLayout(**self.parallel.model_dump(), attention=self.attention_kernel())
+        """The published layout, its unpublished fields at the era's defaults (production) or left for
+        the search."""
+        era = self.era_defaults()
+        given = self.parallel.model_dump()
+        given.update({k: v for k, v in era.items() if k in given and given[k] is None})
+        return PartialLayout(**given, attention=self.attention_kernel())
 
     def cluster_spec(self) -> ClusterSpec:
         gpu = get_gpu(self.cluster.gpu)

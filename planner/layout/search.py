@@ -7,7 +7,7 @@ rejected is counted by reason, so a refusal can say why nothing fits.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from planner.cost.device_profile import Profile, builtin_profile
 from planner.cost.step import StepEstimate, compute_lower_bound_s, estimate_step
@@ -73,11 +73,22 @@ def search_layout(model: ModelSpec, cluster: ClusterSpec, part: PartialLayout, p
     return SearchResult(best=best, considered=considered, rejected=rejected, smallest_memory_gib=smallest[0])
 
 
+def on_network(profile: Profile, network_gbps: float | None, catalog_gbps: float) -> Profile:
+    """The profile with its inter-node bandwidth scaled to a run's own network (per GPU)."""
+    if network_gbps is None or network_gbps == catalog_gbps:
+        return profile
+    inter = dict(profile.collectives["inter_node"])
+    inter["busbw_gbps"] = inter["busbw_gbps"] * network_gbps / catalog_gbps
+    inter.pop("ops", None)          # a measured network's per-op fits are not this network's
+    return replace(profile, collectives={**profile.collectives, "inter_node": inter})
+
+
 def estimate_case(case: Case, profile: Profile | None = None, costliest: bool = False) -> SearchResult:
     """Estimate a case file: its fixed fields as given, its null fields searched; with `costliest`,
     the software facts its source leaves open at their costliest."""
     model, cluster = case.model_spec(), case.cluster_spec()
-    profile = profile or builtin_profile(cluster.gpu.key)
+    profile = on_network(profile or builtin_profile(cluster.gpu.key), case.cluster.network_gbps,
+                         cluster.gpu.network_gbps)
     part, software = case.partial_layout(), case.software_spec(costliest)
     if (layout := part.fixed()) is not None:
         validate_layout(model, cluster, layout)
@@ -104,8 +115,13 @@ def compare_to_published(case: Case, profile: Profile | None = None) -> dict:
 
     est = estimate_case(case, profile).best
     metric, published, value = predicted(est)
-    row = {"case": case.name, "metric": metric, "published": published, "predicted": value,
-           "error": value / published - 1, "layout": est.layout.describe(), "memory_gib": est.memory_gib_per_gpu}
+    # measured / predicted step time: a rate (TFLOP/s, MFU) the inverse way round from a time
+    step_factor = published / value if metric == "iteration_s" else value / published
+    row = {"case": case.name, "run": case.run_name, "kind": case.kind, "metric": metric, "published": published,
+           "predicted": value, "error": value / published - 1,
+           # predicted speed / measured speed − 1: positive is optimistic, whatever the metric
+           "speed_error": step_factor - 1, "step_factor": step_factor, "layout": est.layout.describe(),
+           "memory_gib": est.memory_gib_per_gpu, "era_defaults": case.era_defaults()}
     if case.software.unstated_costliest:
         costliest = predicted(estimate_case(case, profile, costliest=True).best)[2]
         row["error_costliest"] = costliest / published - 1

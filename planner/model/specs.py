@@ -131,6 +131,10 @@ class Software:
     # --overlap-grad-reduce since September 2023, FSDP). Before it, Megatron's distributed
     # optimizer reduce-scattered all gradients after the backward (NVIDIA/Megatron-LM#391).
     overlap_grad_reduce: bool = True
+    # The distributed optimizer's all-gather of the updated weights runs under the next step's forward,
+    # bucket by bucket (Megatron-LM's --overlap-param-gather since November 2023, commit f048bf8).
+    # Before it, the gather followed the optimizer step on the critical path.
+    overlap_param_gather: bool = True
     # Dropout probability on the residual branches and the embedding (and inside attention).
     dropout: float = 0.0
     # Each block under torch.compile (flmplan's runtime on GPUs by default): its element-wise ops

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 from planner.cost.device_profile import Profile
+from planner.cost.model_error import ModelError, model_error_for
 from planner.cost.step import estimate_step
 from planner.errors import FlmplanError
 from planner.growth.flm import flm_base, flm_software
@@ -81,7 +82,8 @@ def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossMode
     say = progress or (lambda what, share: None)
     result = _plan_once(settings, profile, loss_model, schedule, cache, lambda share: say("searching", share))
     say("simulating runs with failures", 1.0)
-    summary = simulate_schedule(result.main, failures, trials, seed)
+    error = model_error_for(profile)
+    summary = simulate_schedule(result.main, failures, trials, seed, error)
     fitting = confidence is not None and schedule != "flm"
     replans = 0
     while fitting and replans < MAX_REPLANS:
@@ -92,7 +94,7 @@ def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossMode
         settings = dataclasses.replace(settings, cost_factor=factor)
         say(f"re-planning to fit P{confidence * 100:.0f}", 1.0)
         result = _plan_once(settings, profile, loss_model, schedule, cache)
-        summary = simulate_schedule(result.main, failures, trials, seed)
+        summary = simulate_schedule(result.main, failures, trials, seed, error)
         replans += 1
     costs = [t.cost_usd for t in summary.trials]
     sim = summary.to_dict(keep_costs=False)
@@ -106,6 +108,8 @@ def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossMode
                 f"over the ${settings.budget_usd:,.0f} budget: the budget holds in {sim['p_within_budget']:.0%} of the "
                 "simulated runs."), {"confidence": confidence, "cost_at_confidence": reached,
                                      "p_within_budget": sim["p_within_budget"]}).to_json())
+    sim["model_error"] = _model_error_report(result.main, summary, error, failures, trials, seed)
+    result.plan.advice.append(_model_error_advice(sim, confidence))
     result.plan.simulation = sim
     result.plan.assumptions["cost_factor"] = settings.cost_factor
     result.plan.assumptions["software"] = dataclasses.asdict(settings.software)
@@ -115,6 +119,29 @@ def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossMode
     if gantt:
         result.timelines = pipeline_timelines(result.main, profile)
     return result
+
+
+def _model_error_report(main: Schedule, summary: RunSummary, error: ModelError, failures: FailureModel,
+                        trials: int, seed: int) -> dict:
+    """Which residuals the simulation drew, and the same run's figures without them (failures only)."""
+    exact = simulate_schedule(main, failures, trials, seed).to_dict(keep_costs=False)
+    drawn = [t.step_factor for t in summary.trials]
+    return {**error.to_json(), "drawn_p10": summary.quantile(drawn, 0.1), "drawn_p90": summary.quantile(drawn, 0.9),
+            "without": {k: exact[k] for k in ("days_p50", "days_p90", "cost_p50", "cost_p90", "p_within_budget")}}
+
+
+def _model_error_advice(sim: dict, confidence: float | None) -> dict:
+    err = sim["model_error"]
+    q = f"P{confidence * 100:.0f}" if confidence is not None else "P90"
+    at = sim["cost_at_confidence"] if confidence is not None else sim["cost_p90"]
+    without = err["without"]["cost_p90"] if confidence in (None, 0.9) else None
+    text = (f"The {q} cost of ${at:,.0f} includes the cost model's own error: each simulated run's steps take a "
+            f"factor drawn from {err['source']} ({err['runs']} runs, {err['rows']} rows; measured / predicted step "
+            f"{err['min_factor']:.2f} to {err['max_factor']:.2f}, mean {err['mean_factor']:.2f}).")
+    if without is not None:
+        text += f" With the step times taken as exact, P90 would be ${without:,.0f}."
+    return Advice("model_error", text, {"cost_at_confidence": at, "cost_p90_without_model_error": without,
+                                        "runs": err["runs"], "source": err["source"]}).to_json()
 
 
 def _open_facts_range(result: PlanResult, settings: Settings, profile: Profile,
@@ -181,10 +208,11 @@ def stage_works(s: Schedule) -> list[StageWork]:
             for k, st in enumerate(s.stages)]
 
 
-def simulate_schedule(s: Schedule, fm: FailureModel, trials: int, seed: int) -> RunSummary:
+def simulate_schedule(s: Schedule, fm: FailureModel, trials: int, seed: int,
+                      model_error: ModelError | None = None) -> RunSummary:
     gpn = s.settings.gpu.gpus_per_node
     return monte_carlo(stage_works(s), max(1, s.gpus // gpn), min(gpn, s.gpus), s.settings.price_per_gpu_hour, fm,
-                       trials, seed, s.settings.budget_usd)
+                       trials, seed, s.settings.budget_usd, model_error)
 
 
 def pipeline_timelines(s: Schedule, profile: Profile, max_micro_batches: int = 16) -> dict:

@@ -313,6 +313,11 @@ def refit_profile(base: Profile, fit_dirs: list[Path], holdout_dirs: list[Path])
     if holdout_dirs:
         calibration.update(held_out=[str(f) for f in holdout_dirs], rms_held_out_before=round(rms_error(before), 4),
                            rms_held_out_after=round(rms_error(after), 4))
+    # The refit model's own error on these runs, which a plan made with this profile draws
+    # (planner/cost/model_error.py): the held-out runs', or without any the fitted runs' (in sample).
+    calibration["step_factors"] = [{"run": str(folder), "row": f"{folder}:{c.name}",
+                                    "factor": round(c.measured_step_s / c.predicted_step_s, 4)}
+                                   for folder, c in (after if holdout_dirs else fitted)]
     profile = replace(fitted_profile, source="refit", name=f"{base.name}-refit", calibration=calibration,
                       notes=f"{base.notes} Refit by `flmplan profile --refit` to the runs in calibration.fitted_to.")
     return Refit(profile, fitted, before, after)

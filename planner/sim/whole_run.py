@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
+from planner.cost.model_error import ModelError
 from planner.errors import FlmplanError
 
 DAY_S = 86400.0
@@ -108,6 +109,7 @@ class Trial:
     preemptions: int
     stage_wall_s: list[float]
     cost_usd: float
+    step_factor: float = 1.0        # the cost model's error drawn for this trial (measured / predicted step)
 
 
 @dataclass
@@ -255,23 +257,30 @@ class _Job:
 
 
 def simulate_run(stages: list[StageWork], nodes: int, gpus_per_node: int, price_per_gpu_hour: float,
-                 fm: FailureModel, rng: random.Random) -> Trial:
+                 fm: FailureModel, rng: random.Random, step_factor: float = 1.0) -> Trial:
+    """One run, its training `step_factor` times as long as the cost model predicts."""
     env = simpy.Environment()
+    if step_factor != 1.0:
+        stages = [StageWork(s.name, s.work_s * step_factor, s.transition_s) for s in stages]
     job = _Job(env, stages, nodes, fm, rng)
     env.run(until=job.proc)
     wall = env.now
     billed_gpus = (nodes + fm.spare_nodes(nodes)) * gpus_per_node
     return Trial(wall_s=wall, useful_s=sum(s.work_s for s in stages), failures=job.failures,
                  preemptions=job.preemptions, stage_wall_s=job.stage_wall,
-                 cost_usd=wall / 3600 * billed_gpus * price_per_gpu_hour)
+                 cost_usd=wall / 3600 * billed_gpus * price_per_gpu_hour, step_factor=step_factor)
 
 
 def monte_carlo(stages: list[StageWork], nodes: int, gpus_per_node: int, price_per_gpu_hour: float,
-                fm: FailureModel, trials: int, seed: int, budget_usd: float) -> RunSummary:
+                fm: FailureModel, trials: int, seed: int, budget_usd: float,
+                model_error: ModelError | None = None) -> RunSummary:
+    """`trials` runs with failures; with `model_error`, each trial's step time also carries a factor
+    drawn from the cost model's own error (its own random stream, so the failures stay the same)."""
     if trials < 1:
         raise FlmplanError(f"--trials must be at least 1, got {trials}.")
-    rng = random.Random(seed)
-    results = [simulate_run(stages, nodes, gpus_per_node, price_per_gpu_hour, fm, rng) for _ in range(trials)]
+    rng, error_rng = random.Random(seed), random.Random(seed + 1)
+    results = [simulate_run(stages, nodes, gpus_per_node, price_per_gpu_hour, fm, rng,
+                            model_error.draw(error_rng) if model_error else 1.0) for _ in range(trials)]
     ideal_s = sum(s.work_s + s.transition_s for s in stages)
     return RunSummary(trials=results, budget_usd=budget_usd, ideal_days=ideal_s / DAY_S,
                       ideal_cost=ideal_s / 3600 * nodes * gpus_per_node * price_per_gpu_hour,
