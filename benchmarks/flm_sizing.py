@@ -74,7 +74,7 @@ def rows() -> list[dict]:
     a100 = get_gpu("a100-80gb")
     return [
         row("stated facts: flash attention, xPos, gradients reduced after the backward "
-            "(FA version and dropout not stated: FA2, none)", cases),
+            "(FA version and dropout not stated: its era's FA1, none)", cases),
         row("… with unfused attention instead (the earlier assumption)", [with_software(c, attention="unfused")
                                                                         for c in cases]),
         row("… with FlashAttention v1", [with_software(c, flash_attention=1) for c in cases]),
