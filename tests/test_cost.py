@@ -420,3 +420,20 @@ def test_a_stated_bf16_gradient_reduction_is_charged_half_the_bytes():
     assert estimate_case(fp32).best.breakdown.dp_comm_s > stated > 0
     with pytest.raises(FlmplanError, match="grad_reduce_bytes must be 2 or 4"):
         dataclasses.replace(Software(), grad_reduce_bytes=3)
+
+
+def test_the_ends_counted_in_the_pipeline_split_admit_llama3s_chunking():
+    """Llama 3 405B's 126 layers on 16 stages: 8 chunks per stage need 128 slots, which only the
+    embedding and the output layer counted as a layer each provide (the paper's §3.3.2); the first and
+    last stages then hold 7 layers, the others 8, and the search takes that chunking."""
+    from planner.errors import InvalidLayout
+    from planner.layout.case import published_cases
+    from planner.layout.search import estimate_case
+    from planner.model.specs import stage_layers, validate_layout
+
+    case = next(c for c in published_cases() if c.name == "llama3-405b-s8192-16384xh100-80gb")
+    lay = estimate_case(case).best.layout
+    assert lay.ends_in_split and lay.interleave == 8
+    assert stage_layers(126, lay) == [7] + [8] * 14 + [7]
+    with pytest.raises(InvalidLayout, match="128 layer chunks"):
+        validate_layout(case.model_spec(), case.cluster_spec(), lay.with_(ends_in_split=False))

@@ -80,3 +80,10 @@ def test_production_rows_take_their_eras_defaults_not_the_fastest():
     for r in rows().values():
         faster = r["predicted"] < r["published"] if r["metric"] == "iteration_s" else r["predicted"] > r["published"]
         assert (r["speed_error"] > 0) == faster, r["case"]
+
+
+def test_llama3_405b_never_fitted_within_8_percent():
+    """Issue 43's check beyond the calibration set: Llama 3 405B on 16,384 H100s, its uneven end stages
+    and interleaving stated, within ±8 % (it was −10.6 % before the split counted its ends)."""
+    row = rows()["llama3-405b-s8192-16384xh100-80gb"]
+    assert abs(row["speed_error"]) <= 0.08, row

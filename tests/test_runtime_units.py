@@ -224,3 +224,21 @@ def test_cpu_ranks_are_pinned_to_their_own_share_of_the_cores():
     finally:
         os.sched_setaffinity(0, mask)
         torch.set_num_threads(threads)
+
+
+def test_pipeline_chunks_with_the_ends_counted_run_the_whole_model():
+    """With the embedding and the output layer counted as a layer each (Layout.ends_in_split), six
+    blocks over four chunks are 1, 2, 2, 1 (the cost model's planner/model/specs.py chunk_layers), and the
+    chunks run one after another compute what the whole model does."""
+    from runtime.model.decoder import Decoder, DecoderConfig
+    from runtime.parallel.parallelize import split_for_pipeline
+
+    torch.manual_seed(0)
+    full = Decoder(DecoderConfig(layers=6, hidden=32, heads=2, ffn=64, vocab=64, seq=16, tied_embeddings=False))
+    chunks = split_for_pipeline(full, [0, 1, 2, 3], 4, ends_in_split=True)
+    assert [len(c.blocks) for c in chunks] == [1, 2, 2, 1]
+    tokens = torch.randint(0, 64, (2, 16))
+    x = tokens
+    for c in chunks:
+        x = c(x)
+    torch.testing.assert_close(x, full(tokens))

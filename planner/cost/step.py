@@ -11,7 +11,6 @@ PyTorch FSDP (Zhao et al. 2023) for sharded data parallelism.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -24,7 +23,7 @@ from planner.cost.device_profile import Profile
 from planner.model import anatomy
 from planner.model.flops import step_flops
 from planner.model.memory import MemoryEstimate, memory_per_gpu, stage_params
-from planner.model.specs import ClusterSpec, Layout, ModelSpec, Software, get_gpu
+from planner.model.specs import ClusterSpec, Layout, ModelSpec, Software, get_gpu, stage_layers
 
 # Adam step per parameter: read fp32 grad, master, m, v (16 B), write master, m, v (12 B)
 # and the bf16 weight (2 B).
@@ -63,6 +62,7 @@ class StepEstimate:
     hardware_flops: float
     profile_name: str
     peak_tflops: float
+    critical_layers: int = 0        # the layers of the slowest pipeline stage (all of them without pp)
 
     @property
     def iteration_s(self) -> float:
@@ -246,7 +246,7 @@ def compute_lower_bound_s(model: ModelSpec, layout: Layout, profile: Profile,
     part being ≥ 0. The layout search uses it to skip layouts that cannot win."""
     dev, _ = device_models(profile)
     lt = layer_time(dev, model, layout, software)
-    return layout.micro_batches * math.ceil(model.layers / layout.pp) * (lt.forward + lt.backward)
+    return layout.micro_batches * max(stage_layers(model.layers, layout)) * (lt.forward + lt.backward)
 
 
 def _recompute_s(net: Network, lay: Layout, lt, host_pass: float, tp_fwd: float, tp_host: float,
@@ -333,16 +333,22 @@ def _data_parallel_s(dev: DeviceModel, net: Network, lay: Layout, software: Soft
     return dp_comm
 
 
+def _slowest_stage(layers: list[int], per_layer: float, ends: float, tp_ends: float) -> tuple[int, bool, float]:
+    """(the slowest stage's layers, whether it is the last, the mean stage's time) per micro-batch: the
+    last stage carries the output layer and loss, each stage its layers."""
+    p = len(layers)
+    totals = [n * per_layer + tp_ends + (ends if s == p - 1 else 0.0) for s, n in enumerate(layers)]
+    slowest = max(range(p), key=lambda s: (totals[s], s))
+    return layers[slowest], slowest == p - 1, sum(totals) / p
+
+
 def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profile: Profile,
                   memory: MemoryEstimate | None = None, software: Software = Software()) -> StepEstimate:
     """Predict one optimizer step of `layout` (already validated) on `cluster`, run by `software`."""
     dev, net = device_models(profile)
     lay = layout
-    t, p, m = lay.tp, lay.pp, lay.micro_batches
-    gpn = cluster.gpus_per_node
-    dp_group = group(lay.dp, t, gpn)
-    pp_group = group(p, t * lay.dp, gpn)
-
+    t, p, m, gpn = lay.tp, lay.pp, lay.micro_batches, cluster.gpus_per_node
+    dp_group, pp_group = group(lay.dp, t, gpn), group(p, t * lay.dp, gpn)
     lt = layer_time(dev, model, lay, software)
     activation_bytes = lay.micro_batch * model.seq * model.hidden * dev.bytes_per_element
     tp_fwd = tp_bwd = tp_comm_per_pass_s(net, model, lay, dev.bytes_per_element, gpn)
@@ -374,12 +380,14 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     recompute_layer, tp_recompute = _recompute_s(net, lay, lt, host_pass, tp_fwd, tp_host + selective_host,
                                                  activation_bytes, gpn)
 
-    layers_max = math.ceil(model.layers / p)
     logit_fwd, logit_bwd = logits_time(dev, model, lay)
     # The last stage carries the output layer and loss (and the first the embedding; on a CPU the
-    # host's time around the ends is with them): the last is the slowest stage.
+    # host's time around the ends is with them). The slowest stage sets the pace: the last where the
+    # stages hold as many layers, a fuller one where the ends take a layer's place in the split.
     ends = logit_fwd + logit_bwd + host_ends
-    compute_mb = layers_max * (lt.forward + lt.backward + 2 * host_pass) + ends
+    per_layer = lt.forward + lt.backward + 2 * host_pass + recompute_layer + tp_fwd + tp_bwd + tp_recompute
+    layers_max, on_last, mean_stage_mb = _slowest_stage(stage_layers(model.layers, lay), per_layer, ends, tp_ends)
+    compute_mb = layers_max * (lt.forward + lt.backward + 2 * host_pass) + (ends if on_last else 0.0)
     recompute_mb = layers_max * recompute_layer
     tp_mb = layers_max * (tp_fwd + tp_bwd + tp_recompute) + tp_ends
     # Under sequence parallelism each rank's LayerNorm weights saw only its slice of the sequence:
@@ -387,7 +395,6 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     # (Megatron-LM's _allreduce_layernorm_grads; runtime/parallel/parallelize.py).
     layernorm_sync = _layernorm_sync_s(net, model, lay, software, layers_max, gpn)
     stage_mb = compute_mb + recompute_mb + tp_mb
-    mean_stage_mb = stage_mb - ends * (p - 1) / p if p > 1 else stage_mb
 
     bubble, pp_comm = _pipeline_s(dev, net, lay, mean_stage_mb, activation_bytes, pp_group)
 
@@ -412,4 +419,5 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
         model=model, cluster=cluster, layout=lay, breakdown=breakdown,
         memory=memory or memory_per_gpu(model, lay), model_flops=model_flops,
         hardware_flops=hardware_flops, profile_name=profile.name, peak_tflops=profile.peak_tflops,
+        critical_layers=layers_max,
     )

@@ -66,7 +66,7 @@ def _adamw(lr, betas, eps, weight_decay):
 
 
 def _config(model_spec, *, lr, warmup, min_lr_factor, steps, local_batch, global_batch, seq, param_dtype,
-            replicate, shard, reshard, tp, sequence_parallel, pp, layers_per_stage, schedule, microbatch,
+            replicate, shard, reshard, tp, sequence_parallel, pp, layers_per_stage, ends, schedule, microbatch,
             recompute, folder, interval, initial_load, betas, eps, weight_decay, max_norm):
     return Trainer.Config(
         model_spec=model_spec,
@@ -84,8 +84,8 @@ def _config(model_spec, *, lr, warmup, min_lr_factor, steps, local_batch, global
             data_parallel_replicate_degree=replicate, data_parallel_shard_degree=shard,
             fsdp_reshard_after_forward=reshard, tensor_parallel_degree=tp,
             enable_sequence_parallel=sequence_parallel, pipeline_parallel_degree=pp,
-            pipeline_parallel_layers_per_stage=layers_per_stage, pipeline_parallel_first_stage_less_layers=0,
-            pipeline_parallel_last_stage_less_layers=0, pipeline_parallel_schedule=schedule,
+            pipeline_parallel_layers_per_stage=layers_per_stage, pipeline_parallel_first_stage_less_layers=ends,
+            pipeline_parallel_last_stage_less_layers=ends, pipeline_parallel_schedule=schedule,
             pipeline_parallel_microbatch_size=microbatch),
         activation_checkpoint={"none": None, "selective": SelectiveAC.Config(), "full": FullAC.Config()}[recompute],
         checkpoint=CheckpointManager.Config(enable=True, folder=folder, interval=interval,

@@ -132,8 +132,11 @@ def _megatron_features(st, notes: list[str]) -> list[str]:
         args.append("--swiglu")
     if not m.tied_embeddings:
         args.append("--untie-embeddings-and-output-weights")
+    slots = m.layers + (2 if lay.ends_in_split else 0)      # the ends count as a layer each in the split
+    if lay.ends_in_split:
+        args += ["--account-for-embedding-in-pipeline-split", "--account-for-loss-in-pipeline-split"]
     if lay.interleave > 1:
-        args.append(f"--num-layers-per-virtual-pipeline-stage {m.layers // (lay.pp * lay.interleave)}")
+        args.append(f"--num-layers-per-virtual-pipeline-stage {slots // (lay.pp * lay.interleave)}")
     if lay.sequence_parallel:
         args.append("--sequence-parallel")
     if lay.recompute == "full":

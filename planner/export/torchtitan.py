@@ -76,13 +76,21 @@ def _torchtitan_stage(plan: Plan, k: int, nearest: bool) -> str:
         "of the corpus the earlier stages did not read (--dataloader.dataset_path), or accept the repeat."))
     if st.growth:
         notes.append(_torchtitan_growth_note(st, k))
+    ends = 1 if lay.ends_in_split else 0        # the embedding and the output layer, a layer each in the split
+    # torchtitan makes ceil((layers + ends) / layers_per_stage) chunks, differing by at most a layer.
+    chunks, slots = lay.pp * lay.interleave, m.layers + 2 * ends
+    per_chunk = -(-slots // chunks)
+    if lay.pp > 1 and -(-slots // per_chunk) != chunks:
+        raise FlmplanError(f"{where} splits {m.layers} layers into {chunks} pipeline chunks, which torchtitan's "
+                           "layers-per-stage split cannot express; plan it with another pp or interleave.")
     facts = {
         "lr": f"{st.lr:g}", "warmup": stage_warmup_steps(st), "min_lr_factor": MIN_LR_FRACTION, "steps": steps,
         "local_batch": local_batch, "global_batch": lay.global_batch, "seq": m.seq,
         "param_dtype": json.dumps("bfloat16" if plan.dtype == "bf16" else "float32"),
         "replicate": replicate, "shard": shard, "reshard": json.dumps(reshard), "tp": lay.tp,
         "sequence_parallel": lay.sequence_parallel and lay.tp > 1, "pp": lay.pp,
-        "layers_per_stage": m.layers // (lay.pp * lay.interleave) if lay.pp > 1 else None,
+        "layers_per_stage": per_chunk if lay.pp > 1 else None,
+        "ends": ends,
         "schedule": json.dumps("Interleaved1F1B" if lay.interleave > 1 else "1F1B"), "microbatch": lay.micro_batch,
         "recompute": json.dumps(lay.recompute), "folder": json.dumps(f"checkpoint/stage{k + 1}"),
         "interval": checkpoint_every_steps(plan, k),

@@ -90,32 +90,48 @@ def candidate_layouts(model: ModelSpec, cluster: ClusterSpec, part: PartialLayou
                 if per_replica % mb:
                     continue
                 m = per_replica // mb
-                if part.interleave:
-                    vs = [part.interleave]
-                elif pp > 1 and m % pp == 0:
-                    # Stages may hold unequal numbers of layers; chunks split the largest stage.
-                    per_stage = -(-model.layers // pp)
-                    vs = [v for v in divisors(per_stage) if v <= (2 if part.coarse else MAX_INTERLEAVE)]
-                else:
-                    vs = [1]
-                sps = [part.sequence_parallel] if part.sequence_parallel is not None else [tp > 1]
-                zeros = [part.zero] if part.zero is not None else (
-                    [z for z in (1, 2, 3) if not part.coarse or z != 2] if pp == 1 else [1] if part.coarse else [1, 2])
-                recomputes = [part.recompute] if part.recompute else ["none", "selective", "full"]
-                for v in vs:
-                    if v > 1 and (pp == 1 or m % pp):
+                ends_options = [part.ends_in_split] if part.ends_in_split is not None else (
+                    [False, True] if pp > 1 and not part.coarse else [False])
+                for ends in ends_options:
+                    # Splits Megatron-LM accepts when the search picks pp: the layers (and the ends, when
+                    # counted) evenly over the stages; a pp the case gives may split unevenly (the runtime
+                    # runs it: the first stages take the remainder).
+                    slots = model.layers + (2 if ends else 0)
+                    if (ends and pp == 1) or (pp > 1 and slots % pp and (ends or part.pp is None)):
                         continue
-                    for sp in sps:
-                        if sp and tp == 1:
-                            continue
-                        for zero in zeros:
-                            if zero == 3 and pp > 1:
-                                continue
-                            for rc in recomputes:
-                                yield Layout(tp=tp, pp=pp, dp=dp, micro_batch=mb,
-                                             global_batch=part.global_batch, recompute=rc,
-                                             sequence_parallel=bool(sp), interleave=v, zero=zero,
-                                             attention=part.attention)
+                    yield from _chunkings(model, part, tp, pp, dp, mb, m, ends)
+
+
+def _chunkings(model: ModelSpec, part: PartialLayout, tp: int, pp: int, dp: int, mb: int, m: int,
+               ends: bool) -> Iterator[Layout]:
+    """The interleavings, sequence parallelism, ZeRO stages and recomputes of one tp·pp·dp, micro-batch
+    and pipeline split."""
+    if part.interleave:
+        vs = [part.interleave]
+    elif pp > 1 and m % pp == 0:
+        # Any chunking Megatron-LM accepts: v divides each stage's layers (the ends counted as layers with
+        # `ends`); where the layers do not split evenly, chunks split the largest stage.
+        per_stage = -(-(model.layers + (2 if ends else 0)) // pp)
+        vs = [v for v in divisors(per_stage) if v <= (2 if part.coarse else MAX_INTERLEAVE)]
+    else:
+        vs = [1]
+    sps = [part.sequence_parallel] if part.sequence_parallel is not None else [tp > 1]
+    zeros = [part.zero] if part.zero is not None else (
+        [z for z in (1, 2, 3) if not part.coarse or z != 2] if pp == 1 else [1] if part.coarse else [1, 2])
+    recomputes = [part.recompute] if part.recompute else ["none", "selective", "full"]
+    for v in vs:
+        if v > 1 and (pp == 1 or m % pp):
+            continue
+        for sp in sps:
+            if sp and tp == 1:
+                continue
+            for zero in zeros:
+                if zero == 3 and pp > 1:
+                    continue
+                for rc in recomputes:
+                    yield Layout(tp=tp, pp=pp, dp=dp, micro_batch=mb, global_batch=part.global_batch,
+                                 recompute=rc, sequence_parallel=bool(sp), interleave=v, zero=zero,
+                                 attention=part.attention, ends_in_split=ends)
 
 
 def check_fixed_fields(model: ModelSpec, cluster: ClusterSpec, part: PartialLayout) -> None:
@@ -133,6 +149,7 @@ def check_fixed_fields(model: ModelSpec, cluster: ClusterSpec, part: PartialLayo
         global_batch=part.global_batch if batch_fixed else mb * dp * pp,
         recompute=part.recompute or "none", sequence_parallel=bool(part.sequence_parallel and tp > 1),
         interleave=v, zero=part.zero if part.zero is not None else (1 if pp > 1 else 0),
+        ends_in_split=bool(part.ends_in_split and pp > 1),
         attention=part.attention,
     )
     validate_layout(model, cluster, probe)

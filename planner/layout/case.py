@@ -159,6 +159,8 @@ class Case(Strict):
         era = self.era_defaults()
         given = self.parallel.model_dump()
         given.update({k: v for k, v in era.items() if k in given and given[k] is None})
+        if given["ends_in_split"] is None and (self.kind == "benchmark" or given["pp"] == 1):
+            given["ends_in_split"] = False      # an even split unless the case says otherwise
         return PartialLayout(**given, attention=self.attention_kernel())
 
     def cluster_spec(self) -> ClusterSpec:

@@ -45,6 +45,9 @@ ERA_FACTS = (
 # Interleaved pipeline stages: opt-in in Megatron-LM (--num-layers-per-virtual-pipeline-stage, off by
 # default since its introduction, commit dd88906, 2020-12); DeepSpeed's pipeline engine has none.
 NON_INTERLEAVED_STACKS = ("megatron", "deepspeed")
+# The ends (embedding, output layer) counted in the pipeline split: opt-in in Megatron-LM since 2024-09
+# (--account-for-embedding-in-pipeline-split, commit fa8bb59); a run of another stack that did it says so.
+UNEVEN_ENDS_SINCE = "2024-09"
 
 
 def era_defaults(era: str, stack: str) -> dict[str, object]:
@@ -57,4 +60,6 @@ def era_defaults(era: str, stack: str) -> dict[str, object]:
         out.setdefault("overlap_grad_reduce", True)      # FSDP reduce-scatters under the backward
     if stack in NON_INTERLEAVED_STACKS:
         out["interleave"] = 1
+    if stack in ("megatron", "deepspeed", "fsdp") or era < UNEVEN_ENDS_SINCE:
+        out["ends_in_split"] = False
     return out

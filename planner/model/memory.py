@@ -8,12 +8,11 @@ layer keeps (Korthikanti et al. 2022, §4).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 from planner.model.anatomy import final_layernorm_params, stored_bytes_per_token
-from planner.model.specs import BYTES_PER_GIB, Layout, ModelSpec
+from planner.model.specs import BYTES_PER_GIB, Layout, ModelSpec, stage_layers
 
 WEIGHT_BYTES = 2
 GRAD_BYTES = 4
@@ -51,9 +50,10 @@ def stage_params(model: ModelSpec, layout: Layout) -> float:
     if layout.pp == 1:
         return model.layers * per_layer + (model.embedding_params() - final_norm) / t + final_norm
     embedding = model.vocab * model.hidden / t
-    first = math.ceil(model.layers / layout.pp) * per_layer + embedding
-    last = model.layers // layout.pp * per_layer + embedding + final_norm
-    return max(first, last)
+    layers = stage_layers(model.layers, layout)
+    first = layers[0] * per_layer + embedding
+    last = layers[-1] * per_layer + embedding + final_norm
+    return max(first, last, max(layers) * per_layer)
 
 
 def activation_bytes_per_layer(model: ModelSpec, layout: Layout) -> float:
@@ -80,7 +80,9 @@ def memory_per_gpu(model: ModelSpec, layout: Layout) -> MemoryEstimate:
     grads = params * GRAD_BYTES / (dp if layout.zero >= 2 else 1)
     optimizer = params * OPTIMIZER_BYTES / (dp if layout.zero >= 1 else 1)
 
-    layers = math.ceil(model.layers / layout.pp)
+    # The first stage holds the most micro-batches in flight (and the most layers, unless the
+    # embedding takes a layer's place there).
+    layers = max(stage_layers(model.layers, layout)) if layout.pp > 1 else model.layers
     per_layer = activation_bytes_per_layer(model, layout)
     activations = per_layer * layers * micro_batches_in_flight(layout)
     if layout.recompute == "full":

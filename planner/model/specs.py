@@ -260,6 +260,10 @@ class Layout:
     interleave: int = 1
     zero: ZeroStage = 1
     attention: AttentionKernel = "flash"
+    # The embedding and the output layer count as one layer each in the pipeline split, so the first
+    # and last stages hold one transformer layer fewer (Megatron-LM's --account-for-embedding-in-pipeline-split
+    # and --account-for-loss-in-pipeline-split since 2024-09, commit fa8bb59; Llama 3 405B, GLM-130B).
+    ends_in_split: bool = False
 
     __pydantic_config__ = _STRICT
 
@@ -296,14 +300,36 @@ class Layout:
         parts = [f"tp{self.tp}", f"pp{self.pp}", f"dp{self.dp}", f"mb{self.micro_batch}"]
         if self.interleave > 1:
             parts.append(f"v{self.interleave}")
+        if self.ends_in_split:
+            parts.append("ends")
         if self.sequence_parallel:
             parts.append("sp")
         parts += [f"zero{self.zero}", f"rc:{self.recompute}"]
         return " ".join(parts)
 
 
+def chunk_layers(layers: int, chunks: int, ends_in_split: bool = False) -> list[int]:
+    """Transformer layers of each pipeline chunk, in order: as even as possible, earlier chunks taking the
+    remainder; with `ends_in_split` the embedding and the output layer take a layer's place each in the
+    first and the last chunk (a chunk may then hold only an end)."""
+    base, extra = divmod(layers + (2 if ends_in_split else 0), chunks)
+    counts = [base + (1 if c < extra else 0) for c in range(chunks)]
+    if ends_in_split:
+        counts[0] -= 1
+        counts[-1] -= 1
+    return counts
+
+
+def stage_layers(layers: int, layout: Layout) -> list[int]:
+    """Transformer layers each pipeline stage holds: stage s runs chunks s, s + pp, … (Megatron-LM's
+    interleaved assignment)."""
+    counts = chunk_layers(layers, layout.pp * layout.interleave, layout.ends_in_split)
+    return [sum(counts[s::layout.pp]) for s in range(layout.pp)]
+
+
 LAYOUT_LEGEND = ("Layouts: tp, pp, dp = tensor-, pipeline- and data-parallel degrees; mb = sequences per "
-                 "micro-batch; v = pipeline chunks per GPU (interleaving); sp = sequence parallelism; zero = ZeRO "
+                 "micro-batch; v = pipeline chunks per GPU (interleaving); ends = the embedding and the output layer "
+                 "count as a layer each in the pipeline split; sp = sequence parallelism; zero = ZeRO "
                  "stage (1 optimizer state, 2 + gradients, 3 + weights sharded over dp); rc = activation recompute.")
 
 
@@ -327,11 +353,21 @@ def validate_layout(model: ModelSpec, cluster: ClusterSpec, layout: Layout) -> N
         )
     if lay.pp > model.layers:
         raise InvalidLayout(f"parallel.pp = {lay.pp} is larger than the {model.layers} layers.")
-    if lay.pp * lay.interleave > model.layers:
+    slots = model.layers + (2 if lay.ends_in_split else 0)
+    if lay.pp * lay.interleave > slots:
         raise InvalidLayout(
             f"parallel.interleave = {lay.interleave} with pp = {lay.pp} needs "
-            f"{lay.pp * lay.interleave} layer chunks but the model has {model.layers} layers."
+            f"{lay.pp * lay.interleave} layer chunks but the model has {model.layers} layers"
+            + (" and its two ends." if lay.ends_in_split else ".")
         )
+    if lay.ends_in_split and lay.pp == 1:
+        raise InvalidLayout("parallel.ends_in_split needs pipeline parallelism (pp ≥ 2).")
+    # Megatron-LM's rule with its ends counted: the layers and the two ends split evenly over the stages,
+    # and each stage's share evenly over its chunks.
+    if lay.ends_in_split and slots % (lay.pp * lay.interleave):
+        raise InvalidLayout(
+            f"parallel.ends_in_split needs the {model.layers} layers and the two ends ({slots}) to split evenly "
+            f"into pp·interleave = {lay.pp * lay.interleave} chunks.")
     if lay.interleave > 1 and lay.pp == 1:
         raise InvalidLayout("parallel.interleave > 1 needs pipeline parallelism (pp ≥ 2).")
     if lay.global_batch % (lay.micro_batch * lay.dp):

@@ -12,7 +12,6 @@ steps the optimizer. Durations come from the cost model (planner/cost/step.py).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import simpy
@@ -21,6 +20,7 @@ from planner.cost.comm import group
 from planner.cost.compute import layer_time, logits_time
 from planner.cost.device_profile import Profile
 from planner.cost.step import StepEstimate, device_models
+from planner.model.specs import chunk_layers
 
 
 @dataclass(frozen=True)
@@ -52,16 +52,17 @@ def pass_times(est: StepEstimate, profile: Profile) -> PassTimes:
     lt = layer_time(dev, model, lay)
     b = est.breakdown
     m = lay.micro_batches
-    layers_max = math.ceil(model.layers / p)
-    # Per-layer tensor-parallel and recompute time, recovered from the step's own totals.
+    chunks = chunk_layers(model.layers, p * v, lay.ends_in_split)
+    # Per-layer tensor-parallel and recompute time, recovered from the step's own totals (the
+    # slowest stage's, as estimate_step charged them).
+    layers_max = max(1, est.critical_layers)
     logit_f, logit_b = logits_time(dev, model, lay)
     tp_layer = b.tp_comm_s / (m * layers_max)
     rc_layer = b.recompute_s / (m * layers_max)
     tp_fwd_share = 0.5 if lay.recompute != "full" else 1 / 3
-    per_chunk = layers_max / v
-    fwd = [[per_chunk * (lt.forward + tp_fwd_share * tp_layer) for _ in range(v)] for _ in range(p)]
-    bwd = [[per_chunk * (lt.backward + (1 - tp_fwd_share) * tp_layer + rc_layer) for _ in range(v)]
-           for _ in range(p)]
+    fwd = [[chunks[s + k * p] * (lt.forward + tp_fwd_share * tp_layer) for k in range(v)] for s in range(p)]
+    bwd = [[chunks[s + k * p] * (lt.backward + (1 - tp_fwd_share) * tp_layer + rc_layer) for k in range(v)]
+           for s in range(p)]
     fwd[p - 1][v - 1] += logit_f
     bwd[p - 1][v - 1] += logit_b
     pp_group = group(p, lay.tp * lay.dp, est.cluster.gpus_per_node)

@@ -20,6 +20,7 @@ NCCL on GPUs, gloo on CPU."""
 from __future__ import annotations
 
 import copy
+import itertools
 
 import torch
 import torch.distributed as dist
@@ -30,7 +31,7 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from planner.errors import FlmplanError
-from planner.model.specs import Layout
+from planner.model.specs import Layout, chunk_layers
 from runtime.model.decoder import Decoder
 from runtime.parallel.parallel_model import TP_PLAN, ParallelModel, pipeline_schedule, tied_embedding_group
 from runtime.parallel.precision import Precision, sdpa_backends
@@ -43,19 +44,12 @@ def make_mesh(layout: Layout, device_type: str) -> DeviceMesh:
     return init_device_mesh(device_type, (layout.pp, layout.dp, layout.tp), mesh_dim_names=("pp", "dp", "tp"))
 
 
-def chunk_layers(layers: int, chunks: int) -> list[range]:
-    """Blocks of each pipeline chunk: as even as possible, earlier chunks take the remainder."""
-    base, extra = divmod(layers, chunks)
-    out, start = [], 0
-    for c in range(chunks):
-        n = base + (1 if c < extra else 0)
-        out.append(range(start, start + n))
-        start += n
-    return out
-
-
-def split_for_pipeline(full: Decoder, chunk_ids: list[int], total_chunks: int) -> list[Decoder]:
-    ranges = chunk_layers(full.cfg.layers, total_chunks)
+def split_for_pipeline(full: Decoder, chunk_ids: list[int], total_chunks: int,
+                       ends_in_split: bool = False) -> list[Decoder]:
+    """The model chunks `chunk_ids` of `total_chunks`, their blocks as the cost model counts them
+    (planner/model/specs.py chunk_layers)."""
+    starts = list(itertools.accumulate(chunk_layers(full.cfg.layers, total_chunks, ends_in_split), initial=0))
+    ranges = [range(a, b) for a, b in itertools.pairwise(starts)]
     chunks = []
     for cid in chunk_ids:
         c = copy.deepcopy(full)
@@ -170,7 +164,7 @@ def parallelize(full: Decoder, layout: Layout, mesh: DeviceMesh, device: torch.d
     p, v = layout.pp, layout.interleave
     pp_rank = mesh.get_local_rank("pp")
     chunk_ids = [pp_rank + k * p for k in range(v)] if p > 1 else [0]
-    chunks = split_for_pipeline(full, chunk_ids, p * v) if p > 1 else [full]
+    chunks = split_for_pipeline(full, chunk_ids, p * v, layout.ends_in_split) if p > 1 else [full]
     on_meta = next(full.parameters()).is_meta
     precision = precision or Precision()
     for c in chunks:
