@@ -44,8 +44,10 @@ def test_a_larger_token_efficiency_means_a_larger_speedup():
 
 
 def test_the_plan_records_the_token_efficiency_and_the_choice_follows_it(tmp_path):
-    """At η = 1 (assumed) the $100K plan's advice says a fixed-size model predicts a lower loss; at the η
-    the published stacking results ask for, growth predicts the lower loss and the plan records η."""
+    """At η = 1 (assumed) the $150K plan's advice says a fixed-size model predicts a lower loss; at the η
+    the published stacking results ask for, growth predicts the lower loss and the plan records η. (At
+    $100K, once the plan holds its P90 with the cost model's own error drawn, it buys less, and even the
+    published η leaves the fixed size ahead, 2.047 against 2.048.)"""
     import json
 
     from typer.testing import CliRunner
@@ -56,7 +58,7 @@ def test_the_plan_records_the_token_efficiency_and_the_choice_follows_it(tmp_pat
     plans = {}
     for value in ("1", "published"):
         out = tmp_path / f"plan-{value}.json"
-        r = CliRunner().invoke(app, ["simulate", "--budget", "100000", "--trials", "20", "--token-efficiency",
+        r = CliRunner().invoke(app, ["simulate", "--budget", "150000", "--trials", "20", "--token-efficiency",
                                      value, "--out", str(out)])
         assert r.exit_code == 0, r.output
         plans[value] = json.loads(out.read_text())
