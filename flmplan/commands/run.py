@@ -42,7 +42,7 @@ def run(
     pin_cores: Annotated[bool, typer.Option("--pin-cores/--no-pin-cores", help="On a CPU, keep each process's "
                                             "computing thread on its own share of the cores.")] = True,
 ) -> None:
-    """Execute a plan with torch.distributed under torchrun --standalone (see the README for clusters)."""
+    """Execute a plan with torch.distributed under torchrun --standalone (docs/cluster.md for clusters)."""
 
     from planner.errors import FlmplanError
     from planner.plan.plan_file import load_plan
@@ -68,7 +68,7 @@ def run(
             raise FlmplanError(
                 f"Stage {k + 1} needs tp·pp·dp = {lay.tp}·{lay.pp}·{lay.dp} = {lay.gpus} processes but --nproc "
                 f"is {nproc}; use --scale tiny to map the plan onto this machine, or run it on its cluster with "
-                "the torchrun line in the README."
+                "the torchrun line in docs/cluster.md."
             )
     check_corpus(corpus, plan)
     plan = _with_teacher_data(plan, teacher_data, corpus)
