@@ -312,3 +312,26 @@ def test_token_width_follows_megatron_cores_rule():
 
     for vocab in (256, 50_257, 65_499, 65_500, 65_536, 100_352):
         assert token_dtype(vocab) == np.dtype(DType.optimal_dtype(vocab)), vocab
+
+
+def test_a_corpus_megatron_lm_prepared_is_imported_and_gives_the_same_batches(corpora, tmp_path):
+    """Megatron-LM's `tools/preprocess_data.py` writes the same PREFIX.bin and PREFIX.idx (byte for byte,
+    BENCHMARKS.md) but no manifest: refused by a run, then adopted by `data import`, which checks every id
+    against the tokenizer it is given; the adopted corpus gives the flmplan-prepared corpus's batches."""
+    megatron = tmp_path / "en_text_document"
+    for kind in ("bin", "idx"):
+        shutil.copy(paths(corpora["en"])[kind], paths(megatron)[kind])
+    plan = str(ROOT / "examples/plans/tiny_one_stage.json")
+    _refused(["run", plan, "--nproc", "1", "--out", str(tmp_path / "run"), "--data", str(megatron)],
+             "has no en_text_document.manifest.json")
+    _refused(["data", "import", str(megatron)], "outside the 256 entries of UTF-8 bytes")
+    _refused(["data", "import", str(corpora["folder"])], ".bin with PREFIX.idx")
+    assert not paths(megatron)["manifest"].exists() and not paths(megatron)["tokenizer"].exists()
+    tokenizer = str(corpora["folder"] / "bi.tokenizer.json")
+    r = runner.invoke(app, ["data", "import", str(megatron), "--tokenizer", tokenizer])
+    assert r.exit_code == 0, r.output
+    ours, theirs = (Sampler(load_corpus([str(p)]), 32, seed=3) for p in (corpora["en"], megatron))
+    for _ in range(3):
+        assert torch.equal(ours.batch(8, 0, 1)[0], theirs.batch(8, 0, 1)[0])
+    assert codec_for(megatron).vocab == BPE_VOCAB
+    _refused(["data", "import", str(megatron)], "has a manifest already")

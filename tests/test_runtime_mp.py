@@ -310,8 +310,9 @@ def test_large_model_path_builds_on_meta_and_trains(tmp_path):
 
 
 def test_sigterm_saves_the_step_in_flight_and_resumes_bit_identically(tmp_path):
-    """A scheduler's SIGTERM to `flmplan run`: every rank finishes its step, the run saves it and
-    exits 143; the same command resumes there and ends on the uninterrupted run's loss exactly."""
+    """Ctrl-C (or a scheduler's SIGTERM) to `flmplan run`: every rank finishes its step, the run saves it,
+    flmplan says so in one line with nothing of torchrun's shutdown, and exits 143; the same command
+    resumes there and ends on the uninterrupted run's loss exactly."""
     import signal
     import time
 
@@ -321,8 +322,10 @@ def test_sigterm_saves_the_step_in_flight_and_resumes_bit_identically(tmp_path):
     path.write_text(json.dumps(plan))
 
     def flmplan_run(out: Path) -> subprocess.Popen:
+        # In its own process group, as a terminal's foreground job is: Ctrl-C is SIGINT to the whole group.
         return subprocess.Popen([sys.executable, "-m", "flmplan.cli", "run", str(path), "--nproc", "2", "--out",
-                                 str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                 str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
 
     reference = tmp_path / "reference"
     assert flmplan_run(reference).wait(timeout=300) == 0
@@ -331,8 +334,13 @@ def test_sigterm_saves_the_step_in_flight_and_resumes_bit_identically(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and (not (out / "metrics.jsonl").exists() or len(losses(out)) < 10):
         time.sleep(0.2)
-    child.send_signal(signal.SIGTERM)
-    assert child.wait(timeout=120) == 143
+    os.killpg(child.pid, signal.SIGINT)                    # Ctrl-C; a scheduler's SIGTERM ends the same way
+    printed = child.communicate(timeout=120)[0]
+    assert child.returncode == 143, printed[-3000:]
+    assert " ".join(printed.split()).split("preempted: saved stage 1")[-1].strip().startswith(
+        "at step"), printed[-3000:]
+    assert "Stopped by SIGINT: the step in flight was saved" in " ".join(printed.split()), printed[-3000:]
+    assert "Traceback" not in printed and "SignalException" not in printed, printed[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     stopped = next(r for r in rows if r.get("event") == "preempted")
     assert 10 <= stopped["step"] < 40 and stopped["saved"]

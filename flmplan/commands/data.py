@@ -57,3 +57,26 @@ def data_prepare(
                  f"{record['tokens'] / max(record['tokenizing_s'], 1e-9):,.0f} tokens/s; "
                  f"train on it with `flmplan run PLAN --data {out}`")
 
+
+
+@data_app.command("import")
+def data_import(
+    prefix: Annotated[Path, typer.Argument(
+        help="A corpus another tool prepared: PREFIX.bin and PREFIX.idx (Megatron-LM's indexed dataset, e.g. "
+             "corpus_text_document).")],
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="The Hugging Face tokenizer.json it was made with, or a folder with one (default: UTF-8 bytes).")
+    ] = None,
+    eod_token: Annotated[str | None, typer.Option(
+        help="The tokenizer's end-of-document token (default: the first of <|endoftext|>, </s>, ... it has).")
+    ] = None,
+) -> None:
+    """Adopt a corpus prepared by Megatron-LM: check its .bin against its .idx and its ids against the tokenizer,
+    then write the manifest, so it plans, runs and exports without tokenizing again."""
+    from runtime.data.prepare import import_corpus
+
+    record = import_corpus(prefix, tokenizer, eod_token)
+    tok = record["tokenizer"]
+    stdout.print(f"imported {prefix}: {record['documents']:,} documents, {record['tokens']:,} tokens "
+                 f"({record['dtype']}), {tok['kind']} tokenizer of {tok['vocab']:,} entries; train on it with "
+                 f"`flmplan run PLAN --data {prefix}`")

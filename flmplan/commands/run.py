@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -162,13 +163,32 @@ def _lock_run_folder(out: Path) -> Path:
     return lock
 
 
+def _die_with_parent() -> None:
+    """In torchrun's process, before it starts: on Linux, a SIGTERM to it when this command dies (even by
+    SIGKILL), so that a run in its own session is never left behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _copy_until(stream, stopping: list[int]) -> None:
+    """torchrun's stderr (the workers' and its own) onto this command's, until the run is stopping."""
+    for line in iter(stream.readline, b""):
+        if not stopping:
+            sys.stderr.buffer.write(line)
+            sys.stderr.buffer.flush()
+
+
 def _launch(raw: dict, out: Path, nproc: int, max_restarts: int, data, dtype, compile, from_scratch,
             log_every: int, pin_cores: bool) -> None:
-    import signal
     import subprocess
+    import threading
 
     from planner.errors import FlmplanError
-    from runtime.training.trainer import ERROR_FILE
+    from runtime.training.trainer import ERROR_FILE, PREEMPTED_EXIT
 
     (out / ERROR_FILE).unlink(missing_ok=True)
     run_plan = out / "plan.json"
@@ -189,14 +209,20 @@ def _launch(raw: dict, out: Path, nproc: int, max_restarts: int, data, dtype, co
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "OMP_NUM_THREADS": "1",
            "TORCHINDUCTOR_COMPILE_THREADS": "1"}
     stdout.print(f"[bold]{raw['name']}[/]: {len(raw['stages'])} stages on {nproc} processes → {out}")
-    child = subprocess.Popen(cmd, env=env)
-    # A scheduler's SIGTERM (or Ctrl-C) goes to torchrun, which passes it to every worker: they
-    # finish the step in flight, save, and exit; this command then exits as the scheduler expects.
+    # torchrun runs in its own session, so a terminal's Ctrl-C reaches only this command, which stops
+    # the run the one way a scheduler does: SIGTERM to torchrun, which passes it to every worker; they
+    # finish the step in flight, save, and exit. Once stopping, torchrun's own shutdown noise (its
+    # SignalException traceback, its warnings) is left out; this command says what happened.
+    child = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.PIPE,
+                             preexec_fn=_die_with_parent)
     received: list[int] = []
+    pump = threading.Thread(target=_copy_until, args=(child.stderr, received), daemon=True)
+    pump.start()
 
     def forward(signum, frame) -> None:
+        if not received:
+            child.send_signal(signal.SIGTERM)
         received.append(signum)
-        child.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -204,10 +230,11 @@ def _launch(raw: dict, out: Path, nproc: int, max_restarts: int, data, dtype, co
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        pump.join(timeout=5)
     if received:
-        stdout.print(f"Stopped by signal {received[0]}; start the same command again to resume from "
-                     f"{out / 'checkpoints'}.")
-        raise typer.Exit(128 + received[0])
+        stdout.print(f"Stopped by {signal.Signals(received[0]).name}: the step in flight was saved; start the same "
+                     f"command again to resume from {out / 'checkpoints'}.")
+        raise typer.Exit(PREEMPTED_EXIT)
     error = out / ERROR_FILE
     if error.exists():
         raise FlmplanError(error.read_text().strip())

@@ -76,6 +76,8 @@ def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossMode
     failures = failures or FailureModel()
     if confidence is not None and not 0.5 <= confidence < 1:
         raise FlmplanError(f"--confidence must be between 0.5 and 1, got {confidence}.")
+    if schedule != "flm":
+        check_budget_floor(settings)
     if schedule == "flm":                  # FLM-101B's own run: its software, as its sources state it
         settings = dataclasses.replace(settings, software=flm_software())
     cache: dict = {}
@@ -119,6 +121,27 @@ def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossMode
     if gantt:
         result.timelines = pipeline_timelines(result.main, profile)
     return result
+
+
+def budget_floor_usd(settings: Settings) -> float:
+    """A floor under any plan's cost, found without searching: a model of the target size trains at least
+    the shortest stage the search allows (a first stage's steps, or a growth's ramp and the steps after
+    it, whichever is fewer), every FLOP at the GPU's dense peak (6·N·tokens, Kaplan et al. 2020)."""
+    steps = min(settings.min_first_stage_steps, settings.grow_steps + settings.min_steps_after_growth)
+    tokens = steps * settings.global_batch * flm_base().seq
+    gpu_hours = 6 * settings.target_params * tokens / (settings.gpu.peak_tflops_bf16 * 1e12) / 3600
+    return gpu_hours * settings.price_per_gpu_hour
+
+
+def check_budget_floor(settings: Settings) -> None:
+    """Refuse at once a budget under the floor, before seconds of search."""
+    floor = budget_floor_usd(settings)
+    if settings.budget_usd < floor:
+        raise FlmplanError(
+            f"A budget of ${settings.budget_usd:,.0f} cannot pay for a {settings.target_params / 1e9:.0f}B model: "
+            f"its shortest stage alone costs at least ${floor:,.0f} on {settings.gpu.key} at "
+            f"${settings.price_per_gpu_hour:g}/GPU-hour, even at the GPU's peak; give a larger --budget or a "
+            "smaller --target-size.")
 
 
 def _model_error_report(main: Schedule, summary: RunSummary, error: ModelError, failures: FailureModel,
