@@ -18,3 +18,12 @@ def kill_prepare_at(recorded: int) -> None:
     """Die (SIGKILL) when `flmplan data prepare` has recorded FLMPLAN_PREPARE_KILL_AT batches' progress."""
     if os.environ.get("FLMPLAN_PREPARE_KILL_AT") == str(recorded):
         os.kill(os.getpid(), 9)
+
+
+def stop_prepare_at(recorded: int) -> None:
+    """Send itself SIGTERM (a scheduler's stop) when `flmplan data prepare` has recorded
+    FLMPLAN_PREPARE_STOP_AT batches' progress."""
+    import signal
+
+    if os.environ.get("FLMPLAN_PREPARE_STOP_AT") == str(recorded):
+        os.kill(os.getpid(), signal.SIGTERM)

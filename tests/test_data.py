@@ -146,8 +146,9 @@ def test_order_is_layout_independent_resumable_and_blended_to_its_weights(corpor
 
 
 def test_an_interrupted_preparation_resumes_to_the_same_files(corpora, tmp_path):
-    """Killed (SIGKILL) after its first recorded point, `flmplan data prepare` leaves no final file;
-    the same command then continues there and writes what an uninterrupted run writes, byte for byte."""
+    """Killed (SIGKILL) after its first recorded point, `flmplan data prepare` leaves no final file; the
+    same command continues there, and stopped by SIGTERM records its point and says so; then it writes
+    what an uninterrupted run writes, byte for byte."""
     tok = str(corpora["bi"]) + ".tokenizer.json"
     source = str(corpora["folder"] / "en.jsonl")
     cmd = [sys.executable, "-m", "flmplan.cli", "data", "prepare", source, "--field", "body", "--tokenizer", tok,
@@ -157,8 +158,14 @@ def test_an_interrupted_preparation_resumes_to_the_same_files(corpora, tmp_path)
     assert r.returncode == -9, r.stderr
     assert not any(paths(tmp_path / "cut")[k].exists() for k in ("bin", "idx", "manifest"))
     assert json.loads((tmp_path / "cut.progress.json").read_text())["documents"] == 128
+    # Resumed, then stopped by SIGTERM: it records where it is, says so in one line and exits 143.
+    env = {**os.environ, "FLMPLAN_PREPARE_HOOKS": "tests.hooks:stop_prepare_at", "FLMPLAN_PREPARE_STOP_AT": "64"}
+    r = subprocess.run([*cmd, str(tmp_path / "cut")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 143 and "resuming: 128 documents" in r.stderr, r.stderr
+    assert "stopped after 256 documents" in " ".join(r.stderr.split()) and "Traceback" not in r.stderr, r.stderr
+    assert json.loads((tmp_path / "cut.progress.json").read_text())["documents"] == 256
     r = subprocess.run([*cmd, str(tmp_path / "cut")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "resuming: 128 documents" in r.stderr, r.stderr
+    assert r.returncode == 0 and "resuming: 256 documents" in r.stderr, r.stderr
     r = subprocess.run([*cmd, str(tmp_path / "whole")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     for kind in ("bin", "idx", "tokenizer"):

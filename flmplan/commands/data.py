@@ -42,12 +42,16 @@ def data_prepare(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Tokenize a corpus once, on all cores, into what `flmplan run --data` and Megatron-LM read (resumable)."""
-    from runtime.data.prepare import prepare
+    from runtime.data.prepare import PrepareStopped, prepare
 
     check_output_file(out, "--out", "corpus")
-    record = prepare(inputs, out, tokenizer=tokenizer, train_vocab=train_tokenizer, field=field,
-                     unit=text_unit.value, eod_token=eod_token, batch_docs=batch_docs,
-                     log=(lambda _: None) if as_json else stderr.print, progress=not as_json)
+    try:
+        record = prepare(inputs, out, tokenizer=tokenizer, train_vocab=train_tokenizer, field=field,
+                         unit=text_unit.value, eod_token=eod_token, batch_docs=batch_docs,
+                         log=(lambda _: None) if as_json else stderr.print, progress=not as_json)
+    except PrepareStopped as stopped:
+        stderr.print(f"{out}: {stopped}.")
+        raise typer.Exit(128 + stopped.signum) from None
     if as_json:
         print(json.dumps(record, indent=1))
         return

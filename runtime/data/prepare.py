@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -258,6 +259,42 @@ def manifest_record(codec: Codec, writer: IndexedWriter, dtype: np.dtype, unit: 
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+# Beyond every 64 batches, progress is also recorded after this much input or this long (a batch of
+# long documents can hold tens of MB).
+RECORD_BYTES = 64 << 20
+RECORD_SECONDS = 30.0
+
+
+class PrepareStopped(Exception):
+    """SIGTERM or Ctrl-C: the documents so far are recorded, and the same command continues there."""
+
+    def __init__(self, signum: int, documents: int, done: int, total: int) -> None:
+        super().__init__(f"stopped after {documents:,} documents ({done / 2**20:,.0f} of {total / 2**20:,.0f} MiB); "
+                         "the same command continues there")
+        self.signum = signum
+
+
+class _StopFlag:
+    """SIGTERM and SIGINT only set a flag while preparing; the loop records its point and stops."""
+
+    def __init__(self) -> None:
+        import signal
+
+        self.signum = 0
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():     # elsewhere signals stay as they are
+            self.previous = {sig: signal.signal(sig, self._on) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def _on(self, signum, frame) -> None:
+        self.signum = signum
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 def prepare(items: list[Path], out: Path, tokenizer: Path | None = None, train_vocab: int | None = None,
             field: str = "text", unit: str = "paragraph", eod_token: str | None = None, batch_docs: int = 512,
             log: Callable[[str], None] = print, progress: bool = True) -> dict:
@@ -295,13 +332,21 @@ def prepare(items: list[Path], out: Path, tokenizer: Path | None = None, train_v
     def seen(n: int) -> None:
         done_chars[0] += n
 
+    stop = _StopFlag()
+    recorded = (time.monotonic(), 0)
     try:
         for n, batch in enumerate(batches(inputs, field, unit, batch_docs, skip=writer.documents, seen=seen)):
             writer.add(*encode(codec, batch, dtype))
-            if n % 64 == 63:
+            # A recorded point every 64 batches, RECORD_BYTES of input or RECORD_SECONDS, whichever comes
+            # first: a kill loses at most that much work.
+            if (n % 64 == 63 or done_chars[0] - recorded[1] >= RECORD_BYTES
+                    or time.monotonic() - recorded[0] >= RECORD_SECONDS or stop.signum):
                 record_progress(writer, progress_file, fingerprint)
+                recorded = (time.monotonic(), done_chars[0])
                 for hook in hooks:
                     hook(n + 1)
+            if stop.signum:
+                raise PrepareStopped(stop.signum, writer.documents, done_chars[0], total)
             if bar is not None:
                 rate = (writer.tokens - tokens_start) / max(1e-9, time.perf_counter() - start)
                 bar.update(task, completed=min(total, done_chars[0]), rate=f"{rate:,.0f} tokens/s")
@@ -311,6 +356,7 @@ def prepare(items: list[Path], out: Path, tokenizer: Path | None = None, train_v
         raise FlmplanError(f"An input is not UTF-8 text ({err.reason} at byte {err.start} of a block); nothing "
                            "was written.") from None
     finally:
+        stop.restore()
         if bar is not None:
             bar.stop()
     if writer.documents == 0:
