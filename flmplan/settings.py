@@ -114,9 +114,9 @@ class SimulateSettings:
     """The teacher signal's propositions (JSON lines: text, proposition, label; or iq: the IQ generators' train
     split), written into the plan."""
     data: list[str] | None = option()
-    """The corpus the plan trains on (repeat for a mixture, WEIGHT:PREFIX): prepared corpora (`flmplan data
-    prepare`), checked and recorded in the plan with their tokenizer; the plan says how many times it reads
-    them."""
+    """The corpus the plan trains on (repeat for a mixture, WEIGHT:PREFIX; a folder or glob of prepared
+    corpora, or a mixture file of prefix: weight): prepared corpora (`flmplan data prepare`), checked and
+    recorded in the plan with their tokenizer; the plan says how many times it reads them."""
 
 
 @cache

@@ -342,3 +342,28 @@ def test_a_corpus_megatron_lm_prepared_is_imported_and_gives_the_same_batches(co
         assert torch.equal(ours.batch(8, 0, 1)[0], theirs.batch(8, 0, 1)[0])
     assert codec_for(megatron).vocab == BPE_VOCAB
     _refused(["data", "import", str(megatron)], "has a manifest already")
+
+
+def test_many_corpora_by_folder_glob_or_mixture_file(corpora, tmp_path):
+    """A folder of prepared corpora (at any depth) or a glob of them is every corpus in it, each weighing
+    its tokens; a mixture file weighs them as it says (its paths relative to it); a folder of corpora
+    is not read as text, and a weight on it is refused."""
+    folder = tmp_path / "mix"
+    (folder / "zh").mkdir(parents=True)
+    for name, src in (("en", corpora["en"]), ("zh/zh", corpora["zh"])):
+        for kind in ("bin", "idx", "manifest", "tokenizer"):
+            shutil.copy(paths(src)[kind], paths(folder / name)[kind])
+    by_folder = load_corpus([str(folder)])
+    names = [s.name for s in by_folder.sources]
+    assert names == [str(folder / "en"), str(folder / "zh" / "zh")]
+    tokens = [s.data.n_tokens for s in by_folder.sources]
+    assert [s.weight for s in by_folder.sources] == pytest.approx([t / sum(tokens) for t in tokens])
+    assert [s.name for s in load_corpus([str(folder / "*")]).sources] == names[:1]
+    (folder / "mix.json").write_text(json.dumps({"en": 0.7, "zh/zh": 0.3}))
+    assert [s.weight for s in load_corpus([str(folder / "mix.json")]).sources] == pytest.approx([0.7, 0.3])
+    plan = str(ROOT / "examples/plans/tiny_one_stage.json")
+    _refused(["run", plan, "--nproc", "1", "--out", str(tmp_path / "run"), "--data", f"0.5:{folder}"],
+             "a folder or glob of corpora takes no weight")
+    (folder / "bad.json").write_text(json.dumps({"nothing": 1.0}))
+    _refused(["run", plan, "--nproc", "1", "--out", str(tmp_path / "run"), "--data", str(folder / "bad.json")],
+             "names nothing, which is not a prepared corpus")

@@ -22,9 +22,10 @@ def run(
     out: Annotated[Path, typer.Option(
         help="The run folder (checkpoints, metrics.jsonl); the same folder resumes the run.")] = Path("runs/latest"),
     data: Annotated[list[str] | None, typer.Option(help="Prepared corpora (`flmplan data prepare`: PREFIX of "
-                                                        "PREFIX.bin/.idx), each as WEIGHT:PREFIX for a mixture; or "
-                                                        "text files or folders, as bytes (default: the Python standard "
-                                                        "library's sources).")] = None,
+                                                        "PREFIX.bin/.idx), each as WEIGHT:PREFIX for a mixture, a "
+                                                        "folder or glob of them, or a mixture file (JSON of prefix: "
+                                                        "weight); or text files or folders, as bytes (default: the "
+                                                        "Python standard library's sources).")] = None,
     steps: Annotated[int, typer.Option(min=1, help="With --scale tiny: optimizer steps per stage (a grown stage "
                                                     "adds its 8 mask-ramp steps).")] = 40,
     max_restarts: Annotated[int, typer.Option(min=0, help="torchrun restarts after a failure (resumes from the "

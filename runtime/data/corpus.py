@@ -17,7 +17,9 @@ those rows. The sampler's state (position, and the samples drawn per source) is 
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +100,10 @@ def parse_specs(items: list[str] | None) -> list[DataSpec]:
         if prefix is not None:
             specs.append(DataSpec(weight, prefix=prefix, text=str(prefix)))
             continue
+        many = _many_prefixes(path, weight)
+        if many is not None:
+            specs += many
+            continue
         p = Path(path)
         if p.suffix == ".bin":
             raise FlmplanError(f"--data {p} has no {p.with_suffix('.idx').name} beside it: flmplan reads Megatron-LM "
@@ -120,6 +126,50 @@ def parse_specs(items: list[str] | None) -> list[DataSpec]:
         raise FlmplanError("--data gives weights to some sources and not others; weigh all of them "
                            "(0.6:en 0.4:zh) or none (then each weighs its tokens).")
     return specs
+
+
+def _many_prefixes(path: str, weight: float | None) -> list[DataSpec] | None:
+    """The prepared corpora one --data item names at once, or None when it names none: a folder holding
+    prepared corpora (each PREFIX.bin with its PREFIX.idx, found at any depth; each weighs its tokens), a
+    glob of them, or a mixture file (JSON: {"PREFIX": weight, ...}, paths relative to the file)."""
+    p = Path(path)
+    if p.suffix == ".json" and p.is_file():
+        try:
+            mixture = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise FlmplanError(f"--data {p} is not a mixture file (JSON of prefix: weight).") from None
+        if not isinstance(mixture, dict) or not mixture or not all(
+                isinstance(w, int | float) and not isinstance(w, bool) for w in mixture.values()):
+            raise FlmplanError(f"--data {p} is not a mixture file: give a JSON object of prefix: weight.")
+        out = []
+        for name, w in mixture.items():
+            prefix = prefix_of(p.parent / name)
+            if prefix is None:
+                raise FlmplanError(f"--data {p} names {name}, which is not a prepared corpus "
+                                   "(PREFIX.bin + PREFIX.idx).")
+            if not w > 0:
+                raise FlmplanError(f"--data {p}: the weight of {name} must be above 0.")
+            out.append(DataSpec(float(w), prefix=prefix, text=str(prefix)))
+        if weight is not None:          # the file's share of a larger mixture, split by its own weights
+            total = sum(d.weight for d in out)
+            for d in out:
+                d.weight = weight * d.weight / total
+        return out
+    if p.is_dir():
+        found = sorted({q.with_suffix("") for q in p.rglob("*.idx") if q.with_suffix(".bin").is_file()})
+    elif any(c in path for c in "*?["):
+        found = sorted({q for q in (prefix_of(m) for m in glob.glob(path) if m.endswith((".bin", ".idx")))
+                        if q is not None})
+        if not found:
+            raise FlmplanError(f"--data {path} matches no prepared corpus (PREFIX.bin + PREFIX.idx).")
+    else:
+        return None
+    if not found:
+        return None
+    if weight is not None:
+        raise FlmplanError(f"--data {path}: a folder or glob of corpora takes no weight; weigh them in a mixture "
+                           "file (JSON of prefix: weight).")
+    return [DataSpec(None, prefix=q, text=str(q)) for q in found]
 
 
 def check_text(files: list[Path]) -> None:
