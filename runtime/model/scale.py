@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 
+from planner.model.specs import ModelSpec
+
 TINY = {"hidden": 128, "layers": 4, "head_dim": 16, "seq": 64, "vocab": 256, "batch": 16, "steps": 40,
         "grow_steps": 8}
 
@@ -58,8 +60,14 @@ def tiny_plan(plan: dict, nproc: int, steps: int = TINY["steps"], vocab: int = T
                     dims[d] = [prev[key], st["model"][key]]
             st["growth"] = {**st["growth"], "dims": dims, "grow_steps": TINY["grow_steps"], "lr_rewarm_steps": 4}
         prev = st["model"]
+        # Named by its own size, the plan's stage beside it: the run's lines read what they train.
+        st["name"] = f"{_size_name(ModelSpec(**st['model']).params())} (plan: {st.get('name', f'stage {k + 1}')})"
     out["name"] = f"{plan.get('name', 'plan')} (tiny scale for {nproc} CPU processes)"
     out["dtype"] = "fp32"
     out["cluster"] = {**out["cluster"], "gpus": nproc}
     return out
 
+
+def _size_name(params: float) -> str:
+    """0.42M, 3.5B: a parameter count as the plan names its stages."""
+    return f"{params / 1e9:.1f}B" if params >= 1e9 else f"{params / 1e6:.2f}M"

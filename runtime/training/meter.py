@@ -70,7 +70,37 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str, st
         if gpu is not None:
             return gpu.peak_tflops_bf16 * 1e12, f"{gpu.name} dense bf16 peak (data sheet)", gpu.key
         return measured_peak_flops(device, dtype), f"{name}: measured 1024³ matmul (not in the catalog)", None
-    return measured_peak_flops(device, dtype), f"this CPU's measured 1024³ {str(dtype)[6:]} matmul", None
+    peak, when = cpu_peak_flops(dtype)
+    return peak, f"this CPU's 1024³ {str(dtype)[6:]} matmul, measured {when}", None
+
+
+def cpu_peak_flops(dtype: torch.dtype) -> tuple[float, str]:
+    """The CPU's matmul rate, measured once per machine, thread count and dtype and kept in flmplan's cache,
+    so that two runs of one plan read their MFU against the same number (a busy moment would move it)."""
+    import json
+    import os
+    import platform
+
+    from runtime.data.corpus import cache_folder
+
+    key = f"{platform.node()}-{platform.machine()}-{os.cpu_count()}-{torch.get_num_threads()}t-{torch.__version__}-" \
+          f"{str(dtype)[6:]}"
+    file = cache_folder().parent / "peak" / f"{key}.json"
+    try:
+        record = json.loads(file.read_text())
+        return float(record["flops"]), f"{record['date']} (cached: {file})"
+    except (OSError, ValueError, KeyError):
+        pass
+    flops = measured_peak_flops(torch.device("cpu"), dtype)
+    date = time.strftime("%Y-%m-%d %H:%M")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"flops": flops, "date": date, "key": key}))
+        os.replace(tmp, file)
+    except OSError:                  # a read-only home: measured each run, as before
+        pass
+    return flops, f"{date} (now)"
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_per_device: float, devices: int) -> float:
