@@ -64,6 +64,14 @@ def test_the_plan_records_the_token_efficiency_and_the_choice_follows_it(tmp_pat
         plans[value] = json.loads(out.read_text())
     kinds = {v: {a["kind"] for a in p["advice"]} for v, p in plans.items()}
     assert "fixed_size_better" in kinds["1"] and "fixed_size_better" not in kinds["published"]
+    # The downside: the break-even η lies between the two; below it the fixed size is recommended first.
+    down = {v: next(a for a in p["advice"] if a["kind"] == "downside") for v, p in plans.items()}
+    even = down["1"]["figures"]["break_even_eta"]
+    assert 1 < even < eta and down["published"]["figures"]["break_even_eta"] == pytest.approx(even, abs=0.05)
+    assert plans["1"]["advice"][0]["kind"] == "downside" and down["1"]["message"].startswith("Recommended: the fixed")
+    assert not down["published"]["figures"]["recommend_fixed"]
+    low = down["1"]["figures"]["loss_at_low_eta"]
+    assert low["0.8"] > low["0.9"] > plans["1"]["totals"]["predicted_loss"]
     lm = plans["published"]["assumptions"]["loss_model"]
     assert lm["token_efficiency"] == pytest.approx(eta) and lm["evidence"].startswith("published (Du et al. 2024")
     assert plans["published"]["totals"]["predicted_loss"] < plans["1"]["totals"]["predicted_loss"]

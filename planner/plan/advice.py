@@ -79,6 +79,9 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner, searched
             "searched predicted a lower loss within the budget and deadline."),
             {"params": st.model.params(), "tokens": st.tokens}))
     out += law_advice(main, planner)
+    if len(main.stages) > 1 and fixed is not None:
+        down = downside(main, fixed, planner)
+        out.insert(0, down) if down.figures["recommend_fixed"] else out.append(down)
     if len(main.stages) > 1:
         out.append(growth_evidence(main, fixed, planner))
         out.append(growth_timing(main, planner))
@@ -96,6 +99,57 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner, searched
             f"${settings.budget_usd - main.cost_usd:,.0f} under the ${settings.budget_usd:,.0f} budget."),
             {"cost_usd": main.cost_usd, "budget_usd": settings.budget_usd}))
     return out
+
+
+# η values below equal-loss continuation, where a growth loses ground: the plan's loss there shows its downside.
+LOW_ETAS = (0.9, 0.8)
+
+
+def break_even_eta(main: Schedule, fixed_loss: float, loss_model) -> float | None:
+    """The token efficiency at which the growth plan's final loss equals the fixed-size model's (the loss
+    falls as η rises); None when no η in [0.25, 4] reaches it either way."""
+    from scipy.optimize import brentq
+
+    def gap(eta: float) -> float:
+        return final_loss(main, dataclasses.replace(loss_model, token_efficiency=eta)) - fixed_loss
+
+    lo, hi = 0.25, 4.0
+    if gap(lo) * gap(hi) > 0:
+        return None
+    return float(brentq(gap, lo, hi, xtol=1e-4))
+
+
+def downside(main: Schedule, fixed: Schedule, planner: Planner) -> Advice:
+    """The grow-or-not decision with its downside: the η at which growth breaks even with the fixed size,
+    the loss if a token after a growth is worth less than one from scratch, the operators the plan grows
+    with beside the operator the published η was measured for, and what each stage after the first buys
+    per dollar. When the plan's own η does not clear break-even, the fixed size is the recommendation."""
+    lm = planner.loss_model
+    even = break_even_eta(main, fixed.loss, lm)
+    lows = {eta: final_loss(main, dataclasses.replace(lm, token_efficiency=eta)) for eta in LOW_ETAS}
+    recommend_fixed = even is not None and lm.token_efficiency < even
+    m = fixed.stages[0].model
+    kinds = ["+".join(k for k, v in (("width", a.model.hidden != b.model.hidden),
+                                     ("depth", a.model.layers != b.model.layers)) if v) or "heads"
+             for a, b in itertools.pairwise(main.stages)]
+    buys = [(k + 2, a.loss_end - b.loss_end, main.stage_cost_usd(b))
+            for k, (a, b) in enumerate(itertools.pairwise(main.stages))]
+    lead = (f"Recommended: the fixed-size {m.params() / 1e9:.1f}B model on {fixed.tokens / 1e9:,.0f}B tokens "
+            f"(loss {fixed.loss:.3f}); this growth plan is the alternative for a larger final model. "
+            if recommend_fixed else "")
+    even_text = (f"growth breaks even with the fixed size at η = {even:.2f} (a token after a growth worth {even:.2f} "
+                 f"from scratch), and the plan's η is {lm.token_efficiency:.3g} ({lm.evidence})" if even is not None
+                 else "no η between 0.25 and 4 makes growth and the fixed size equal here")
+    low_text = "; ".join(f"at η = {eta:g} the plan's loss is {v:.3f}" for eta, v in lows.items())
+    stage_text = "; ".join(f"stage {k} lowers the loss by {d:.4f} for ${c:,.0f} ({d / c * 1000:.5f} per $1K)"
+                           for k, d, c in buys)
+    return Advice("downside", (
+        f"{lead}The decision's downside: {even_text}; {low_text}, against the fixed size's {fixed.loss:.3f}. The "
+        f"plan grows by {', '.join(kinds)} (MSG); the published η was measured for depth stacking (Du et al. 2024, "
+        f"G_stack), not for MSG's width growth. What the stages after the first buy: {stage_text}."),
+        {"break_even_eta": even, "token_efficiency": lm.token_efficiency, "recommend_fixed": recommend_fixed,
+         "fixed_loss": fixed.loss, "plan_loss": main.loss, "loss_at_low_eta": {str(k): v for k, v in lows.items()},
+         "growths": kinds, "stage_loss_per_usd": [{"stage": k, "loss_drop": d, "cost_usd": c} for k, d, c in buys]})
 
 
 def final_loss(main: Schedule, loss_model) -> float:
