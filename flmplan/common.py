@@ -39,6 +39,9 @@ IntervalRule = StrEnum("IntervalRule", ["daly", "young"])
 GrowthTiming = StrEnum("GrowthTiming", ["search", "gstack"])
 
 
+Position = StrEnum("Position", ["xpos", "rotary"])
+
+
 ExportTarget = StrEnum("ExportTarget", ["megatron", "torchtitan", "slurm", "hf"])
 
 

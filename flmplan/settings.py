@@ -21,6 +21,7 @@ from flmplan.common import (
     Attention,
     GrowthTiming,
     IntervalRule,
+    Position,
     Schedule,
     one_line_paragraphs,
     parse_money,
@@ -72,6 +73,9 @@ class SimulateSettings:
     the pairs.json of `flmplan grow-vs-scratch` (measured)."""
     attention: Attention = option(default=Attention.flash, case_sensitive=False)
     """The attention kernel (FLM-101B's run used flash)."""
+    position: Position = option(default=Position.xpos, case_sensitive=False)
+    """The position encoding: xpos (FLM-101B's; Megatron-LM and torchtitan do not have it) or rotary (every
+    export target has it)."""
     profile: Path | None = option()
     """Profile JSON (default: built-in one of the GPU)."""
     out: Path | None = option()

@@ -427,3 +427,19 @@ def test_learned_positions_export_to_megatron_and_are_refused_where_not_trained(
     r = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
     assert_one_sentence(r, "uses learned positions (model.position), which the runtime does not train")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_default_plan_exports_to_megatron_when_planned_with_rotary(tmp_path, auto_plan):
+    """The default plan uses xPos, which Megatron-LM lacks: the refusal names the one command that plans
+    an exportable schedule, and the plan it makes exports without --nearest."""
+    path = tmp_path / "xpos.json"
+    path.write_text(json.dumps(auto_plan.to_json()))
+    r = runner.invoke(app, ["export", str(path), "--to", "megatron", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--position rotary" in " ".join(r.output.split())
+    plan = tmp_path / "rotary.json"
+    r = runner.invoke(app, ["simulate", "--budget", "100000", "--trials", "20", "--position", "rotary",
+                            "--out", str(plan)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", str(plan), "--to", "megatron", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert all("--position-embedding-type rope" in f.read_text() for f in (tmp_path / "m").glob("*.args"))

@@ -62,7 +62,8 @@ def checked_inputs(s: SimulateSettings):
                         max_gpus=s.max_gpus, target_params=parse_size(s.target_size), budget_usd=s.budget,
                         global_batch=s.global_batch, grow_steps=s.grow_steps, max_days=s.max_days,
                         attention=s.attention.value, max_growth_factor=s.max_growth_factor,
-                        growth_timing=s.growth_timing.value, teacher_every=s.teacher_every, teacher_data=source)
+                        growth_timing=s.growth_timing.value, teacher_every=s.teacher_every, teacher_data=source,
+                        position=s.position.value)
     return settings, corpus
 
 

@@ -56,8 +56,10 @@ def every_stage(plan: Plan, build) -> list:
     if gaps:
         insteads = list(dict.fromkeys(i for g in gaps for _, i in g.items))
         parts = "; ".join(f"{g.where[0].lower()}{g.where[1:]} {joined([w for w, _ in g.items])}" for g in gaps)
+        again = (" (or plan with rotary from the start: flmplan simulate … --position rotary)"
+                 if any("xPos" in w for g in gaps for w, _ in g.items) else "")
         raise FlmplanError(f"{gaps[0].tool} does not have what this plan uses: {parts}; pass --nearest to export "
-                           f"{joined(insteads)} instead.")
+                           f"{joined(insteads)} instead{again}.")
     return out
 
 

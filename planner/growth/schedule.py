@@ -44,6 +44,7 @@ class Settings:
     teacher_every: int = 0        # FreeLM: every k-th step a teacher batch (0: language modelling only)
     teacher_data: str | None = None   # FreeLM's propositions, written into the plan for the runtime
     growth_timing: str = "search"     # when to grow first: where the loss model puts it, or Du et al.'s guideline
+    position: str = "xpos"            # the searched plans' position encoding (FLM-101B's own schedule keeps xPos)
     software: Software = field(default_factory=Software)   # what else of the stack changes kernel costs
 
     def __post_init__(self) -> None:
@@ -65,6 +66,8 @@ class Settings:
             raise FlmplanError(f"--teacher-every must be 0 (off) or at least 2, got {self.teacher_every}.")
         if self.max_growth_factor < 1:
             raise FlmplanError(f"--max-growth-factor must be at least 1, got {self.max_growth_factor}.")
+        if self.position not in ("xpos", "rotary"):
+            raise FlmplanError(f"--position must be xpos or rotary, got {self.position}.")
         if self.growth_timing not in GROWTH_TIMINGS:
             raise FlmplanError(f"--growth-timing must be one of {', '.join(GROWTH_TIMINGS)}, got {self.growth_timing}.")
 

@@ -194,7 +194,7 @@ def _open_facts_range(result: PlanResult, settings: Settings, profile: Profile,
 def _plan_once(settings: Settings, profile: Profile, loss_model: GrowthLossModel, schedule: str,
                stage_cache: dict | None = None, progress=None) -> PlanResult:
     planner = Planner(settings, profile, loss_model, stage_cache, progress)
-    base = flm_base()
+    base = dataclasses.replace(flm_base(), position=settings.position)
     flm = flm_schedule(planner)
     if schedule == "flm":
         if flm is None:
@@ -328,6 +328,7 @@ def build_plan(s: Schedule, settings: Settings, profile: Profile, loss_model: Gr
             "transition_hours": settings.transition_hours,
             "max_days": settings.max_days,
             "growth_timing": settings.growth_timing,
+            "position": settings.position,
             "max_growth_factor": settings.max_growth_factor,
             "budget_usd": settings.budget_usd,
             "cost_factor": settings.cost_factor,
