@@ -38,7 +38,11 @@ def data_prepare(
     eod_token: Annotated[str | None, typer.Option(
         help="The tokenizer's end-of-document token (default: the first of <|endoftext|>, </s>, ... it has).")
     ] = None,
-    batch_docs: Annotated[int, typer.Option(min=1, help="Documents per encode_batch call.")] = 512,
+    batch_docs: Annotated[int, typer.Option(
+        min=1, help="Documents per encode_batch call (at most 16 MiB of text: a longer document goes alone).")] = 512,
+    tokenizer_sample: Annotated[int, typer.Option(
+        min=1 << 20, help="With --train-tokenizer: about this many bytes of the corpus to train on, every k-th "
+                          "document (default 512 MiB; recorded in the manifest).")] = 512 << 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Tokenize a corpus once, on all cores, into what `flmplan run --data` and Megatron-LM read (resumable)."""
@@ -47,8 +51,9 @@ def data_prepare(
     check_output_file(out, "--out", "corpus")
     try:
         record = prepare(inputs, out, tokenizer=tokenizer, train_vocab=train_tokenizer, field=field,
-                         unit=text_unit.value, eod_token=eod_token, batch_docs=batch_docs,
-                         log=(lambda _: None) if as_json else stderr.print, progress=not as_json)
+                             unit=text_unit.value, eod_token=eod_token, batch_docs=batch_docs,
+                         log=(lambda _: None) if as_json else stderr.print, progress=not as_json,
+                         tokenizer_sample=tokenizer_sample)
     except PrepareStopped as stopped:
         stderr.print(f"{out}: {stopped}.")
         raise typer.Exit(128 + stopped.signum) from None
@@ -77,7 +82,7 @@ def data_import(
 ) -> None:
     """Adopt a corpus prepared by Megatron-LM: check its .bin against its .idx and its ids against the tokenizer,
     then write the manifest, so it plans, runs and exports without tokenizing again."""
-    from runtime.data.prepare import import_corpus
+    from runtime.data.imported import import_corpus
 
     record = import_corpus(prefix, tokenizer, eod_token)
     tok = record["tokenizer"]

@@ -29,7 +29,6 @@ from runtime.data.indexed import (
     ByteCodec,
     Codec,
     HFCodec,
-    IndexedTokens,
     IndexedWriter,
     paths,
     token_dtype,
@@ -144,6 +143,11 @@ def check_inputs(inputs: list[Input], field: str, unit: str) -> None:
             raise FlmplanError(f"Input {inp.name}'s field {col!r} holds {type(first[col]).__name__}, not text.")
 
 
+# Documents read from an input at a time, and the most text one encode call gets.
+READ_DOCS = 64
+BATCH_CHARS = 16 << 20
+
+
 def batches(inputs: list[Input], field: str, unit: str, size: int, skip: int = 0,
             seen: Callable[[int], None] | None = None) -> Iterator[list[str]]:
     """Every document's text in lists of up to `size`, inputs in order (read by `datasets` a batch at
@@ -158,17 +162,38 @@ def batches(inputs: list[Input], field: str, unit: str, size: int, skip: int = 0
                 skip -= rows
                 continue
             ds, skip = ds.skip(skip), 0
-        for batch in ds.iter(batch_size=size):
-            texts = [t if t is not None else "" for t in batch[col]]
+        pending, chars = [], 0
+        for batch in ds.iter(batch_size=min(size, READ_DOCS)):
+            for t in batch[col]:
+                t = t if t is not None else ""
+                pending.append(t)
+                chars += len(t)
+                # A batch is `size` documents or BATCH_CHARS of text, whichever comes first (a document
+                # longer than that goes alone): memory bounded by bytes, not by a count of documents.
+                if len(pending) >= size or chars >= BATCH_CHARS:
+                    if seen:
+                        seen(chars)
+                    yield pending
+                    pending, chars = [], 0
+        if pending:
             if seen:
-                seen(sum(map(len, texts)))
-            yield texts
+                seen(chars)
+            yield pending
 
 
-def documents(inputs: list[Input], field: str, unit: str) -> Iterator[str]:
-    """Every document's text, inputs in order."""
+def documents(inputs: list[Input], field: str, unit: str, every: int = 1) -> Iterator[str]:
+    """Every `every`-th document's text, inputs in order (a systematic sample over the whole corpus)."""
+    k = 0
     for batch in batches(inputs, field, unit, 1024):
-        yield from batch
+        for text in batch:
+            if k % every == 0:
+                yield text
+            k += 1
+
+
+# --train-tokenizer trains on about this much of the corpus by default (every k-th document): the
+# trainer's memory grows with the text it sees.
+TOKENIZER_SAMPLE_BYTES = 512 << 20
 
 
 def train_tokenizer(texts: Iterator[str], vocab: int, out: Path) -> Path:
@@ -295,9 +320,22 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def _trained(inputs: list[Input], field: str, unit: str, vocab: int, sample_bytes: int, out: Path, done: bool,
+             log: Callable[[str], None]) -> tuple[Codec, dict]:
+    """A BPE trained on a systematic sample of the corpus (every k-th document, about `sample_bytes`),
+    or the one a killed run trained already (`done`); and what the manifest records of the sample."""
+    every = max(1, -(-sum(i.bytes for i in inputs) // sample_bytes))
+    if not done:
+        log(f"training a byte-level BPE of {vocab:,} entries on every {every}-th document of the corpus "
+            f"(about {min(sample_bytes, sum(i.bytes for i in inputs)) / 2**20:,.0f} MiB; tokenizers' BpeTrainer)")
+        train_tokenizer(documents(inputs, field, unit, every), vocab, out)
+    return HFCodec(out, EOD_TOKEN), {"bytes": sample_bytes, "every_nth_document": every}
+
+
 def prepare(items: list[Path], out: Path, tokenizer: Path | None = None, train_vocab: int | None = None,
             field: str = "text", unit: str = "paragraph", eod_token: str | None = None, batch_docs: int = 512,
-            log: Callable[[str], None] = print, progress: bool = True) -> dict:
+            log: Callable[[str], None] = print, progress: bool = True,
+            tokenizer_sample: int = TOKENIZER_SAMPLE_BYTES) -> dict:
     """Tokenize `items` into the indexed dataset `out` (PREFIX); returns its manifest."""
     f = paths(out)
     if f["bin"].exists() or f["idx"].exists():
@@ -316,11 +354,10 @@ def prepare(items: list[Path], out: Path, tokenizer: Path | None = None, train_v
     tok_desc = str(tokenizer.resolve()) if tokenizer else f"train-bpe-{train_vocab}" if train_vocab else "bytes"
     fingerprint = _fingerprint(inputs, field, unit, tok_desc)
     resume = progress_of(progress_file, fingerprint, log)
+    sample = None
     if train_vocab is not None:
-        if not (resume and tok_partial.is_file()):
-            log(f"training a byte-level BPE of {train_vocab:,} entries on the corpus (tokenizers' BpeTrainer)")
-            train_tokenizer(documents(inputs, field, unit), train_vocab, tok_partial)
-        codec = HFCodec(tok_partial, EOD_TOKEN)
+        codec, sample = _trained(inputs, field, unit, train_vocab, tokenizer_sample, tok_partial,
+                                 bool(resume and tok_partial.is_file()), log)
     dtype = token_dtype(codec.vocab)
     writer = IndexedWriter(out, dtype, (resume["documents"], resume["bin_bytes"]) if resume else None)
     done_chars = [0]
@@ -366,43 +403,8 @@ def prepare(items: list[Path], out: Path, tokenizer: Path | None = None, train_v
     writer.finish()
     codec = keep_tokenizer(codec, train_vocab, tok_partial, f["tokenizer"])
     record = manifest_record(codec, writer, dtype, unit, field, inputs, seconds)
+    if sample is not None:
+        record["tokenizer_sample"] = sample
     write_manifest(out, record)
     progress_file.unlink(missing_ok=True)
-    return record
-
-
-# Ids checked against the tokenizer a chunk of the .bin at a time: memory flat in the corpus.
-IMPORT_CHUNK_TOKENS = 1 << 24
-
-
-def import_corpus(prefix: Path, tokenizer: Path | None, eod_token: str | None = None) -> dict:
-    """Adopt a corpus another tool prepared (Megatron-LM's `tools/preprocess_data.py` writes the same
-    PREFIX.bin and PREFIX.idx): check the .bin against its .idx and every id against the tokenizer,
-    then write the manifest and keep the tokenizer beside it, so that it plans, runs and exports as a
-    corpus of `flmplan data prepare` does. `tokenizer` None: UTF-8 bytes."""
-    f = paths(prefix)
-    if f["manifest"].exists():
-        raise FlmplanError(f"{prefix} has a manifest already ({f['manifest'].name}): it is a prepared corpus.")
-    data = IndexedTokens.open(prefix)
-    codec: Codec = HFCodec(tokenizer, eod_token) if tokenizer is not None else ByteCodec()
-    with open(f["bin"], "rb") as fh:
-        while chunk := fh.read(IMPORT_CHUNK_TOKENS * data.dtype.itemsize):
-            ids = np.frombuffer(chunk, dtype=data.dtype)
-            bad = ids[(ids >= codec.vocab) | (ids < 0)]
-            if bad.size:
-                raise FlmplanError(f"{f['bin']} holds token id {int(bad[0])}, outside the {codec.vocab:,} entries of "
-                                   f"{tokenizer or 'UTF-8 bytes'}: the corpus was made with another tokenizer; "
-                                   "give that one.")
-    if isinstance(codec, HFCodec):
-        tmp = Path(f"{f['tokenizer']}.partial")
-        shutil.copyfile(codec.file, tmp)
-        os.replace(tmp, f["tokenizer"])
-    record = {"tokenizer": codec.describe(), "documents": data.documents, "tokens": data.n_tokens,
-              "dtype": data.dtype.name,
-              "imported": {"files": [str(f["bin"].resolve()), str(f["idx"].resolve())],
-                           "tokenizer": str(Path(tokenizer).resolve()) if tokenizer else "bytes",
-                           "note": "prepared by another tool (Megatron-LM's indexed dataset); ids checked against "
-                                   "the tokenizer by `flmplan data import`"},
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_manifest(prefix, record)
     return record
