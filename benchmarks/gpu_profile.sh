@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-gpu-profile}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$out/nvidia-smi.csv" || true
-timeout 420 python -m flmplan.cli profile --device cuda --quick --out "$out/profile.json" 2> "$out/profile.log"
+timeout 420 python -m flmplan.cli profile --device cuda --quick --accept-noisy --out "$out/profile.json" 2> "$out/profile.log"
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python benchmarks/layer_fidelity.py "$out/profile.json" > "$out/layer_fidelity.txt"
 python - "$out/profile.json" <<'PY'
 import json, sys

@@ -99,9 +99,6 @@ def load_profile_for(gpu_key: str, path: Path | None, dtype: str = "bf16"):
     return profile
 
 
-# The same layer measured twice in one sweep should agree this closely on a quiet device.
-REPEAT_TOLERANCE = 0.03
-
 # The tensor-parallel probe's figures are differences of step times: a looser bound on their spread.
 PROBE_SPREAD_TOLERANCE = 0.25
 

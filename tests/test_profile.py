@@ -306,3 +306,25 @@ def test_a_compiled_block_moves_its_element_wise_bytes_at_the_fastest_measured_k
     assert (fused.mem_fwd, fused.mem_bwd) == pytest.approx((1_441_792 / 4179.36e9, 2 * 1_441_792 / 4179.36e9))
     eager = layer_time(DeviceModel(quick), model, lay)
     assert eager.mem_fwd > 2 * fused.mem_fwd and eager.gemm_fwd == fused.gemm_fwd
+
+
+def test_a_disturbed_sweep_is_refused_unless_accepted_and_validate_names_its_quality(tiny_profile, tmp_path,
+                                                                                    monkeypatch):
+    """A sweep whose repeated layer disagrees, or whose fitted per-call overhead is milliseconds, is not
+    written unless --accept-noisy; the problem is named in one sentence either way."""
+    from dataclasses import replace
+
+    import profiles.measure
+    from planner.cost.device_profile import builtin_profile, profile_quality
+
+    prof = load_profile(tiny_profile)
+    noisy = replace(prof, gemm={**prof.gemm, "overhead_us": 5000.0},
+                    timing={**prof.timing, "repeat": {**prof.timing["repeat"], "difference": 0.2}})
+    assert len(profile_quality(noisy)[1]) == 2 and profile_quality(builtin_profile("a800-80gb"))[1] == []
+    monkeypatch.setattr(profiles.measure, "run_profile", lambda **kw: noisy)
+    runner, out = CliRunner(), tmp_path / "noisy.json"
+    r = runner.invoke(app, ["profile", "--device", "cpu", "--quick", "--out", str(out)])
+    assert r.exit_code == 2 and "Not written" in r.output and "5.0 ms" in " ".join(r.output.split())
+    assert not out.exists()
+    r = runner.invoke(app, ["profile", "--device", "cpu", "--quick", "--out", str(out), "--accept-noisy"])
+    assert r.exit_code == 0 and out.exists() and "written with --accept-noisy" in " ".join(r.output.split())

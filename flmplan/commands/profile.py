@@ -9,7 +9,6 @@ import typer
 
 from flmplan.common import (
     PROBE_SPREAD_TOLERANCE,
-    REPEAT_TOLERANCE,
     Device,
     Dtype,
     check_output_file,
@@ -36,10 +35,13 @@ def profile(
         help="With --refit: a run folder left out of the fit, to show the error before and after.")] = None,
     base: Annotated[Path | None, typer.Option(
         "--profile", help="With --refit: the profile to refit (default: the built-in one of the runs' GPU).")] = None,
+    accept_noisy: Annotated[bool, typer.Option(
+        "--accept-noisy", help="Write the profile even when the sweep was disturbed (its repeated layer disagrees, "
+                               "or a fitted overhead is not physical); by default such a profile is refused.")] = False,
 ) -> None:
     """Measure the decoder core on this machine's device and write a profile (or, with --refit,
     fit an existing profile to measured runs)."""
-    from planner.cost.device_profile import ProfileError, save_profile
+    from planner.cost.device_profile import ProfileError, profile_quality, save_profile
     from profiles.measure import run_profile
 
     if out is not None:
@@ -52,12 +54,15 @@ def profile(
 
     prof = run_profile(device_kind=device.value, dtype=value_of(dtype), quick=quick, nproc=nproc, console=stderr,
                        threads=threads)
-    path = save_profile(prof, out or Path("profiles") / f"{prof.name}.json")
-    repeat = prof.timing["repeat"]
-    if abs(repeat["difference"]) > REPEAT_TOLERANCE:
-        stderr.print(f"[yellow]Warning:[/] the layer {repeat['layer']} measured {repeat['difference']:+.1%} apart at "
-                     "the start and the end of the sweep (points' median spread "
-                     f"{prof.timing['median_spread']:.1%}): the device was not quiet; measure again when it is.")
+    target = out or Path("profiles") / f"{prof.name}.json"
+    line, problems = profile_quality(prof)
+    if problems and not accept_noisy:
+        # Never written silently: a disturbed sweep would make every plan and validation with it wrong.
+        raise ProfileError(f"Not written: {'; '.join(problems)}. Measure again when the device is quiet, or pass "
+                           f"--accept-noisy to write it anyway ({line}).")
+    path = save_profile(prof, target)
+    for problem in problems:
+        stderr.print(f"[yellow]Warning:[/] written with --accept-noisy although {problem}.")
     probe = prof.collectives.get("tensor_parallel", {}).get("probe", {})
     failed = probe.get("plain", {}).get("error")
     if failed:

@@ -26,7 +26,7 @@ def validate(
 ) -> None:
     """Hold a run against its plan: per stage, the measured step time, tokens/s, MFU and memory
     beside the planner's prediction for that device; exit 1 when an error passes --tolerance."""
-    from planner.cost.device_profile import load_profile
+    from planner.cost.device_profile import load_profile, profile_quality
     from planner.plan.validation import validate_run
     from planner.report.terminal import print_validation
 
@@ -34,7 +34,9 @@ def validate(
     run, prof, checks = validate_run(run_dir, plan, prof)
     failed = [c for c in checks if not c.passes(tolerance)]
     if as_json:
+        quality, problems = profile_quality(prof)
         print(json.dumps({"run": str(run_dir), "profile": prof.name, "profile_source": prof.source,
+                          "profile_quality": quality, "profile_problems": problems,
                           "tolerance": tolerance, "passed": not failed,
                           "stages": [c.to_json() for c in checks], "checkpoints": run.checkpoints()}, indent=1))
     else:

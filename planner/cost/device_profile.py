@@ -164,3 +164,34 @@ def builtin_profile(name: str) -> Profile:
         raise ProfileError(f"No built-in profile {name!r}; shipped: {', '.join(names)}.")
     raw = json.loads(resources.files("profiles").joinpath(f"data/{name}.json").read_text())
     return profile_from_dict(raw, origin=f"built-in profile {name}")
+
+
+# A measured profile is trusted when the layer it measures twice, at the start and the end of the sweep,
+# agrees within this (the device held still), and its fitted per-call overheads are physical (a kernel's
+# launch and tail are microseconds, not milliseconds).
+REPEAT_TOLERANCE = 0.03
+MAX_OVERHEAD_US = 1000.0
+
+
+def profile_quality(profile: Profile) -> tuple[str, list[str]]:
+    """One line on how far a profile can be trusted, and its problems (none: trusted)."""
+    if profile.source == "derived":
+        return "derived from published training runs (profiles/derived.py), not measured", []
+    if profile.source == "refit":
+        cal = profile.calibration
+        where = (f"held-out rms {cal['rms_held_out_after']:.1%}" if "rms_held_out_after" in cal
+                 else f"fitted rms {cal.get('rms_fitted_after', 0.0):.1%}, no run held out")
+        return f"refit to {len(cal.get('fitted_to', []))} measured run(s), {where}", []
+    timing, problems = profile.timing, []
+    repeat = timing.get("repeat", {})
+    if repeat and abs(repeat["difference"]) > REPEAT_TOLERANCE:
+        problems.append(f"the layer {repeat['layer']} measured {repeat['difference']:+.1%} apart at the start and the "
+                        f"end of the sweep (over {REPEAT_TOLERANCE:.0%}): the device was not quiet")
+    for kind, part in (("GEMM", profile.gemm), ("memory-bound", profile.memory_bound)):
+        if part.get("overhead_us", 0.0) > MAX_OVERHEAD_US:
+            problems.append(f"its fitted {kind} per-call overhead is {part['overhead_us'] / 1000:.1f} ms, more than "
+                            "a kernel's launch can be: the timings were disturbed")
+    line = (f"measured {profile.date or 'on an unknown date'}; points' median spread "
+            f"{timing.get('median_spread', 0.0):.1%}" + (f", the repeated layer {repeat['difference']:+.1%} apart"
+                                                         if repeat else ""))
+    return line, problems

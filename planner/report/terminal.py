@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from planner.cost.device_profile import profile_quality
 from planner.layout.case import Case
 from planner.layout.search import SearchResult
 from planner.model.specs import LAYOUT_LEGEND
@@ -255,6 +256,8 @@ def print_validation(console: Console, run, profile, checks, tolerance: float) -
                 if "threads" in start else ""))
     console.print(f"[bold]{run.folder}[/]: {where}; predicted with profile {profile.name} ({profile.source}); "
                   "warm-up steps left out")
+    line, problems = profile_quality(profile)
+    console.print(f"The profile: {line}." + "".join(f" [yellow]Its {p}.[/]" for p in problems))
     table = Table(show_header=True, header_style="bold")
     for col in ("stage", "steps (warm-up)", "step s run / plan", "error", "the run", "tokens/s run / plan",
                 "MFU run / plan", "GiB run / plan"):
