@@ -3,6 +3,7 @@ budget constraint, and one clear sentence with exit 2 for bad input."""
 
 import itertools
 import json
+import subprocess
 
 import pytest
 from typer.testing import CliRunner
@@ -205,6 +206,31 @@ def test_report_has_the_tables_of_the_console(tmp_path):
     assert "tp4 pp4 dp12" in page and "Layouts: tp, pp, dp" in page
     assumptions = page.split("<h2>Assumptions</h2>")[1].split("</table>")[0]
     assert "{'" not in assumptions and "loss model" in assumptions
+    # The header says what made it; the first advice stands out; what to run next; the settings given in
+    # words, not the defaults; the days, the cost with and without the model's error, memory against capacity.
+    assert "flmplan simulate --schedule flm --trials 20 --report" in page and "· flmplan " in page
+    assert "<li><strong>" in page and "<h2>Next</h2>" in page and "flmplan run plan.json --scale tiny" in page
+    given = page.split("<h2>Settings given")[1].split("</table>")[0]
+    assert "schedule" in given and "trials" in given and "max gpus" not in given and "json" not in given
+    for title in ("Days of the whole run", "P90 with step times exact", "Memory per GPU by stage"):
+        assert title in page, title
+
+
+def test_the_report_draws_in_a_headless_browser(tmp_path):
+    """Opened offline in headless Chromium, the report draws every chart (plotly's SVG in each div)."""
+    import shutil
+
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no Chromium on this machine (Debian: apt install chromium)")
+    out = tmp_path / "report.html"
+    r = runner.invoke(app, ["simulate", "--budget", "100000", "--schedule", "flm", "--trials", "20", "--report",
+                            str(out)])
+    assert r.exit_code == 0, r.output
+    dom = subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", "--virtual-time-budget=10000",
+                          "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    charts = out.read_text().count('class="plotly-graph-div"')
+    assert charts >= 5 and dom.count('class="main-svg"') >= charts
 
 
 def test_simulate_settings_from_a_file_with_flags_overriding_and_recorded_in_the_plan(tmp_path):

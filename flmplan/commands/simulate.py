@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import typer
@@ -31,9 +32,20 @@ def simulate_budget(ctx: typer.Context, s: SimulateSettings) -> None:
 
         save_plan(result.plan, s.out)
     if s.report:
+        import shlex
+
         from planner.report.html_report import write_report
 
-        write_report(result, s.report)
+        # The settings the user gave (on the command line or in --config), not the defaults.
+        defaults = {f.name: f.default for f in dataclasses.fields(SimulateSettings)}
+        given = {k: v for k, v in result.plan.assumptions["settings"].items()
+                 if k in defaults and v not in (None, [], "") and v != recorded_settings({k: defaults[k]})[k]}
+        words = ["flmplan", "simulate"]
+        for k, v in given.items():       # the command line that makes this plan again
+            flag = "--" + k.replace("_", "-").replace("as-json", "json")
+            words += [flag] if v is True else [flag, *map(str, v)] if isinstance(v, list) else [flag, str(v)]
+        write_report(result, s.report, command=shlex.join(words),
+                     plan_file=str(s.out) if s.out else "plan.json", given=given)
     if s.as_json:
         print(json.dumps(result.plan.to_json(), indent=1))
         return

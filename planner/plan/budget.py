@@ -40,6 +40,7 @@ class PlanResult:
     alternatives: list[Schedule]
     searched: list[Schedule]
     costs: list[float] = field(default_factory=list)
+    days: list[float] = field(default_factory=list)              # each simulated run's wall days
     timelines: dict[str, tuple[list[dict], str]] = field(default_factory=dict)
 
 
@@ -118,6 +119,7 @@ def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossMode
     if schedule == "flm":
         result.plan.assumptions["open_software_facts"] = _open_facts_range(result, settings, profile, loss_model)
     result.costs = costs
+    result.days = [t.wall_s / 86400 for t in summary.trials]
     if gantt:
         result.timelines = pipeline_timelines(result.main, profile)
     return result

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from planner.growth.loss_law import GrowthLossModel, ScalingLaw
 from planner.growth.schedule import Schedule
-from planner.model.specs import LAYOUT_LEGEND
+from planner.model.specs import LAYOUT_LEGEND, get_gpu
 from planner.report.terminal import baseline_stages
 
 _PART_NAMES = {"compute_s": "compute", "recompute_s": "recompute", "tp_comm_s": "TP comm", "pp_comm_s": "PP comm",
@@ -97,12 +97,45 @@ def pipeline_gantt(stage_name: str, rows: list[dict], note: str = "") -> go.Figu
     return fig
 
 
-def cost_histogram(costs: list[float], budget: float) -> go.Figure:
+def cost_histogram(costs: list[float], budget: float, p90_exact: float | None = None) -> go.Figure:
     fig = go.Figure(go.Histogram(x=costs, nbinsx=40, marker_color="#4C78A8", name="simulated runs"))
     fig.add_vline(x=budget, line_dash="dash", line_color="#E45756", annotation_text="budget")
-    fig.update_layout(title="Cost of the whole run over the Monte Carlo trials (failures, restarts, checkpoints)",
-                      xaxis_title="USD", yaxis_title="trials", height=380)
+    if p90_exact is not None:
+        fig.add_vline(x=p90_exact, line_dash="dot", line_color="#72B7B2",
+                      annotation_text="P90 with step times exact", annotation_position="bottom right")
+    fig.update_layout(title="Cost of the whole run over the Monte Carlo trials (failures, restarts, checkpoints and "
+                            "the cost model's own error)", xaxis_title="USD", yaxis_title="trials", height=380)
     return fig
+
+
+def days_histogram(days: list[float], deadline: float) -> go.Figure:
+    fig = go.Figure(go.Histogram(x=days, nbinsx=40, marker_color="#F58518", name="simulated runs"))
+    fig.add_vline(x=deadline, line_dash="dash", line_color="#E45756", annotation_text="deadline")
+    fig.update_layout(title="Days of the whole run over the Monte Carlo trials", xaxis_title="days",
+                      yaxis_title="trials", height=380)
+    return fig
+
+
+def memory_chart(plan) -> go.Figure:
+    """Each stage's memory per GPU against what the GPU holds."""
+    names = [f"{k + 1}. {st.name}" for k, st in enumerate(plan.stages)]
+    fig = go.Figure(go.Bar(x=names, y=[st.predicted.memory_gib_per_gpu for st in plan.stages],
+                           marker_color="#54A24B", name="predicted memory per GPU"))
+    capacity = get_gpu(plan.cluster.gpu).memory_gib
+    fig.add_hline(y=capacity, line_dash="dash", line_color="#E45756", annotation_text=f"{capacity:g} GiB per GPU")
+    fig.update_layout(title="Memory per GPU by stage, against the GPU's capacity", yaxis_title="GiB", height=360)
+    return fig
+
+
+def next_commands(plan, plan_file: str) -> str:
+    """What to run next with this plan."""
+    xpos = any(st.model.position == "xpos" for st in plan.stages)
+    lines = [f"flmplan run {plan_file} --scale tiny --nproc 2 --out runs/tiny   # every stage at CPU size, here",
+             f"flmplan export {plan_file} --to megatron{' --nearest' if xpos else ''} --out exports/",
+             f"flmplan export {plan_file} --to slurm --out exports/"]
+    return ("<h2>Next</h2><pre>" + html.escape("\n".join(lines)) + "</pre>"
+            + ("<p><small>The plan uses xPos, which Megatron-LM and torchtitan do not have: --nearest exports "
+               "rotary; plan with --position rotary to export it as planned.</small></p>" if xpos else ""))
 
 
 def _plain(value) -> str:
@@ -122,8 +155,9 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
     return f"<h2>{html.escape(title)}</h2><table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def plan_tables(plan) -> str:
-    """The plan's stages with their layouts, the alternatives and baselines, and the assumptions."""
+def plan_tables(plan, given: dict | None = None) -> str:
+    """The plan's stages with their layouts, the alternatives and baselines, the settings given (not the
+    defaults, in words) and the assumptions."""
     stages = [[f"{k + 1}. {st.name}", f"{st.model.layers}×{st.model.hidden}", f"{st.tokens / 1e9:,.1f}B",
                f"{st.predicted.days:.2f}", f"${st.predicted.cost_usd:,.0f}", f"{st.predicted.loss_end:.3f}",
                st.layout.describe(), f"{st.predicted.tflops_per_gpu_hfu:.0f}", f"{st.predicted.mfu:.1%}",
@@ -132,17 +166,22 @@ def plan_tables(plan) -> str:
     others = [[b.name, baseline_stages(b), b.gpus,
                f"{b.tokens / 1e9:,.1f}B", f"{b.days:.2f}", f"${b.cost_usd:,.0f}", f"{b.predicted_loss:.3f}"]
               for b in [*plan.alternatives, *plan.baselines]]
-    assumptions = [[k.replace("_", " "), _plain(v)] for k, v in plan.assumptions.items()]
+    assumptions = [[k.replace("_", " "), _plain(v)] for k, v in plan.assumptions.items() if k != "settings"]
+    settings = [[k.replace("_", " ").replace("as json", "json"), _plain(v)] for k, v in (given or {}).items()]
     return (_table("Stages", ["stage", "layers×hidden", "tokens", "days", "cost", "loss", "layout", "TFLOP/s",
                               "MFU", "memory", "step"], stages)
             + f"<p><small>{html.escape(LAYOUT_LEGEND)}</small></p>"
             + _table("Alternatives and baselines (same hardware and price)",
                      ["", "stages", "GPUs", "tokens", "days", "cost", "loss"], others)
+            + (_table("Settings given (the rest at their defaults: flmplan simulate --help)", ["", "value"], settings)
+               if settings else "<h2>Settings</h2><p>All at their defaults (flmplan simulate --help).</p>")
             + _table("Assumptions", ["", "value"], assumptions))
 
 
-def write_report(result, path: str | Path) -> Path:
-    """result: planner.plan.budget.PlanResult."""
+def write_report(result, path: str | Path, command: str = "", plan_file: str = "plan.json",
+                 given: dict | None = None) -> Path:
+    """result: planner.plan.budget.PlanResult; `command` the command line that made it, `plan_file` where
+    the plan was written (for the next commands)."""
     plan, main = result.plan, result.main
     lm = plan.assumptions["loss_model"]
     loss_model = GrowthLossModel(law=ScalingLaw(**lm["law"]), carryover=lm["carryover"],
@@ -156,9 +195,14 @@ def write_report(result, path: str | Path) -> Path:
     for name, (rows, note) in result.timelines.items():
         figures.append(pipeline_gantt(name, rows, note))
     if result.costs:
-        figures.append(cost_histogram(result.costs, plan.assumptions["budget_usd"]))
+        exact = sim.get("model_error", {}).get("without", {}).get("cost_p90")
+        figures.append(cost_histogram(result.costs, plan.assumptions["budget_usd"], exact))
+    if result.days:
+        figures.append(days_histogram(result.days, plan.assumptions["max_days"]))
+    figures.append(memory_chart(plan))
     tot = plan.totals
-    head = (f"<h1>{html.escape(plan.name)}: {plan.cluster.gpus} × {html.escape(plan.cluster.gpu)} at "
+    head = (f"<p><small>{html.escape(_provenance(command, plan))}</small></p>"
+            f"<h1>{html.escape(plan.name)}: {plan.cluster.gpus} × {html.escape(plan.cluster.gpu)} at "
             f"${plan.cluster.price_per_gpu_hour:g}/GPU-hour</h1>"
             f"<p>{len(plan.stages)} stages, {tot.tokens / 1e9:,.1f}B tokens, {tot.days:.1f} days, "
             f"${tot.cost_usd:,.0f} failure-free; predicted loss {tot.predicted_loss:.3f}"
@@ -167,9 +211,11 @@ def write_report(result, path: str | Path) -> Path:
             + f". Profile {html.escape(plan.profile.get('name', ''))} ({html.escape(plan.profile.get('source', ''))})."
             "</p><p><i>Losses come from a scaling-law model with equal-loss continuation across growth; "
             "they are a model, not a measurement.</i></p>"
-            + ("<h2>Advice</h2><ul>" + "".join(f"<li>{html.escape(a['message'])}</li>" for a in plan.advice)
+            + ("<h2>Advice</h2><ul>" + "".join(
+                (f"<li><strong>{html.escape(a['message'])}</strong></li>" if k == 0 else
+                 f"<li>{html.escape(a['message'])}</li>") for k, a in enumerate(plan.advice))
                + "</ul>" if plan.advice else ""))
-    head += plan_tables(plan)
+    head += next_commands(plan, plan_file) + plan_tables(plan, given)
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>flmplan report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
@@ -180,6 +226,19 @@ def write_report(result, path: str | Path) -> Path:
     path.write_text(page)
     return path
 
+
+
+def _provenance(command: str, plan) -> str:
+    """The report's header line: what made it, with which flmplan, when, from which profile."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        made_by = f"flmplan {version('flmplan')}"
+    except PackageNotFoundError:
+        made_by = "flmplan (not installed)"
+    profile = plan.profile.get("name", "")
+    return (f"{command or 'flmplan simulate'} · {made_by} · {plan.created} · profile {profile} "
+            f"({plan.profile.get('source', '')})")
 
 
 def tune_chart(result: dict) -> go.Figure:
