@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from planner.cost.device_profile import Profile, ProfileError
 from planner.model.specs import gpu_for_device
@@ -41,6 +48,10 @@ class Sweep:
     reps: int = 3                 # at least this many timed calls per point
     budget_s: float = 1.0         # at most about this long timing one kernel point
     layer_budget_s: float = 2.0   # and one of a whole layer's three measurements
+
+
+# About how long the collectives and the tensor-parallel probe take, for the bar's ETA.
+COLLECTIVES_S = 30.0
 
 
 def default_sweep(device: torch.device, quick: bool) -> Sweep:
@@ -86,25 +97,25 @@ def _measure_kernels(progress: Progress, task, gemm_shapes: list, sweep: Sweep, 
         t = measure_gemm(m, n, k, kind, device, tdtype, sweep.reps, sweep.budget_s)
         gemm_points.append({"m": m, "n": n, "k": k, "pass": kind, "time_s": t.median_s,
                             "tflops": 2 * m * n * k / t.median_s / 1e12, "spread": round(t.spread, 4)})
-        progress.advance(task)
+        progress.advance(task, sweep.budget_s)
     progress.update(task, description="attention")
     for b, s, h, d in sweep.attention:
         f, bw = measure_attention(b, s, h, d, device, tdtype, sweep.reps, sweep.budget_s)
         attn_points.append({"batch": b, "seq": s, "heads": h, "head_dim": d, "causal": True,
                             "fwd_s": f.median_s, "bwd_s": bw.median_s,
                             "spread": round(max(f.spread, bw.spread), 4)})
-        progress.advance(task)
+        progress.advance(task, sweep.budget_s)
     progress.update(task, description="memory-bound ops")
     for tokens, hidden in sweep.memory_bound:
         for op, nbytes, fn in memory_bound_ops(tokens, hidden, device, tdtype):
             t = measure(fn, device, min_reps=sweep.reps, budget_s=sweep.budget_s)
             mem_points.append({"op": op, "bytes": nbytes, "time_s": t.median_s, "gbps": nbytes / t.median_s / 1e9,
                                "spread": round(t.spread, 4)})
-        progress.advance(task)
+        progress.advance(task, sweep.budget_s)
     progress.update(task, description="whole layers")
     for hidden, heads, seq, mb in sweep.layers:
         layer_points.append(measure_layer(hidden, heads, seq, mb, device, tdtype, sweep.reps, sweep.layer_budget_s))
-        progress.advance(task)
+        progress.advance(task, 3 * sweep.layer_budget_s)
     return gemm_points, attn_points, mem_points, layer_points
 
 
@@ -131,25 +142,29 @@ def run_profile(device_kind: str = "cpu", dtype: str | None = None, quick: bool 
     gemm_shapes = sorted({s for h in sweep.hiddens for t in sweep.tokens for tp in sweep.tps
                           if (h // tp) % 64 == 0 or tp == 1 for s in layer_gemm_shapes(h, t, tp)})
     multi = (device.type == "cpu" and nproc > 1) or (device.type == "cuda" and count > 1)
-    steps = len(gemm_shapes) + len(sweep.attention) + len(sweep.memory_bound) + len(sweep.layers) + 1 + int(multi)
+    # The bar counts each point by its time budget (a GEMM point is a fraction of a second, a layer
+    # three measurements of seconds), so its ETA is in time, not in points.
+    kernels = len(gemm_shapes) + len(sweep.attention) + len(sweep.memory_bound)
+    layer_s = 3 * sweep.layer_budget_s
+    total = kernels * sweep.budget_s + (len(sweep.layers) + 1) * layer_s + (COLLECTIVES_S if multi else 0.0)
     console = console or Console(stderr=True)
     coll_points = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
-        task = progress.add_task("GEMMs", total=steps)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("GEMMs", total=total)
         gemm_points, attn_points, mem_points, layer_points = _measure_kernels(
             progress, task, gemm_shapes, sweep, device, tdtype)
         # The first layer again, at the end of the sweep: the profile's own check of its stability.
         progress.update(task, description="first layer again")
         again = measure_layer(*sweep.layers[0], device, tdtype, sweep.reps, sweep.layer_budget_s)
         issue = issue_probe(device, tdtype, sweep.reps, sweep.layer_budget_s) if device.type == "cuda" else None
-        progress.advance(task)
+        progress.advance(task, layer_s)
         if multi:
             progress.update(task, description="collectives")
             ranks = count if device.type == "cuda" else nproc
             coll_points, tensor_parallel = measure_collectives(ranks, "nccl" if device.type == "cuda" else "gloo",
                                                                sweep.collective_bytes, dtype=tdtype)
-            progress.advance(task)
+            progress.advance(task, COLLECTIVES_S)
 
     gpu = gpu_for_device(device_name) if device.type == "cuda" else None
     measured_peak = max(p["tflops"] for p in gemm_points)
