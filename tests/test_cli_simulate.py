@@ -3,6 +3,7 @@ budget constraint, and one clear sentence with exit 2 for bad input."""
 
 import itertools
 import json
+import re
 import subprocess
 
 import pytest
@@ -214,6 +215,18 @@ def test_report_has_the_tables_of_the_console(tmp_path):
     assert "schedule" in given and "trials" in given and "max gpus" not in given and "json" not in given
     for title in ("Days of the whole run", "P90 with step times exact", "Memory per GPU by stage"):
         assert title in page, title
+
+
+def test_the_report_says_what_other_budgets_buy(tmp_path):
+    """The tool's own question: half, twice and five times the money, planned by the same search, beside
+    this plan (a small search: 7B on at most 16 H100s)."""
+    out = tmp_path / "report.html"
+    r = runner.invoke(app, ["simulate", "--gpu", "h100", "--budget", "30k", "--max-gpus", "16", "--target-size",
+                            "7B", "--trials", "20", "--report", str(out)])
+    assert r.exit_code == 0, r.output
+    table = out.read_text().split("What other budgets buy")[1].split("</table>")[0]
+    budgets = [b.replace(",", "") for b in re.findall(r"<tr><td>\$([\d,]+)", table)]
+    assert budgets == ["15000", "30000", "60000", "150000"] and "(this plan)" in table
 
 
 def test_the_report_draws_in_a_headless_browser(tmp_path):

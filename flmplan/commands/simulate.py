@@ -44,8 +44,15 @@ def simulate_budget(ctx: typer.Context, s: SimulateSettings) -> None:
         for k, v in given.items():       # the command line that makes this plan again
             flag = "--" + k.replace("_", "-").replace("as-json", "json")
             words += [flag] if v is True else [flag, *map(str, v)] if isinstance(v, list) else [flag, str(v)]
+        sweep = None
+        if s.schedule.value == "auto":
+            from planner.plan.budget import budget_sweep
+
+            stderr.print("the report: planning half, twice and five times the budget")
+            loss_model, failures, prof = models(s, settings)
+            sweep = budget_sweep(settings, prof, loss_model, failures, seed=s.seed)
         write_report(result, s.report, command=shlex.join(words),
-                     plan_file=str(s.out) if s.out else "plan.json", given=given)
+                     plan_file=str(s.out) if s.out else "plan.json", given=given, sweep=sweep)
     if s.as_json:
         print(json.dumps(result.plan.to_json(), indent=1))
         return
@@ -79,13 +86,10 @@ def checked_inputs(s: SimulateSettings):
     return settings, corpus
 
 
-def plan_with_progress(s: SimulateSettings, settings):
-    """The loss model, the failure model and the profile from the settings, then the plan, with a bar."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+def models(s: SimulateSettings, settings):
+    """The loss model, the failure model and the profile the settings name."""
     from planner.growth.evidence import load_token_efficiency
     from planner.growth.loss_law import GrowthLossModel, load_law
-    from planner.plan.budget import plan_budget
     from planner.sim.whole_run import FailureModel
 
     eta, eta_error, evidence = load_token_efficiency(s.token_efficiency)
@@ -96,7 +100,16 @@ def plan_with_progress(s: SimulateSettings, settings):
         checkpoint_interval_min=s.checkpoint_interval_min, interval_rule=s.checkpoint_rule.value,
         spare_fraction=s.spare_fraction,
         spot_preemptions_per_day=s.spot_per_day, spot_notice_min=s.spot_notice_min)
-    prof = load_profile_for(settings.gpu.key, s.profile)
+    return loss_model, failures, load_profile_for(settings.gpu.key, s.profile)
+
+
+def plan_with_progress(s: SimulateSettings, settings):
+    """The plan from the settings, with a bar."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from planner.plan.budget import plan_budget
+
+    loss_model, failures, prof = models(s, settings)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TextColumn("ETA"),
                   TimeRemainingColumn(), console=stderr, transient=True, disable=s.as_json) as bar:
         task = bar.add_task("searching growth schedules", total=1.0)

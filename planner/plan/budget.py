@@ -125,6 +125,31 @@ def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossMode
     return result
 
 
+# The budgets around the one asked that the report shows: what half, twice and five times the money buy.
+SWEEP_FACTORS = (0.5, 2.0, 5.0)
+
+
+def budget_sweep(settings: Settings, profile: Profile, loss_model: GrowthLossModel, failures: FailureModel,
+                 trials: int = 200, seed: int = 0, factors: tuple[float, ...] = SWEEP_FACTORS) -> list[dict]:
+    """The same search at other budgets: each one's final size, stages, P90 days and dollars (failures and
+    the model's own error drawn) and predicted loss; a budget that buys no plan says why."""
+    rows = []
+    for f in factors:
+        budget = settings.budget_usd * f
+        try:
+            r = plan_budget(dataclasses.replace(settings, budget_usd=budget, cost_factor=1.0), profile, loss_model,
+                            failures=failures, trials=trials, seed=seed)
+        except FlmplanError as err:
+            rows.append({"budget_usd": budget, "refused": str(err)})
+            continue
+        sim, tot = r.plan.simulation, r.plan.totals
+        rows.append({"budget_usd": budget, "final_params": r.main.stages[-1].model.params(),
+                     "stages": [st.name for st in r.plan.stages], "gpus": r.plan.cluster.gpus,
+                     "tokens": tot.tokens, "days_p90": sim["days_p90"], "cost_p90": sim["cost_p90"],
+                     "loss": tot.predicted_loss})
+    return rows
+
+
 def budget_floor_usd(settings: Settings) -> float:
     """A floor under any plan's cost, found without searching: a model of the target size trains at least
     the shortest stage the search allows (a first stage's steps, or a growth's ramp and the steps after

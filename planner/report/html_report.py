@@ -127,6 +127,28 @@ def memory_chart(plan) -> go.Figure:
     return fig
 
 
+def budget_table(plan, sweep: list[dict] | None) -> str:
+    """What other budgets buy, from the same search (planner/plan/budget.py budget_sweep), beside this one."""
+    if not sweep:
+        return ""
+    sim, tot = plan.simulation or {}, plan.totals
+    this = {"budget_usd": plan.assumptions["budget_usd"], "final_params": plan.stages[-1].model.params(),
+            "stages": [st.name for st in plan.stages], "gpus": plan.cluster.gpus, "tokens": tot.tokens,
+            "days_p90": sim.get("days_p90", tot.days), "cost_p90": sim.get("cost_p90", tot.cost_usd),
+            "loss": tot.predicted_loss}
+    rows = []
+    for r in sorted([*sweep, this], key=lambda r: r["budget_usd"]):
+        mark = " (this plan)" if r is this else ""
+        if "refused" in r:
+            rows.append([f"${r['budget_usd']:,.0f}", "no plan: " + r["refused"], "", "", "", "", ""])
+            continue
+        rows.append([f"${r['budget_usd']:,.0f}{mark}", " → ".join(r["stages"]), str(r["gpus"]),
+                     f"{r['tokens'] / 1e9:,.0f}B", f"{r['days_p90']:.1f}", f"${r['cost_p90']:,.0f}",
+                     f"{r['loss']:.3f}"])
+    return _table("What other budgets buy (the same search; P90 with failures and the model's own error)",
+                  ["budget", "stages", "GPUs", "tokens", "days P90", "cost P90", "loss"], rows)
+
+
 def next_commands(plan, plan_file: str) -> str:
     """What to run next with this plan."""
     xpos = any(st.model.position == "xpos" for st in plan.stages)
@@ -179,7 +201,7 @@ def plan_tables(plan, given: dict | None = None) -> str:
 
 
 def write_report(result, path: str | Path, command: str = "", plan_file: str = "plan.json",
-                 given: dict | None = None) -> Path:
+                 given: dict | None = None, sweep: list[dict] | None = None) -> Path:
     """result: planner.plan.budget.PlanResult; `command` the command line that made it, `plan_file` where
     the plan was written (for the next commands)."""
     plan, main = result.plan, result.main
@@ -215,7 +237,7 @@ def write_report(result, path: str | Path, command: str = "", plan_file: str = "
                 (f"<li><strong>{html.escape(a['message'])}</strong></li>" if k == 0 else
                  f"<li>{html.escape(a['message'])}</li>") for k, a in enumerate(plan.advice))
                + "</ul>" if plan.advice else ""))
-    head += next_commands(plan, plan_file) + plan_tables(plan, given)
+    head += budget_table(plan, sweep) + next_commands(plan, plan_file) + plan_tables(plan, given)
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>flmplan report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
