@@ -67,9 +67,14 @@ def advise(main: Schedule, baselines: list[Schedule], planner: Planner, searched
             what = (f"the growth's mask ramp ({settings.grow_steps:,} steps) and {settings.min_steps_after_growth:,} "
                     f"steps after it, {ramp / st.tokens:.0%} of it under the mask" if k > 0 else
                     f"{settings.min_first_stage_steps:,} steps")
+            bought = ""
+            if k > 0:
+                drop, cost = main.stages[k - 1].loss_end - st.loss_end, main.stage_cost_usd(st)
+                bought = (f" It buys size more than loss: the loss falls by {drop:.4f} for its ${cost:,.0f}; "
+                          "a smaller --target-size shows the price of the size.")
             out.append(Advice("stage_at_floor", (
                 f"Stage {k + 1} ({st.model.params() / 1e9:.1f}B) sits at its floor: {what}; the plan would give "
-                "it fewer tokens if it could."),
+                f"it fewer tokens if it could.{bought}"),
                 {"stage": k + 1, "tokens": st.tokens, "floor_tokens": floor}))
     if len(main.stages) == 1:
         st = main.stages[0]
