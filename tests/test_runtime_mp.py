@@ -96,6 +96,9 @@ def test_layouts_give_the_same_losses(single, tmp_path):
     # (with µP and FreeLM) in test_mup_and_freelm_train_alike_on_every_kind_of_layout.
     for name, layout in {"pp2": dict(pp=2, zero=1),
                          "pp2-interleaved": dict(pp=2, interleave=2, micro_batch=2, zero=1),
+                         # The ends counted in the split (Llama 3's): chunks of 0, 1, 1 | 1, 1, 0 layers,
+                         # the first holding only the embedding and the last only the output layer.
+                         "pp2-v3-ends": dict(pp=2, interleave=3, micro_batch=2, zero=1, ends_in_split=True),
                          "tp2-full-recompute": dict(tp=2, recompute="full"),
                          "fsdp2-selective-recompute": dict(dp=2, zero=3, recompute="selective"),
                          "tp2-sp-selective-recompute": dict(tp=2, sequence_parallel=True,
