@@ -45,7 +45,7 @@ def _rows(gpus: tuple[str, ...]) -> tuple[str, ...]:
     (the production runs), scored out of sample."""
     from planner.layout.case import published_cases
 
-    return tuple(c.name for c in published_cases() if c.cluster.gpu in gpus and not c.held_out)
+    return tuple(c.name for c in published_cases() if c.cluster.gpu in gpus and c.kind == "benchmark")
 
 
 _AMPERE_ROWS = _rows(("a100-40gb", "a100-80gb", "a800-80gb"))

@@ -51,7 +51,7 @@ def data_prepare(
     check_output_file(out, "--out", "corpus")
     try:
         record = prepare(inputs, out, tokenizer=tokenizer, train_vocab=train_tokenizer, field=field,
-                             unit=text_unit.value, eod_token=eod_token, batch_docs=batch_docs,
+                         unit=text_unit.value, eod_token=eod_token, batch_docs=batch_docs,
                          log=(lambda _: None) if as_json else stderr.print, progress=not as_json,
                          tokenizer_sample=tokenizer_sample)
     except PrepareStopped as stopped:
@@ -65,7 +65,6 @@ def data_prepare(
                  f"({record['dtype']}), {tok['kind']} tokenizer of {tok['vocab']:,} entries, "
                  f"{record['tokens'] / max(record['tokenizing_s'], 1e-9):,.0f} tokens/s; "
                  f"train on it with `flmplan run PLAN --data {out}`")
-
 
 
 @data_app.command("import")

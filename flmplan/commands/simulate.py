@@ -23,7 +23,8 @@ from flmplan.settings import SimulateSettings, command
 def simulate_budget(ctx: typer.Context, s: SimulateSettings) -> None:
     """Plan growth stages, layouts and cluster for a budget; simulate the run with failures."""
     settings, corpus = checked_inputs(s)
-    result = plan_with_progress(s, settings)
+    loss_model, failures, prof = models(s, settings)
+    result = plan_with_progress(s, settings, loss_model, failures, prof)
     if corpus is not None:
         result.plan = with_data(result.plan, corpus)
     result.plan.assumptions["settings"] = recorded_settings(ctx.params)
@@ -32,31 +33,36 @@ def simulate_budget(ctx: typer.Context, s: SimulateSettings) -> None:
 
         save_plan(result.plan, s.out)
     if s.report:
-        import shlex
-
         from planner.report.html_report import write_report
 
-        # The settings the user gave (on the command line or in --config), not the defaults.
-        defaults = {f.name: f.default for f in dataclasses.fields(SimulateSettings)}
-        given = {k: v for k, v in result.plan.assumptions["settings"].items()
-                 if k in defaults and v not in (None, [], "") and v != recorded_settings({k: defaults[k]})[k]}
-        words = ["flmplan", "simulate"]
-        for k, v in given.items():       # the command line that makes this plan again
-            flag = "--" + k.replace("_", "-").replace("as-json", "json")
-            words += [flag] if v is True else [flag, *map(str, v)] if isinstance(v, list) else [flag, str(v)]
+        given, command_line = given_settings(result.plan.assumptions["settings"])
         sweep = None
         if s.schedule.value == "auto":
             from planner.plan.budget import budget_sweep
 
             stderr.print("the report: planning half, twice and five times the budget")
-            loss_model, failures, prof = models(s, settings)
             sweep = budget_sweep(settings, prof, loss_model, failures, seed=s.seed)
-        write_report(result, s.report, command=shlex.join(words),
+        write_report(result, s.report, command=command_line,
                      plan_file=str(s.out) if s.out else "plan.json", given=given, sweep=sweep)
     if s.as_json:
         print(json.dumps(result.plan.to_json(), indent=1))
         return
     print_result(s, result)
+
+
+def given_settings(recorded: dict) -> tuple[dict, str]:
+    """The settings the user gave (on the command line or in --config), not the defaults, and the command
+    line that makes the plan again with them."""
+    import shlex
+
+    defaults = {f.name: f.default for f in dataclasses.fields(SimulateSettings)}
+    given = {k: v for k, v in recorded.items()
+             if k in defaults and v not in (None, [], "") and v != recorded_settings({k: defaults[k]})[k]}
+    words = ["flmplan", "simulate"]
+    for k, v in given.items():
+        flag = "--" + k.replace("_", "-").replace("as-json", "json")
+        words += [flag] if v is True else [flag, *map(str, v)] if isinstance(v, list) else [flag, str(v)]
+    return given, shlex.join(words)
 
 
 def checked_inputs(s: SimulateSettings):
@@ -103,13 +109,12 @@ def models(s: SimulateSettings, settings):
     return loss_model, failures, load_profile_for(settings.gpu.key, s.profile)
 
 
-def plan_with_progress(s: SimulateSettings, settings):
-    """The plan from the settings, with a bar."""
+def plan_with_progress(s: SimulateSettings, settings, loss_model, failures, prof):
+    """The plan from the settings and their models, with a bar."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from planner.plan.budget import plan_budget
 
-    loss_model, failures, prof = models(s, settings)
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TextColumn("ETA"),
                   TimeRemainingColumn(), console=stderr, transient=True, disable=s.as_json) as bar:
         task = bar.add_task("searching growth schedules", total=1.0)

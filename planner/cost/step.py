@@ -385,11 +385,12 @@ def estimate_step(model: ModelSpec, cluster: ClusterSpec, layout: Layout, profil
     # host's time around the ends is with them). The slowest stage sets the pace: the last where the
     # stages hold as many layers, a fuller one where the ends take a layer's place in the split.
     ends = logit_fwd + logit_bwd + host_ends
-    per_layer = lt.forward + lt.backward + 2 * host_pass + recompute_layer + tp_fwd + tp_bwd + tp_recompute
-    layers_max, on_last, mean_stage_mb = _slowest_stage(stage_layers(model.layers, lay), per_layer, ends, tp_ends)
-    compute_mb = layers_max * (lt.forward + lt.backward + 2 * host_pass) + (ends if on_last else 0.0)
+    compute_layer, tp_layer = lt.forward + lt.backward + 2 * host_pass, tp_fwd + tp_bwd + tp_recompute
+    layers_max, on_last, mean_stage_mb = _slowest_stage(stage_layers(model.layers, lay),
+                                                        compute_layer + recompute_layer + tp_layer, ends, tp_ends)
+    compute_mb = layers_max * compute_layer + (ends if on_last else 0.0)
     recompute_mb = layers_max * recompute_layer
-    tp_mb = layers_max * (tp_fwd + tp_bwd + tp_recompute) + tp_ends
+    tp_mb = layers_max * tp_layer + tp_ends
     # Under sequence parallelism each rank's LayerNorm weights saw only its slice of the sequence:
     # their gradients are summed over the group once a step, flattened into one all-reduce
     # (Megatron-LM's _allreduce_layernorm_grads; runtime/parallel/parallelize.py).

@@ -125,11 +125,6 @@ class Case(Strict):
         return self
 
     @property
-    def held_out(self) -> bool:
-        """Never fitted: the production rows."""
-        return self.kind == "production"
-
-    @property
     def run_name(self) -> str:
         return self.run or self.name
 

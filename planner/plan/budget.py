@@ -29,7 +29,7 @@ from planner.plan.plan_file import (
     PlanTotals,
 )
 from planner.sim.pipeline import simulate_estimate
-from planner.sim.whole_run import FailureModel, RunSummary, StageWork, monte_carlo
+from planner.sim.whole_run import DAY_S, FailureModel, RunSummary, StageWork, monte_carlo
 
 
 @dataclass
@@ -119,7 +119,7 @@ def plan_budget(settings: Settings, profile: Profile, loss_model: GrowthLossMode
     if schedule == "flm":
         result.plan.assumptions["open_software_facts"] = _open_facts_range(result, settings, profile, loss_model)
     result.costs = costs
-    result.days = [t.wall_s / 86400 for t in summary.trials]
+    result.days = [t.wall_s / DAY_S for t in summary.trials]
     if gantt:
         result.timelines = pipeline_timelines(result.main, profile)
     return result
@@ -142,12 +142,17 @@ def budget_sweep(settings: Settings, profile: Profile, loss_model: GrowthLossMod
         except FlmplanError as err:
             rows.append({"budget_usd": budget, "refused": str(err)})
             continue
-        sim, tot = r.plan.simulation, r.plan.totals
-        rows.append({"budget_usd": budget, "final_params": r.main.stages[-1].model.params(),
-                     "stages": [st.name for st in r.plan.stages], "gpus": r.plan.cluster.gpus,
-                     "tokens": tot.tokens, "days_p90": sim["days_p90"], "cost_p90": sim["cost_p90"],
-                     "loss": tot.predicted_loss})
+        rows.append(budget_row(r.plan))
     return rows
+
+
+def budget_row(plan: Plan) -> dict:
+    """What a plan buys for its budget, as the report's sweep compares plans: its stages, GPUs, tokens,
+    simulated P90 days and dollars (failure-free where it was not simulated) and predicted loss."""
+    sim, tot = plan.simulation or {}, plan.totals
+    return {"budget_usd": plan.assumptions["budget_usd"], "stages": [st.name for st in plan.stages],
+            "gpus": plan.cluster.gpus, "tokens": tot.tokens, "days_p90": sim.get("days_p90", tot.days),
+            "cost_p90": sim.get("cost_p90", tot.cost_usd), "loss": tot.predicted_loss}
 
 
 def budget_floor_usd(settings: Settings) -> float:

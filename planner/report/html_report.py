@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 from planner.growth.loss_law import GrowthLossModel, ScalingLaw
 from planner.growth.schedule import Schedule
 from planner.model.specs import LAYOUT_LEGEND, get_gpu
+from planner.plan.budget import budget_row
 from planner.report.terminal import baseline_stages
 
 _PART_NAMES = {"compute_s": "compute", "recompute_s": "recompute", "tp_comm_s": "TP comm", "pp_comm_s": "PP comm",
@@ -131,11 +132,7 @@ def budget_table(plan, sweep: list[dict] | None) -> str:
     """What other budgets buy, from the same search (planner/plan/budget.py budget_sweep), beside this one."""
     if not sweep:
         return ""
-    sim, tot = plan.simulation or {}, plan.totals
-    this = {"budget_usd": plan.assumptions["budget_usd"], "final_params": plan.stages[-1].model.params(),
-            "stages": [st.name for st in plan.stages], "gpus": plan.cluster.gpus, "tokens": tot.tokens,
-            "days_p90": sim.get("days_p90", tot.days), "cost_p90": sim.get("cost_p90", tot.cost_usd),
-            "loss": tot.predicted_loss}
+    this = budget_row(plan)
     rows = []
     for r in sorted([*sweep, this], key=lambda r: r["budget_usd"]):
         mark = " (this plan)" if r is this else ""
