@@ -373,7 +373,7 @@ def test_batches_are_bounded_by_text_and_the_tokenizer_trains_on_a_recorded_samp
     """An encode call gets `--batch-docs` documents or BATCH_CHARS of text, whichever comes first, and a
     longer document alone; --train-tokenizer trains on every k-th document, k from --tokenizer-sample,
     and the manifest records it."""
-    import runtime.data.prepare as prep
+    import runtime.data.inputs as prep
 
     text = tmp_path / "docs.txt"
     sizes = [300, 300, 300, 2500, 100, 100]
@@ -385,3 +385,75 @@ def test_batches_are_bounded_by_text_and_the_tokenizer_trains_on_a_recorded_samp
     assert [len(t) for t in prep.documents(inputs, "text", "paragraph", every=2)] == [300, 300, 100]
     man = json.loads(paths(corpora["bi"])["manifest"].read_text())
     assert man["tokenizer_sample"] == {"bytes": 512 << 20, "every_nth_document": 1}
+
+
+def test_the_blend_is_megatron_lms_to_the_sample():
+    """Megatron-LM's own blend (megatron-core's compiled helpers, build_blending_indices) and ours, batch by
+    batch across batch edges: the same source and sample number for every sample, at 2 to 1,000 sources,
+    equal weights (all ties) and one heavy source among many light ones."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets import helpers_cpp
+
+    from runtime.data.loader import blend
+
+    rng = np.random.default_rng(0)
+    cases = [rng.random(2), rng.random(9), rng.random(1000), np.ones(1000), np.array([90.0] + [1.0] * 99)]
+    for weights in cases:
+        w = weights / weights.sum()
+        n = 6_000
+        source, number = np.zeros(n, dtype=np.int16), np.zeros(n, dtype=np.int64)
+        helpers_cpp.build_blending_indices(source, number, w, len(w), n, False)
+        counts, got_source, got_number = np.zeros(len(w), dtype=np.int64), [], []
+        for position in range(0, n, 1_000):
+            s, k, counts = blend(w, counts, position, min(1_000, n - position))
+            got_source.append(s)
+            got_number.append(k)
+        assert np.array_equal(np.concatenate(got_source), source) and np.array_equal(np.concatenate(got_number), number)
+        assert np.array_equal(counts, np.bincount(source, minlength=len(w)))
+
+
+def test_one_worker_writes_what_every_core_writes(corpora, tmp_path):
+    """`data prepare --workers 1` (one tokenizer thread, the reading on its own thread) writes the same bytes
+    as the fixture's run on every core. A process of its own: the tokenizer's pool is sized once."""
+    tok = str(corpora["bi"]) + ".tokenizer.json"
+    out = tmp_path / "one"
+    r = subprocess.run([sys.executable, "-m", "flmplan.cli", "data", "prepare", str(corpora["folder"] / "zh"),
+                        "--tokenizer", tok, "--workers", "1", "--batch-docs", "7", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for kind in ("bin", "idx"):
+        assert paths(out)[kind].read_bytes() == paths(corpora["zh"])[kind].read_bytes(), kind
+
+
+def test_per_input_shards_split_between_machines_give_one_corpus(corpora, tmp_path):
+    """`--per-input --share K/N`: two machines' shares of a folder of files write what one machine writes,
+    shard for shard; the same command again passes over finished shards; corpus.json is a mixture file
+    `--data` reads (each shard weighing its tokens); a share without --per-input, a bad share and a shared
+    tokenizer training are refused in one sentence."""
+    tok = str(corpora["bi"]) + ".tokenizer.json"
+    zh = str(corpora["folder"] / "zh")
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = CliRunner().invoke(app, ["data", "prepare", zh, "--per-input", "--tokenizer", tok, "--out", str(one), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["shards"] == 3
+    for share in ("0/2", "1/2", "1/2"):
+        r = CliRunner().invoke(app, ["data", "prepare", zh, "--per-input", "--share", share, "--tokenizer", tok,
+                                     "--out", str(two), "--json"])
+        assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    assert result["prepared"] == [] and result["already_done"] == ["shard-00001"]
+    for i in range(3):
+        for kind in ("bin", "idx"):
+            assert paths(one / f"shard-{i:05d}")[kind].read_bytes() == paths(two / f"shard-{i:05d}")[kind].read_bytes()
+    mixture = json.loads((two / "corpus.json").read_text())
+    corpus, folder = load_corpus([str(two / "corpus.json")]), load_corpus([str(two)])
+    tokens = [s.data.n_tokens for s in corpus.sources]
+    assert tokens == list(mixture.values()) == [s.data.n_tokens for s in folder.sources]
+    assert [s.weight for s in corpus.sources] == pytest.approx([t / sum(tokens) for t in tokens])
+    _refused(["data", "prepare", zh, "--share", "0/2", "--out", str(tmp_path / "x")], "add --per-input")
+    _refused(["data", "prepare", zh, "--per-input", "--share", "2/2", "--out", str(tmp_path / "x")], "between 0 and N")
+    _refused(["data", "prepare", zh, "--per-input", "--share", "0/2", "--train-tokenizer", "300", "--out",
+              str(tmp_path / "x")], "Shards share one tokenizer")

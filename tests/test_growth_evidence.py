@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from planner.growth.evidence import evidence_table, growth_cases, predicted_speedup
+from planner.growth.evidence import evidence_table, growth_cases, load_token_efficiency, predicted_speedup
 from planner.growth.loss_law import GrowthLossModel
 
 # Du et al. 2024 report 48.6 % and 54.5 % for the same 3B model at two lengths: a constant η cannot
@@ -34,6 +34,22 @@ def test_equal_loss_continuation_cannot_reproduce_stacking_and_the_token_efficie
         if not r["in_fit"]:
             assert abs(r["token_efficiency"] - r["stated"]) <= STATED_SPREAD + 1e-9, r
     assert 1.3 < table["eta"] < 1.8
+
+
+def test_a_growth_continues_from_the_loss_it_reached():
+    """Equal-loss continuation, the law's core (Shen et al. 2022): a model grown after D tokens starts at the
+    loss the small model reached, not at a fresh model's, and a grown model that trains on is ahead of one
+    that started its size fresh on the same tokens. Drop the continuation term (D_eq) and both fail."""
+    import numpy as np
+
+    model = GrowthLossModel()
+    small, large, before = 3.5e9, 9.3e9, 200e9
+    reached = model.stage_losses([small], [before], [0.0])[0]
+    just_after = model.stage_losses([small, large], [before, 1.0], [0.0, 0.0])[-1]
+    assert just_after == pytest.approx(reached, abs=1e-3)
+    later = np.array([10e9, 100e9, 400e9])
+    grown = model.stage_losses([small, large], [before, later], [0.0, 0.0])[-1]
+    assert np.all(grown < model.law.loss(large, later)) and np.all(np.diff(grown) < 0)
 
 
 def test_a_larger_token_efficiency_means_a_larger_speedup():
@@ -116,29 +132,45 @@ def test_the_plan_names_its_evidence_and_its_interval_narrows_with_more_of_it(tm
 
 
 def test_grow_versus_scratch_measures_pairs_and_predicts_the_one_held_out(tmp_path):
-    """Three depth growths of one seed against the target from scratch, tiny and short: every pair has
-    its speed-up (or says it did not reach the scratch loss) and its scratch-equivalent tokens; η is
-    fitted on two and the third is predicted; bad input is one sentence."""
+    """MSG depth growths and the G_stack control of two seeds against the target from scratch, tiny and
+    short: every pair has its speed-up or, never reaching the scratch loss, its bound (censored); the
+    decayed runs' final gap has its paired standard error; η is fitted per operator with its seeds'
+    scatter, the last MSG pair predicted; a plan refuses a control's η for MSG; bad input is one sentence."""
     import json
 
     from typer.testing import CliRunner
 
     from flmplan.cli import app
+    from planner.errors import FlmplanError
 
     out = tmp_path / "pairs"
     r = CliRunner().invoke(app, ["grow-vs-scratch", "--hidden", "64", "--layers", "2", "--steps", "30", "--points",
-                                 "0.2,0.4,0.6", "--dims", "depth", "--seeds", "0", "--batch", "8", "--seq", "32",
-                                 "--grow-steps", "5", "--out", str(out), "--json"])
+                                 "0.2,0.4", "--dims", "depth,stack", "--seeds", "0,1", "--batch", "8", "--seq", "32",
+                                 "--grow-steps", "5", "--eval-sequences", "16", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     result = json.loads((out / "pairs.json").read_text())
-    assert len(result["pairs"]) == 3 and (out / "seed0-scratch" / "curve.jsonl").is_file()
+    assert len(result["pairs"]) == 8 and (out / "seed0-scratch" / "curve.jsonl").is_file()
     for p in result["pairs"]:
         assert p["factor"] > 1.5 and p["equivalent"] and (p["speedup_flops"] is not None) == p["reached"]
-    assert result["fit"]["pairs"] == 2 and result["fit"]["error"] >= 0
-    assert result["held_out"]["name"] == "seed0-depth-at18" and result["held_out"]["predicted"] is not None
+        assert (p["speedup_bound"] is None) == p["reached"] and p["final_gap_se"] > 0
+        assert p["operator"] == ("G_stack" if p["dim"] == "stack" else "MSG")
+    phases = [json.loads(line)["phase"] for line in (out / "seed0-scratch" / "curve.jsonl").read_text().splitlines()]
+    assert phases[0] == "stable" and phases[-1] == "cooldown"
+    msg, stack = result["fits"]["MSG"], result["fits"]["G_stack"]
+    assert result["fit"] == msg and msg["pairs"] == 3 and stack["pairs"] == 4
+    assert msg["seeds"] == 2 and set(msg["per_seed"]) == {"0", "1"} and "scatter of η over 2 seeds" in msg["method"]
+    held = result["held_out"]
+    assert held["name"] == "seed1-depth-at12" and held["predicted"] is not None
+    assert held["verdict"] in ("within", "outside", "censored, consistent", "censored, inconsistent")
+    assert (held["bound"] is None) == (held["measured"] is not None)
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps({"fit": {**stack, "operator": "G_stack"}}))
+    with pytest.raises(FlmplanError, match="not for MSG"):
+        load_token_efficiency(str(control))
     for args, words in ((["--points", "1.5"], "between 0 and 1"), (["--dims", "height"], "--dims takes depth"),
                         (["--layers", "3"], "an even number of layers"), (["--points", "0.5", "--dims", "depth",
-                                                                           "--seeds", "0"], "at least three")):
+                                                                           "--seeds", "0"], "at least three"),
+                        (["--points", "0.9"], "before the cooldown"), (["--device", "tpu"], "--device takes")):
         r = CliRunner().invoke(app, ["grow-vs-scratch", "--steps", "20", "--out", str(tmp_path / "bad"), *args])
         assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, (args, r.output)
 
@@ -182,3 +214,28 @@ def test_the_growth_search_uses_the_timing_guideline_when_asked():
     assert free.loss <= pinned.loss + 1e-9 and pinned.cost_usd <= free_planner.s.budget_usd
     with pytest.raises(Exception, match="--growth-timing must be one of"):
         dataclasses.replace(free_planner.s, growth_timing="soon")
+
+
+def test_a_measured_operator_below_break_even_recommends_the_fixed_size(tmp_path):
+    """MSG measured at η = 0.85 ± 0.05 (below 1, as Du et al.'s G_random, their stand-in for masked growth,
+    measured): the $100K plan's first advice recommends the fixed size, with the loss at the low end of the
+    measurement (η − 2σ) beside the values below 1, and says its η is the plan's own operator's."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from flmplan.cli import app
+
+    out = tmp_path / "plan.json"
+    pairs = _pairs_file(tmp_path / "low.json", 0.85, 0.05, 12)
+    r = CliRunner().invoke(app, ["simulate", "--budget", "100000", "--trials", "20", "--token-efficiency", str(pairs),
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    plan = json.loads(out.read_text())
+    first = plan["advice"][0]
+    assert first["kind"] == "downside" and first["message"].startswith("Recommended: the fixed")
+    f = first["figures"]
+    assert f["recommend_fixed"] and f["break_even_eta"] > 0.85
+    assert set(f["loss_at_low_eta"]) == {"0.9", "0.8", "0.75"}
+    assert f["loss_at_low_eta"]["0.75"] > f["loss_at_low_eta"]["0.8"] > f["fixed_loss"]
+    assert "measured on MSG proxy pairs" in first["message"]

@@ -11,6 +11,7 @@ import typer
 import typer.core
 
 from flmplan.common import check_output_file, stderr, stdout
+from planner.errors import FlmplanError
 
 data_app = typer.Typer(cls=typer.core.TyperGroup, no_args_is_help=True,
                        help="Prepare corpora: tokenize once into Megatron-LM indexed datasets.")
@@ -43,17 +44,32 @@ def data_prepare(
     tokenizer_sample: Annotated[int, typer.Option(
         min=1 << 20, help="With --train-tokenizer: about this many bytes of the corpus to train on, every k-th "
                           "document (default 512 MiB; recorded in the manifest).")] = 512 << 20,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="The tokenizer's threads (default: every core), the reading on a thread beside them; the "
+                    "files are the same whatever the number.")] = None,
+    per_input: Annotated[bool, typer.Option(
+        help="One corpus per input file, FOLDER/shard-NNNNN, --out being the FOLDER, and FOLDER/corpus.json "
+             "naming them (a mixture file for --data).")] = False,
+    share: Annotated[str | None, typer.Option(
+        help="With --per-input: K/N, this machine prepares the files i with i mod N = K (the same command on N "
+             "machines, K = 0 … N − 1).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Tokenize a corpus once, on all cores, into what `flmplan run --data` and Megatron-LM read (resumable)."""
     from runtime.data.prepare import PrepareStopped, prepare
 
+    if share is not None and not per_input:
+        raise FlmplanError("--share splits the files of --per-input between machines; add --per-input.")
+    if per_input:
+        _prepare_shards(inputs, out, share, tokenizer, train_tokenizer, field, text_unit.value, eod_token,
+                        batch_docs, tokenizer_sample, workers, as_json)
+        return
     check_output_file(out, "--out", "corpus")
     try:
         record = prepare(inputs, out, tokenizer=tokenizer, train_vocab=train_tokenizer, field=field,
                          unit=text_unit.value, eod_token=eod_token, batch_docs=batch_docs,
                          log=(lambda _: None) if as_json else stderr.print, progress=not as_json,
-                         tokenizer_sample=tokenizer_sample)
+                         tokenizer_sample=tokenizer_sample, workers=workers)
     except PrepareStopped as stopped:
         stderr.print(f"{out}: {stopped}.")
         raise typer.Exit(128 + stopped.signum) from None
@@ -65,6 +81,30 @@ def data_prepare(
                  f"({record['dtype']}), {tok['kind']} tokenizer of {tok['vocab']:,} entries, "
                  f"{record['tokens'] / max(record['tokenizing_s'], 1e-9):,.0f} tokens/s; "
                  f"train on it with `flmplan run PLAN --data {out}`")
+
+
+def _prepare_shards(inputs, out: Path, share: str | None, tokenizer, train_tokenizer, field: str, unit: str,
+                    eod_token, batch_docs: int, tokenizer_sample: int, workers, as_json: bool) -> None:
+    from runtime.data.prepare import PrepareStopped
+    from runtime.data.shards import parse_share, prepare_shards
+
+    if out.exists() and not out.is_dir():
+        raise FlmplanError(f"--out {out} is a file; with --per-input it is the folder of the shards.")
+    k_n = parse_share(share) if share else (0, 1)
+    try:
+        result = prepare_shards(inputs, out, k_n, tokenizer=tokenizer, train_vocab=train_tokenizer, field=field,
+                                unit=unit, tokenizer_sample=tokenizer_sample, eod_token=eod_token,
+                                log=(lambda _: None) if as_json else stderr.print, batch_docs=batch_docs,
+                                progress=not as_json, workers=workers)
+    except PrepareStopped as stopped:
+        stderr.print(f"{out}: {stopped}.")
+        raise typer.Exit(128 + stopped.signum) from None
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    stdout.print(f"share {result['share']}: prepared {len(result['prepared'])} of {result['files']} files "
+                 f"({len(result['already_done'])} done before); {result['corpus']} names {result['shards']} shards, "
+                 f"{result['tokens']:,} tokens; train on it with `flmplan run PLAN --data {result['corpus']}`")
 
 
 @data_app.command("import")

@@ -168,7 +168,11 @@ def load_token_efficiency(text: str) -> tuple[float, float, str]:
         if not math.isfinite(err) or err >= eta:
             raise FlmplanError(f"{path} measured η = {eta:.3g} ± {err:.3g}: its error is as large as the value, "
                                "so it cannot decide a plan; run more pairs or longer ones.") from None
-        evidence = f"measured on {pairs} proxy pairs ({path}: η = {eta:.3f} ± {err:.3f})"
+        if fit.get("operator", "MSG") != "MSG":
+            raise FlmplanError(f"{path} measured η for {fit['operator']}, not for MSG, the operator a plan grows "
+                               "by; measure MSG pairs (--dims depth,width).") from None
+        seeds = f" over {fit['seeds']} seeds" if fit.get("seeds") else ""
+        evidence = f"measured on {pairs} proxy pairs{seeds} ({path}: η = {eta:.3f} ± {err:.3f})"
     else:
         err, evidence = 0.0, "assumed" if eta == 1.0 else f"given (η = {eta:g})"
     if not 0 < eta <= 10:

@@ -131,7 +131,10 @@ def downside(main: Schedule, fixed: Schedule, planner: Planner) -> Advice:
     per dollar. When the plan's own η does not clear break-even, the fixed size is the recommendation."""
     lm = planner.loss_model
     even = break_even_eta(main, fixed.loss, lm)
-    lows = {eta: final_loss(main, dataclasses.replace(lm, token_efficiency=eta)) for eta in LOW_ETAS}
+    # The low end of the evidence: below equal-loss continuation, and two standard errors under a measured η.
+    low_etas = sorted({*LOW_ETAS, *([round(lm.token_efficiency - 2 * lm.token_efficiency_error, 3)]
+                                    if lm.token_efficiency_error > 0 else [])}, reverse=True)
+    lows = {eta: final_loss(main, dataclasses.replace(lm, token_efficiency=eta)) for eta in low_etas if eta > 0}
     recommend_fixed = even is not None and lm.token_efficiency < even
     m = fixed.stages[0].model
     kinds = ["+".join(k for k, v in (("width", a.model.hidden != b.model.hidden),
@@ -145,13 +148,17 @@ def downside(main: Schedule, fixed: Schedule, planner: Planner) -> Advice:
     even_text = (f"growth breaks even with the fixed size at η = {even:.2f} (a token after a growth worth {even:.2f} "
                  f"from scratch), and the plan's η is {lm.token_efficiency:.3g} ({lm.evidence})" if even is not None
                  else "no η between 0.25 and 4 makes growth and the fixed size equal here")
+    operator_text = ("its η was measured on MSG proxy pairs, the plan's own operator, at proxy scale"
+                     if lm.evidence.startswith("measured") else
+                     "the published η was measured for depth stacking (Du et al. 2024, G_stack), not for MSG's width "
+                     "growth, and no published point measures MSG's")
     low_text = "; ".join(f"at η = {eta:g} the plan's loss is {v:.3f}" for eta, v in lows.items())
     stage_text = "; ".join(f"stage {k} lowers the loss by {d:.4f} for ${c:,.0f} ({d / c * 1000:.5f} per $1K)"
                            for k, d, c in buys)
     return Advice("downside", (
         f"{lead}The decision's downside: {even_text}; {low_text}, against the fixed size's {fixed.loss:.3f}. The "
-        f"plan grows by {', '.join(kinds)} (MSG); the published η was measured for depth stacking (Du et al. 2024, "
-        f"G_stack), not for MSG's width growth. What the stages after the first buy: {stage_text}."),
+        f"plan grows by {', '.join(kinds)} (MSG); {operator_text}. What the stages after the first buy: "
+        f"{stage_text}."),
         {"break_even_eta": even, "token_efficiency": lm.token_efficiency, "recommend_fixed": recommend_fixed,
          "fixed_loss": fixed.loss, "plan_loss": main.loss, "loss_at_low_eta": {str(k): v for k, v in lows.items()},
          "growths": kinds, "stage_loss_per_usd": [{"stage": k, "loss_drop": d, "cost_usd": c} for k, d, c in buys]})

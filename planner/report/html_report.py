@@ -14,7 +14,7 @@ from planner.growth.loss_law import GrowthLossModel, ScalingLaw
 from planner.growth.schedule import Schedule
 from planner.model.specs import LAYOUT_LEGEND, get_gpu
 from planner.plan.budget import budget_row
-from planner.report.terminal import baseline_stages
+from planner.report.terminal import baseline_stages, loss_model_words
 
 _PART_NAMES = {"compute_s": "compute", "recompute_s": "recompute", "tp_comm_s": "TP comm", "pp_comm_s": "PP comm",
                "bubble_s": "pipeline bubble", "dp_comm_s": "DP comm", "optimizer_s": "optimizer"}
@@ -143,7 +143,7 @@ def budget_table(plan, sweep: list[dict] | None) -> str:
                      f"{r['tokens'] / 1e9:,.0f}B", f"{r['days_p90']:.1f}", f"${r['cost_p90']:,.0f}",
                      f"{r['loss']:.3f}"])
     return _table("What other budgets buy (the same search; P90 with failures and the model's own error)",
-                  ["budget", "stages", "GPUs", "tokens", "days P90", "cost P90", "loss"], rows)
+                  ["budget", "stages", "GPUs", "tokens", "days P90", "cost P90", "loss"], rows, "budgets")
 
 
 def next_commands(plan, plan_file: str) -> str:
@@ -164,14 +164,16 @@ def _plain(value) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(_plain(v) for v in value)
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:,.0f}" if value.is_integer() and abs(value) >= 1e4 else f"{value:.4g}"
     return str(value)
 
 
-def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
+def _table(title: str, header: list[str], rows: list[list[str]], anchor: str = "") -> str:
+    """A titled table; `anchor` names it for links (report.html#budgets)."""
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<h2>{html.escape(title)}</h2><table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
+    name = f" id='{anchor}'" if anchor else ""
+    return f"<h2{name}>{html.escape(title)}</h2><table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def plan_tables(plan, given: dict | None = None) -> str:
@@ -185,7 +187,9 @@ def plan_tables(plan, given: dict | None = None) -> str:
     others = [[b.name, baseline_stages(b), b.gpus,
                f"{b.tokens / 1e9:,.1f}B", f"{b.days:.2f}", f"${b.cost_usd:,.0f}", f"{b.predicted_loss:.3f}"]
               for b in [*plan.alternatives, *plan.baselines]]
-    assumptions = [[k.replace("_", " "), _plain(v)] for k, v in plan.assumptions.items() if k != "settings"]
+    words = {"loss_model": loss_model_words, "budget_usd": lambda v: f"${v:,.0f}"}
+    assumptions = [[k.replace("_", " ").removesuffix(" usd"), words.get(k, _plain)(v)]
+                   for k, v in plan.assumptions.items() if k != "settings"]
     settings = [[k.replace("_", " ").replace("as json", "json"), _plain(v)] for k, v in (given or {}).items()]
     return (_table("Stages", ["stage", "layers×hidden", "tokens", "days", "cost", "loss", "layout", "TFLOP/s",
                               "MFU", "memory", "step"], stages)
@@ -206,19 +210,20 @@ def write_report(result, path: str | Path, command: str = "", plan_file: str = "
     loss_model = GrowthLossModel(law=ScalingLaw(**lm["law"]), carryover=lm["carryover"],
                                  ramp_efficiency=lm["ramp_efficiency"],
                                  token_efficiency=lm.get("token_efficiency", 1.0))
-    figures = [timeline(main), cost_breakdown(main),
-               loss_vs_compute(main, result.alternatives + result.baselines, loss_model)]
+    # Each chart's div has a name, so a link (report.html#days) opens the report at it.
+    figures = [("timeline", timeline(main)), ("cost-breakdown", cost_breakdown(main)),
+               ("loss", loss_vs_compute(main, result.alternatives + result.baselines, loss_model))]
     if result.searched:
-        figures.append(searched_plans(main, result.searched))
+        figures.append(("searched", searched_plans(main, result.searched)))
     sim = plan.simulation or {}
-    for name, (rows, note) in result.timelines.items():
-        figures.append(pipeline_gantt(name, rows, note))
+    for k, (name, (rows, note)) in enumerate(result.timelines.items()):
+        figures.append((f"pipeline-{k + 1}", pipeline_gantt(name, rows, note)))
     if result.costs:
         exact = sim.get("model_error", {}).get("without", {}).get("cost_p90")
-        figures.append(cost_histogram(result.costs, plan.assumptions["budget_usd"], exact))
+        figures.append(("cost", cost_histogram(result.costs, plan.assumptions["budget_usd"], exact)))
     if result.days:
-        figures.append(days_histogram(result.days, plan.assumptions["max_days"]))
-    figures.append(memory_chart(plan))
+        figures.append(("days", days_histogram(result.days, plan.assumptions["max_days"])))
+    figures.append(("memory", memory_chart(plan)))
     tot = plan.totals
     head = (f"<p><small>{html.escape(_provenance(command, plan))}</small></p>"
             f"<h1>{html.escape(plan.name)}: {plan.cluster.gpus} × {html.escape(plan.cluster.gpu)} at "
@@ -235,7 +240,8 @@ def write_report(result, path: str | Path, command: str = "", plan_file: str = "
                  f"<li>{html.escape(a['message'])}</li>") for k, a in enumerate(plan.advice))
                + "</ul>" if plan.advice else ""))
     head += budget_table(plan, sweep) + next_commands(plan, plan_file) + plan_tables(plan, given)
-    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)]
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=name)
+             for i, (name, fig) in enumerate(figures)]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>flmplan report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>"

@@ -180,23 +180,28 @@ def print_plan(console: Console, plan, searched: int = 0) -> None:
         console.print("[bold]Advice[/]")
         for a in plan.advice:
             console.print(f" • {a['message']}")
-    lm = plan.assumptions.get("loss_model", {})
-    law = lm.get("law", {})
-    origin = (f"fitted to {len(law.get('runs', []))} runs" if law.get("kind") == "fitted"
-              else law.get("kind", "published"))
     console.print(
-        f"[dim]Assumptions (a model, not a measurement): loss {law.get('name')} scaling law ({origin}; "
-        f"{law.get('source')}) "
-        f"L = {_g(law.get('E'))} + {_g(law.get('A'))}/N^{_g(law.get('alpha'))} + {_g(law.get('B'))}/D^"
-        f"{_g(law.get('beta'))}; "
-        f"equal-loss continuation after growth (carry-over {lm.get('carryover')}, mask ramp counts "
-        f"{lm.get('ramp_efficiency')}, token efficiency {lm.get('token_efficiency', 1.0):.3g}: "
-        f"{lm.get('evidence', 'assumed')}; published stacking results ask for about 1.5, "
-        f"benchmarks/growth_cases.py); {plan.assumptions.get('grow_steps')} mask-ramp steps + "
+        f"[dim]Assumptions (a model, not a measurement): loss "
+        f"{loss_model_words(plan.assumptions.get('loss_model', {}))}; "
+        f"{plan.assumptions.get('grow_steps')} mask-ramp steps + "
         f"{plan.assumptions.get('min_steps_after_growth')} after each growth; deadline "
         f"{plan.assumptions.get('max_days')} days; step times from profile {plan.profile.get('name')} "
         f"({plan.profile.get('source')}).[/]"
     )
+
+
+def loss_model_words(lm: dict) -> str:
+    """The plan's loss model in one sentence: the law, where it comes from, and what a growth is assumed
+    to carry over."""
+    law = lm.get("law", {})
+    origin = (f"fitted to {len(law.get('runs', []))} runs" if law.get("kind") == "fitted"
+              else law.get("kind", "published"))
+    return (f"{law.get('name')} scaling law ({origin}; {law.get('source')}) "
+            f"L = {_g(law.get('E'))} + {_g(law.get('A'))}/N^{_g(law.get('alpha'))} + {_g(law.get('B'))}/D^"
+            f"{_g(law.get('beta'))}; equal-loss continuation after growth (carry-over {lm.get('carryover')}, mask "
+            f"ramp counts {lm.get('ramp_efficiency')}, token efficiency {lm.get('token_efficiency', 1.0):.3g}: "
+            f"{lm.get('evidence', 'assumed')}; published stacking results ask for about 1.5, "
+            f"benchmarks/growth_cases.py)")
 
 
 def teacher_cost(plan) -> str:
@@ -362,22 +367,27 @@ def print_iq(console: Console, result: dict) -> None:
 
 
 def print_growth_pairs(console: Console, result: dict) -> None:
-    """`flmplan grow-vs-scratch`: each grown run's speed-up against its seed's scratch run, the fitted η
-    and the held-out pair's prediction."""
+    """`flmplan grow-vs-scratch`: each grown run's speed-up against its seed's scratch run (a bound where it
+    never reached the scratch loss), the decayed runs' final gap with its standard error, η per operator
+    with its seeds, and the held-out pair's prediction."""
     table = Table(title=f"Grow versus scratch: target of {result['target_params'] / 1e6:.2f}M parameters, "
                         f"{result['shape']['steps']} steps ({result['data']})")
-    for col in ("run", "factor", "grown at step", "FLOPs speed-up", "token speed-up", "final loss − scratch"):
+    for col in ("run", "operator", "factor", "grown at step", "FLOPs speed-up", "token speed-up",
+                "final loss − scratch"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for p in result["pairs"]:
-        table.add_row(p["name"], f"×{p['factor']:.2f}", str(p["grow_at_step"]),
-                      f"{p['speedup_flops']:+.1%}" if p["reached"] else "not reached",
-                      f"{p['speedup_tokens']:+.1%}" if p["reached"] else "—", f"{p['final_gap']:+.4f}")
+        speedup = f"{p['speedup_flops']:+.1%}" if p["reached"] else f"< {p['speedup_bound']:+.1%} (censored)"
+        gap = f"{p['final_gap']:+.4f} ± {p['final_gap_se']:.4f}" + ("" if p["final_gap_resolved"] else " (unresolved)")
+        table.add_row(p["name"], p.get("operator", "MSG"), f"×{p['factor']:.2f}", str(p["grow_at_step"]), speedup,
+                      f"{p['speedup_tokens']:+.1%}" if p["reached"] else "—", gap)
     console.print(table)
-    fit, held = result["fit"], result["held_out"]
-    measured = "did not reach the scratch run's final loss" if held["measured"] is None else (
-        f"measured {held['measured']:+.1%}")
-    verdict = "within" if held["within_error"] else "outside"
-    console.print(f"η = {fit['token_efficiency']:.3f} ± {fit['error']:.3f} from {fit['pairs']} pairs "
-                  f"({fit['method']}); held out {held['name']}: {measured}; predicted {held['predicted']:+.1%} "
-                  f"({held['interval'][0]:+.1%} to {held['interval'][1]:+.1%} at η ± its error: {verdict}). "
-                  f"{result['convention']}.")
+    for op, fit in result["fits"].items():
+        seeds = ", ".join(f"{v:.3f}" for v in fit["per_seed"].values())
+        console.print(f"η ({op}) = {fit['token_efficiency']:.3f} ± {fit['error']:.3f} from {fit['pairs']} pairs; "
+                      f"per seed {seeds} ({fit['method']}).")
+    held = result["held_out"]
+    measured = (f"measured {held['measured']:+.1%}" if held["measured"] is not None
+                else f"never reached the scratch loss: below {held['bound']:+.1%}")
+    console.print(f"Held out {held['name']}: {measured}; predicted {held['predicted']:+.1%} "
+                  f"({held['interval'][0]:+.1%} to {held['interval'][1]:+.1%} at η ± its error): {held['verdict']}. "
+                  f"Held-out eval: {result['eval']['tokens']:,} tokens. {result['convention']}.")

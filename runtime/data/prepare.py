@@ -19,7 +19,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,162 +33,10 @@ from runtime.data.indexed import (
     token_dtype,
     write_manifest,
 )
+from runtime.data.inputs import Input, batches, check_inputs, documents, find_inputs, read_ahead
 from runtime.hooks import PREPARE_HOOKS, installed
 
-TEXT_SUFFIXES = {".txt", ".text", ".md"}
-JSON_SUFFIXES = {".jsonl", ".json", ".ndjson"}
-PARQUET_SUFFIXES = {".parquet"}
-EOD_TOKEN = "<|endoftext|>"
-
-
-@dataclass
-class Input:
-    """One source as `datasets` reads it: a builder ("text", "json", "parquet") and its files, or a
-    dataset folder saved with save_to_disk ("disk")."""
-
-    kind: str
-    files: list[Path]
-    bytes: int
-
-    @property
-    def name(self) -> str:
-        return str(self.files[0]) + (f" and {len(self.files) - 1} more" if len(self.files) > 1 else "")
-
-
-def _kind_of(path: Path) -> str | None:
-    suffixes = [s for s in path.suffixes if s not in (".gz", ".zst", ".bz2", ".xz")]
-    last = suffixes[-1] if suffixes else ""
-    return ("text" if last in TEXT_SUFFIXES else "json" if last in JSON_SUFFIXES
-            else "parquet" if last in PARQUET_SUFFIXES else None)
-
-
-def find_inputs(items: list[Path]) -> list[Input]:
-    """The inputs, grouped by format; refuses a missing path, an empty file or folder, and a file
-    whose format is not text, JSON lines or parquet."""
-    out: dict[str, list[Path]] = {}
-    disks = []
-    for p in items:
-        if not p.exists():
-            raise FlmplanError(f"Input {p} does not exist.")
-        if p.is_dir() and any((p / marker).is_file() for marker in ("dataset_info.json", "state.json",
-                                                                    "dataset_dict.json")):
-            disks.append(Input("disk", [p], sum(f.stat().st_size for f in p.rglob("*") if f.is_file())))
-            continue
-        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")) if p.is_dir() else [p]
-        if not files:
-            raise FlmplanError(f"Input {p} is a folder with no files in it.")
-        for f in files:
-            kind = _kind_of(f)
-            if kind is None:
-                raise FlmplanError(f"Input {f} is neither text (.txt, .md), JSON lines (.jsonl, .json) nor parquet; "
-                                   "rename it, or give a dataset folder saved with datasets' save_to_disk.")
-            if f.stat().st_size == 0:
-                raise FlmplanError(f"Input {f} is empty (0 bytes).")
-            out.setdefault(kind, []).append(f)
-    return [Input(k, fs, sum(f.stat().st_size for f in fs)) for k, fs in out.items()] + disks
-
-
-def _stream(inp: Input, unit: str):
-    """The input as an iterable of rows (dicts), streamed by `datasets`."""
-    try:
-        import datasets
-    except ImportError:
-        raise FlmplanError("flmplan data prepare reads inputs with Hugging Face datasets: "
-                           "pip install -e '.[data]'.") from None
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    files = [str(f) for f in inp.files]
-    if inp.kind == "disk":
-        ds = datasets.load_from_disk(files[0])
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"] if "train" in ds else next(iter(ds.values()))
-        return ds
-    kwargs = {"sample_by": unit} if inp.kind == "text" else {}
-    return datasets.load_dataset(inp.kind, data_files=files, split="train", streaming=True, **kwargs)
-
-
-def _column(inp: Input, field: str) -> str:
-    return "text" if inp.kind == "text" else field
-
-
-def check_inputs(inputs: list[Input], field: str, unit: str) -> None:
-    """Before anything is written: each input has a first document with the field, as a string, and
-    text and JSON files start as UTF-8."""
-    for inp in inputs:
-        if inp.kind in ("text", "json"):
-            for f in inp.files:
-                if f.suffix in (".gz", ".zst", ".bz2", ".xz"):
-                    continue
-                with open(f, "rb") as fh:
-                    head = fh.read(1 << 20)
-                try:
-                    head.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    if err.start < len(head) - 4:      # not a character cut by the 1 MiB boundary
-                        raise FlmplanError(f"Input {f} is not UTF-8 text (byte {err.start} is not).") from None
-        col = _column(inp, field)
-        try:
-            first = next(iter(_stream(inp, unit)), None)
-        except FlmplanError:
-            raise
-        except Exception as err:              # datasets' own parse errors name the file and the cause
-            raise FlmplanError(f"Input {inp.name} cannot be read as {inp.kind}: {str(err).splitlines()[0]}") from None
-        if first is None:
-            raise FlmplanError(f"Input {inp.name} holds no documents.")
-        if col not in first:
-            raise FlmplanError(f"Input {inp.name} has no field {col!r} (its fields: {', '.join(map(str, first))}); "
-                               "name the text field with --field.")
-        if not isinstance(first[col], str):
-            raise FlmplanError(f"Input {inp.name}'s field {col!r} holds {type(first[col]).__name__}, not text.")
-
-
-# Documents read from an input at a time, and the most text one encode call gets.
-READ_DOCS = 64
-BATCH_CHARS = 16 << 20
-
-
-def batches(inputs: list[Input], field: str, unit: str, size: int, skip: int = 0,
-            seen: Callable[[int], None] | None = None) -> Iterator[list[str]]:
-    """Every document's text in lists of up to `size`, inputs in order (read by `datasets` a batch at
-    a time: a row at a time costs more than tokenizing); the first `skip` documents are passed over (a
-    resumed run). `seen(n)` is told the characters of each batch, for the progress bar."""
-    for inp in inputs:
-        col = _column(inp, field)
-        ds = _stream(inp, unit).select_columns([col])
-        if skip:
-            rows = len(ds) if inp.kind == "disk" else None
-            if rows is not None and skip >= rows:
-                skip -= rows
-                continue
-            ds, skip = ds.skip(skip), 0
-        pending, chars = [], 0
-        for batch in ds.iter(batch_size=min(size, READ_DOCS)):
-            for t in batch[col]:
-                t = t if t is not None else ""
-                pending.append(t)
-                chars += len(t)
-                # A batch is `size` documents or BATCH_CHARS of text, whichever comes first (a document
-                # longer than that goes alone): memory bounded by bytes, not by a count of documents.
-                if len(pending) >= size or chars >= BATCH_CHARS:
-                    if seen:
-                        seen(chars)
-                    yield pending
-                    pending, chars = [], 0
-        if pending:
-            if seen:
-                seen(chars)
-            yield pending
-
-
-def documents(inputs: list[Input], field: str, unit: str, every: int = 1) -> Iterator[str]:
-    """Every `every`-th document's text, inputs in order (a systematic sample over the whole corpus)."""
-    k = 0
-    for batch in batches(inputs, field, unit, 1024):
-        for text in batch:
-            if k % every == 0:
-                yield text
-            k += 1
-
+EOD_TOKEN = "<|endoftext|>"        # the end-of-document token of a BPE trained here
 
 # --train-tokenizer trains on about this much of the corpus by default (every k-th document): the
 # trainer's memory grows with the text it sees.
@@ -320,7 +167,7 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _trained(inputs: list[Input], field: str, unit: str, vocab: int, sample_bytes: int, out: Path, done: bool,
+def train_on_sample(inputs: list[Input], field: str, unit: str, vocab: int, sample_bytes: int, out: Path, done: bool,
              log: Callable[[str], None]) -> tuple[Codec, dict]:
     """A BPE trained on a systematic sample of the corpus (every k-th document, about `sample_bytes`),
     or the one a killed run trained already (`done`); and what the manifest records of the sample."""
@@ -335,8 +182,12 @@ def _trained(inputs: list[Input], field: str, unit: str, vocab: int, sample_byte
 def prepare(items: list[Path], out: Path, tokenizer: Path | None = None, train_vocab: int | None = None,
             field: str = "text", unit: str = "paragraph", eod_token: str | None = None, batch_docs: int = 512,
             log: Callable[[str], None] = print, progress: bool = True,
-            tokenizer_sample: int = TOKENIZER_SAMPLE_BYTES) -> dict:
-    """Tokenize `items` into the indexed dataset `out` (PREFIX); returns its manifest."""
+            tokenizer_sample: int = TOKENIZER_SAMPLE_BYTES, workers: int | None = None) -> dict:
+    """Tokenize `items` into the indexed dataset `out` (PREFIX); returns its manifest. `workers`: the
+    tokenizer's threads (all cores by default), with the reading on a thread of its own beside them."""
+    if workers is not None:
+        # Hugging Face tokenizers' Rayon pool reads this when it first starts (before any encode or training).
+        os.environ["RAYON_RS_NUM_CPUS"] = str(workers)
     f = paths(out)
     if f["bin"].exists() or f["idx"].exists():
         raise FlmplanError(f"{out}.bin or {out}.idx exists already; give another --out, or remove them.")
@@ -356,7 +207,7 @@ def prepare(items: list[Path], out: Path, tokenizer: Path | None = None, train_v
     resume = progress_of(progress_file, fingerprint, log)
     sample = None
     if train_vocab is not None:
-        codec, sample = _trained(inputs, field, unit, train_vocab, tokenizer_sample, tok_partial,
+        codec, sample = train_on_sample(inputs, field, unit, train_vocab, tokenizer_sample, tok_partial,
                                  bool(resume and tok_partial.is_file()), log)
     dtype = token_dtype(codec.vocab)
     writer = IndexedWriter(out, dtype, (resume["documents"], resume["bin_bytes"]) if resume else None)
@@ -366,14 +217,12 @@ def prepare(items: list[Path], out: Path, tokenizer: Path | None = None, train_v
     start, tokens_start = time.perf_counter(), writer.tokens
     hooks = installed(PREPARE_HOOKS)
 
-    def seen(n: int) -> None:
-        done_chars[0] += n
-
     stop = _StopFlag()
     recorded = (time.monotonic(), 0)
     try:
-        for n, batch in enumerate(batches(inputs, field, unit, batch_docs, skip=writer.documents, seen=seen)):
+        for n, batch in enumerate(read_ahead(batches(inputs, field, unit, batch_docs, skip=writer.documents))):
             writer.add(*encode(codec, batch, dtype))
+            done_chars[0] += sum(map(len, batch))
             # A recorded point every 64 batches, RECORD_BYTES of input or RECORD_SECONDS, whichever comes
             # first: a kill loses at most that much work.
             if (n % 64 == 63 or done_chars[0] - recorded[1] >= RECORD_BYTES

@@ -23,3 +23,16 @@ def held_out(corpus: Corpus, seq: int, count: int = EVAL_SEQUENCES) -> torch.Ten
 def held_out_loss(model: Decoder, held: torch.Tensor, device: torch.device) -> float:
     held = held.to(device)
     return float(causal_lm_loss(model(held[:, :-1]), held[:, 1:]))
+
+
+@torch.no_grad()
+def held_out_losses(model: Decoder, held: torch.Tensor, device: torch.device, chunk: int = 64) -> torch.Tensor:
+    """Each held-out sequence's mean loss (on the CPU): two runs scored on the same sequences give a
+    paired difference whose standard error says whether the eval resolves it."""
+    out = []
+    for part in held.split(chunk):
+        part = part.to(device)
+        logits = model(part[:, :-1]).float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), part[:, 1:], reduction="none")
+        out.append(nll.mean(dim=1).cpu())
+    return torch.cat(out)

@@ -52,9 +52,15 @@ class GrowthState:
         return dict(self.__dict__)
 
 
-def block_mapping(old_layers: int, new_layers: int) -> dict[int, tuple[int, bool]]:
-    """new block index → (old block it comes from, is_new). Old blocks keep their order; each
-    is followed by its copies, spread as evenly as possible (doubling: every block once)."""
+def block_mapping(old_layers: int, new_layers: int, order: str = "interleaved") -> dict[int, tuple[int, bool]]:
+    """new block index → (old block it comes from, is_new). "interleaved" (MSG's): old blocks keep their
+    order, each followed by its copies, spread as evenly as possible (doubling: every block once).
+    "stacked" (G_stack, Du et al. 2024 §2): the whole stack repeated, [0..L−1, 0..L−1, …]."""
+    if order == "stacked":
+        if new_layers % old_layers:
+            raise FlmplanError(f"Stacking repeats the whole stack: {new_layers} blocks are not a multiple of "
+                               f"{old_layers}.")
+        return {j: (j % old_layers, j >= old_layers) for j in range(new_layers)}
     extra = new_layers - old_layers
     out: dict[int, tuple[int, bool]] = {}
     j = 0
@@ -117,8 +123,9 @@ def compensate_readout(chunk: Decoder, optimizer: torch.optim.Optimizer | None, 
                 local_box(state["exp_avg_sq"])[2].div_(r * r)
 
 
-def growth_state(oc: DecoderConfig, cfg: DecoderConfig, grow_steps: int) -> GrowthState:
-    mapping = block_mapping(oc.layers, cfg.layers)
+def growth_state(oc: DecoderConfig, cfg: DecoderConfig, grow_steps: int, order: str = "interleaved"
+                 ) -> GrowthState:
+    mapping = block_mapping(oc.layers, cfg.layers, order)
     return GrowthState(hidden_old=oc.hidden, hidden_new=cfg.hidden, ffn_old=oc.ffn, ffn_new=cfg.ffn,
                        heads_old=oc.heads, heads_new=cfg.heads,
                        new_blocks=[str(j) for j, (_, is_new) in mapping.items() if is_new], grow_steps=grow_steps)
@@ -228,17 +235,18 @@ def adam_state(p: torch.Tensor, fused: bool) -> dict[str, torch.Tensor]:
 
 
 def grow_sharded(chunks: list[Decoder], optimizers: list[torch.optim.Optimizer], old_checkpoint: Path,
-                 old_cfg: DecoderConfig, grow_steps: int) -> GrowthState:
+                 old_cfg: DecoderConfig, grow_steps: int, order: str = "interleaved") -> GrowthState:
     """Grow the previous stage into this rank's already-sharded chunks of the new stage.
 
     Each rank reads from the old stage's checkpoint only the boxes that land in its own shards
     (weights, then each Adam moment, one kind at a time), so no rank ever holds the whole old
     or new model: the peak is this rank's share of the new stage plus one kind of its old share.
     The rule is `grow_decoder`'s: old values in the leading block, new blocks copy the block
-    before them with zero moments, the step count kept (MSG §3.4)."""
+    before them with zero moments, the step count kept (MSG §3.4). `order` "stacked" with `grow_steps`
+    0 is G_stack instead: the whole stack repeated, at full strength at once (a control for MSG)."""
     cfg = chunks[0].cfg
     check_growth(old_cfg, cfg)
-    mapping = block_mapping(old_cfg.layers, cfg.layers)
+    mapping = block_mapping(old_cfg.layers, cfg.layers, order)
     shapes = saved_shapes(old_checkpoint)
     device = next(chunks[0].parameters()).device
     step_fqn = next(k for k in shapes if k.startswith("optim.state.") and k.endswith(".step"))
@@ -278,7 +286,7 @@ def grow_sharded(chunks: list[Decoder], optimizers: list[torch.optim.Optimizer],
         opt.state[p]["step"].fill_(float(step))
     for chunk, opt in zip(chunks, optimizers, strict=True):
         compensate_readout(chunk, opt, readout_compensation(old_cfg, cfg))
-    state = growth_state(old_cfg, cfg, grow_steps)
+    state = growth_state(old_cfg, cfg, grow_steps, order)
     for chunk in chunks:
         apply_masks(chunk, state, 0.0)
     return state
