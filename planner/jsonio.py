@@ -10,6 +10,14 @@ from typing import Any
 from planner.errors import FlmplanError
 
 
+def cache_root() -> Path:
+    """Where flmplan keeps what it can make again (byte-level corpora, a machine's MFU peak, a stopped
+    profile's points): $FLMPLAN_CACHE, else ~/.cache/flmplan."""
+    import os
+
+    return Path(os.environ.get("FLMPLAN_CACHE") or Path.home() / ".cache" / "flmplan")
+
+
 def read_json(path: str | Path, what: str, error: type[FlmplanError] = FlmplanError) -> Any:
     """A JSON document from a file, or `error` with one sentence saying why not."""
     path = Path(path)

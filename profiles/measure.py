@@ -7,10 +7,13 @@ GPU images (no simpy, plotly or pydantic).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import platform
 import socket
 import statistics
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 
 import torch
 from rich.console import Console
@@ -24,6 +27,7 @@ from rich.progress import (
 )
 
 from planner.cost.device_profile import Profile, ProfileError
+from planner.jsonio import cache_root, write_json
 from planner.model.specs import gpu_for_device
 from profiles import fit
 from profiles.collectives import measure_collectives
@@ -52,6 +56,46 @@ class Sweep:
 
 # About how long the collectives and the tensor-parallel probe take, for the bar's ETA.
 COLLECTIVES_S = 30.0
+
+
+class SweepStopped(Exception):
+    """Ctrl-C during the sweep: the points measured are kept, and the same command continues from them."""
+
+
+class SavedPoints:
+    """The sweep's points as they are measured, kept in the cache under the sweep's fingerprint (device,
+    dtype, threads, torch, the sweep itself), rewritten atomically at most every SAVE_S and when stopped:
+    the same sweep started again measures only what is missing. Dropped once the sweep is whole."""
+
+    SAVE_S = 2.0
+
+    def __init__(self, fingerprint: dict) -> None:
+        key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.fingerprint = json.loads(json.dumps(fingerprint, default=str))
+        self.path = cache_root() / "profile" / f"{key}.json"
+        try:
+            raw = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            raw = {}
+        self.points: dict[str, dict] = raw.get("points", {}) if raw.get("fingerprint") == self.fingerprint else {}
+        self.resumed = sum(len(v) for v in self.points.values())
+        self.saved = time.monotonic()
+
+    def get(self, kind: str, *key):
+        return self.points.get(kind, {}).get(",".join(map(str, key)))
+
+    def put(self, kind: str, value, *key):
+        self.points.setdefault(kind, {})[",".join(map(str, key))] = value
+        if time.monotonic() - self.saved > self.SAVE_S:
+            self.save()
+        return value
+
+    def save(self) -> None:
+        write_json({"fingerprint": self.fingerprint, "points": self.points}, self.path)
+        self.saved = time.monotonic()
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def default_sweep(device: torch.device, quick: bool) -> Sweep:
@@ -90,33 +134,74 @@ def default_sweep(device: torch.device, quick: bool) -> Sweep:
 
 
 def _measure_kernels(progress: Progress, task, gemm_shapes: list, sweep: Sweep, device: torch.device,
-                     tdtype: torch.dtype) -> tuple[list, list, list, list]:
-    """The sweep's points, kind by kind: GEMMs, flash attention, memory-bound ops and whole layers."""
+                     tdtype: torch.dtype, saved: SavedPoints) -> tuple[list, list, list, list]:
+    """The sweep's points, kind by kind: GEMMs, flash attention, memory-bound ops and whole layers; a
+    point the saved points hold already is taken from them."""
     gemm_points, attn_points, mem_points, layer_points = [], [], [], []
     for m, n, k, kind in gemm_shapes:
-        t = measure_gemm(m, n, k, kind, device, tdtype, sweep.reps, sweep.budget_s)
-        gemm_points.append({"m": m, "n": n, "k": k, "pass": kind, "time_s": t.median_s,
-                            "tflops": 2 * m * n * k / t.median_s / 1e12, "spread": round(t.spread, 4)})
+        point = saved.get("gemm", m, n, k, kind)
+        if point is None:
+            t = measure_gemm(m, n, k, kind, device, tdtype, sweep.reps, sweep.budget_s)
+            point = saved.put("gemm", {"m": m, "n": n, "k": k, "pass": kind, "time_s": t.median_s,
+                                       "tflops": 2 * m * n * k / t.median_s / 1e12, "spread": round(t.spread, 4)},
+                              m, n, k, kind)
+        gemm_points.append(point)
         progress.advance(task, sweep.budget_s)
     progress.update(task, description="attention")
     for b, s, h, d in sweep.attention:
-        f, bw = measure_attention(b, s, h, d, device, tdtype, sweep.reps, sweep.budget_s)
-        attn_points.append({"batch": b, "seq": s, "heads": h, "head_dim": d, "causal": True,
-                            "fwd_s": f.median_s, "bwd_s": bw.median_s,
-                            "spread": round(max(f.spread, bw.spread), 4)})
+        point = saved.get("attention", b, s, h, d)
+        if point is None:
+            f, bw = measure_attention(b, s, h, d, device, tdtype, sweep.reps, sweep.budget_s)
+            point = saved.put("attention", {"batch": b, "seq": s, "heads": h, "head_dim": d, "causal": True,
+                                            "fwd_s": f.median_s, "bwd_s": bw.median_s,
+                                            "spread": round(max(f.spread, bw.spread), 4)}, b, s, h, d)
+        attn_points.append(point)
         progress.advance(task, sweep.budget_s)
     progress.update(task, description="memory-bound ops")
     for tokens, hidden in sweep.memory_bound:
-        for op, nbytes, fn in memory_bound_ops(tokens, hidden, device, tdtype):
-            t = measure(fn, device, min_reps=sweep.reps, budget_s=sweep.budget_s)
-            mem_points.append({"op": op, "bytes": nbytes, "time_s": t.median_s, "gbps": nbytes / t.median_s / 1e9,
+        points = saved.get("memory_bound", tokens, hidden)
+        if points is None:
+            points = []
+            for op, nbytes, fn in memory_bound_ops(tokens, hidden, device, tdtype):
+                t = measure(fn, device, min_reps=sweep.reps, budget_s=sweep.budget_s)
+                points.append({"op": op, "bytes": nbytes, "time_s": t.median_s, "gbps": nbytes / t.median_s / 1e9,
                                "spread": round(t.spread, 4)})
+            saved.put("memory_bound", points, tokens, hidden)
+        mem_points += points
         progress.advance(task, sweep.budget_s)
     progress.update(task, description="whole layers")
     for hidden, heads, seq, mb in sweep.layers:
-        layer_points.append(measure_layer(hidden, heads, seq, mb, device, tdtype, sweep.reps, sweep.layer_budget_s))
+        point = saved.get("layer", hidden, heads, seq, mb)
+        if point is None:
+            point = saved.put("layer", measure_layer(hidden, heads, seq, mb, device, tdtype, sweep.reps,
+                                                     sweep.layer_budget_s), hidden, heads, seq, mb)
+        layer_points.append(point)
         progress.advance(task, 3 * sweep.layer_budget_s)
     return gemm_points, attn_points, mem_points, layer_points
+
+
+def _sweep(console: Console, total: float, gemm_shapes: list, sweep: Sweep, device: torch.device,
+           tdtype: torch.dtype, saved: SavedPoints, ranks: int, multi: bool) -> tuple:
+    """The measurements under one progress bar: the kernels (kept as they come), the first layer again, the
+    issue probe on a GPU, and the collectives when there are several ranks."""
+    layer_s = 3 * sweep.layer_budget_s
+    coll_points, tensor_parallel = [], None
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False) as progress:
+        task = progress.add_task("GEMMs", total=total)
+        kernels = _measure_kernels(progress, task, gemm_shapes, sweep, device, tdtype, saved)
+        saved.save()
+        # The first layer again, at the end of the sweep: the profile's own check of its stability.
+        progress.update(task, description="first layer again")
+        again = measure_layer(*sweep.layers[0], device, tdtype, sweep.reps, sweep.layer_budget_s)
+        issue = issue_probe(device, tdtype, sweep.reps, sweep.layer_budget_s) if device.type == "cuda" else None
+        progress.advance(task, layer_s)
+        if multi:
+            progress.update(task, description="collectives")
+            coll_points, tensor_parallel = measure_collectives(ranks, "nccl" if device.type == "cuda" else "gloo",
+                                                               sweep.collective_bytes, dtype=tdtype)
+            progress.advance(task, COLLECTIVES_S)
+    return kernels, again, issue, coll_points, tensor_parallel
 
 
 def run_profile(device_kind: str = "cpu", dtype: str | None = None, quick: bool = False, nproc: int = 2,
@@ -148,24 +233,18 @@ def run_profile(device_kind: str = "cpu", dtype: str | None = None, quick: bool 
     layer_s = 3 * sweep.layer_budget_s
     total = kernels * sweep.budget_s + (len(sweep.layers) + 1) * layer_s + (COLLECTIVES_S if multi else 0.0)
     console = console or Console(stderr=True)
-    coll_points = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False) as progress:
-        task = progress.add_task("GEMMs", total=total)
-        gemm_points, attn_points, mem_points, layer_points = _measure_kernels(
-            progress, task, gemm_shapes, sweep, device, tdtype)
-        # The first layer again, at the end of the sweep: the profile's own check of its stability.
-        progress.update(task, description="first layer again")
-        again = measure_layer(*sweep.layers[0], device, tdtype, sweep.reps, sweep.layer_budget_s)
-        issue = issue_probe(device, tdtype, sweep.reps, sweep.layer_budget_s) if device.type == "cuda" else None
-        progress.advance(task, layer_s)
-        if multi:
-            progress.update(task, description="collectives")
-            ranks = count if device.type == "cuda" else nproc
-            coll_points, tensor_parallel = measure_collectives(ranks, "nccl" if device.type == "cuda" else "gloo",
-                                                               sweep.collective_bytes, dtype=tdtype)
-            progress.advance(task, COLLECTIVES_S)
-
+    saved = SavedPoints({"device": device_name, "dtype": dtype, "threads": torch.get_num_threads(),
+                         "torch": torch.__version__, "multi": multi, "sweep": asdict(sweep)})
+    if saved.resumed:
+        console.print(f"resuming: {saved.resumed} points of this sweep were measured before ({saved.path})")
+    try:
+        (gemm_points, attn_points, mem_points, layer_points), again, issue, coll_points, tensor_parallel = _sweep(
+            console, total, gemm_shapes, sweep, device, tdtype, saved, nproc if device.type == "cpu" else count, multi)
+    except KeyboardInterrupt:
+        saved.save()
+        raise SweepStopped(f"Stopped; the {sum(map(len, saved.points.values()))} points of the sweep measured so far "
+                           f"are kept ({saved.path}), and the same command continues from them.") from None
+    saved.discard()
     gpu = gpu_for_device(device_name) if device.type == "cuda" else None
     measured_peak = max(p["tflops"] for p in gemm_points)
     peak = gpu.peak_tflops_bf16 if gpu and dtype in ("bf16", "fp16") else measured_peak

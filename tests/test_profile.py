@@ -328,3 +328,32 @@ def test_a_disturbed_sweep_is_refused_unless_accepted_and_validate_names_its_qua
     assert not out.exists()
     r = runner.invoke(app, ["profile", "--device", "cpu", "--quick", "--out", str(out), "--accept-noisy"])
     assert r.exit_code == 0 and out.exists() and "written with --accept-noisy" in " ".join(r.output.split())
+
+
+def test_a_stopped_sweep_keeps_its_points_and_resumes(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of the GEMMs: the points measured so far are kept in the cache and the stop says
+    so; the same sweep again measures only what is missing, takes the kept points as they were, and drops
+    them once whole."""
+    import profiles.measure as measure
+
+    monkeypatch.setenv("FLMPLAN_CACHE", str(tmp_path))
+    real, calls, stop_at = measure.measure_gemm, [], [5]
+
+    def stopping(*args, **kwargs):
+        calls.append(args[:4])
+        if len(calls) == stop_at[0]:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(measure, "measure_gemm", stopping)
+    with pytest.raises(measure.SweepStopped, match="the same command continues"):
+        run_profile("cpu", quick=True, nproc=1, sweep=TINY)
+    kept = list((tmp_path / "profile").glob("*.json"))
+    assert len(kept) == 1 and len(json.loads(kept[0].read_text())["points"]["gemm"]) == 4
+    first = json.loads(kept[0].read_text())["points"]["gemm"]
+    calls.clear()
+    stop_at[0] = 0
+    prof = run_profile("cpu", quick=True, nproc=1, sweep=TINY)
+    assert len(calls) == len(prof.gemm["points"]) - 4
+    assert prof.gemm["points"][:4] == list(first.values())
+    assert not kept[0].exists()

@@ -42,7 +42,7 @@ def profile(
     """Measure the decoder core on this machine's device and write a profile (or, with --refit,
     fit an existing profile to measured runs)."""
     from planner.cost.device_profile import ProfileError, profile_quality, save_profile
-    from profiles.measure import run_profile
+    from profiles.measure import SweepStopped, run_profile
 
     if out is not None:
         check_output_file(out, "--out", "profile.json")
@@ -52,8 +52,12 @@ def profile(
     if holdout or base:
         raise ProfileError("--holdout and --profile go with --refit.")
 
-    prof = run_profile(device_kind=device.value, dtype=value_of(dtype), quick=quick, nproc=nproc, console=stderr,
-                       threads=threads)
+    try:
+        prof = run_profile(device_kind=device.value, dtype=value_of(dtype), quick=quick, nproc=nproc,
+                           console=stderr, threads=threads)
+    except SweepStopped as stopped:
+        stderr.print(f"{stopped}")
+        raise typer.Exit(130) from None
     target = out or Path("profiles") / f"{prof.name}.json"
     line, problems = profile_quality(prof)
     if problems and not accept_noisy:

@@ -188,8 +188,10 @@ def check_text(files: list[Path]) -> None:
 
 
 def cache_folder() -> Path:
-    """Where text given as files is kept as byte-level corpora: $FLMPLAN_CACHE, else ~/.cache/flmplan."""
-    return Path(os.environ.get("FLMPLAN_CACHE") or Path.home() / ".cache" / "flmplan") / "data"
+    """Where text given as files is kept as byte-level corpora."""
+    from planner.jsonio import cache_root
+
+    return cache_root() / "data"
 
 
 def prepare_bytes(files: list[Path], folder: Path | None = None) -> Path:
