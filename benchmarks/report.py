@@ -20,6 +20,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "BENCHMARKS.md"
+# Tables kept in another document than BENCHMARKS.md.
+DOCS = {"whether-to-grow": ROOT / "README.md"}
 
 
 def pct(x: float) -> str:
@@ -102,12 +104,45 @@ def render_korthikanti(result: dict) -> list[str]:
 
 
 # name → (command, renderer, compared by --check: timings are this machine's and are not)
+def render_growth_pairs(result: dict) -> list[str]:
+    """BENCHMARKS.md: η per proxy size and operator, the seeds, what was censored, the held-out pair."""
+    lines = [f"Measured on {result['machine']}.", "",
+             "| target | operator | η ± seeds' error | η per seed | censored pairs | held-out MSG pair | runs/hour |",
+             "|---|---|---:|---|---:|---|---:|"]
+    for s in result["sizes"]:
+        held = s["held_out"]
+        shown = (f"{held['name']}: measured {pct(held['measured'])}, predicted {pct(held['predicted'])} "
+                 f"({pct(held['interval'][0])} to {pct(held['interval'][1])}): {held['verdict']}"
+                 if held["measured"] is not None else f"{held['name']}: {held['verdict']}")
+        for op, f in s["fits"].items():
+            seeds = ", ".join(f"{v:.3f}" for v in f["per_seed"].values())
+            lines.append(f"| {s['target_params'] / 1e6:.2f}M ({s['layers']} × {s['hidden']}) | {op} | "
+                         f"{f['token_efficiency']:.3f} ± {f['error']:.3f} | {seeds} | "
+                         f"{s['censored']} of {s['pairs']} | {shown if op == 'MSG' else '—'} | "
+                         f"{s['cost']['runs_per_hour']:.0f} |")
+    return lines
+
+
+def render_whether_to_grow(result: dict) -> list[str]:
+    """README.md: what η measured on proxies says, in one table."""
+    lines = ["| proxy target | MSG (the plan's operator) | G_stack (control) |", "|---|---:|---:|"]
+    for s in result["sizes"]:
+        cells = [f"η = {s['fits'][op]['token_efficiency']:.2f} ± {s['fits'][op]['error']:.2f}" if op in s["fits"]
+                 else "—" for op in ("MSG", "G_stack")]
+        lines.append(f"| {s['target_params'] / 1e6:.2f}M, {s['steps']} steps, {len(s['seeds'])} seeds | "
+                     f"{cells[0]} | {cells[1]} |")
+    return lines
+
+
+STORED_GROWTH = ["benchmarks/grow_vs_scratch.py", "--from", "benchmarks/results/grow_vs_scratch.json", "--json"]
 REPORTS = {
     "fidelity": (["benchmarks/fidelity.py", "--json"], render_fidelity, True),
     "flm-sizing": (["benchmarks/flm_sizing.py", "--json"], render_flm_sizing, True),
     "korthikanti": (["benchmarks/layer_fidelity.py", "--korthikanti", "--json"], render_korthikanti, True),
     "growth-cases": (["benchmarks/growth_cases.py", "--json"], render_growth_cases, True),
     "planner-speed": (["benchmarks/planner_speed.py", "--json"], render_planner_speed, False),
+    "growth-pairs": (STORED_GROWTH, render_growth_pairs, True),
+    "whether-to-grow": (STORED_GROWTH, render_whether_to_grow, True),
 }
 
 
@@ -153,34 +188,36 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", help=f"which tables: {', '.join(REPORTS)} (default: all)")
     ap.add_argument("--check", action="store_true")
-    ap.add_argument("--doc", type=Path, default=DOC, help="the document (default BENCHMARKS.md)")
+    ap.add_argument("--doc", type=Path, help="the document (default: each table's own, BENCHMARKS.md or README.md)")
     args = ap.parse_args()
     names = args.names or [n for n in REPORTS if REPORTS[n][2] or not args.check]
     unknown = [n for n in names if n not in REPORTS]
     if unknown:
         ap.error(f"no table {', '.join(unknown)}; the tables are {', '.join(REPORTS)}")
-    text = args.doc.read_text()
+    texts: dict[Path, str] = {}
     stale = []
     for name in names:
+        doc = args.doc or DOCS.get(name, DOC)
+        text = texts.setdefault(doc, doc.read_text())
         found = pattern(name).search(text)
         if found is None:
-            print(f"{args.doc.name} has no <!-- report:{name} --> block", file=sys.stderr)
+            print(f"{doc.name} has no <!-- report:{name} --> block", file=sys.stderr)
             return 2
         body = table(name)
         committed = found.group(1).rstrip("\n").split("\n")[2:]   # the provenance line and the blank after it aside
         if args.check:
             if committed != body:
-                stale.append(name)
+                stale.append((doc, name))
             continue
-        text = text[:found.start()] + block(name, body) + text[found.end():]
+        texts[doc] = text[:found.start()] + block(name, body) + text[found.end():]
     if args.check:
-        for name in stale:
-            print(f"{args.doc.name}'s {name} table differs from what `{' '.join(REPORTS[name][0])}` gives now; "
+        for doc, name in stale:
+            print(f"{doc.name}'s {name} table differs from what `{' '.join(REPORTS[name][0])}` gives now; "
                   "run python benchmarks/report.py", file=sys.stderr)
         return 1 if stale else 0
-    args.doc.write_text(text)
+    for doc, text in texts.items():
+        doc.write_text(text)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

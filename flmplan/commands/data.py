@@ -40,7 +40,8 @@ def data_prepare(
         help="The tokenizer's end-of-document token (default: the first of <|endoftext|>, </s>, ... it has).")
     ] = None,
     batch_docs: Annotated[int, typer.Option(
-        min=1, help="Documents per encode_batch call (at most 16 MiB of text: a longer document goes alone).")] = 512,
+        min=1, help="Documents per encode_batch call (at most 4 MiB of text; a longer document goes alone, encoded in "
+                    "pieces of 1 MiB where the tokenizer allows).")] = 512,
     tokenizer_sample: Annotated[int, typer.Option(
         min=1 << 20, help="With --train-tokenizer: about this many bytes of the corpus to train on, every k-th "
                           "document (default 512 MiB; recorded in the manifest).")] = 512 << 20,
