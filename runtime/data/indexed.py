@@ -16,9 +16,11 @@ front end checks a corpus against a plan before torch is imported.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -93,8 +95,9 @@ class ByteCodec(Codec):
         return {"kind": "bytes", "vocab": BYTE_VOCAB, "eod": BYTE_EOD, "eod_token": "\\x00", "sha256": "bytes"}
 
 
-# A document longer than this (in characters) is encoded in pieces of about this size.
-LONG_TEXT_CHARS = 1 << 20
+# A document longer than this (in characters) is encoded in pieces of about this size, this many to a call.
+LONG_TEXT_CHARS = 1 << 18
+PIECES_PER_CALL = 8
 
 
 class HFCodec(Codec):
@@ -133,16 +136,24 @@ class HFCodec(Codec):
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Each text's ids. A text longer than LONG_TEXT_CHARS is encoded in pieces cut at pre-token
-        boundaries, the same ids as whole (encoding holds about 100 bytes a character)."""
+    def encode_batch(self, texts: list[str]) -> list:
+        """Each text's ids (a list; a long text's, an int32 array). A text longer than LONG_TEXT_CHARS is
+        encoded in pieces cut at pre-token boundaries, the same ids as whole (encoding holds about 100
+        bytes a character), PIECES_PER_CALL pieces to a call so the thread pool shares them."""
         # encode_batch_fast: the same ids as encode_batch without computing character offsets.
         encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
         long = {k for k, t in enumerate(texts) if len(t) > LONG_TEXT_CHARS} if self.cuts_locally else set()
-        ids = [e.ids for e in encode([t if k not in long else "" for k, t in enumerate(texts)],
-                                     add_special_tokens=False)]
+        ids: list = [e.ids for e in encode([t if k not in long else "" for k, t in enumerate(texts)],
+                                           add_special_tokens=False)]
         for k in long:
-            ids[k] = [i for piece in self.pieces(texts[k]) for i in encode([piece], add_special_tokens=False)[0].ids]
+            parts, group = [], []
+            for piece in itertools.chain(self.pieces(texts[k]), [None]):
+                if piece is not None:
+                    group.append(piece)
+                if group and (piece is None or len(group) == PIECES_PER_CALL):
+                    parts += [np.asarray(e.ids, dtype=np.int32) for e in encode(group, add_special_tokens=False)]
+                    group = []
+            ids[k] = np.concatenate(parts)
         return ids
 
     @cached_property
@@ -159,24 +170,25 @@ class HFCodec(Codec):
                 and all(p.get("type") == "Split" or (p.get("type") == "ByteLevel" and not p.get("add_prefix_space"))
                         for p in parts))
 
-    def pieces(self, text: str) -> list[str]:
+    def pieces(self, text: str) -> Iterator[str]:
         r"""`text` in pieces of up to LONG_TEXT_CHARS, each cut where a pre-token that does not end in
         whitespace ends at least two characters before the window's end: no later character, nor a
         one-character look-ahead, can move that boundary, and the piece, alone, pre-tokenizes as it did
         (a whitespace run at a piece's end would not: GPT-2's `\s+(?!\S)` sees the end). The text whole
         where it holds an added token's text, or no such boundary."""
         if any(t.content in text for t in self.tok.get_added_tokens_decoder().values()):
-            return [text]
-        out, start = [], 0
+            yield text
+            return
+        start = 0
         while len(text) - start > LONG_TEXT_CHARS:
             window = text[start:start + LONG_TEXT_CHARS]
             ends = [e for _, (_, e) in self.tok.pre_tokenizer.pre_tokenize_str(window)
                     if e <= len(window) - 2 and not window[e - 1].isspace()]
             if not ends or ends[-1] == 0:
                 break
-            out.append(window[:ends[-1]])
+            yield window[:ends[-1]]
             start += ends[-1]
-        return [*out, text[start:]]
+        yield text[start:]
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)

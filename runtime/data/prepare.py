@@ -91,11 +91,14 @@ def encode(codec: Codec, batch: list[str], dtype: np.dtype) -> tuple[np.ndarray,
     if isinstance(codec, HFCodec):
         ids = codec.encode_batch(batch)
         lengths = np.fromiter((len(d) + 1 for d in ids), dtype=np.int64, count=len(ids))
-        flat: list[int] = []
-        for d in ids:
-            flat += d
-            flat.append(codec.eod)
-        return np.array(flat, dtype=dtype), lengths
+        if all(isinstance(d, list) for d in ids):          # one list, one conversion: the common case
+            flat: list[int] = []
+            for d in ids:
+                flat += d
+                flat.append(codec.eod)
+            return np.array(flat, dtype=dtype), lengths
+        eod = np.array([codec.eod], dtype=dtype)            # a long document's ids came as an array
+        return np.concatenate([part for d in ids for part in (np.asarray(d, dtype=dtype), eod)]), lengths
     raw = [t.encode("utf-8") + b"\x00" for t in batch]
     lengths = np.fromiter(map(len, raw), dtype=np.int64, count=len(raw))
     return np.frombuffer(b"".join(raw), dtype=np.uint8), lengths
