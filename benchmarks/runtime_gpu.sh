@@ -9,14 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-runtime-gpu}
 mkdir -p "$out"
-if ! python -c "import pydantic" 2>/dev/null; then
-  # Wheels are zip files: unpack them into a private site folder (no pip or network needed).
-  site="$PWD/.gpu-site"
-  mkdir -p "$site"
-  for w in benchmarks/wheels/*.whl; do python -m zipfile -e "$w" "$site"; done
-  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-  python -c "import pydantic; print('pydantic', pydantic.VERSION, 'from benchmarks/wheels')"
-fi
+. benchmarks/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv > "$out/nvidia-smi.csv" || true
 export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-8}
 timeout 470 python benchmarks/runtime_gpu.py "$@" 2>&1 | tee "$out/runtime_gpu.txt"

@@ -138,6 +138,7 @@ def test_grow_versus_scratch_measures_pairs_and_predicts_the_one_held_out(tmp_pa
     scatter, the last MSG pair predicted; a plan refuses a control's η for MSG; bad input is one sentence."""
     import json
 
+    import torch
     from typer.testing import CliRunner
 
     from flmplan.cli import app
@@ -170,7 +171,8 @@ def test_grow_versus_scratch_measures_pairs_and_predicts_the_one_held_out(tmp_pa
     for args, words in ((["--points", "1.5"], "between 0 and 1"), (["--dims", "height"], "--dims takes depth"),
                         (["--layers", "3"], "an even number of layers"), (["--points", "0.5", "--dims", "depth",
                                                                            "--seeds", "0"], "at least three"),
-                        (["--points", "0.9"], "before the cooldown"), (["--device", "tpu"], "--device takes")):
+                        (["--points", "0.9"], "before the cooldown"), (["--device", "tpu"], "--device takes"),
+                        *([(["--device", "cuda"], "sees no GPU")] if not torch.cuda.is_available() else [])):
         r = CliRunner().invoke(app, ["grow-vs-scratch", "--steps", "20", "--out", str(tmp_path / "bad"), *args])
         assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, (args, r.output)
 
