@@ -4,8 +4,8 @@ encode_batch_fast over the same text, on the same cores.
 The corpus is either bilingual synthetic text (English-like and Chinese, as FLM-101B's was; the
 default, `--mb`) or, with `--real MB`, real text on this machine: every source, header and document
 file (.py, .pyi, .c, .h, .cpp, .md, .rst, .txt, .html) under the Python installation, its packages,
-/usr/include and /usr/share, one document each, duplicates (by content) dropped, until MB of text. The
-tokenizer is a byte-level BPE trained with tokenizers' trainer on the first 2,000 documents.
+/usr/include, /usr/share and /usr/lib, one document each, duplicates (by content) dropped, until MB of
+text. The tokenizer is a byte-level BPE trained with tokenizers' trainer on the first 2,000 documents.
 
 Measured, each `prepare` in a process of its own (its peak resident memory is the process's own):
 - the bare loop: the corpus streamed from its JSON lines in batches, encode_batch_fast, ids counted;
@@ -38,11 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 REAL_SUFFIXES = {".py", ".pyi", ".c", ".h", ".cpp", ".hpp", ".md", ".rst", ".txt", ".html"}
-# Runs the command line in this process and reports its peak resident memory (KiB) on its last line.
-PEAK = ("import resource, sys\nfrom flmplan.cli import app\nsys.argv = ['flmplan', *sys.argv[1:]]\n"
+# Runs the command line in this process and reports its peak resident memory (KiB) on its last line: the
+# address space's high-water mark (VmHWM), which starts afresh at exec; ru_maxrss would carry the forking
+# parent's over.
+PEAK = ("import sys\nfrom flmplan.cli import app\nsys.argv = ['flmplan', *sys.argv[1:]]\n"
         "try:\n    app()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-        "print('peak_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
-        "sys.exit(code)\n")
+        "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+        "print('peak_kib', hwm.split()[1], file=sys.stderr)\nsys.exit(code)\n")
 
 
 def write_corpus(path: Path, mb: float, seed: int = 0) -> dict:
@@ -65,7 +67,7 @@ def write_corpus(path: Path, mb: float, seed: int = 0) -> dict:
 def write_real_corpus(path: Path, mb: float) -> dict:
     """Real text found on this machine, one file a document, until `mb` MB."""
     roots = [Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"]), Path(sys.prefix),
-             Path("/root/.pyenv"), Path("/usr/include"), Path("/usr/share")]
+             Path("/root/.pyenv"), Path("/usr/include"), Path("/usr/share"), Path("/usr/lib")]
     seen, docs, size = set(), 0, 0
     with open(path, "w", encoding="utf-8") as f:
         for root in roots:
@@ -86,7 +88,7 @@ def write_real_corpus(path: Path, mb: float) -> dict:
                 f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
                 docs, size = docs + 1, size + len(raw)
     return {"kind": "real text on this machine: Python sources and documentation of its installation and "
-                    "packages, C headers, /usr/share documents (one file a document, duplicates dropped)",
+                    "packages, C headers, /usr/share and /usr/lib documents (one file a document, duplicates dropped)",
             "documents": docs, "bytes": size}
 
 

@@ -461,21 +461,21 @@ def test_per_input_shards_split_between_machines_give_one_corpus(corpora, tmp_pa
 
 def test_a_long_document_is_encoded_in_pieces_to_the_same_ids(corpora, tmp_path, monkeypatch):
     """A document past LONG_TEXT_CHARS is cut at pre-token boundaries and encoded piece by piece, to the
-    ids it has whole: with the BPE prepare trains, one with GPT-2's pre-tokenizer that knows a merge of
-    "\n\n\n" (which a piece cut after whitespace would wrongly use), and one built as Llama 3's (a split
-    regex, then bytes); a tokenizer with a normalizer is encoded whole."""
+    ids it has whole: with the BPE prepare trains, one with GPT-2's pre-tokenizer that knows merges of
+    newline runs (which a piece cut after whitespace would wrongly use), and one built as Llama 3's
+    (cl100k's split regex, then bytes); a tokenizer with a normalizer is encoded whole."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     import runtime.data.indexed as ix
 
     english, chinese = corpora["texts"]
-    doc = "".join(f"{e} {i} and more\n\n\n### {i}\n   (x)\r\n\t'{i}'s 1234567 !!\n\n  {c}\n"
+    doc = "".join(f"{e} {i} and more\n\n\nnext ### {i}\n   (x)\r\n\t'{i}'s 1234567 !!\n\nso  {c}\n"
                   for i, (e, c) in enumerate(zip(english[:300], chinese[:300], strict=True)))
 
     def trained(pre, name: str) -> Path:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre
-        tok.train_from_iterator([doc[:20_000], *["x\n\n\n"] * 200], trainers.BpeTrainer(
+        tok.train_from_iterator([doc[:20_000], *["x\n\n\n", "y\n\n"] * 200], trainers.BpeTrainer(
             vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False))
         tok.save(str(tmp_path / name))
@@ -483,13 +483,12 @@ def test_a_long_document_is_encoded_in_pieces_to_the_same_ids(corpora, tmp_path,
 
     gpt2 = trained(pre_tokenizers.ByteLevel(add_prefix_space=False), "gpt2.json")
     llama = trained(pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(ix.CL100K_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]), "llama.json")
     normalized = Tokenizer.from_file(str(llama))
     normalized.normalizer = normalizers.NFKC()
     normalized.save(str(tmp_path / "nfkc.json"))
-    assert Tokenizer.from_file(str(gpt2)).token_to_id("ĊĊĊ") is not None
+    assert Tokenizer.from_file(str(gpt2)).token_to_id("ĊĊ") is not None
     for file, local in ((str(corpora["bi"]) + ".tokenizer.json", True), (gpt2, True), (llama, True),
                         (tmp_path / "nfkc.json", False)):
         codec = ix.HFCodec(file, "<|endoftext|>")

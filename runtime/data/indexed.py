@@ -19,6 +19,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,9 +96,41 @@ class ByteCodec(Codec):
         return {"kind": "bytes", "vocab": BYTE_VOCAB, "eod": BYTE_EOD, "eod_token": "\\x00", "sha256": "bytes"}
 
 
-# A document longer than this (in characters) is encoded in pieces of about this size, this many to a call.
+# A document longer than this (in characters) is encoded in pieces of about this size, this many to a call;
+# a piece's end is looked for in the last CUT_SEARCH characters of its window.
 LONG_TEXT_CHARS = 1 << 18
 PIECES_PER_CALL = 8
+CUT_SEARCH = 1 << 13
+# cl100k's pre-tokenization regex (GPT-4's; Llama 3's tokenizer.json splits with it).
+CL100K_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+# Where a cut may fall, found forward when a window holds none: a space or a newline before a letter
+# (each match is then held to the rules in Python; `[^\W\d_]` is wider than \p{L}).
+_CUT_AT = re.compile(r"[ \n](?=[^\W\d_])")
+
+
+def _cut_at(text: str, j: int) -> int | None:
+    """Where a piece ends for a space or newline at j, when HFCodec.pieces' rules allow it."""
+    c = text[j]
+    if c == " " and text[j - 1].isalpha() and text[j + 1].isalpha():
+        return j
+    if c == "\n" and not text[j - 1].isspace() and text[j + 1].isalpha():
+        return j + 1
+    return None
+
+
+def _cut(text: str, start: int, end: int) -> int | None:
+    """The last place in text[start:end] where a piece may end (HFCodec.pieces' rules), looked for in
+    the window's last CUT_SEARCH characters; else the first after it (a longer piece); else None."""
+    for j in range(end - 2, max(start, end - CUT_SEARCH), -1):
+        if text[j] in " \n" and (at := _cut_at(text, j)) is not None:
+            return at
+    for m in _CUT_AT.finditer(text, end - 1):
+        if m.start() > start and (at := _cut_at(text, m.start())) is not None:
+            return at
+    return None
 
 
 class HFCodec(Codec):
@@ -158,36 +191,40 @@ class HFCodec(Codec):
 
     @cached_property
     def cuts_locally(self) -> bool:
-        """Whether a text cut at a pre-token boundary encodes to the same ids as whole: no normalizer, a
-        BPE model, and pre-tokenization by a regex (ByteLevel without a prefix space, alone or after Split
-        rules, as GPT-2's and Llama 3's), which merges never cross."""
-        import json
-
+        """Whether `pieces` may cut a text: no normalizer, a BPE model (its merges never cross
+        pre-tokens), and a pre-tokenization `pieces`' two rules hold for: GPT-2's (ByteLevel with its
+        regex, no prefix space) or cl100k's regex (Llama 3's, GPT-4's) split before a plain ByteLevel."""
         spec = json.loads(self.tok.to_str())
         pre = spec.get("pre_tokenizer") or {}
-        parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-        return (spec.get("normalizer") is None and (spec.get("model") or {}).get("type") == "BPE" and bool(parts)
-                and all(p.get("type") == "Split" or (p.get("type") == "ByteLevel" and not p.get("add_prefix_space"))
-                        for p in parts))
+        if spec.get("normalizer") is not None or (spec.get("model") or {}).get("type") != "BPE":
+            return False
+        if pre.get("type") == "ByteLevel":
+            return not pre.get("add_prefix_space") and pre.get("use_regex", True)
+        parts = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
+        return (len(parts) == 2 and parts[0].get("type") == "Split" and not parts[0].get("invert")
+                and (parts[0].get("pattern") or {}).get("Regex") == CL100K_SPLIT
+                and parts[0].get("behavior") == "Isolated" and parts[1].get("type") == "ByteLevel"
+                and not parts[1].get("add_prefix_space") and not parts[1].get("use_regex", True))
 
     def pieces(self, text: str) -> Iterator[str]:
-        r"""`text` in pieces of up to LONG_TEXT_CHARS, each cut where a pre-token that does not end in
-        whitespace ends at least two characters before the window's end: no later character, nor a
-        one-character look-ahead, can move that boundary, and the piece, alone, pre-tokenizes as it did
-        (a whitespace run at a piece's end would not: GPT-2's `\s+(?!\S)` sees the end). The text whole
-        where it holds an added token's text, or no such boundary."""
+        r"""`text` in pieces of up to LONG_TEXT_CHARS, each ending where both pre-tokenizations of
+        `cuts_locally` end a pre-token and a piece alone pre-tokenizes as it did: before a space between
+        two letters ("a b": "a" | " b"), or after a newline between a non-space character and a letter
+        ("a
+b", "):
+b"). Never after a whitespace run (GPT-2's `\s+(?!\S)` would see the piece's end
+        and take the run whole). The text whole where it holds an added token's text, or no such place
+        lies in a window's last CUT_SEARCH characters."""
         if any(t.content in text for t in self.tok.get_added_tokens_decoder().values()):
             yield text
             return
         start = 0
         while len(text) - start > LONG_TEXT_CHARS:
-            window = text[start:start + LONG_TEXT_CHARS]
-            ends = [e for _, (_, e) in self.tok.pre_tokenizer.pre_tokenize_str(window)
-                    if e <= len(window) - 2 and not window[e - 1].isspace()]
-            if not ends or ends[-1] == 0:
+            end = _cut(text, start, start + LONG_TEXT_CHARS)
+            if end is None:
                 break
-            yield window[:ends[-1]]
-            start += ends[-1]
+            yield text[start:end]
+            start = end
         yield text[start:]
 
     def decode(self, ids: list[int]) -> str:

@@ -130,7 +130,9 @@ def manifest_record(codec: Codec, writer: IndexedWriter, dtype: np.dtype, unit: 
             "dtype": dtype.name, "text_unit": unit, "field": field,
             "sources": [{"kind": i.kind, "files": [str(p.resolve()) for p in i.files], "bytes": i.bytes}
                         for i in inputs],
-            "tokenizing_s": round(seconds, 3), "threads": os.cpu_count(),
+            "tokenizing_s": round(seconds, 3),
+            # the tokenizer's threads: --workers, else every core (tokenizers' pool reads this variable)
+            "threads": int(os.environ.get("RAYON_RS_NUM_CPUS") or os.cpu_count() or 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
