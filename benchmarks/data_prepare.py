@@ -14,7 +14,7 @@ Measured, each `prepare` in a process of its own (its peak resident memory is th
   thread beside them): tokens per second of the tokenizing loop and of the whole command, peak memory;
 - with `--long-doc-mb N`: the corpus with one N MB document added, prepared again (peak memory);
 - with `--train-tokenizer`: `data prepare --train-tokenizer VOCAB` on the corpus (its default sample
-  of 512 MiB), time and peak memory.
+  of 128 MiB), time and peak memory.
 
     python benchmarks/data_prepare.py [--mb 40 | --real 1000] [--vocab 66000] [--workers 1,2]
         [--long-doc-mb 50] [--train-tokenizer] [--json]

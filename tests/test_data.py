@@ -370,7 +370,7 @@ def test_many_corpora_by_folder_glob_or_mixture_file(corpora, tmp_path):
 
 
 def test_batches_are_bounded_by_text_and_the_tokenizer_trains_on_a_recorded_sample(corpora, tmp_path, monkeypatch):
-    """An encode call gets `--batch-docs` documents or BATCH_CHARS of text, whichever comes first, and a
+    """An encode call gets `--batch-docs` documents or `batch_chars()` of text, whichever comes first, and a
     longer document alone; --train-tokenizer trains on every k-th document, k from --tokenizer-sample,
     and the manifest records it."""
     import runtime.data.inputs as prep
@@ -379,12 +379,12 @@ def test_batches_are_bounded_by_text_and_the_tokenizer_trains_on_a_recorded_samp
     sizes = [300, 300, 300, 2500, 100, 100]
     text.write_text("\n\n".join("x" * n for n in sizes) + "\n")
     inputs = prep.find_inputs([text])
-    monkeypatch.setattr(prep, "BATCH_CHARS", 1000)
+    monkeypatch.setattr(prep, "batch_chars", lambda: 1000)
     assert [[len(t) for t in b] for b in prep.batches(inputs, "text", "paragraph", 512)] == \
         [[300, 300, 300, 2500], [100, 101]]          # the last paragraph keeps its newline
     assert [len(t) for t in prep.documents(inputs, "text", "paragraph", every=2)] == [300, 300, 100]
     man = json.loads(paths(corpora["bi"])["manifest"].read_text())
-    assert man["tokenizer_sample"] == {"bytes": 512 << 20, "every_nth_document": 1}
+    assert man["tokenizer_sample"] == {"bytes": 128 << 20, "every_nth_document": 1}
 
 
 def test_the_blend_is_megatron_lms_to_the_sample():

@@ -41,10 +41,11 @@ def data_prepare(
     ] = None,
     batch_docs: Annotated[int, typer.Option(
         min=1, help="Documents per encode_batch call (at most 4 MiB of text; a longer document goes alone, encoded in "
-                    "pieces of 1 MiB where the tokenizer allows).")] = 512,
+                    "pieces where the tokenizer allows).")] = 512,
     tokenizer_sample: Annotated[int, typer.Option(
         min=1 << 20, help="With --train-tokenizer: about this many bytes of the corpus to train on, every k-th "
-                          "document (default 512 MiB; recorded in the manifest).")] = 512 << 20,
+                          "document (default 128 MiB; recorded in the manifest; the trainer's memory grows with it).")
+    ] = 128 << 20,
     workers: Annotated[int | None, typer.Option(
         min=1, help="The tokenizer's threads (default: every core), the reading on a thread beside them; the "
                     "files are the same whatever the number.")] = None,

@@ -96,29 +96,31 @@ class ByteCodec(Codec):
         return {"kind": "bytes", "vocab": BYTE_VOCAB, "eod": BYTE_EOD, "eod_token": "\\x00", "sha256": "bytes"}
 
 
-# A document longer than this (in characters) is encoded in pieces of about this size, this many to a call;
-# a piece's end is looked for in the last CUT_SEARCH characters of its window.
+# A document longer than this (in characters) is encoded in pieces of about this size, one a thread to a
+# call (at least two); a piece's end is looked for in the last CUT_SEARCH characters of its window.
 LONG_TEXT_CHARS = 1 << 18
-PIECES_PER_CALL = 8
 CUT_SEARCH = 1 << 13
 # cl100k's pre-tokenization regex (GPT-4's; Llama 3's tokenizer.json splits with it).
 CL100K_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
-# Where a cut may fall, found forward when a window holds none: a space or a newline before a letter
-# (each match is then held to the rules in Python; `[^\W\d_]` is wider than \p{L}).
-_CUT_AT = re.compile(r"[ \n](?=[^\W\d_])")
+# Where a cut may fall, found forward when a window holds none: a lone space or newline.
+_CUT_AT = re.compile(r"(?<=\S)[ \n](?=\S)")
+
+
+def tokenizer_threads() -> int:
+    """The threads Hugging Face tokenizers encode with: RAYON_RS_NUM_CPUS (`data prepare --workers`), else
+    every core."""
+    return int(os.environ.get("RAYON_RS_NUM_CPUS") or os.cpu_count() or 1)
 
 
 def _cut_at(text: str, j: int) -> int | None:
-    """Where a piece ends for a space or newline at j, when HFCodec.pieces' rules allow it."""
-    c = text[j]
-    if c == " " and text[j - 1].isalpha() and text[j + 1].isalpha():
-        return j
-    if c == "\n" and not text[j - 1].isspace() and text[j + 1].isalpha():
-        return j + 1
-    return None
+    """Where a piece ends for a single space or newline at j between two other characters (HFCodec.pieces'
+    rule): before the space, after the newline; None elsewhere."""
+    if text[j - 1].isspace() or text[j + 1].isspace():
+        return None
+    return j if text[j] == " " else j + 1
 
 
 def _cut(text: str, start: int, end: int) -> int | None:
@@ -172,18 +174,19 @@ class HFCodec(Codec):
     def encode_batch(self, texts: list[str]) -> list:
         """Each text's ids (a list; a long text's, an int32 array). A text longer than LONG_TEXT_CHARS is
         encoded in pieces cut at pre-token boundaries, the same ids as whole (encoding holds about 100
-        bytes a character), PIECES_PER_CALL pieces to a call so the thread pool shares them."""
+        bytes a character), a piece a thread to a call so the thread pool shares them."""
         # encode_batch_fast: the same ids as encode_batch without computing character offsets.
         encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
         long = {k for k, t in enumerate(texts) if len(t) > LONG_TEXT_CHARS} if self.cuts_locally else set()
         ids: list = [e.ids for e in encode([t if k not in long else "" for k, t in enumerate(texts)],
                                            add_special_tokens=False)]
+        per_call = max(2, tokenizer_threads())
         for k in long:
             parts, group = [], []
             for piece in itertools.chain(self.pieces(texts[k]), [None]):
                 if piece is not None:
                     group.append(piece)
-                if group and (piece is None or len(group) == PIECES_PER_CALL):
+                if group and (piece is None or len(group) == per_call):
                     parts += [np.asarray(e.ids, dtype=np.int32) for e in encode(group, add_special_tokens=False)]
                     group = []
             ids[k] = np.concatenate(parts)
@@ -208,13 +211,12 @@ class HFCodec(Codec):
 
     def pieces(self, text: str) -> Iterator[str]:
         r"""`text` in pieces of up to LONG_TEXT_CHARS, each ending where both pre-tokenizations of
-        `cuts_locally` end a pre-token and a piece alone pre-tokenizes as it did: before a space between
-        two letters ("a b": "a" | " b"), or after a newline between a non-space character and a letter
-        ("a
-b", "):
-b"). Never after a whitespace run (GPT-2's `\s+(?!\S)` would see the piece's end
-        and take the run whole). The text whole where it holds an added token's text, or no such place
-        lies in a window's last CUT_SEARCH characters."""
+        `cuts_locally` end a pre-token whatever came before, and a piece alone pre-tokenizes as it did: at
+        a lone space or newline between two other characters, before the space ("a b": "a" | " b", the
+        space leading the next pre-token, or alone before a digit in cl100k), after the newline ("a\nb",
+        "):\nb": the newline alone, or ending a punctuation run). Never after a whitespace run: GPT-2's
+        `\s+(?!\S)` would see the piece's end and take the run whole. Where a window holds no such place
+        the piece runs on to the next one; the text is whole where it holds an added token's text."""
         if any(t.content in text for t in self.tok.get_added_tokens_decoder().values()):
             yield text
             return

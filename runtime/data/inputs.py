@@ -120,15 +120,24 @@ def check_inputs(inputs: list[Input], field: str, unit: str) -> None:
 
 # Documents read from an input at a time, and the most text one encode call gets.
 READ_DOCS = 64
-# Tokenizers hold about 100 bytes a character while they encode (their Encoding objects): 4 MiB of
-# text a call keeps that near 400 MB, and a call still spans many documents for the thread pool.
-BATCH_CHARS = 4 << 20
+# Tokenizers hold about 100 bytes a character while they encode (their Encoding objects): 1 MiB of text
+# a thread to a call (at least 2 MiB) keeps that near 100 MB a thread, and a call still spans many
+# documents for each thread.
+BATCH_CHARS_PER_THREAD = 1 << 20
+
+
+def batch_chars() -> int:
+    """The most text one encode call gets."""
+    from runtime.data.indexed import tokenizer_threads
+
+    return max(2, tokenizer_threads()) * BATCH_CHARS_PER_THREAD
 
 
 def batches(inputs: list[Input], field: str, unit: str, size: int, skip: int = 0) -> Iterator[list[str]]:
     """Every document's text in lists of up to `size`, inputs in order (read by `datasets` a batch at
     a time: a row at a time costs more than tokenizing); the first `skip` documents are passed over (a
     resumed run)."""
+    most = batch_chars()
     for inp in inputs:
         col = _column(inp, field)
         ds = _stream(inp, unit).select_columns([col])
@@ -144,9 +153,9 @@ def batches(inputs: list[Input], field: str, unit: str, size: int, skip: int = 0
                 t = t if t is not None else ""
                 pending.append(t)
                 chars += len(t)
-                # A batch is `size` documents or BATCH_CHARS of text, whichever comes first (a document
+                # A batch is `size` documents or `most` characters of text, whichever comes first (a document
                 # longer than that goes alone): memory bounded by bytes, not by a count of documents.
-                if len(pending) >= size or chars >= BATCH_CHARS:
+                if len(pending) >= size or chars >= most:
                     yield pending
                     pending, chars = [], 0
         if pending:

@@ -31,6 +31,7 @@ from runtime.data.indexed import (
     IndexedWriter,
     paths,
     token_dtype,
+    tokenizer_threads,
     write_manifest,
 )
 from runtime.data.inputs import Input, batches, check_inputs, documents, find_inputs, read_ahead
@@ -40,7 +41,7 @@ EOD_TOKEN = "<|endoftext|>"        # the end-of-document token of a BPE trained 
 
 # --train-tokenizer trains on about this much of the corpus by default (every k-th document): the
 # trainer's memory grows with the text it sees.
-TOKENIZER_SAMPLE_BYTES = 512 << 20
+TOKENIZER_SAMPLE_BYTES = 128 << 20
 
 
 def train_tokenizer(texts: Iterator[str], vocab: int, out: Path) -> Path:
@@ -131,8 +132,7 @@ def manifest_record(codec: Codec, writer: IndexedWriter, dtype: np.dtype, unit: 
             "sources": [{"kind": i.kind, "files": [str(p.resolve()) for p in i.files], "bytes": i.bytes}
                         for i in inputs],
             "tokenizing_s": round(seconds, 3),
-            # the tokenizer's threads: --workers, else every core (tokenizers' pool reads this variable)
-            "threads": int(os.environ.get("RAYON_RS_NUM_CPUS") or os.cpu_count() or 1),
+            "threads": tokenizer_threads(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
