@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from enum import StrEnum
 from pathlib import Path
@@ -58,7 +59,7 @@ def data_prepare(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Tokenize a corpus once, on all cores, into what `flmplan run --data` and Megatron-LM read (resumable)."""
-    from runtime.data.prepare import PrepareStopped, prepare
+    from runtime.data.prepare import prepare
 
     if share is not None and not per_input:
         raise FlmplanError("--share splits the files of --per-input between machines; add --per-input.")
@@ -67,14 +68,11 @@ def data_prepare(
                         batch_docs, tokenizer_sample, workers, as_json)
         return
     check_output_file(out, "--out", "corpus")
-    try:
+    with _stop_is_one_line(out):
         record = prepare(inputs, out, tokenizer=tokenizer, train_vocab=train_tokenizer, field=field,
                          unit=text_unit.value, eod_token=eod_token, batch_docs=batch_docs,
                          log=(lambda _: None) if as_json else stderr.print, progress=not as_json,
                          tokenizer_sample=tokenizer_sample, workers=workers)
-    except PrepareStopped as stopped:
-        stderr.print(f"{out}: {stopped}.")
-        raise typer.Exit(128 + stopped.signum) from None
     if as_json:
         print(json.dumps(record, indent=1))
         return
@@ -85,22 +83,31 @@ def data_prepare(
                  f"train on it with `flmplan run PLAN --data {out}`")
 
 
+@contextlib.contextmanager
+def _stop_is_one_line(out: Path):
+    """A prepare stopped by SIGTERM or Ctrl-C: its one line (where it stopped, that the same command
+    continues), and the signal's exit code."""
+    from runtime.data.prepare import PrepareStopped
+
+    try:
+        yield
+    except PrepareStopped as stopped:
+        stderr.print(f"{out}: {stopped}.")
+        raise typer.Exit(128 + stopped.signum) from None
+
+
 def _prepare_shards(inputs, out: Path, share: str | None, tokenizer, train_tokenizer, field: str, unit: str,
                     eod_token, batch_docs: int, tokenizer_sample: int, workers, as_json: bool) -> None:
-    from runtime.data.prepare import PrepareStopped
     from runtime.data.shards import parse_share, prepare_shards
 
     if out.exists() and not out.is_dir():
         raise FlmplanError(f"--out {out} is a file; with --per-input it is the folder of the shards.")
     k_n = parse_share(share) if share else (0, 1)
-    try:
+    with _stop_is_one_line(out):
         result = prepare_shards(inputs, out, k_n, tokenizer=tokenizer, train_vocab=train_tokenizer, field=field,
                                 unit=unit, tokenizer_sample=tokenizer_sample, eod_token=eod_token,
                                 log=(lambda _: None) if as_json else stderr.print, batch_docs=batch_docs,
                                 progress=not as_json, workers=workers)
-    except PrepareStopped as stopped:
-        stderr.print(f"{out}: {stopped}.")
-        raise typer.Exit(128 + stopped.signum) from None
     if as_json:
         print(json.dumps(result, indent=1))
         return
